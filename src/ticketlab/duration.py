@@ -1,0 +1,43 @@
+"""Durations written ``40ep`` (epochs) or ``1500it`` (optimiser steps), as everywhere in ticketlab."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|it)\s*$")
+
+
+@dataclass(frozen=True, order=True)
+class Duration:
+    """A length of training. Fractional epochs are allowed (``0.5ep``); steps are whole."""
+
+    amount: float
+    unit: str  # "ep" or "it"
+
+    @classmethod
+    def parse(cls, text: "str | int | Duration") -> "Duration":
+        if isinstance(text, Duration):
+            return text
+        if isinstance(text, int) and not isinstance(text, bool):
+            text = f"{text}it"
+        match = _PATTERN.match(str(text))
+        if match is None:
+            raise ValueError(
+                f"invalid duration {text!r}: write a number followed by 'ep' (epochs) or 'it' "
+                "(steps), e.g. '40ep' or '1500it'"
+            )
+        amount, unit = float(match.group(1)), match.group(2)
+        if unit == "it" and amount != int(amount):
+            raise ValueError(f"invalid duration {text!r}: a step count must be a whole number")
+        return cls(amount, unit)
+
+    def steps(self, steps_per_epoch: int) -> int:
+        """Number of optimiser steps this duration stands for."""
+        if self.unit == "it":
+            return int(self.amount)
+        return int(round(self.amount * steps_per_epoch))
+
+    def __str__(self) -> str:
+        amount = int(self.amount) if self.amount == int(self.amount) else self.amount
+        return f"{amount}{self.unit}"
