@@ -1,0 +1,91 @@
+"""Atomic, verified tensor files (safetensors).
+
+Every file ticketlab writes goes to a temporary name first and is renamed into place, so a reader never
+sees half a file. Tensor files carry a sha256 of their tensor bytes in the safetensors metadata: a file
+truncated or altered later is detected on load instead of being used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+_CHECKSUM_KEY = "ticketlab.sha256"
+
+
+class CorruptFileError(ValueError):
+    """A file exists but is truncated, altered or not what it claims to be."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save tensors atomically with a content checksum in the metadata."""
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta[_CHECKSUM_KEY] = _digest(plain)
+    return atomic_write_bytes(path, st_save(plain, metadata=meta))
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load tensors and metadata; raise :class:`CorruptFileError` if the file is damaged."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, json.JSONDecodeError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    expected = meta.pop(_CHECKSUM_KEY, None)
+    if expected is None:
+        raise CorruptFileError(f"{path}: no ticketlab checksum in its metadata; not written by ticketlab")
+    if _digest(tensors) != expected:
+        raise CorruptFileError(f"{path}: checksum mismatch, the file was altered or damaged")
+    return tensors, meta

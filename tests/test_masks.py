@@ -1,0 +1,141 @@
+import pytest
+import torch
+from torch import nn
+
+from ticketlab.io import CorruptFileError
+from ticketlab.masks import Mask, layer_collapse, prunable_parameters, select
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+def scores_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().abs() for k, p in prunable_parameters(model).items()}
+
+
+def test_prunable_parameters_are_linear_and_conv_weights_only():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    assert list(prunable_parameters(model)) == ["0.weight", "3.weight"]
+    assert list(prunable_parameters(model, exempt=["3"])) == ["0.weight"]
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.37, 0.05, 0.01])
+def test_exact_kept_count(scope, density):
+    model = tiny()
+    mask = select(scores_of(model), density, scope)
+    if scope == "global":
+        assert mask.kept() == round(density * mask.total())
+    else:
+        for name, keep in mask.items():
+            assert int(keep.sum()) == round(density * keep.numel()), name
+
+
+def test_global_keeps_the_largest_scores():
+    scores = {"a": torch.tensor([5.0, 1.0, 3.0]), "b": torch.tensor([[4.0, 0.5], [2.0, 6.0]])}
+    mask = select(scores, 3 / 7, "global")
+    assert mask["a"].tolist() == [True, False, False]
+    assert mask["b"].tolist() == [[True, False], [False, True]]
+
+
+def test_ties_are_exact_and_broken_by_seeded_random_order_not_position():
+    scores = {"w": torch.ones(1000)}
+    first = select(scores, 0.3, seed=1)
+    assert first.kept() == 300
+    assert first == select(scores, 0.3, seed=1)  # deterministic
+    assert first != select(scores, 0.3, seed=2)  # the seed decides
+    # not by position: the kept ones are spread over the tensor, not the first (or last) 300
+    positions = first["w"].nonzero().flatten().float()
+    assert 350 < positions.mean() < 650
+
+
+def test_previously_pruned_weights_stay_pruned_and_masks_nest():
+    model = tiny()
+    scores = scores_of(model)
+    m1 = select(scores, 0.5)
+    reversed_scores = {k: -v for k, v in scores.items()}  # would prefer exactly the pruned weights
+    m2 = select(reversed_scores, 0.3, previous=m1)
+    assert m2.kept() == round(0.3 * m2.total())
+    for k in m1:
+        assert not (m2[k] & ~m1[k]).any()
+
+
+def test_density_larger_than_previous_is_an_error():
+    m1 = select({"w": torch.arange(10.0)}, 0.3)
+    with pytest.raises(ValueError, match="still unpruned"):
+        select({"w": torch.arange(10.0)}, 0.5, previous=m1)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_bad_density_names_the_range(bad):
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        select({"w": torch.ones(3)}, bad)
+
+
+def test_bad_scope_lists_allowed():
+    with pytest.raises(ValueError, match="global, layerwise"):
+        select({"w": torch.ones(3)}, 0.5, scope="perlayer")
+
+
+def test_nan_scores_rejected():
+    with pytest.raises(ValueError, match="NaN"):
+        select({"w": torch.tensor([1.0, float("nan")])}, 0.5)
+
+
+def test_apply_zeroes_pruned_and_stats():
+    model = tiny()
+    mask = select(scores_of(model), 0.4, "layerwise")
+    mask.apply(model)
+    for name, p in prunable_parameters(model).items():
+        assert (p[~mask[name]] == 0).all()
+    assert mask.density() == pytest.approx(mask.kept() / mask.total())
+    assert set(mask.layer_densities()) == set(mask)
+    assert Mask.from_nonzero(model) == mask  # random init: no kept weight is exactly zero
+
+
+def test_save_load_roundtrip_and_rejections(tmp_path):
+    model = tiny()
+    mask = select(scores_of(model), 0.25)
+    path = mask.save(tmp_path / "mask.safetensors")
+    assert Mask.load(path, model) == mask
+    other = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="another model"):
+        Mask.load(path, other)
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) - 7])
+    with pytest.raises(CorruptFileError):
+        Mask.load(tmp_path / "trunc.safetensors")
+    flipped = bytearray(data)
+    flipped[-1] ^= 1
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CorruptFileError, match="checksum"):
+        Mask.load(tmp_path / "flip.safetensors")
+
+
+def test_layer_collapse_detects_empty_layer_and_disconnection():
+    model = tiny()
+    dense = Mask.ones(model)
+    assert not layer_collapse(model, dense, (6,)).collapsed
+    empty = dense.clone()
+    empty["2.weight"][:] = False
+    report = layer_collapse(model, empty, (6,))
+    assert report.empty_layers == ["2.weight"] and report.disconnected
+    # every layer has weights, but layer 1 only feeds unit 0 of its output and layer 2 only reads unit 1
+    cut = dense.clone()
+    cut["0.weight"][:] = False
+    cut["0.weight"][0, 0] = True
+    cut["2.weight"][:] = False
+    cut["2.weight"][0, 1] = True
+    report = layer_collapse(model, cut, (6,))
+    assert report.empty_layers == [] and report.disconnected
+    cut["2.weight"][0, 0] = True
+    assert not layer_collapse(model, cut, (6,)).collapsed
+
+
+def test_layer_collapse_leaves_model_untouched():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer_collapse(model, select(scores_of(model), 0.1), (6,))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
