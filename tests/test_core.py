@@ -54,3 +54,8 @@ def test_recipe_validation_names_field():
     with pytest.raises(ValueError, match="extra|not permitted|unexpected"):
         Recipe(learning_rate=0.1)
     assert Recipe(steps="3ep").model_dump(mode="json")["steps"] == "3ep"
+
+
+def test_lr_past_the_end_keeps_the_final_rate():
+    c = Recipe(steps="10it", lr=1.0, lr_schedule="cosine")
+    assert c.lr_at(25, 1) == c.lr_at(9, 1) > 0

@@ -54,8 +54,13 @@ class Recipe(BaseModel):
         return self.steps.steps(steps_per_epoch)
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """Learning rate for the update that takes the weights from ``step`` to ``step + 1``."""
+        """Learning rate for the update that takes the weights from ``step`` to ``step + 1``.
+
+        Past the end of the schedule the last learning rate is kept: finetuning (002 algorithm 1) goes on
+        at the final learning rate of the training it continues.
+        """
         total = self.total_steps(steps_per_epoch)
+        step = min(step, max(total - 1, 0))
         warmup = self.warmup.steps(steps_per_epoch)
         factor = 1.0
         if warmup and step < warmup:
