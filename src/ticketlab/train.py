@@ -1,0 +1,176 @@
+"""One training loop for every method: fixed mask, rewinding, snapshots, early-stopping step.
+
+The dataset lives on the device as whole tensors; a batch is a slice of a seeded ``randperm``. Masks are
+enforced the cheap exact way: gradients are multiplied by the mask after ``backward()`` and weights after
+``optimizer.step()``, so pruned weights stay exactly zero under momentum, weight decay and Adam.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.data import Dataset, cifar_augment
+from ticketlab.device import resolve_device
+from ticketlab.evaluate import evaluate
+from ticketlab.masks import Mask
+from ticketlab.recipe import Recipe
+
+StateDict = dict[str, torch.Tensor]
+Progress = Callable[[int, int, "dict[str, float] | None"], None]
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Steps in one pass over the training split; the last partial batch is dropped."""
+    if num_train < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the training split ({num_train})")
+    return num_train // batch_size
+
+
+def _seed_for(*parts: int) -> int:
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value * 6364136223846793005 + part + 1442695040888963407) % (1 << 63)
+    return value
+
+
+def epoch_order(num_train: int, seed: int, epoch: int) -> torch.Tensor:
+    """The example order of one epoch: a function of (seed, epoch) only, so a run restarted at any step
+    (resume, LR rewinding) sees the same batches as an uninterrupted one."""
+    return torch.randperm(num_train, generator=torch.Generator().manual_seed(_seed_for(seed, epoch)))
+
+
+def snapshot(model: nn.Module) -> StateDict:
+    """A CPU copy of the model's state (weights and buffers)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class TrainResult:
+    start_step: int
+    end_step: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
+    snapshots: dict[int, StateDict] = field(default_factory=dict)
+    early_stop_step: int | None = None  # step of minimum validation loss (003's early-stopping iteration)
+    early_stop: dict[str, float] = field(default_factory=dict)  # the evaluation at that step
+    final: dict[str, float] = field(default_factory=dict)  # the evaluation the run ended on
+    wall_time: float = 0.0
+    steps_per_epoch: int = 0
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    mask: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    start_step: int = 0,
+    end_step: int | None = None,
+    snapshot_steps: Iterable[int] = (),
+    end_on_best: bool = False,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place from ``start_step`` to ``end_step`` (default: the recipe's length).
+
+    ``start_step`` places the run in the recipe's LR schedule and data order (LR rewinding restarts there).
+    ``snapshot_steps`` are the steps whose weights are kept for rewinding (step s = after s updates).
+    ``end_on_best`` ends on the weights of the minimum-validation-loss evaluation (003/004's rule).
+    """
+    device = resolve_device(device)
+    model.to(device)
+    data = data.to(device)
+    spe = steps_per_epoch(len(data.x_train), recipe.batch_size)
+    total = recipe.total_steps(spe)
+    end_step = total if end_step is None else end_step
+    if not 0 <= start_step <= end_step:
+        raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
+    if end_on_best and len(data.x_val) == 0:
+        raise ValueError("end_on_best needs a validation split (val_size > 0)")
+    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
+    wanted = {int(s) for s in snapshot_steps}
+
+    named = dict(model.named_parameters())
+    mask = Mask(mask) if mask is not None else None
+    masked_params: list[torch.Tensor] = []
+    mask_values: list[torch.Tensor] = []
+    if mask is not None:
+        mask.apply(model)
+        masked_params = [named[k] for k in mask]
+        mask_values = [mask[k].to(device=device, dtype=named[k].dtype) for k in mask]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = recipe.make_optimizer(params)
+
+    result = TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)
+    best_state: StateDict | None = None
+    running_loss = torch.zeros((), device=device)
+    running_count = 0
+
+    def record(step: int) -> None:
+        nonlocal best_state, running_loss, running_count
+        row: dict[str, float] = {"step": step, "epoch": step / spe}
+        row["train_loss"] = float(running_loss) / running_count if running_count else float("nan")
+        running_loss.zero_()
+        running_count = 0
+        for split in ("val", "test"):
+            metrics = evaluate(model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+            row[f"{split}_loss"], row[f"{split}_acc"] = metrics["loss"], metrics["acc"]
+        result.history.append(row)
+        if len(data.x_val) and (result.early_stop_step is None or row["val_loss"] < result.early_stop["val_loss"]):
+            result.early_stop_step, result.early_stop = step, row
+            if end_on_best:
+                best_state = snapshot(model)
+        if progress is not None:
+            progress(step, end_step, row)
+
+    started = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(_seed_for(seed, start_step, 1))  # dropout
+        if start_step in wanted:
+            result.snapshots[start_step] = snapshot(model)
+        record(start_step)
+        order = None
+        for step in range(start_step, end_step):
+            epoch, position = divmod(step, spe)
+            if order is None or position == 0:
+                order = epoch_order(len(data.x_train), seed, epoch).to(device)
+            idx = order[position * recipe.batch_size : (position + 1) * recipe.batch_size]
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            if data.augment == "cifar":
+                xb = cifar_augment(xb, torch.Generator().manual_seed(_seed_for(seed, step, 2)))
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr_at(step, spe)
+            loss = F.cross_entropy(model(xb), yb)
+            running_loss += loss.detach()
+            running_count += 1
+            if recipe.l2:
+                loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            if masked_params:
+                torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+            optimizer.step()
+            if masked_params:
+                with torch.no_grad():
+                    torch._foreach_mul_(masked_params, mask_values)
+            done = step + 1
+            if done in wanted:
+                result.snapshots[done] = snapshot(model)
+            if done == end_step or (eval_every and done % eval_every == 0):
+                record(done)
+            elif progress is not None:
+                progress(done, end_step, None)
+    if end_on_best and best_state is not None:
+        model.load_state_dict(best_state)
+        result.final = dict(result.early_stop)
+    else:
+        result.final = dict(result.history[-1])
+    result.wall_time = time.perf_counter() - started
+    return result

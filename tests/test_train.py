@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from ticketlab.masks import Mask, prunable_parameters, select
+from ticketlab.models import build_model, initialize
+from ticketlab.recipe import Recipe
+from ticketlab.train import epoch_order, train
+
+
+def lenet(seed: int = 0):
+    return initialize(build_model("mlp:784-64-32-10"), seed=seed)
+
+
+def half_mask(model) -> Mask:
+    return select({k: torch.rand(p.shape, generator=torch.Generator().manual_seed(3)) for k, p in prunable_parameters(model).items()}, 0.3)
+
+
+RECIPES = {
+    "sgd": Recipe(steps="40it", batch_size=50, lr=0.05, eval_every=None),
+    "sgd_momentum_wd": Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, eval_every=None),
+    "nesterov_l2": Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, nesterov=True, l2=1e-3, eval_every=None),
+    "adam": Recipe(steps="40it", batch_size=50, optimizer="adam", lr=1e-3, weight_decay=1e-4, eval_every=None),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_pruned_weights_stay_exactly_zero_and_kept_ones_train(synthetic, name):
+    model = lenet()
+    before = {k: p.detach().clone() for k, p in prunable_parameters(model).items()}
+    mask = half_mask(model)
+    train(model, synthetic, RECIPES[name], mask=mask, device="cpu")
+    for k, p in prunable_parameters(model).items():
+        assert (p[~mask[k]] == 0).all(), k
+        assert (p[mask[k]] != before[k][mask[k]]).float().mean() > 0.9, k
+
+
+def test_same_seed_gives_bit_identical_weights(synthetic):
+    recipe = Recipe(steps="30it", batch_size=50, momentum=0.9, eval_every="10it")
+    a, b, c = lenet(), lenet(), lenet()
+    train(a, synthetic, recipe, seed=5, device="cpu")
+    train(b, synthetic, recipe, seed=5, device="cpu")
+    train(c, synthetic, recipe, seed=6, device="cpu")
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_dropout_is_seeded_too(synthetic):
+    recipe = Recipe(steps="10it", batch_size=50, eval_every=None)
+    nets = [initialize(build_model("lenet300", dropout=0.5), seed=1) for _ in range(2)]
+    for net in nets:
+        torch.manual_seed(len(str(net)))  # global RNG state must not matter
+        train(net, synthetic, recipe, seed=2, device="cpu")
+    assert all(torch.equal(x, y) for x, y in zip(nets[0].parameters(), nets[1].parameters()))
+
+
+def test_split_training_equals_one_run_and_snapshots(synthetic):
+    """Starting at step s continues the same data order and LR schedule (resume, LR rewinding)."""
+    recipe = Recipe(steps="60it", batch_size=50, lr=0.05, lr_schedule="multistep", milestones=["25it"], eval_every=None)
+    whole, parts = lenet(), lenet()
+    full = train(whole, synthetic, recipe, snapshot_steps=[0, 20, 60], device="cpu")
+    train(parts, synthetic, recipe, end_step=20, device="cpu")
+    assert all(torch.equal(v, full.snapshots[20][k]) for k, v in parts.state_dict().items())
+    train(parts, synthetic, recipe, start_step=20, device="cpu")
+    assert all(torch.equal(v, full.snapshots[60][k]) for k, v in parts.state_dict().items())
+    assert all(torch.equal(v, lenet().state_dict()[k]) for k, v in full.snapshots[0].items())
+
+
+def test_epoch_order_is_a_permutation_per_seed_and_epoch():
+    a = epoch_order(100, 0, 0)
+    assert sorted(a.tolist()) == list(range(100))
+    assert torch.equal(a, epoch_order(100, 0, 0))
+    assert not torch.equal(a, epoch_order(100, 0, 1)) and not torch.equal(a, epoch_order(100, 1, 0))
+
+
+def test_learns_and_records_early_stop(synthetic):
+    recipe = Recipe(steps="6ep", batch_size=60, lr=0.1, eval_every="1ep")
+    model = lenet()
+    result = train(model, synthetic, recipe, device="cpu")
+    assert result.final["test_acc"] > 0.8
+    assert [r["step"] for r in result.history] == [i * result.steps_per_epoch for i in range(7)]
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.early_stop_step == best["step"] and result.early_stop == best
+
+
+def test_end_on_best_restores_the_min_val_loss_weights(synthetic):
+    recipe = Recipe(steps="200it", batch_size=50, lr=2.0, eval_every="20it")  # too high a LR: val loss wanders
+    model = lenet()
+    result = train(model, synthetic, recipe, end_on_best=True, device="cpu", snapshot_steps=range(0, 201, 20))
+    assert result.final == result.early_stop
+    best = result.snapshots[result.early_stop_step]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_cifar_augmentation_path_runs(synthetic):
+    from dataclasses import replace
+
+    data = replace(synthetic, augment="cifar")
+    model = initialize(build_model("conv2", input_shape=data.input_shape), seed=0)
+    result = train(model, data, Recipe(steps="3it", batch_size=20, eval_every=None), device="cpu")
+    assert result.end_step == 3
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="start_step"):
+        train(lenet(), _tiny(), Recipe(steps="5it", batch_size=10), start_step=9, device="cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        train(lenet(), _tiny(), Recipe(steps="5it", batch_size=10_000), device="cpu")
+
+
+def _tiny():
+    from ticketlab.data import load_dataset
+
+    return load_dataset("synthetic", val_size=100)
