@@ -195,8 +195,10 @@ def test_unknown_init_lists_allowed_names():
 
 def test_initialize_rejects_unknown_layer_types():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    before = model[0].weight.clone()
     with pytest.raises(TypeError, match="LayerNorm"):
         initialize(model)
+    assert torch.equal(model[0].weight, before)  # checked before anything is written
 
 
 # ---- initialisations --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ global RNG state or the model's device; 000 appendix A.1 needs one shared initia
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,19 +22,24 @@ def fans(weight: torch.Tensor) -> tuple[int, int]:
     return weight.shape[1] * receptive, weight.shape[0] * receptive
 
 
-def _layers(model: nn.Module) -> Iterator[nn.Module]:
-    """Linear/Conv layers in module order; resets BN and rejects layers we don't know how to initialise."""
+def _layers(model: nn.Module) -> list[nn.Module]:
+    """Linear/Conv layers in module order, after resetting every BN layer (weight 1, bias 0, fresh running
+    statistics). Checks every module first, so a model we cannot initialise is left untouched."""
+    layers, norms = [], []
     for name, module in model.named_modules():
         if isinstance(module, _WEIGHTED):
-            yield module
+            layers.append(module)
         elif isinstance(module, _NORMS):
-            if module.affine:
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-            if module.track_running_stats:
-                module.reset_running_stats()
+            norms.append(module)
         elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(f"cannot initialise {name!r}: {type(module).__name__} is not Linear, Conv or BatchNorm")
+    for norm in norms:
+        if norm.affine:
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+        if norm.track_running_stats:
+            norm.reset_running_stats()
+    return layers
 
 
 def _normal(weight: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -42,7 +47,7 @@ def _normal(weight: torch.Tensor, std: float, generator: torch.Generator) -> tor
     return torch.empty(weight.shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
 
 
-def _apply(model: nn.Module, generator: torch.Generator, sample: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def _apply(model: nn.Module, sample: Callable[[torch.Tensor], torch.Tensor]) -> None:
     with torch.no_grad():
         for layer in _layers(model):
             layer.weight.copy_(sample(layer.weight))
@@ -61,7 +66,7 @@ def kaiming_std(weight: torch.Tensor) -> float:
 @INITS.register("kaiming_normal")
 def kaiming_normal(model: nn.Module, generator: torch.Generator) -> None:
     """N(0, 2 / fan_in) weights, zero biases, BN weight 1 and bias 0 (default of LTH work, 003)."""
-    _apply(model, generator, lambda w: _normal(w, kaiming_std(w), generator))
+    _apply(model, lambda w: _normal(w, kaiming_std(w), generator))
 
 
 @INITS.register("xavier")
@@ -71,7 +76,7 @@ def xavier(model: nn.Module, generator: torch.Generator) -> None:
         fan_in, fan_out = fans(w)
         return _normal(w, math.sqrt(2.0 / (fan_in + fan_out)), generator)
 
-    _apply(model, generator, sample)
+    _apply(model, sample)
 
 
 @INITS.register("signed_constant")
@@ -83,4 +88,4 @@ def signed_constant(model: nn.Module, generator: torch.Generator) -> None:
         # >= 0 rather than sign(): a sample of exactly 0 must not give a zero weight.
         return torch.where(_normal(w, std, generator) >= 0, std, -std)
 
-    _apply(model, generator, sample)
+    _apply(model, sample)
