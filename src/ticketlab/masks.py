@@ -161,6 +161,14 @@ class Mask(Mapping[str, torch.Tensor]):
         return mask
 
 
+def masked_state(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state dict with the pruned weights zeroed."""
+    out = {k: v.clone() for k, v in state.items()}
+    for name, keep in mask.items():
+        out[name] = out[name] * keep.to(out[name].device, out[name].dtype)
+    return out
+
+
 # -- selection ---------------------------------------------------------------------------------------
 def _topk_exact(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Indices of the k largest entries of a flat tensor; ties broken by a seeded random order.

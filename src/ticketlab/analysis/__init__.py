@@ -1,0 +1,1 @@
+"""Analysis of finished runs: tables, statistics and plots."""

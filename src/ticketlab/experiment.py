@@ -1,0 +1,66 @@
+"""Run one experiment spec end to end: data -> model + init -> method (levels, controls) -> run directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ticketlab.data import load_dataset
+from ticketlab.device import resolve_device
+from ticketlab.methods import METHODS, Job, resolve_method
+from ticketlab.models import build_model, initialize
+from ticketlab.spec import ExperimentSpec
+from ticketlab.store import RunDir
+from ticketlab.train import Progress, snapshot
+
+LEVEL_COLUMNS = [
+    "level", "control", "density", "sparsity", "test_acc", "val_acc", "early_stop_step", "early_stop_test_acc",
+    "winning", "collapsed", "train_time",
+]
+
+
+@dataclass
+class RunResult:
+    spec: ExperimentSpec
+    path: Path
+    rows: list[dict[str, Any]]
+
+    def table(self) -> pd.DataFrame:
+        """One row per level (and control), sorted by level, tickets before their controls."""
+        frame = pd.DataFrame(self.rows)
+        if frame.empty:
+            return frame
+        frame = frame.sort_values(["level", "control"], kind="stable").reset_index(drop=True)
+        return frame
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    root: str | os.PathLike = "runs",
+    *,
+    device: str | torch.device | None = None,
+    data_root: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    log: Any = None,
+) -> RunResult:
+    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone."""
+    device = resolve_device(device)
+    run = RunDir(Path(root) / spec.run_id())
+    run.write_spec(spec.model_dump(mode="json"))
+    data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+    model = build_model(
+        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
+    )
+    initialize(model, spec.init, seed=spec.seed)
+    model.to(device)
+    job = Job(spec, data, model, snapshot(model), run, progress=progress, log=log or (lambda message: None))
+    key, _ = resolve_method(spec.method)
+    METHODS.get(key)(job)
+    run.mark_finished({"levels": len(job.rows)})
+    return RunResult(spec, run.path, job.rows)

@@ -1,0 +1,129 @@
+"""Iterative pruning as GIMP (002 algorithm 5) and its named presets.
+
+Level 0 trains the dense network for ``train`` steps. Level l >= 1 prunes the previous level's trained
+weights to ``density_{l-1} * K`` (any criterion; ``rounds`` > 1 makes the prune step multi-shot = IMS),
+rewinds the parameters ``rewind_params`` steps back along the previous level's trajectory, rewinds the
+LR schedule ``rewind_lr`` steps from where the previous level ended, and retrains ``retrain`` steps.
+
+Presets with T = the training length (002 §3.1-3.3):
+  finetune        rewind_params 0, rewind_lr 0, retrain T   (constant final LR: past the schedule's end)
+  lottery         rewind_params T, rewind_lr T, retrain T   (IMP, weights back to step 0; 003)
+  late_rewind:k   rewind_params T-k, rewind_lr T-k, retrain T-k (stable weight rewinding to step k)
+  lr_rewind       rewind_params 0, rewind_lr T, retrain T   (Renda et al. 2020)
+  sgimp:X%        rewind_params X%·T, rewind_lr T, retrain T (002 algorithm 6, default X = 75)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ticketlab.duration import Duration
+from ticketlab.masks import Mask, masked_state
+from ticketlab.methods import METHODS
+from ticketlab.methods.job import Job
+from ticketlab.registry import split_name
+from ticketlab.schedules import iterative_densities
+from ticketlab.spec import MethodSpec
+from ticketlab.train import steps_per_epoch
+
+
+@dataclass(frozen=True)
+class GimpSteps:
+    train: int
+    retrain: int
+    rewind_params: int
+    rewind_lr: int
+
+
+def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
+    """The four GIMP step counts of a method spec, presets resolved, explicit fields overriding them."""
+    key, arg = split_name(method.name)
+    T = method.train.steps(spe) if method.train is not None else total
+    if key == "finetune":
+        base = GimpSteps(T, T, 0, 0)
+    elif key in ("lottery", "gimp"):
+        base = GimpSteps(T, T, T, T)
+    elif key == "late_rewind":
+        if arg is None:
+            raise ValueError("method late_rewind needs the rewind step, e.g. late_rewind:500it or late_rewind:1ep")
+        k = Duration.parse(arg).steps(spe)
+        if not 0 <= k < T:
+            raise ValueError(f"late_rewind step {arg} must lie inside the training (0 <= k < {T} steps)")
+        base = GimpSteps(T, T - k, T - k, T - k)
+    elif key == "lr_rewind":
+        base = GimpSteps(T, T, 0, T)
+    elif key == "sgimp":
+        text = (arg or "75%").rstrip("%")
+        try:
+            x = float(text) / 100
+        except ValueError:
+            raise ValueError(f"sgimp takes a percentage of training to rewind, e.g. sgimp:75%, got {arg!r}") from None
+        if not 0 <= x <= 1:
+            raise ValueError(f"sgimp percentage must be within 0% and 100%, got {arg!r}")
+        base = GimpSteps(T, T, int(round(x * T)), T)
+    else:
+        raise ValueError(f"{method.name!r} is not an iterative method")
+
+    def pick(value: Duration | None, default: int) -> int:
+        return default if value is None else value.steps(spe)
+
+    steps = GimpSteps(
+        base.train, pick(method.retrain, base.retrain), pick(method.rewind_params, base.rewind_params),
+        pick(method.rewind_lr, base.rewind_lr),
+    )
+    if steps.rewind_params > min(steps.train, steps.retrain):
+        raise ValueError(
+            f"rewind_params ({steps.rewind_params} steps) must not exceed the steps trained per level "
+            f"(train {steps.train}, retrain {steps.retrain})"
+        )
+    return steps
+
+
+def _iterative(job: Job) -> None:
+    spec, method = job.spec, job.spec.method
+    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
+    s = gimp_steps(method, spec.recipe.total_steps(spe), spe)
+
+    # level 0: dense training; keep the snapshot `rewind_params` steps before its end
+    row = job.resume(0)
+    if row is None:
+        mask = Mask.ones(job.model, spec.exempt)
+        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
+        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
+    level_dir = job.run.level(0)
+    mask, trained, rewind = level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind")
+    dense_rewind = rewind
+    end = row["end_step"]
+
+    targets = sorted(spec.densities, reverse=True)
+    for level, density in enumerate(iterative_densities(min(targets), method.K), start=1):
+        row = job.resume(level)
+        if row is None:
+            job.model.load_state_dict(trained)
+            mask, scores, score_time = job.prune(mask, density, method.rounds, level)
+            job.check_collapse(mask, level)
+            start = masked_state(rewind, mask)
+            begin = end - s.rewind_lr
+            result = job.train(mask, start, begin, begin + s.retrain, begin + s.retrain - s.rewind_params)
+            row = job.record(
+                level, mask, result, start, target=density, score_time=score_time,
+                rewind=result.snapshots[begin + s.retrain - s.rewind_params], scores=scores,
+            )
+            job.run_controls(level, mask, start, dense_rewind, result, density)
+        else:  # finished earlier; controls that were interrupted still run (finished ones resume)
+            d = job.run.level(level)
+            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, _Replay(row), density)
+        d = job.run.level(level)
+        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
+        end = row["end_step"]
+
+
+class _Replay:
+    """The start/end steps of a finished level, for controls that still have to run after a resume."""
+
+    def __init__(self, row: dict) -> None:
+        self.start_step, self.end_step = row["start_step"], row["end_step"]
+
+
+for _name in ("gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp"):
+    METHODS.register(_name)(_iterative)

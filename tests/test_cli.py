@@ -1,0 +1,79 @@
+import pytest
+from typer.testing import CliRunner
+
+from ticketlab import cli
+from ticketlab.cli import app
+
+runner = CliRunner()
+cli.console.width = cli.err.width = 200  # tables unwrapped, so the tests can read them
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["prune"], ["run"], ["data"], ["data", "list"]])
+def test_help_everywhere(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_train_prints_table(tmp_path):
+    result = invoke("train", "--model", "mlp:784-32-10", "--dataset", "synthetic", "--steps", "1ep", "--val-size", "100", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "test acc" in result.output and "early-stop step" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "lenet301"], "unknown model 'lenet301'. Did you mean 'lenet300'"),
+        (["--dataset", "mnits"], "unknown dataset 'mnits'"),
+        (["--steps", "20epochs"], "invalid duration '20epochs'"),
+        (["--optimizer", "rmsprop"], "optimizer"),
+    ],
+)
+def test_bad_names_give_one_clear_line(args, message):
+    result = invoke("train", "--dataset", "synthetic", *args)
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ")
+    assert "Traceback" not in result.output
+
+
+def test_prune_writes_levels_and_prints_table(tmp_path):
+    result = invoke(
+        "prune", "--model", "mlp:784-32-10", "--dataset", "synthetic", "--method", "lottery", "--density", "0.64",
+        "--steps", "30it", "--val-size", "100", "--out", str(tmp_path), "--device", "cpu", "--control", "reinit",
+    )
+    assert result.exit_code == 0, result.output
+    assert "early-stop step" in result.output and "reinit" in result.output
+    run_dir = next(tmp_path.iterdir())
+    for level in ("level_00", "level_01", "level_02"):
+        assert (run_dir / level / "mask.safetensors").exists() and (run_dir / level / "final.safetensors").exists()
+    assert (run_dir / "accuracy_vs_density.png").exists()
+
+
+def test_prune_bad_method_and_criterion(tmp_path):
+    result = invoke("prune", "--dataset", "synthetic", "--method", "lotery", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "unknown method 'lotery'" in result.output and "Traceback" not in result.output
+    result = invoke("prune", "--dataset", "synthetic", "--criterion", "snipp", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "snip" in result.output
+
+
+def test_run_spec_file(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "model: mlp:784-32-10\ndataset: synthetic\nval_size: 100\ndensities: [0.5]\n"
+        "recipe: {steps: 20it, batch_size: 50}\nmethod: {name: snip}\n"
+    )
+    result = invoke("run", str(spec), "--out", str(tmp_path / "runs"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    spec.write_text("model: lenet300\ndensities: [0]\nrecipe: {stpes: 20it}\n")
+    result = invoke("run", str(spec), "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert "densities" in result.output and "recipe.stpes" in result.output
+
+
+def test_data_list():
+    result = invoke("data", "list")
+    assert result.exit_code == 0 and "fashion-mnist" in result.output
