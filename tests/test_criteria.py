@@ -54,6 +54,7 @@ def test_names_and_data_awareness():
         "random", "magnitude", "snip", "grasp", "grasp_abs", "synflow", "large_final", "large_final_same_sign",
         "magnitude_increase", "movement", "large_init_large_final",
     }  # fmt: skip
+    assert criterion_names() == CRITERIA.names()
     assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "snip"]
     assert is_data_aware("stacked(magnitude, snip)") and is_data_aware("stacked(stacked(grasp,magnitude),synflow)")
     assert not is_data_aware("stacked(stacked(magnitude,random),synflow)")
@@ -214,6 +215,12 @@ def test_synflow_batchnorm_is_its_eval_scale_without_shift():
     got = score("synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,)))
     torch.testing.assert_close(got["0.weight"], w1 * (w2.sum(0) * scale)[:, None])
     torch.testing.assert_close(got["3.weight"], w2 * (scale * w1.sum(1))[None, :])
+    # include_bias (the Synaptic-Flow code): every parameter and buffer made absolute, shifts included.
+    hidden = F.relu(scale * (w1.sum(1) - bn.running_mean.double().abs()) + bn.bias.detach().double().abs())
+    code = score("synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,), options={"include_bias": True}))
+    torch.testing.assert_close(code["3.weight"], w2 * hidden[None, :])
+    torch.testing.assert_close(code["0.weight"], w1 * (w2.sum(0) * scale * (hidden > 0))[:, None])
+    assert bool((hidden == 0).any()) and bool((hidden > 0).any())  # the |running_mean| shift kills a unit here
 
 
 def test_stacked_hand_computed():
@@ -384,3 +391,20 @@ def test_multishot_synflow_keeps_lenet300_connected_where_single_shot_snip_colla
     assert mask.kept() == round(target * mask.total())
     assert not synflow_report.collapsed
     assert snip_report.collapsed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ALL)
+def test_cuda_matches_cpu(name):
+    model = small_bn_net()
+    ctx, mask = context_for(model, (1, 8, 8), 3), half_mask(model)
+    on_cpu = score(name, model, mask, ctx)
+    cuda = torch.device("cuda")
+    ctx_cuda = ScoringContext(
+        batches=[(x.to(cuda), y.to(cuda)) for x, y in ctx.batches], input_shape=ctx.input_shape,
+        initial={k: v.to(cuda) for k, v in ctx.initial.items()}, seed=ctx.seed,
+    )  # fmt: skip
+    on_gpu = score(name, copy.deepcopy(model).to(cuda), mask.to(cuda), ctx_cuda)
+    assert all(s.device.type == "cuda" for s in on_gpu.values())
+    for k, s in on_cpu.items():  # cuDNN convolutions may run in TF32: compare at 1e-3 of the layer's scale
+        torch.testing.assert_close(on_gpu[k].cpu(), s, rtol=1e-2, atol=1e-3 * float(s.abs().max()) + 1e-12)
