@@ -36,8 +36,11 @@ def hessian_gradient_product(model: nn.Module, weights: Scores, ctx: ScoringCont
     temperature = float(ctx.options.get("temperature", 1.0))
     names = list(weights)
     leaves = [weights[n].detach().clone().requires_grad_(True) for n in names]
+
+    def state() -> dict[str, torch.Tensor]:
+        return functional_state(model, dict(zip(names, leaves)))
+
     with torch.enable_grad(), mode(model, data_mode(ctx)):
-        state = lambda: functional_state(model, dict(zip(names, leaves)))  # noqa: E731
         g = [torch.zeros_like(w) for w in leaves]
         for x, y in batches:
             for acc, gi in zip(g, grad_or_zeros(batch_loss(model, state(), x, y, temperature), leaves)):
