@@ -47,7 +47,7 @@ def test_prune_writes_levels_and_prints_table(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "early-stop step" in result.output and "reinit" in result.output
-    run_dir = next(tmp_path.iterdir())
+    run_dir = next(p for p in tmp_path.iterdir() if p.name != "inits")
     for level in ("level_00", "level_01", "level_02"):
         assert (run_dir / level / "mask.safetensors").exists() and (run_dir / level / "final.safetensors").exists()
     assert (run_dir / "accuracy_vs_density.png").exists()

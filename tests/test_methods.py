@@ -209,3 +209,18 @@ def test_fail_on_collapse(tmp_path):
 
     with pytest.raises(LayerCollapseError, match="collapsed"):
         run(tmp_path, spec("oneshot", densities=(0.0005,), criterion="snip", fail_on_collapse=True))
+
+
+def test_initial_weights_are_stored_once_and_shared_by_methods(tmp_path):
+    a, _ = run(tmp_path, spec("lottery", densities=(0.8,)))
+    b, _ = run(tmp_path, spec("snip", densities=(0.8,)))
+    inits = list((tmp_path / "inits").glob("*.safetensors"))
+    assert len(inits) == 1
+    wa, wb = weights(RunDir(a.path), 0, "start"), weights(RunDir(b.path), 0, "start")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(wa[k], v) for k, v in init_state(spec("lottery")).items())
+
+
+def test_method_options_are_validated_by_name():
+    with pytest.raises(ValueError, match="takes no options"):
+        MethodSpec(name="lottery", options={"regrow": 0.1})

@@ -72,6 +72,19 @@ def _recipe(**kw: Any):
     return Recipe(**kw)
 
 
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _CliError(f"--option takes key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -149,6 +162,7 @@ def prune(
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
     rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
     control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
     steps: Steps = "10ep", batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
     momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
@@ -189,7 +203,7 @@ def prune(
                 model=model, dataset=dataset, method=method, density=tuple(density or (0.05,)), criterion=criterion,
                 scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
                 val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
-                progress=report, log=log,
+                progress=report, log=log, options=_options(option),
             )
     _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
     from ticketlab.analysis.plots import plot_accuracy_vs_density
@@ -249,6 +263,20 @@ def data_list() -> None:
     for row in dataset_status():
         table.add_row(row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-"))
     console.print(table)
+
+
+def _register_commands() -> None:
+    """Commands living in ``ticketlab.commands.<name>`` add themselves with ``register(app)``."""
+    import importlib
+    import pkgutil
+
+    from ticketlab import commands
+
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"ticketlab.commands.{module.name}").register(app)
+
+
+_register_commands()
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from ticketlab.data import load_dataset
 from ticketlab.device import resolve_device
+from ticketlab.io import CorruptFileError, load_tensors, save_tensors
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import build_model, initialize
 from ticketlab.spec import ExperimentSpec
@@ -39,6 +41,25 @@ class RunResult:
         return frame
 
 
+def initial_weights(
+    model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path
+) -> dict[str, torch.Tensor]:
+    """The initial weights of (model, init, seed), stored once under ``root/inits/`` and shared by every
+    method and run, so methods compare on the same initialisation (000 appendix A.1)."""
+    key = f"{spec.model}|{spec.init}|{spec.seed}|{tuple(input_shape)}|{num_classes}|{spec.bn_momentum}|{spec.bn_eps}"
+    name = f"{spec.model.replace(':', '_')}-{spec.init}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    path = root / "inits" / f"{name}.safetensors"
+    if path.exists():
+        tensors, meta = load_tensors(path)
+        if meta.get("key") != key:
+            raise CorruptFileError(f"{path}: stored initial weights belong to {meta.get('key')!r}, not {key!r}")
+        return tensors
+    initialize(model, spec.init, seed=spec.seed)
+    state = snapshot(model)
+    save_tensors(path, state, {"kind": "init", "key": key})
+    return state
+
+
 def run_experiment(
     spec: ExperimentSpec,
     root: str | os.PathLike = "runs",
@@ -57,9 +78,10 @@ def run_experiment(
         spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
         bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
     )
-    initialize(model, spec.init, seed=spec.seed)
+    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root))
+    model.load_state_dict(init_state)
     model.to(device)
-    job = Job(spec, data, model, snapshot(model), run, progress=progress, log=log or (lambda message: None))
+    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
     run.mark_finished({"levels": len(job.rows)})

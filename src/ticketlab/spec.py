@@ -7,9 +7,9 @@ a default later keeps every existing run directory valid.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,9 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ticketlab.recipe import DurationField, Recipe
 from ticketlab.registry import split_name
 
-ITERATIVE_PRESETS = ("gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp")
-UPFRONT = ("oneshot", "multishot")
-METHOD_NAMES = UPFRONT + ITERATIVE_PRESETS
+UPFRONT = ("oneshot", "multishot")  # methods that prune at initialisation and need a criterion
 
 
 class _Frozen(BaseModel):
@@ -44,17 +42,39 @@ class MethodSpec(_Frozen):
     pruning_samples_per_class: int = Field(10, ge=1)
     include_bias: bool = False  # synflow: keep |b| in the linearised pass (Synaptic-Flow code)
     fail_on_collapse: bool = False
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options, validated by the method")
 
     @field_validator("name")
     @classmethod
     def _known_name(cls, name: str) -> str:
         from ticketlab.criteria import CRITERIA
+        from ticketlab.methods import METHODS
 
         key, arg = split_name(name)
-        if key in METHOD_NAMES or key in CRITERIA or name.strip().lower().startswith("stacked("):
+        if key in METHODS or key in CRITERIA or name.strip().lower().startswith("stacked("):
             return name.strip().lower()
-        allowed = ", ".join(METHOD_NAMES + ("late_rewind:<duration>", "sgimp:<X%>")) + ", or a criterion: " + ", ".join(CRITERIA.names())
+        allowed = ", ".join(METHODS.names()) + ", or a criterion: " + ", ".join(CRITERIA.names())
         raise ValueError(f"unknown method {name!r}; allowed: {allowed}")
+
+    @model_validator(mode="after")
+    def _method_options(self) -> MethodSpec:
+        """``options`` are checked by the method's own options model (a method registers one in
+        ``ticketlab.methods.OPTIONS``); a method without one takes no options."""
+        from ticketlab.methods import OPTIONS
+
+        key, _ = split_name(self.name)
+        if key in OPTIONS:
+            OPTIONS.get(key).model_validate(self.options)
+        elif self.options:
+            raise ValueError(f"options: method {self.name!r} takes no options, got {sorted(self.options)}")
+        return self
+
+    def method_options(self) -> Any:
+        """The validated options object of this method (its pydantic model), or None."""
+        from ticketlab.methods import OPTIONS
+
+        key, _ = split_name(self.name)
+        return OPTIONS.get(key).model_validate(self.options) if key in OPTIONS else None
 
     @field_validator("criterion")
     @classmethod
@@ -80,7 +100,7 @@ class ExperimentSpec(_Frozen):
     dropout: float = Field(0.0, ge=0, lt=1)
     exempt: tuple[str, ...] = ()
     recipe: Recipe = Recipe()
-    method: MethodSpec = MethodSpec()
+    method: MethodSpec = Field(default_factory=MethodSpec)
     densities: tuple[float, ...] = (0.05,)
     controls: tuple[str, ...] = ()
     end_on_best: bool = False

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
+
+from pydantic import BaseModel
 
 from ticketlab.methods.controls import CONTROLS
 from ticketlab.methods.job import Job, pruning_batches
@@ -13,6 +17,9 @@ from ticketlab.registry import Registry, split_name
 from ticketlab.spec import UPFRONT, MethodSpec
 
 METHODS: Registry[Callable[[Job], None]] = Registry("method")
+# A method with options of its own registers a frozen pydantic model for them under the same name; the
+# spec validates ``method.options`` against it, so a typo names the field and the allowed ones.
+OPTIONS: Registry[type[BaseModel]] = Registry("method options")
 
 
 def resolve_criterion(method: MethodSpec) -> str:
@@ -39,6 +46,8 @@ def resolve_method(method: MethodSpec) -> tuple[str, int]:
     return ("multishot" if method.rounds > 1 else "oneshot"), method.rounds
 
 
-from ticketlab.methods import iterative, upfront  # noqa: E402,F401  (registers the methods)
+# Every module of this package registers its methods on import: a new method is one new file.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["CONTROLS", "METHODS", "Job", "pruning_batches", "resolve_criterion", "resolve_method"]
+__all__ = ["CONTROLS", "METHODS", "OPTIONS", "Job", "pruning_batches", "resolve_criterion", "resolve_method"]
