@@ -196,7 +196,7 @@ def prune(
 
             def log(message: str) -> None:
                 state["levels"] += 1
-                bar.console.print(message)
+                bar.console.print(message, markup=False, highlight=False)
                 bar.update(task, description=f"after {state['levels']} trainings")
 
             result = api_prune(
@@ -245,7 +245,7 @@ def run(
             result = run_experiment(
                 spec, out, device=device, data_root=data_root,
                 progress=lambda step, total, row: bar.update(task, completed=step, total=total),
-                log=bar.console.print,
+                log=lambda message: bar.console.print(message, markup=False, highlight=False),
             )
     _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
     console.print(f"run directory: {result.path}")
