@@ -15,4 +15,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+# The optional extras are installed too, so CI runs the parquet and Ray executor tests (~30 s more).
+.venv/bin/python -m pip install -q -e ".[test,parquet,ray]"
