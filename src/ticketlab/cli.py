@@ -57,10 +57,11 @@ def _clean_errors():
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "spec"
-            err.print(f"[red]error:[/red] {where}: {error['msg']}", highlight=False)
+            message = error["msg"].removeprefix("Value error, ")
+            err.print(f"error: {where}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError, CorruptFileError, _CliError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
