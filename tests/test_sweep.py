@@ -1,0 +1,139 @@
+"""Sweeps: grid expansion (dotted paths, templates, dedupe, errors), local and Ray executors, skip-if-done."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from ticketlab import cli
+from ticketlab.cli import app
+from ticketlab.experiment import run_experiment
+from ticketlab.store import RunDir
+from ticketlab.sweep import SweepSpec, batches, default_workers, expand, grid_points, instantiate, run_sweep
+
+cli.console.width = cli.err.width = 200
+
+BASE = {
+    "model": "mlp:784-{h}-10", "dataset": "synthetic", "val_size": 200,
+    "recipe": {"steps": "30it", "eval_every": "15it"},
+    "method": {"name": "oneshot", "criterion": "magnitude"}, "densities": [0.5],
+}
+
+
+def test_grid_is_the_cartesian_product_of_dotted_paths_and_templates():
+    sweep = SweepSpec(base=BASE, grid={"h": [16, 32], "method.criterion": ["magnitude", "snip"], "seed": [0, 1, 2]})
+    points = grid_points(sweep)
+    assert len(points) == 2 * 2 * 3
+    seen = {(s.model, s.method.criterion, s.seed) for _, s in points}
+    assert seen == {(f"mlp:784-{h}-10", c, seed) for h in (16, 32) for c in ("magnitude", "snip") for seed in (0, 1, 2)}
+    for point, spec in points:
+        assert spec.model == f"mlp:784-{point['h']}-10" and spec.seed == point["seed"]
+        assert str(spec.recipe.steps) == "30it" and spec.densities == (0.5,)  # base kept
+    assert BASE["model"] == "mlp:784-{h}-10"  # base not mutated
+
+
+def test_template_alone_keeps_the_value_type_and_nested_paths_are_created():
+    base = {**BASE, "model": "mlp:784-16-10", "recipe": {"steps": "30it", "lr": "{lr}"}}
+    spec = instantiate(base, {"lr": 0.05, "method.options": {}, "recipe.batch_size": 20})
+    assert spec.recipe.lr == 0.05 and spec.recipe.batch_size == 20
+
+
+def test_duplicate_points_are_run_once():
+    # seed 0 is the default: listing it twice, or a density equal to the base's, gives the same run id
+    sweep = SweepSpec(base={**BASE, "model": "mlp:784-16-10"}, grid={"seed": [0, 0, 1], "densities": [[0.5], [0.5, 0.5]]})
+    specs = expand(sweep)
+    assert len(specs) == 2 and len({s.run_id() for s in specs}) == 2
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"method.name": ["lottery", "lotery"]}, "method.name='lotery'"),
+        ({"recipe.lrr": [0.1]}, "recipe.lrr"),
+        ({"densities": [[1.5]]}, "densities"),
+    ],
+)
+def test_bad_grid_values_name_the_grid_key(grid, message):
+    with pytest.raises(ValueError, match="grid point") as info:
+        expand(SweepSpec(base={**BASE, "model": "mlp:784-16-10"}, grid=grid))
+    assert message in str(info.value)
+
+
+def test_batches_group_runs_sharing_an_architecture():
+    sweep = SweepSpec(base=BASE, grid={"h": [16, 32], "seed": [0, 1, 2]})
+    groups = batches(expand(sweep), 2)
+    assert sorted(len(g) for g in groups) == [1, 1, 2, 2]
+    for group in groups:
+        assert len({s.model for s in group}) == 1
+    assert default_workers(1) >= 1 and default_workers(10**6) == 1
+
+
+def _mask(root, spec, level):
+    return RunDir(root / spec.run_id()).level(level).mask()
+
+
+def test_local_sweep_runs_every_point_in_worker_processes_and_skips_finished(tmp_path):
+    sweep = SweepSpec(base=BASE, grid={"h": [16], "method.criterion": ["magnitude", "snip"], "seed": [1]}, workers=2)
+    finished = []
+    report = run_sweep(sweep, out=tmp_path, on_done=finished.append)
+    assert report.total == 2 and report.skipped == 0 and not report.failed and len(finished) == 2
+    specs = expand(sweep)
+    for spec in specs:
+        assert RunDir(tmp_path / spec.run_id()).finished
+    # a worker ran exactly the spec it was given: same masks as running that spec here
+    ref = run_experiment(specs[1], tmp_path / "ref", device="cpu")
+    assert specs[1].method.criterion == "snip" and specs[1].seed == 1
+    assert _mask(tmp_path, specs[1], 1) == RunDir(ref.path).level(1).mask()
+    again = run_sweep(sweep, out=tmp_path)
+    assert again.outcomes == [] and again.skipped == 2
+
+
+def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
+    sweep = {
+        "base": {**BASE, "model": "mlp:784-16-10"},
+        "grid": {"recipe.batch_size": [60, 5000]},  # 5000 > the 1800 training examples: fails at run time
+        "workers": 2, "out": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "failed" in result.output and "batch_size 5000 is larger than the training split" in result.output
+    assert "1 runs finished, 1 failed" in result.output
+    good, bad = expand(SweepSpec.model_validate(sweep))
+    assert RunDir(tmp_path / "runs" / good.run_id()).finished and not RunDir(tmp_path / "runs" / bad.run_id()).finished
+
+    sweep["grid"] = {"recipe.batch_size": [60]}
+    path.write_text(yaml.safe_dump(sweep))
+    result = runner.invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0 and "nothing to do: all 1 runs" in result.output
+
+
+def test_cli_sweep_rejects_a_bad_grid_in_one_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "grid": {"h": [16], "method.name": ["snipp"]}}))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 2 and "method.name='snipp'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow  # starting Ray takes 15-40 s on two shared cores
+def test_ray_sweep_on_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1]}, executor="ray")
+        report = run_sweep(sweep, out=tmp_path)
+    finally:
+        ray.shutdown()
+    assert len(report.outcomes) == 2 and not report.failed, report.outcomes
+    for spec in expand(sweep):
+        local = run_experiment(spec, tmp_path / "local", device="cpu")
+        assert RunDir(tmp_path / spec.run_id()).finished
+        assert _mask(tmp_path, spec, 1) == RunDir(local.path).level(1).mask()
+        a = RunDir(tmp_path / spec.run_id()).level(1).weights("final")
+        b = RunDir(local.path).level(1).weights("final")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert json.loads((tmp_path / spec.run_id() / "spec.json").read_text())["seed"] == spec.seed
