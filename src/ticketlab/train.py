@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,47 @@ def snapshot(model: nn.Module) -> StateDict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+@dataclass(frozen=True)
+class MaskUpdate:
+    """A new mask for the rest of a run, and the values that weights it re-enables start from."""
+
+    mask: Mapping[str, torch.Tensor]
+    values: Mapping[str, torch.Tensor]
+
+
+class TrainHooks(Protocol):
+    """Optional per-step callbacks for methods that change the mask while training (scored pruning,
+    001 §5). ``train(hooks=None)`` runs none of this code.
+
+    ``after_backward(step, grads)``: the masked parameters' gradients before the mask is applied to them;
+    pruned weights are zero in the forward pass, so these are dL/d(effective weight) for every weight.
+    ``update_mask(done, model)``: after update number ``done`` (weights already masked); return a
+    :class:`MaskUpdate` to switch masks, None to keep the current one.
+    """
+
+    def after_backward(self, step: int, grads: Mapping[str, torch.Tensor]) -> None: ...
+
+    def update_mask(self, done: int, model: nn.Module) -> MaskUpdate | None: ...
+
+
+@torch.no_grad()
+def _switch_mask(
+    update: MaskUpdate, names: list[str], params: list[torch.Tensor], mask_values: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Apply a mid-run mask change in place: newly kept weights take ``update.values``, newly pruned ones
+    become zero, and per-weight optimiser state (momentum, Adam moments) is zeroed wherever the mask is
+    now False, so a weight re-enabled later starts with fresh state."""
+    for i, (name, p) in enumerate(zip(names, params)):
+        new = update.mask[name].to(device=p.device, dtype=p.dtype)
+        revived = (new > 0) & (mask_values[i] == 0)
+        p.copy_(torch.where(revived, update.values[name].to(device=p.device, dtype=p.dtype), p * new))
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value) and value.shape == p.shape:
+                value.mul_(new)
+        mask_values[i] = new
+
+
 @dataclass
 class TrainResult:
     start_step: int
@@ -76,12 +118,14 @@ def train(
     end_on_best: bool = False,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from ``start_step`` to ``end_step`` (default: the recipe's length).
 
     ``start_step`` places the run in the recipe's LR schedule and data order (LR rewinding restarts there).
     ``snapshot_steps`` are the steps whose weights are kept for rewinding (step s = after s updates).
     ``end_on_best`` ends on the weights of the minimum-validation-loss evaluation (003/004's rule).
+    ``hooks`` (needs ``mask``) sees each step's gradients and may change the mask (:class:`TrainHooks`).
     """
     device = resolve_device(device)
     model.to(device)
@@ -93,6 +137,8 @@ def train(
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
     if end_on_best and len(data.x_val) == 0:
         raise ValueError("end_on_best needs a validation split (val_size > 0)")
+    if hooks is not None and mask is None:
+        raise ValueError("train(hooks=...) needs a mask: hooks see and change the masked weights")
     eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
     wanted = {int(s) for s in snapshot_steps}
 
@@ -154,6 +200,8 @@ def train(
                 loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
+            if hooks is not None:
+                hooks.after_backward(step, {k: p.grad for k, p in zip(mask, masked_params)})
             if masked_params:
                 torch._foreach_mul_([p.grad for p in masked_params], mask_values)
             optimizer.step()
@@ -161,6 +209,8 @@ def train(
                 with torch.no_grad():
                     torch._foreach_mul_(masked_params, mask_values)
             done = step + 1
+            if hooks is not None and (update := hooks.update_mask(done, model)) is not None:
+                _switch_mask(update, list(mask), masked_params, mask_values, optimizer)
             if done in wanted:
                 result.snapshots[done] = snapshot(model)
             if done == end_step or (eval_every and done % eval_every == 0):
