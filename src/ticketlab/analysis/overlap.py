@@ -92,6 +92,6 @@ def kept_initial_values(frame: pd.DataFrame, root: str | os.PathLike, density: f
             continue
         mask = Mask.load(mask_file)
         init, _ = load_tensors(init_file)
-        values = [init[name].flatten()[mask[name].flatten().bool()] for name in mask if name in init]
+        values = [init[name].flatten()[mask[name].flatten()] for name in sorted(mask) if name in init]
         out.setdefault(row["label"], []).append(torch.cat(values) if values else torch.empty(0))
     return {label: torch.cat(parts) for label, parts in out.items()}
