@@ -39,6 +39,7 @@ class Parametric:
     build: Callable[[str], Criterion]
     data_aware: bool
     usage: str
+    check: Callable[[str], None] | None = None  # validates the argument when the name is parsed (fail early)
 
 
 PARAMETRIC: Registry[Parametric] = Registry("criterion with an argument")
@@ -85,8 +86,11 @@ def parse(name: str) -> str | tuple[str, str]:
     key, arg = split_name(text)
     if arg is not None:
         if key in PARAMETRIC:
+            entry = PARAMETRIC.get(key)
             if not arg:
-                raise ValueError(f"malformed criterion {name!r}: write {PARAMETRIC.get(key).usage}")
+                raise ValueError(f"malformed criterion {name!r}: write {entry.usage}")
+            if entry.check is not None:
+                entry.check(arg)
             return f"{key}:{arg}"
         if key in CRITERIA:
             raise ValueError(f"malformed criterion {name!r}: {key!r} takes no argument")

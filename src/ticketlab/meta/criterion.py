@@ -2,7 +2,9 @@
 
 The features the model was fitted on are computed for the network being pruned (the masked network, as
 every criterion scores), the model predicts one score per weight, and selection does the rest. Pruned
-weights score 0, like SNIP/GraSP/SynFlow give them. The model is read once per file version.
+weights score 0, like SNIP/GraSP/SynFlow give them. The model is read once per file version. The path must
+exist when the name is parsed (a spec naming a missing model fails before any training). A run's id hashes
+the name, not the file: refitting a model in place does not invalidate finished runs that used it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ def _load(path: str, mtime_ns: int):  # noqa: ANN202 - MetaModel, imported lazil
     return MetaModel.load(path)
 
 
-def load_meta_model(path: str | os.PathLike):  # noqa: ANN201
-    """The :class:`~ticketlab.meta.fit.MetaModel` at ``path`` (descriptor JSON or model file), cached."""
+def descriptor_path(path: str | os.PathLike) -> Path:
+    """The descriptor ``<name>.json`` of a meta model given by it or by its model file; it must exist."""
     p = Path(path).expanduser()
     descriptor = p if p.suffix == ".json" else p.with_suffix(".json")
-    if not descriptor.exists():
+    if not descriptor.is_file():
         raise FileNotFoundError(f"criterion meta:{path}: no fitted meta model there (descriptor {descriptor})")
+    return descriptor
+
+
+def load_meta_model(path: str | os.PathLike):  # noqa: ANN201
+    """The :class:`~ticketlab.meta.fit.MetaModel` at ``path`` (descriptor JSON or model file), cached."""
+    descriptor = descriptor_path(path)
     return _load(str(descriptor.resolve()), descriptor.stat().st_mtime_ns)
 
 
@@ -59,4 +67,6 @@ def _build(path: str) -> Criterion:
     return criterion
 
 
-PARAMETRIC.register("meta")(Parametric(_build, data_aware=True, usage="meta:<path of a fitted meta model>"))
+PARAMETRIC.register("meta")(
+    Parametric(_build, data_aware=True, usage="meta:<path of a fitted meta model>", check=descriptor_path)
+)

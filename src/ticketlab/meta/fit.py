@@ -70,7 +70,7 @@ class MetaModel:
         x = np.asarray(x, dtype=np.float32)
         if isinstance(self.estimator, nn.Module):
             with torch.inference_mode():
-                return self.estimator(torch.from_numpy(x)).double().numpy()
+                return self.estimator(torch.tensor(x)).double().numpy()
         return np.asarray(self.estimator.predict(x), dtype=np.float64)
 
     def save(self, directory: str | os.PathLike) -> Path:

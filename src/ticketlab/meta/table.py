@@ -154,6 +154,7 @@ def save_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     kind = _kind(path)
     if kind == "parquet":
+        _need_pyarrow(path)
         frame.to_parquet(tmp, index=False)
     else:
         text = "# " + json.dumps(frame.attrs.get("ticketlab", {})) + "\n" + frame.to_csv(index=False)
@@ -169,6 +170,7 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"meta table {path} does not exist (write one with `ticketlab meta build`)")
     kind = _kind(path)
     if kind == "parquet":
+        _need_pyarrow(path)
         return pd.read_parquet(path)
     raw = path.read_bytes()
     text = (gzip.decompress(raw) if kind == "csv.gz" else raw).decode()
@@ -176,6 +178,13 @@ def load_table(path: str | os.PathLike) -> pd.DataFrame:
     frame = pd.read_csv(io.StringIO(rest))
     frame.attrs["ticketlab"] = json.loads(first[1:]) if first.startswith("#") else {}
     return frame
+
+
+def _need_pyarrow(path: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ValueError(f"meta table {path}: parquet needs pyarrow (pip install 'ticketlab[parquet]'); or name it .csv.gz") from None
 
 
 def _kind(path: Path) -> str:
