@@ -41,6 +41,7 @@ Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")]
 EndOnBest = Annotated[bool, typer.Option(help="End on the weights of minimum validation loss (003's early stopping).")]
+TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
 
 
 class _CliError(Exception):
@@ -171,7 +172,7 @@ def prune(
     eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
     end_on_best: EndOnBest = False,
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
-    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
+    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
 ) -> None:
     """Find tickets with one method; write mask + weights per level and print a per-level table."""
     from ticketlab.api import prune as api_prune
@@ -206,6 +207,10 @@ def prune(
                 val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
                 progress=report, log=log, options=_options(option),
             )
+    if tensorboard:
+        from ticketlab.tblog import export_tensorboard
+
+        export_tensorboard(result.path)
     _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
     from ticketlab.analysis.plots import plot_accuracy_vs_density
 
@@ -231,7 +236,7 @@ def _print_levels(frame, title: str) -> None:
 def run(
     spec_file: Annotated[Path, typer.Argument(help="YAML spec of one experiment.")],
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
-    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
+    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
 ) -> None:
     """Run (or resume) the experiment a YAML spec describes."""
     from ticketlab.device import set_threads
@@ -243,13 +248,23 @@ def run(
         spec = load_spec(spec_file)
         with _progress() as bar:
             task = bar.add_task("training", total=None, info="")
+
+            def show(message: str) -> None:
+                bar.console.print(message, markup=False, highlight=False)
+
             result = run_experiment(
                 spec, out, device=device, data_root=data_root,
                 progress=lambda step, total, row: bar.update(task, completed=step, total=total),
-                log=lambda message: bar.console.print(message, markup=False, highlight=False),
+                log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
             )
     _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
     console.print(f"run directory: {result.path}")
+
+
+def _tensorboard_log(run_path: Path, log: Any) -> Any:
+    from ticketlab.tblog import tensorboard_log
+
+    return tensorboard_log(run_path, log)
 
 
 # -- data -------------------------------------------------------------------------------------------
