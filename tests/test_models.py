@@ -189,7 +189,7 @@ def test_bad_arguments_name_the_problem(name, kwargs, pattern):
 
 
 def test_unknown_init_lists_allowed_names():
-    with pytest.raises(UnknownNameError, match=r"Allowed: kaiming_normal, signed_constant, xavier"):
+    with pytest.raises(UnknownNameError, match=r"Allowed: bimodal, kaiming_normal, signed_constant, xavier"):
         initialize(build_model("lenet300"), "kaiming")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ticketlab.data import load_dataset
+from ticketlab.data import Dataset, load_dataset
 from ticketlab.device import resolve_device
 from ticketlab.io import CorruptFileError, load_tensors, save_tensors
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import build_model, initialize
+from ticketlab.saw import is_saw, saw_criterion, saw_initialize
 from ticketlab.spec import ExperimentSpec
 from ticketlab.store import RunDir
 from ticketlab.train import Progress, snapshot
@@ -42,19 +44,35 @@ class RunResult:
 
 
 def initial_weights(
-    model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path
+    model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path,
+    data: Dataset | None = None,
 ) -> dict[str, torch.Tensor]:
     """The initial weights of (model, init, seed), stored once under ``root/inits/`` and shared by every
-    method and run, so methods compare on the same initialisation (000 appendix A.1)."""
+    method and run, so methods compare on the same initialisation (000 appendix A.1). Scores as weights
+    (``saw:<criterion>``) also depend on the data and pruning batches, which then join the key."""
     key = f"{spec.model}|{spec.init}|{spec.seed}|{tuple(input_shape)}|{num_classes}|{spec.bn_momentum}|{spec.bn_eps}"
-    name = f"{spec.model.replace(':', '_')}-{spec.init}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    if is_saw(spec.init):
+        m = spec.method
+        key += (f"|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{m.pruning_batches}|{m.pruning_samples_per_class}"
+                f"|{m.include_bias}|{','.join(spec.exempt)}")
+    safe_init = re.sub(r"[^a-z0-9_.-]+", "_", spec.init.lower())
+    name = f"{spec.model.replace(':', '_')}-{safe_init}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     path = root / "inits" / f"{name}.safetensors"
     if path.exists():
         tensors, meta = load_tensors(path)
         if meta.get("key") != key:
             raise CorruptFileError(f"{path}: stored initial weights belong to {meta.get('key')!r}, not {key!r}")
         return tensors
-    initialize(model, spec.init, seed=spec.seed)
+    if is_saw(spec.init):
+        if data is None:
+            raise ValueError(f"init {spec.init!r} scores the model on data: pass data= to initial_weights")
+        m = spec.method
+        saw_initialize(
+            model, saw_criterion(spec.init), data, seed=spec.seed, exempt=spec.exempt,
+            pruning_batches=m.pruning_batches, samples_per_class=m.pruning_samples_per_class, include_bias=m.include_bias,
+        )
+    else:
+        initialize(model, spec.init, seed=spec.seed)
     state = snapshot(model)
     save_tensors(path, state, {"kind": "init", "key": key})
     return state
@@ -78,7 +96,7 @@ def run_experiment(
         spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
         bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
     )
-    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root))
+    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
     model.load_state_dict(init_state)
     model.to(device)
     job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))

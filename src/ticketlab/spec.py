@@ -145,9 +145,23 @@ class ExperimentSpec(_Frozen):
     @classmethod
     def _init(cls, name: str) -> str:
         from ticketlab.models import INITS
+        from ticketlab.saw import PREFIX, is_saw, saw_criterion
 
+        if is_saw(name):  # scores as weights need data: made in experiment.initial_weights (000 §3.4)
+            return f"{PREFIX}:{saw_criterion(name)}"
         INITS.get(name)
         return name
+
+    @model_validator(mode="after")
+    def _saw_controls(self) -> ExperimentSpec:
+        from ticketlab.saw import is_saw
+
+        if is_saw(self.init) and self.controls:
+            raise ValueError(
+                f"controls: not available with init {self.init!r} (controls draw fresh weights of the spec's "
+                "init, and scores as weights need data); run them with a data-free init"
+            )
+        return self
 
     def non_default(self) -> dict[str, Any]:
         """The fields that differ from their defaults, recursively, in JSON form."""

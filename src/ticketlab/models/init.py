@@ -89,3 +89,24 @@ def signed_constant(model: nn.Module, generator: torch.Generator) -> None:
         return torch.where(_normal(w, std, generator) >= 0, std, -std)
 
     _apply(model, sample)
+
+
+BIMODAL_MODE, BIMODAL_SPREAD = 2.0, 0.5  # in units of the layer's Kaiming std
+
+
+@INITS.register("bimodal")
+def bimodal(model: nn.Module, generator: torch.Generator) -> None:
+    """The control of Scores as Weights (000 §5.4): the tickets of every criterion keep initial weights
+    from the two tails of the Kaiming normal (000 §5.1, "a bi-modal distribution of initial values"), so
+    the network starts in such a distribution. Our parameters, as 000 gives none: sign of the Kaiming
+    normal draw of the same seed (the signs SaW transfers), magnitude |N(2, 0.5²)| Kaiming stds, i.e.
+    two modes at ±2 std, as dense data-free weights."""
+    kaiming_normal(model, generator)
+    magnitudes = torch.Generator().manual_seed((generator.initial_seed() * 0x9E3779B1 + 1) % (1 << 63))
+
+    def sample(w: torch.Tensor) -> torch.Tensor:
+        std = kaiming_std(w)
+        size = (BIMODAL_MODE + BIMODAL_SPREAD * _normal(w, 1.0, magnitudes)).abs() * std
+        return torch.where(w >= 0, size, -size)
+
+    _apply(model, sample)
