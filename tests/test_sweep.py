@@ -11,7 +11,7 @@ from ticketlab import cli
 from ticketlab.cli import app
 from ticketlab.experiment import run_experiment
 from ticketlab.store import RunDir
-from ticketlab.sweep import SweepSpec, batches, default_workers, expand, grid_points, instantiate, run_sweep
+from ticketlab.sweep import SweepSpec, batches, default_workers, expand, grid_points, instantiate, load_sweep, run_sweep
 
 cli.console.width = cli.err.width = 200
 
@@ -75,13 +75,15 @@ def _mask(root, spec, level):
 
 
 def test_local_sweep_runs_every_point_in_worker_processes_and_skips_finished(tmp_path):
-    sweep = SweepSpec(base=BASE, grid={"h": [16], "method.criterion": ["magnitude", "snip"], "seed": [1]}, workers=2)
+    sweep = SweepSpec(base=BASE, grid={"h": [16], "method.criterion": ["magnitude", "snip"], "seed": [1]}, workers=2,
+                       tensorboard=True)
     finished = []
     report = run_sweep(sweep, out=tmp_path, on_done=finished.append)
     assert report.total == 2 and report.skipped == 0 and not report.failed and len(finished) == 2
     specs = expand(sweep)
     for spec in specs:
         assert RunDir(tmp_path / spec.run_id()).finished
+        assert list((tmp_path / spec.run_id() / "tensorboard" / "level_01").glob("events.out.tfevents.*"))
     # a worker ran exactly the spec it was given: same masks as running that spec here
     ref = run_experiment(specs[1], tmp_path / "ref", device="cpu")
     assert specs[1].method.criterion == "snip" and specs[1].seed == 1
@@ -137,3 +139,21 @@ def test_ray_sweep_on_a_local_instance(tmp_path):
         b = RunDir(local.path).level(1).weights("final")
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert json.loads((tmp_path / spec.run_id() / "spec.json").read_text())["seed"] == spec.seed
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune", "results"])
+def test_help(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_example_sweep_and_tune_files_load():
+    from pathlib import Path
+
+    from ticketlab.tune import load_tune
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "sweeps"
+    sweep = load_sweep(folder / "methods_lenet300.yaml")
+    assert len(expand(sweep)) == 5 * 3 * 3
+    study = load_tune(folder / "tune_layer_size_mlp.yaml")
+    assert set(study.search) == {"h", "lr"} and study.direction == "maximize"
