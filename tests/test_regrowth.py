@@ -258,3 +258,22 @@ def test_double_pruning_rejects_other_criteria(tmp_path):
                        method=MethodSpec(name="double_pruning", criterion="snip"))
     with pytest.raises(ValueError, match="magnitude"):
         run_experiment(s, tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["double_pruning", "scored_pruning"])
+def test_rerun_reads_levels_back(runs, method, monkeypatch):
+    import ticketlab.methods.job as job_module
+    import ticketlab.methods.scored_pruning as scored_module
+
+    options = {"regrow": 0.2} if method == "double_pruning" else {"regrow": 0.1, "regrow_every": "5it"}
+    rd = runs(method, **options)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished level was trained again")
+
+    monkeypatch.setattr(job_module, "train", no_training)
+    monkeypatch.setattr(scored_module, "train", no_training)
+    result = run_experiment(spec(method, **options), rd.path.parent, device="cpu")
+    assert [r["level"] for r in result.rows if not r["control"]] == [0, 1, 2]
+    for row in result.rows:
+        assert row["test_acc"] == rd.level(row["level"], row["control"] or None).metrics()["test_acc"]
