@@ -68,6 +68,9 @@ def plot_mean_std(
         (line,) = ax.plot(x, mean, marker="o", ms=3, label=label)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     _density_axis(ax)
+    ticks = sorted(set(summary["density_key"] * 100))
+    if 0 < len(ticks) <= 12:  # label the densities measured, not just the decades
+        ax.set_xticks(ticks)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.set_title(title or "mean ± std over seeds")
