@@ -1,0 +1,117 @@
+"""run_experiments writes the same run directories as run_experiment, spec by spec, training stacked."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ticketlab.batched as batched
+from ticketlab.batched import run_experiments
+from ticketlab.experiment import run_experiment
+from ticketlab.io import load_tensors
+from ticketlab.recipe import Recipe
+from ticketlab.spec import ExperimentSpec, MethodSpec
+
+RECIPE = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
+TIMING = {"train_time", "score_time"}
+
+
+def spec(**kw) -> ExperimentSpec:
+    base = dict(model="mlp:784-32-16-10", dataset="synthetic", val_size=200, recipe=RECIPE)
+    base.update(kw)
+    return ExperimentSpec(**base)
+
+
+def close(a, b, path: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            if k not in TIMING:
+                close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-4, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+def compare_trees(left: Path, right: Path) -> int:
+    files = sorted(p.relative_to(left) for p in left.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(right) for p in right.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.suffix == ".json":
+            close(json.loads((left / rel).read_text()), json.loads((right / rel).read_text()), str(rel))
+        elif rel.name == "mask.safetensors" or rel.parts[0] == "inits":
+            a, b = load_tensors(left / rel)[0], load_tensors(right / rel)[0]
+            assert all(torch.equal(a[k], b[k]) for k in a), rel
+        else:
+            a, b = load_tensors(left / rel)[0], load_tensors(right / rel)[0]
+            assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-5) for k in a), rel
+    return len(files)
+
+
+@pytest.fixture
+def count_stacked(monkeypatch):
+    calls = []
+    real = batched.train_many
+
+    def counting(models, *args, **kwargs):
+        calls.append(len(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "train_many", counting)
+    return calls
+
+
+def test_lottery_seeds_and_presets_equal_sequential_runs(tmp_path, count_stacked):
+    specs = [spec(seed=s, densities=(0.6,)) for s in (0, 1, 2)]
+    specs.append(spec(seed=3, densities=(0.6,), method=MethodSpec(name="sgimp:50%"), controls=("reinit",)))
+    specs.append(spec(seed=4, densities=(0.6,), method=MethodSpec(name="lr_rewind")))
+    results = run_experiments(specs, tmp_path / "batched")
+    for s in specs:
+        run_experiment(s, tmp_path / "sequential")
+    assert [r.spec for r in results] == specs
+    assert compare_trees(tmp_path / "batched", tmp_path / "sequential") > 40
+    # level 0 of all five runs is one stack; later levels stack the three lottery seeds with sgimp/lr_rewind
+    # where their step ranges agree (lr_rewind and sgimp restart the LR at step 20, lottery at 0)
+    assert count_stacked[0] == 5 and max(count_stacked) == 5 and len(count_stacked) >= 4
+
+
+def test_upfront_methods_and_other_architectures_group_apart(tmp_path, count_stacked):
+    specs = [
+        spec(seed=0, method=MethodSpec(name="snip"), densities=(0.5, 0.2)),
+        spec(seed=1, method=MethodSpec(name="oneshot", criterion="magnitude"), densities=(0.5,), controls=("shuffle_mask",)),
+        spec(seed=2, method=MethodSpec(name="synflow", rounds=5), densities=(0.3,)),
+        spec(seed=0, model="mlp:784-16-10", method=MethodSpec(name="snip"), densities=(0.5,)),  # alone: plain train()
+    ]
+    run_experiments(specs, tmp_path / "batched")
+    for s in specs:
+        run_experiment(s, tmp_path / "sequential")
+    compare_trees(tmp_path / "batched", tmp_path / "sequential")
+    assert count_stacked and max(count_stacked) == 3
+
+
+def test_resume_and_non_batchable_methods_fall_back(tmp_path, monkeypatch):
+    """A finished spec is read back, not retrained; a method outside BATCHED_METHODS runs sequentially."""
+    specs = [spec(seed=s, densities=(0.8,)) for s in (0, 1)]
+    run_experiments(specs, tmp_path)
+    monkeypatch.setattr(batched, "train_many", lambda *a, **k: pytest.fail("finished levels were retrained"))
+    monkeypatch.setattr(batched, "train", lambda *a, **k: pytest.fail("finished levels were retrained"))
+    again = run_experiments(specs, tmp_path)
+    assert [len(r.rows) for r in again] == [2, 2]
+    monkeypatch.setattr(batched, "BATCHED_METHODS", frozenset())
+    fallback = []
+    monkeypatch.setattr(batched, "run_experiment", lambda s, *a, **k: fallback.append(s) or run_experiment(s, *a, **k))
+    run_experiments(specs, tmp_path)
+    assert fallback == specs
+
+
+def test_a_failing_spec_does_not_stop_the_others(tmp_path):
+    specs = [spec(seed=0, densities=(0.8,)), spec(seed=1, densities=(0.8,), method=MethodSpec(name="late_rewind"))]
+    with pytest.raises(ValueError, match="late_rewind needs the rewind step"):
+        run_experiments(specs, tmp_path)
+    assert (tmp_path / specs[0].run_id() / "done.json").exists()
