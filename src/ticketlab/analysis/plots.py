@@ -133,7 +133,10 @@ def plot_layer_densities(table: pd.DataFrame, path: str | os.PathLike, title: st
     return _save(fig, path)
 
 
-def plot_accuracy_vs_parameters(summary: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+def plot_accuracy_vs_parameters(
+    summary: pd.DataFrame, path: str | os.PathLike, title: str = "", ylabel: str = "test accuracy (%)",
+    scale: float = 100.0,
+) -> Path:
     """002 figure 1.1: accuracy vs remaining prunable weights (log x) across models, one connected line
     per model and ticket kind, so a sparse large model can be read against a dense small one."""
     path = Path(path)
@@ -142,10 +145,10 @@ def plot_accuracy_vs_parameters(summary: pd.DataFrame, path: str | os.PathLike, 
         group = group.sort_values("kept")
         model = group["model"].iloc[0] if "model" in group else ""
         name = label if not model or str(model) in label else f"{label} · {model}"
-        ax.plot(group["kept"], group["mean"] * 100, marker="o", ms=3, label=name)
+        ax.plot(group["kept"], group["mean"] * scale, marker="o", ms=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("remaining prunable weights (log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title or "accuracy vs parameter count")

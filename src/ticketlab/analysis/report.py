@@ -194,7 +194,7 @@ def write_report(
     if "kept" in frame:
         ticket_summary = summarize(tickets, metric)
         report.images["accuracy_vs_parameters"] = plots.plot_accuracy_vs_parameters(
-            ticket_summary, out / "accuracy_vs_parameters.png"
+            ticket_summary, out / "accuracy_vs_parameters.png", ylabel=ylabel, scale=scale
         )
         sections.append(
             "<h2>Accuracy vs remaining parameters</h2>"
