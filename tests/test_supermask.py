@@ -12,7 +12,7 @@ import torch
 from ticketlab.criteria import ScoringContext, score
 from ticketlab.evaluate import evaluate
 from ticketlab.experiment import run_experiment
-from ticketlab.masks import Mask, masked_state
+from ticketlab.masks import Mask
 from ticketlab.methods.supermask import CURVE_FILE, UNTRAINED, best_point, signed_constant_weights, sweep_densities
 from ticketlab.models import build_model
 from ticketlab.recipe import Recipe
