@@ -333,3 +333,9 @@ def test_cli_build_fit_and_prune_with_the_fitted_model(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli.app, ["meta", "fit", str(table), "--models", "linear,boosting"])
     assert result.exit_code == 2 and "allowed: linear, sgd, tree, forest, mlp" in result.output
+
+
+@pytest.mark.parametrize("command", [["meta"], ["meta", "build"], ["meta", "fit"]])
+def test_meta_help(command):
+    result = CliRunner().invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
