@@ -115,3 +115,20 @@ def test_a_failing_spec_does_not_stop_the_others(tmp_path):
     with pytest.raises(ValueError, match="late_rewind needs the rewind step"):
         run_experiments(specs, tmp_path)
     assert (tmp_path / specs[0].run_id() / "done.json").exists()
+
+
+def test_failures_come_back_per_spec_and_messages_per_run(tmp_path, count_stacked):
+    specs = [spec(seed=s, densities=(0.8,)) for s in (0, 1)]
+    specs.append(spec(seed=2, densities=(0.8,), recipe=RECIPE.model_copy(update={"batch_size": 5000})))  # > 1800 examples
+    messages: dict[str, list[str]] = {}
+
+    def log_for(s: ExperimentSpec):
+        return messages.setdefault(s.run_id(), []).append
+
+    results = run_experiments(specs, tmp_path, log_for=log_for, return_exceptions=True)
+    assert [type(r).__name__ for r in results[:2]] == ["RunResult", "RunResult"]
+    assert isinstance(results[2], ValueError) and "batch_size 5000" in str(results[2])
+    assert count_stacked[0] == 2  # the two good seeds still trained stacked
+    assert [len(messages[s.run_id()]) for s in specs[:2]] == [2, 2]  # one line per level, each in its own run's log
+    with pytest.raises(ValueError, match="batch_size 5000"):
+        run_experiments(specs, tmp_path)

@@ -282,7 +282,9 @@ def test_table_targets_are_the_reference_tickets_and_features_the_stored_init(tm
     frame = build_table("mlp:784-16-10", "synthetic", target="mask", **kw)
     spec = ExperimentSpec(model="mlp:784-16-10", dataset="synthetic", val_size=200, recipe=kw["recipe"], method=reference, densities=(0.2,))
     mask = Mask.load(tmp_path / spec.run_id() / "level_01" / "mask.safetensors")
-    assert np.array_equal(frame["target"].to_numpy(), np.concatenate([mask[k].flatten().numpy() for k in mask]).astype(np.float32))
+    layers = list(frame["layer"].cat.categories)  # model order
+    assert layers == ["layers.0.weight", "layers.1.weight"] and sorted(mask) == layers
+    assert np.array_equal(frame["target"].to_numpy(), np.concatenate([mask[k].flatten().numpy() for k in layers]).astype(np.float32))
     assert frame["target"].sum() == mask.kept()
     assert list(frame.columns) == ["seed", "layer", "index", "magnitude", "snip", "grasp", "synflow", "target"]
     init = next((tmp_path / "inits").iterdir())

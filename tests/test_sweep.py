@@ -11,7 +11,9 @@ from ticketlab import cli
 from ticketlab.cli import app
 from ticketlab.experiment import run_experiment
 from ticketlab.store import RunDir
-from ticketlab.sweep import SweepSpec, batches, default_workers, expand, grid_points, instantiate, load_sweep, run_sweep
+from ticketlab.sweep import (
+    MAX_STACK, SweepSpec, batches, default_batch, default_workers, expand, grid_points, instantiate, load_sweep, run_batch, run_sweep,
+)
 
 cli.console.width = cli.err.width = 200
 
@@ -67,6 +69,12 @@ def test_batches_group_runs_sharing_an_architecture():
     assert sorted(len(g) for g in groups) == [1, 1, 2, 2]
     for group in groups:
         assert len({s.model for s in group}) == 1
+    # default: each architecture's runs shared evenly among the workers, at most MAX_STACK per task
+    assert sorted(len(g) for g in batches(expand(sweep), None, workers=2)) == [1, 1, 2, 2]
+    assert sorted(len(g) for g in batches(expand(sweep), None, workers=1)) == [3, 3]
+    many = SweepSpec(base=BASE, grid={"seed": list(range(MAX_STACK + 4))})
+    assert sorted(len(g) for g in batches(expand(many), None, workers=1)) == [4, MAX_STACK]
+    assert default_batch("cpu") == 1  # measured: one-thread processes beat stacking on CPU (benchmarks/README.md)
     assert default_workers(1) >= 1 and default_workers(10**6) == 1
 
 
@@ -157,3 +165,20 @@ def test_example_sweep_and_tune_files_load():
     assert len(expand(sweep)) == 5 * 3 * 3
     study = load_tune(folder / "tune_layer_size_mlp.yaml")
     assert set(study.search) == {"h", "lr"} and study.direction == "maximize"
+
+
+def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkeypatch):
+    import ticketlab.batched as batched
+
+    stacked = []
+    real = batched.train_many
+    monkeypatch.setattr(batched, "train_many", lambda models, *a, **k: stacked.append(len(models)) or real(models, *a, **k))
+    sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1, 2]}, workers=1)
+    specs = expand(sweep)
+    (work,) = batches(specs, sweep.batch, workers=1)
+    outcomes = run_batch([s.model_dump(mode="json") for s in work], str(tmp_path))
+    assert all(o.ok for o in outcomes) and [o.run_id for o in outcomes] == [s.run_id() for s in specs]
+    assert stacked and set(stacked) == {3}
+    for spec in specs:
+        alone = run_experiment(spec, tmp_path / "alone", device="cpu")
+        assert _mask(tmp_path, spec, 1) == RunDir(alone.path).level(1).mask()

@@ -122,22 +122,31 @@ def run_experiments(
     device: str | torch.device | None = None,
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    log: Any = None,
-) -> list[RunResult]:
+    log: Callable[[str], None] | None = None,
+    log_for: Callable[[ExperimentSpec], Callable[[str], None]] | None = None,
+    return_exceptions: bool = False,
+) -> list[Any]:
     """Run (or resume) every spec under ``root/<run id>``, as ``run_experiment`` would, stacking the
     training of specs that share an architecture and recipe. Results are in the order of ``specs``.
 
-    If a spec fails, the others still finish; the first error is raised at the end.
+    Messages go to ``log_for(spec)`` when given (one callback per run, e.g. TensorBoard export), else to
+    ``log`` prefixed with the run id. If a spec fails, the others still finish; the first error is raised
+    at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
     """
     device = resolve_device(device)
-    log = log or (lambda message: None)
+    shared_log = log or (lambda message: None)
+
+    def spec_log(spec: ExperimentSpec) -> Callable[[str], None]:
+        if log_for is not None:
+            return log_for(spec)
+        tag = f"[{spec.run_id()}] "
+        return lambda message: shared_log(tag + message)
+
     results: dict[int, RunResult] = {}
     datasets: dict[tuple, Dataset] = {}
     workers: dict[int, _Worker] = {}
-    errors: list[BaseException] = []
-    for i, spec in enumerate(specs):
-        if not batchable(spec):
-            continue
+    errors: dict[int, BaseException] = {}
+    def start_worker(spec: ExperimentSpec) -> _Worker:
         data_key = (spec.dataset, spec.val_size, spec.split_seed)
         if data_key not in datasets:
             datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
@@ -148,17 +157,22 @@ def run_experiments(
             spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
             bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
         )
-        init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root))
+        init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
         model.load_state_dict(init_state)
         model.to(device)
-        tag = f"[{spec.run_id()}] "
-        job = _BatchedJob(spec, data, model, init_state, run, progress=None,
-                          log=lambda message, tag=tag: log(tag + message))
+        job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=spec_log(spec))
         key, _ = resolve_method(spec.method)
         worker = _Worker(METHODS.get(key), job)
         job.worker = worker
-        workers[i] = worker
         worker.start()
+        return worker
+
+    for i, spec in enumerate(specs):
+        if batchable(spec):
+            try:
+                workers[i] = start_worker(spec)
+            except Exception as error:  # e.g. missing data: this spec fails, the others run
+                errors[i] = error
 
     waiting = list(workers.values())
     while waiting:
@@ -179,20 +193,21 @@ def run_experiments(
     for i, worker in workers.items():
         worker.join()
         if worker.error is not None:
-            errors.append(worker.error)
+            errors[i] = worker.error
             continue
         worker.job.run.mark_finished({"levels": len(worker.job.rows)})
         results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
 
     for i, spec in enumerate(specs):
-        if i not in workers:
+        if i not in workers and i not in errors:
             try:
-                results[i] = run_experiment(spec, root, device=device, data_root=data_root, progress=progress, log=log)
+                results[i] = run_experiment(spec, root, device=device, data_root=data_root, progress=progress,
+                                            log=spec_log(spec))
             except Exception as error:  # the other specs still run
-                errors.append(error)
-    if errors:
-        raise errors[0]
-    return [results[i] for i in range(len(specs))]
+                errors[i] = error
+    if errors and not return_exceptions:
+        raise errors[min(errors)]
+    return [errors[i] if i in errors else results[i] for i in range(len(specs))]
 
 
 def _train_group(group: list[_Request], device: torch.device, progress: Progress | None) -> None:

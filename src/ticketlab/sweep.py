@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import re
 import time
@@ -35,12 +36,17 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     executor: Literal["local", "ray"] = "local"
-    workers: int | None = Field(None, ge=1, description="local: worker processes (default: cores // threads)")
+    workers: int | None = Field(None, ge=1, description="local: worker processes (default: cores // threads); "
+                                "ray: tasks an architecture's runs are spread over (default 8)")
     threads_per_worker: int = Field(1, ge=1)
     address: str | None = None  # ray: cluster address (default: a local instance)
     out: str = "runs"
     device: str = "cpu"
-    batch: int = Field(1, ge=1, description="runs handed to one worker task (grouped by architecture)")
+    batch: int | None = Field(
+        None, ge=1,
+        description="runs handed to one worker task, trained stacked (default: on CUDA an architecture's runs "
+        "shared evenly among the workers, at most 16 per task; on CPU 1, see benchmarks/README.md)",
+    )
     tensorboard: bool = False
 
     @field_validator("grid")
@@ -141,16 +147,29 @@ def expand(sweep: SweepSpec) -> list[ExperimentSpec]:
     return [spec for _, spec in grid_points(sweep)]
 
 
-def batches(specs: Sequence[ExperimentSpec], size: int) -> list[list[ExperimentSpec]]:
+MAX_STACK = 16  # runs per task by default on CUDA
+
+
+def default_batch(device: str) -> int | None:
+    """Stack runs by default only on CUDA, where one small model cannot fill the device. On the CPUs
+    measured (benchmarks/README.md) one-thread worker processes training one model each beat stacking."""
+    from ticketlab.device import resolve_device
+
+    return None if resolve_device(device).type == "cuda" else 1
+
+
+def batches(specs: Sequence[ExperimentSpec], size: int | None, workers: int = 1) -> list[list[ExperimentSpec]]:
     """Group runs that share an architecture and data (model, dataset, recipe) into batches of at most
-    ``size``: the unit a worker receives, so a vectorised trainer can later train a batch at once."""
+    ``size``: the unit a worker receives, whose runs train stacked. ``size=None`` shares each group
+    evenly among ``workers`` in batches of at most ``MAX_STACK``."""
     groups: dict[str, list[ExperimentSpec]] = {}
     for spec in specs:
         key = f"{spec.model}|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{spec.recipe.model_dump_json()}"
         groups.setdefault(key, []).append(spec)
     out: list[list[ExperimentSpec]] = []
     for group in groups.values():
-        out.extend(group[i : i + size] for i in range(0, len(group), size))
+        n = size or min(MAX_STACK, math.ceil(len(group) / workers))
+        out.extend(group[i : i + n] for i in range(0, len(group), n))
     return out
 
 
@@ -175,29 +194,33 @@ def run_batch(
     tensorboard: bool = False,
     data_root: str | None = None,
 ) -> list[Outcome]:
-    """Run a batch of specs (JSON form) one after the other in this process; a failure is recorded and
-    the next run goes on. This is the worker's unit, kept plain so it pickles for processes and Ray."""
+    """Run a batch of specs (JSON form) in this process; a failure is recorded and the other runs go on.
+    Runs that share an architecture and recipe train stacked (``ticketlab.batched.run_experiments``).
+    This is the worker's unit, kept plain so it pickles for processes and Ray."""
+    from ticketlab.batched import run_experiments
     from ticketlab.device import set_threads
-    from ticketlab.experiment import run_experiment
 
     if threads is not None:
         set_threads(threads)
-    outcomes = []
-    for data in specs:
-        spec = ExperimentSpec.model_validate(data)
-        started = time.perf_counter()
-        log = None
-        if tensorboard:
-            from ticketlab.tblog import tensorboard_log
+    parsed = [ExperimentSpec.model_validate(data) for data in specs]
 
-            log = tensorboard_log(Path(root) / spec.run_id())
-        try:
-            run_experiment(spec, root, device=device, data_root=data_root, log=log)
-        except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            outcomes.append(Outcome(spec.run_id(), spec.non_default(), False, last, time.perf_counter() - started))
+    def log_for(spec: ExperimentSpec) -> Callable[[str], None]:
+        if not tensorboard:
+            return lambda message: None
+        from ticketlab.tblog import tensorboard_log
+
+        return tensorboard_log(Path(root) / spec.run_id())
+
+    started = time.perf_counter()
+    results = run_experiments(parsed, root, device=device, data_root=data_root, log_for=log_for, return_exceptions=True)
+    wall = (time.perf_counter() - started) / max(1, len(parsed))  # stacked runs share their time
+    outcomes = []
+    for spec, result in zip(parsed, results):
+        if isinstance(result, BaseException):
+            last = traceback.format_exception_only(type(result), result)[-1].strip()
+            outcomes.append(Outcome(spec.run_id(), spec.non_default(), False, last, wall))
         else:
-            outcomes.append(Outcome(spec.run_id(), spec.non_default(), True, "", time.perf_counter() - started))
+            outcomes.append(Outcome(spec.run_id(), spec.non_default(), True, "", wall))
     return outcomes
 
 
@@ -244,7 +267,9 @@ def run_sweep(
         if on_done is not None:
             on_done(outcome)
 
-    work = [[s.model_dump(mode="json") for s in b] for b in batches(pending, sweep.batch)]
+    workers = sweep.workers or (8 if sweep.executor == "ray" else default_workers(sweep.threads_per_worker))
+    size = sweep.batch if sweep.batch is not None else default_batch(sweep.device)
+    work = [[s.model_dump(mode="json") for s in b] for b in batches(pending, size, workers)]
     kwargs = dict(
         device=sweep.device, threads=sweep.threads_per_worker, tensorboard=sweep.tensorboard,
         data_root=None if data_root is None else str(data_root),

@@ -144,17 +144,6 @@ class _Stack:
         return out
 
 
-def _optimizer(recipe: Recipe, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """The recipe's optimiser with PyTorch's fused kernels (one pass over the K stacked weight sets
-    instead of several); the same update rule as ``recipe.make_optimizer``."""
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                               weight_decay=recipe.weight_decay, fused=True)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay, fused=True)
-    return recipe.make_optimizer(params)
-
-
 def train_many(
     models: Sequence[nn.Module],
     data: Dataset,
@@ -225,7 +214,7 @@ def train_many(
         for n in mask_names
     ]
     params = [p for p in stack.params.values() if p.requires_grad]
-    optimizer = _optimizer(recipe, params)
+    optimizer = recipe.make_optimizer(params)
 
     results = [TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe) for _ in models]
     best: list[StateDict | None] = [None] * k_models
