@@ -83,6 +83,9 @@ def test_labels_name_what_varies():
         "multishot(synflow) on kaiming_normal", "lottery on kaiming_normal [reinit]", "snip on xavier",
     ]
     assert labels(pd.DataFrame(rows("lottery", 0.1, [0.9]))).tolist() == ["lottery"]
+    iss_ims = pd.DataFrame(rows("lottery", 0.1, [0.9], criterion="snip") + rows("lottery", 0.1, [0.9], criterion="snip"))
+    iss_ims["method.rounds"] = [1, 10]
+    assert labels(iss_ims).tolist() == ["lottery(snip)", "lottery(snip) ×10"]
 
 
 def test_summarize_mean_std():

@@ -47,6 +47,16 @@ def assert_kept_equal(mask: Mask, got: dict, expected: dict):
         assert (got[name][~keep] == 0).all(), name
 
 
+def test_iterative_levels_hit_every_target_density():
+    from ticketlab.schedules import iterative_densities
+
+    got = iterative_densities((0.3, 0.5), 0.8)  # by hand: K steps, clamped at 0.5 and then at 0.3
+    assert got == pytest.approx([0.8, 0.64, 0.512, 0.5, 0.4, 0.32, 0.3])
+    assert iterative_densities(0.5, 0.8) == pytest.approx([0.8, 0.64, 0.512, 0.5])
+    with pytest.raises(ValueError, match="target densities"):
+        iterative_densities((0.5, 1.5), 0.8)
+
+
 def test_iterative_densities_follow_K_exactly_and_masks_nest(tmp_path):
     s = spec("lottery", densities=(0.8**4,), K=0.8)
     result, rd = run(tmp_path, s)

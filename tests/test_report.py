@@ -99,6 +99,11 @@ def test_report_contents(report):
                     "Initial values of kept weights", "Per-layer density", "Accuracy vs remaining parameters"):
         assert heading in page
     assert report.density == 0.25 and report.baseline == "lottery"
+    md = report.markdown.read_text()
+    assert "Welch's t-test against **lottery**" in md and "| ticket |" in md and "Winning tickets" in md
+    headers = [line for line in md.splitlines() if line.startswith("| ticket |")]
+    assert len(headers) >= 2 and all("| 0.25 |" in h for h in headers[:2])  # significance and mean ± std tables
+    assert len([line for line in md.splitlines() if line.startswith("| lottery |")]) == 3  # + winning table
 
 
 def test_cli_report(runs, tmp_path):

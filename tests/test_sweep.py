@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from ticketlab import cli
 from ticketlab.cli import app
+from ticketlab.duration import Duration
 from ticketlab.experiment import run_experiment
 from ticketlab.store import RunDir
 from ticketlab.sweep import (
@@ -182,3 +183,20 @@ def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkey
     for spec in specs:
         alone = run_experiment(spec, tmp_path / "alone", device="cpu")
         assert _mask(tmp_path, spec, 1) == RunDir(alone.path).level(1).mask()
+
+
+def test_set_base_overrides_dotted_fields_for_a_reduced_run(tmp_path):
+    from ticketlab.sweep import set_base
+
+    sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1]})
+    reduced = set_base(sweep, ["recipe.steps=10it", "method.K=0.5", "recipe.lr=0.05"])
+    assert {str(s.recipe.steps) for s in expand(reduced)} == {str(Duration.parse("10it"))} and sweep.base["recipe"]["steps"] == "30it"
+    assert {s.method.K for s in expand(reduced)} == {0.5} and {s.recipe.lr for s in expand(reduced)} == {0.05}
+    with pytest.raises(ValueError, match="grid key"):
+        set_base(sweep, ["seed=3"])
+    with pytest.raises(ValueError, match="key=value"):
+        set_base(sweep, ["recipe.steps"])
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "grid": {"h": [16]}}))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path), "--set", "recipe.steps=10it", "--dry-run"])
+    assert result.exit_code == 0, result.output

@@ -20,19 +20,16 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.device import resolve_device
-from ticketlab.experiment import RunResult, initial_weights, run_experiment
+from ticketlab.experiment import RunResult, prepare_run, run_experiment
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
-from ticketlab.models import build_model
 from ticketlab.spec import ExperimentSpec
-from ticketlab.store import RunDir
 from ticketlab.train import Progress, StateDict, TrainResult, train
 from ticketlab.vectorized import train_many
 
@@ -151,15 +148,7 @@ def run_experiments(
         if data_key not in datasets:
             datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
         data = datasets[data_key]
-        run = RunDir(Path(root) / spec.run_id())
-        run.write_spec(spec.model_dump(mode="json"))
-        model = build_model(
-            spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
-            bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
-        )
-        init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
-        model.load_state_dict(init_state)
-        model.to(device)
+        run, model, init_state = prepare_run(spec, data, root, device)
         job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=spec_log(spec))
         key, _ = resolve_method(spec.method)
         worker = _Worker(METHODS.get(key), job)

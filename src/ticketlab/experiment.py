@@ -78,6 +78,23 @@ def initial_weights(
     return state
 
 
+def prepare_run(
+    spec: ExperimentSpec, data: Dataset, root: str | os.PathLike, device: torch.device
+) -> tuple[RunDir, torch.nn.Module, dict[str, torch.Tensor]]:
+    """The run directory (spec written), the model on ``device`` with the shared initial weights loaded,
+    and those weights: what every run starts from."""
+    run = RunDir(Path(root) / spec.run_id())
+    run.write_spec(spec.model_dump(mode="json"))
+    model = build_model(
+        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
+    )
+    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
+    model.load_state_dict(init_state)
+    model.to(device)
+    return run, model, init_state
+
+
 def run_experiment(
     spec: ExperimentSpec,
     root: str | os.PathLike = "runs",
@@ -89,16 +106,8 @@ def run_experiment(
 ) -> RunResult:
     """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone."""
     device = resolve_device(device)
-    run = RunDir(Path(root) / spec.run_id())
-    run.write_spec(spec.model_dump(mode="json"))
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
-    model = build_model(
-        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
-        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
-    )
-    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
-    model.load_state_dict(init_state)
-    model.to(device)
+    run, model, init_state = prepare_run(spec, data, root, device)
     job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)

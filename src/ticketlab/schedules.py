@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 
-def iterative_densities(target: float, K: float, start: float = 1.0) -> list[float]:
-    """Densities of iterative pruning levels 1, 2, ...: ``start * K**l`` until the target, which is the last
-    level exactly (its step may be smaller than K)."""
+def iterative_densities(targets: float | Sequence[float], K: float, start: float = 1.0) -> list[float]:
+    """Densities of iterative pruning levels 1, 2, ...: each level keeps K of the previous one, except that
+    no level passes a target: every target density is a level exactly (that level's step may be smaller
+    than K), so results exist at each density asked for. The smallest target is the last level."""
     if not 0 < K < 1:
         raise ValueError(f"K must be in (0, 1), got {K}")
-    if not 0 < target <= start:
-        raise ValueError(f"target density must be in (0, {start}], got {target}")
+    targets = sorted({float(targets)} if isinstance(targets, (int, float)) else {float(t) for t in targets}, reverse=True)
+    if not targets or not 0 < targets[-1] <= targets[0] <= start:
+        raise ValueError(f"target densities must be in (0, {start}], got {targets}")
     out: list[float] = []
     density = start
-    while density > target * (1 + 1e-9):
-        density = max(density * K, target)
-        out.append(density)
+    for target in targets:
+        while density > target * (1 + 1e-9):
+            density = max(density * K, target)
+            out.append(density)
     return out
 
 

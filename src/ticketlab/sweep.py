@@ -68,6 +68,23 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     return SweepSpec.model_validate(data)
 
 
+def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
+    """The sweep with ``key=value`` assignments (dotted spec paths, YAML values) applied to its base,
+    e.g. ``recipe.steps=1ep`` for a reduced-budget run of a suite; a key also in the grid is rejected."""
+    import yaml
+
+    base = copy.deepcopy(sweep.base)
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value with a dotted spec path, e.g. recipe.steps=1ep; got {text!r}")
+        if key in sweep.grid:
+            raise ValueError(f"--set {key}: {key!r} is a grid key of this sweep; change the grid instead")
+        _set_path(base, key, yaml.safe_load(value))
+    return sweep.model_copy(update={"base": base})
+
+
 # -- expansion ----------------------------------------------------------------------------------------
 def template_variables(base: Any) -> set[str]:
     """The ``{name}`` placeholders used in any string of ``base``."""

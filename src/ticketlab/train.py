@@ -106,6 +106,21 @@ class TrainResult:
     steps_per_epoch: int = 0
 
 
+def plan_steps(
+    data: Dataset, recipe: Recipe, start_step: int, end_step: int | None, end_on_best: bool
+) -> tuple[int, int, int]:
+    """Steps per epoch, the end step (default: the recipe's length) and the evaluation interval in steps
+    (0: only at the end), with the checks every trainer makes on them."""
+    spe = steps_per_epoch(len(data.x_train), recipe.batch_size)
+    end_step = recipe.total_steps(spe) if end_step is None else end_step
+    if not 0 <= start_step <= end_step:
+        raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
+    if end_on_best and len(data.x_val) == 0:
+        raise ValueError("end_on_best needs a validation split (val_size > 0)")
+    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
+    return spe, end_step, eval_every
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -131,16 +146,9 @@ def train(
     device = resolve_device(device)
     model.to(device)
     data = data.to(device)
-    spe = steps_per_epoch(len(data.x_train), recipe.batch_size)
-    total = recipe.total_steps(spe)
-    end_step = total if end_step is None else end_step
-    if not 0 <= start_step <= end_step:
-        raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
-    if end_on_best and len(data.x_val) == 0:
-        raise ValueError("end_on_best needs a validation split (val_size > 0)")
+    spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
     if hooks is not None and mask is None:
         raise ValueError("train(hooks=...) needs a mask: hooks see and change the masked weights")
-    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
     wanted = {int(s) for s in snapshot_steps}
 
     named = dict(model.named_parameters())
@@ -160,7 +168,7 @@ def train(
     running_count = 0
 
     def record(step: int) -> None:
-        nonlocal best_state, running_loss, running_count
+        nonlocal best_state, running_count
         row: dict[str, float] = {"step": step, "epoch": step / spe}
         row["train_loss"] = float(running_loss) / running_count if running_count else float("nan")
         running_loss.zero_()

@@ -36,7 +36,7 @@ from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
 from ticketlab.models.mlp import MLP
 from ticketlab.recipe import Recipe
-from ticketlab.train import Progress, StateDict, TrainResult, _seed_for, epoch_order, steps_per_epoch, train
+from ticketlab.train import Progress, StateDict, TrainResult, _seed_for, epoch_order, plan_steps, train
 
 EVAL_BATCH = 5000  # examples per evaluation chunk, as ticketlab.evaluate
 
@@ -186,14 +186,7 @@ def train_many(
 
     device = resolve_device(device)
     data = data.to(device)
-    spe = steps_per_epoch(len(data.x_train), recipe.batch_size)
-    total = recipe.total_steps(spe)
-    end_step = total if end_step is None else end_step
-    if not 0 <= start_step <= end_step:
-        raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
-    if end_on_best and len(data.x_val) == 0:
-        raise ValueError("end_on_best needs a validation split (val_size > 0)")
-    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
+    spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
     wanted = {int(s) for s in snapshot_steps}
 
     # masks first: train() applies the mask to the weights before training

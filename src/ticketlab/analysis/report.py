@@ -46,6 +46,7 @@ class Report:
     images: dict[str, Path] = field(default_factory=dict)
     density: float | None = None
     baseline: str = ""
+    markdown: Path | None = None  # report.md: the tables as markdown
 
 
 def choose_density(frame: pd.DataFrame) -> float:
@@ -204,7 +205,43 @@ def write_report(
         )
 
     atomic_write_text(report.html, _page(root, frame, base, density, metric, sections))
+    report.markdown = out / "report.md"
+    atomic_write_text(report.markdown, _markdown(root, frame, base, metric, alpha, scale, summary, means, significant, wins))
     return report
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub markdown table of ``table`` (index as the first column), cells as text."""
+    index = table.index.name or ""
+    header = [index] + [str(c) if not isinstance(c, float) else f"{c:g}" for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in table.iterrows():
+        lines.append("| " + " | ".join([str(label)] + ["–" if pd.isna(v) else str(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(
+    root: Path, frame: pd.DataFrame, base: str, metric: str, alpha: float, scale: float, summary: pd.DataFrame,
+    means: pd.DataFrame, significant: pd.DataFrame, wins: pd.DataFrame,
+) -> str:
+    """The report's tables as markdown, for a results README beside the HTML page."""
+    parts = [
+        f"Results root `{root}`: {frame['run_id'].nunique()} runs, {len(frame)} levels, "
+        f"{frame['seed'].nunique() if 'seed' in frame else '?'} seeds. Metric `{metric}`"
+        f"{' (percent)' if scale == 100 else ''}.",
+        "",
+        f"Mean over seeds per ticket and density; `*`: Welch's t-test against **{base}** at the same density "
+        f"gives p < {alpha:g}.",
+        "",
+        markdown_table(format_significance(means, significant, scale)),
+        "",
+        "Mean ± std (number of seeds):",
+        "",
+        markdown_table(_summary_cells(summary, scale)),
+    ]
+    if not wins.empty:
+        parts += ["", "Winning tickets (003): winning seeds / seeds.", "", markdown_table(wins)]
+    return "\n".join(parts) + "\n"
 
 
 def _picked_table(tickets: pd.DataFrame, density: float) -> str:

@@ -35,14 +35,17 @@ def _text(value: object) -> str:
 
 def labels(frame: pd.DataFrame) -> pd.Series:
     """One readable name per ticket kind, e.g. ``lottery``, ``multishot(synflow) [reinit]``,
-    ``snip on xavier``, ``lottery · lenet300``; init and model are named only when the frame mixes them."""
-    varies = {col: col in frame and frame[col].map(_text).nunique() > 1 for col in ("init", "model", "dataset")}
+    ``snip on xavier``, ``lottery · lenet300``, ``lottery(snip) ×10``; init, model and scoring rounds are
+    named only when the frame mixes them."""
+    varies = {col: col in frame and frame[col].map(_text).nunique() > 1 for col in ("init", "model", "dataset", "method.rounds")}
 
     def one(row: pd.Series) -> str:
         text = _text(row.get("method"))
         criterion = _text(row.get("criterion"))
         if criterion:
             text += f"({criterion})"
+        if varies["method.rounds"] and int(row.get("method.rounds") or 1) > 1:  # e.g. IMS beside ISS
+            text += f" ×{int(row['method.rounds'])}"
         if varies["init"]:
             text += f" on {_text(row.get('init'))}"
         if varies["model"]:

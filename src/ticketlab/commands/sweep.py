@@ -24,6 +24,7 @@ def sweep(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under each run directory.")] = False,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid's runs and whether they are finished; run nothing.")] = False,
 ) -> None:
     """Expand the grid and run every unfinished point; a finished sweep does nothing and says so."""
@@ -32,10 +33,10 @@ def sweep(
 
     from ticketlab.cli import _clean_errors, console, err
     from ticketlab.store import RunDir
-    from ticketlab.sweep import grid_points, load_sweep, run_sweep
+    from ticketlab.sweep import grid_points, load_sweep, run_sweep, set_base
 
     with _clean_errors():
-        spec = load_sweep(sweep_file)
+        spec = set_base(load_sweep(sweep_file), set_ or ())
         overrides = {
             "executor": executor, "address": address, "workers": workers, "threads_per_worker": threads_per_worker,
             "batch": batch, "out": None if out is None else str(out), "device": device, "tensorboard": tensorboard or None,

@@ -3,7 +3,7 @@ way, train exactly like the ticket, report beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 

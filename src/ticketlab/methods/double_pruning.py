@@ -87,7 +87,7 @@ def _double_pruning(job: Job) -> None:
     end = row["end_step"]
     complement: StateDict | None = None
 
-    levels = iterative_densities(min(spec.densities), method.K)
+    levels = iterative_densities(spec.densities, method.K)
     for level, density in enumerate(levels, start=1):
         row = job.resume(level)
         if row is None:

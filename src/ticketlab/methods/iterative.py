@@ -96,7 +96,7 @@ def _iterative(job: Job) -> None:
     end = row["end_step"]
 
     targets = sorted(spec.densities, reverse=True)
-    for level, density in enumerate(iterative_densities(min(targets), method.K), start=1):
+    for level, density in enumerate(iterative_densities(targets, method.K), start=1):
         row = job.resume(level)
         if row is None:
             job.model.load_state_dict(trained)

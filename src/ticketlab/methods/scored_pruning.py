@@ -136,7 +136,7 @@ def _scored_pruning(job: Job) -> None:
     reference = rewound_reference(None, rewind, mask)
     end = row["end_step"]
 
-    for level, density in enumerate(iterative_densities(min(spec.densities), method.K), start=1):
+    for level, density in enumerate(iterative_densities(spec.densities, method.K), start=1):
         row = job.resume(level)
         if row is None:
             job.model.load_state_dict(trained)

@@ -1,0 +1,398 @@
+"""Speed benchmark (issue "Speed"): how close training gets to the processor's dense matmul limit.
+
+In one run on one machine it measures
+  (a) dense 2048x2048 float32 matmul FLOP/s on the configured threads: the limit;
+  (b) a plain one-model PyTorch loop (data as one tensor, randperm, nn.Sequential / the zoo module, SGD);
+  (c) ticketlab's single-model trainer ``ticketlab.train.train``, without and with a mask;
+  (d) ticketlab's K-model trainer ``ticketlab.vectorized.train_many`` for K in --ks (masks applied), in one
+      process, and (d2, MLPs) as a local sweep lays it out here: 2 one-thread processes with K/2 each;
+  (e) two plain-loop processes with one thread each, run at the same time;
+  (f) scoring: SNIP, GraSP and 100-round SynFlow on LeNet-300-100 and ResNet-20;
+and writes JSON plus a markdown summary.
+
+FLOP formula (stated, nominal): training = 6 x MACs per example x examples (2 forward + 4 backward);
+for an MLP the MACs are the weight-matrix entries, for a conv net they are counted with forward hooks
+(output elements x in-channels x kernel area). The input layer's input gradient is never computed, so
+the real work is a little less than nominal; every trainer is charged the same formula.
+
+Timing: time.perf_counter around a fixed number of steps after warm-up steps, median of repeats.
+Training throughput is timed without the per-evaluation passes (the timed dataset has empty validation
+and test splits) so the trainers are compared on the same work as the plain loop.
+
+Run: ``ticketlab bench [--quick] [--out DIR] [--models lenet300,conv6] [--ks 1,4,8,16]`` or
+``python benchmarks/bench.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+def load_data(val_size: int = 5000):
+    """Real Fashion-MNIST when it can be found, else synthetic data of the same size (55,000 x 1x28x28)."""
+    from ticketlab.data import load_dataset
+
+    try:
+        return load_dataset("fashion-mnist", val_size=val_size, seed=0, download=False), "fashion-mnist"
+    except Exception:  # not present here: synthetic of the same size
+        from ticketlab.data.dataset import Dataset
+
+        g = torch.Generator().manual_seed(0)
+        return Dataset(
+            name="synthetic-fmnist-size", x_train=torch.randn(60000 - val_size, 1, 28, 28, generator=g),
+            y_train=torch.randint(10, (60000 - val_size,), generator=g), x_val=torch.randn(val_size, 1, 28, 28, generator=g),
+            y_val=torch.randint(10, (val_size,), generator=g), x_test=torch.randn(10000, 1, 28, 28, generator=g),
+            y_test=torch.randint(10, (10000,), generator=g), num_classes=10, augment=None,
+        ), "synthetic (Fashion-MNIST size)"
+
+
+def without_eval(data):
+    """The same training split with empty validation/test splits: times training only."""
+    empty = data.x_train[:0]
+    return dataclasses.replace(data, x_val=empty, y_val=data.y_train[:0], x_test=empty, y_test=data.y_train[:0])
+
+
+def build(name: str):
+    from ticketlab.models import build_model, initialize
+
+    return initialize(build_model(name, input_shape=(1, 28, 28), num_classes=10), seed=0)
+
+
+def macs_per_example(model: nn.Module) -> int:
+    """Multiply-accumulates of one forward pass on a 1x28x28 input (Linear and Conv layers)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        else:
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * (module.in_channels // module.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def random_masks(model: nn.Module, k: int, density: float):
+    from ticketlab.masks import prunable_parameters, select
+
+    out = []
+    for i in range(k):
+        g = torch.Generator().manual_seed(100 + i)
+        out.append(select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density))
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -- (a) the limit -----------------------------------------------------------------------------------
+def matmul_flops(repeats: int, n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    inner = 5
+    t = median_time(lambda: [a @ b for _ in range(inner)], repeats)
+    return 2 * n**3 * inner / t
+
+
+# -- (b) the plain loop ------------------------------------------------------------------------------
+def plain_model(name: str) -> nn.Module:
+    if name == "lenet300":
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    return build(name)
+
+
+def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, lr: float = 0.1) -> None:
+    """What anyone would write: the data as one tensor, a randperm per epoch, slices, SGD."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    perm = torch.randperm(len(x))
+    pos = 0
+    for _ in range(steps):
+        if pos + batch > len(x):
+            perm, pos = torch.randperm(len(x)), 0
+        idx = perm[pos : pos + batch]
+        pos += batch
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def worker(kind: str, name: str, batch: int, steps: int, warmup: int, k: int) -> None:
+    """One of two processes run together ((e) and (d2)): one thread, warm up, print 'ready', wait for
+    'go' on stdin, then print the time of its own timed loop."""
+    import sys
+
+    torch.set_num_threads(1)
+    data, _ = load_data()
+    if kind == "plain":
+        model = plain_model(name)
+        plain_loop(model, data.x_train, data.y_train, batch, warmup)
+        timed = lambda: plain_loop(model, data.x_train, data.y_train, batch, steps)  # noqa: E731
+    else:
+        timed = many_runner(name, without_eval(data), batch, k, steps, warmup)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    timed()
+    print(time.perf_counter() - t0, flush=True)
+
+
+def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, kind: str = "plain", k: int = 1) -> float:
+    """Time of two one-thread workers started together, ``steps`` each (median of repeats): the slower
+    worker's own timing of its loop, so interpreter start-up and exit are not charged."""
+    import subprocess
+    import sys
+
+    walls = []
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{kind},{name},{batch},{steps},{warmup},{k}"]
+    for _ in range(repeats):
+        procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        own = []
+        for p in procs:
+            assert p.stdout is not None
+            own.append(float(p.stdout.readline()))
+            p.wait()
+        walls.append(max(own))
+    return statistics.median(walls)
+
+
+# -- (c), (d) our trainers ---------------------------------------------------------------------------
+def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True) -> float:
+    from ticketlab.recipe import Recipe
+    from ticketlab.train import train
+
+    base = build(name)
+    mask = random_masks(base, 1, 0.2)[0] if masked else None
+    recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
+    train(copy.deepcopy(base), data, recipe, mask=mask, end_step=warmup, device="cpu")
+    return median_time(lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device="cpu"), repeats)
+
+
+def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int):
+    """K stacked models with random 20% masks, warmed up; returns the timed call (``steps`` steps)."""
+    from ticketlab.recipe import Recipe
+    from ticketlab.vectorized import train_many
+
+    base = build(name)
+    masks = random_masks(base, k, 0.2)
+    recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
+
+    def run(start: int, end: int | None) -> None:
+        train_many([copy.deepcopy(base) for _ in range(k)], data, recipe, masks=masks, seeds=list(range(k)),
+                   start_step=start, end_step=end, device="cpu")
+
+    run(0, warmup)
+    return lambda: run(warmup, None)
+
+
+def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repeats: int) -> float:
+    return median_time(many_runner(name, data, batch, k, steps, warmup), repeats)
+
+
+# -- (f) scoring -------------------------------------------------------------------------------------
+def scoring_times(repeats: int, rounds: int) -> list[dict[str, Any]]:
+    from ticketlab.criteria import ScoringContext, score
+    from ticketlab.masks import Mask, select
+    from ticketlab.models import build_model, initialize
+    from ticketlab.schedules import multishot_densities
+
+    rows = []
+    for name, shape in (("lenet300", (1, 28, 28)), ("resnet20", (3, 32, 32))):
+        model = initialize(build_model(name, input_shape=shape, num_classes=10), seed=0)
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(100, *shape, generator=g), torch.randint(10, (100,), generator=g)) for _ in range(10)]
+        ctx = ScoringContext(batches=batches, input_shape=shape, initial=None, seed=0, options={})
+        for criterion, n_rounds in (("snip", 1), ("grasp", 1), ("synflow", rounds)):
+            def run() -> None:
+                mask = Mask.ones(model)
+                for d in multishot_densities(0.01, n_rounds, "exponential", start=1.0):
+                    mask.apply(model)
+                    mask = select(score(criterion, model, mask, ctx), d, "global", previous=mask, seed=0)
+
+            t = median_time(run, repeats)
+            rows.append({"model": name, "criterion": criterion, "rounds": n_rounds, "seconds": t,
+                         "batches": 0 if criterion == "synflow" else len(batches)})
+    return rows
+
+
+# -- driver ------------------------------------------------------------------------------------------
+def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "conv6"), ks: tuple[int, ...] = (1, 4, 8, 16),
+                  batches: tuple[int, ...] = (60, 128), threads: int | None = None, log=print) -> dict[str, Any]:
+    from ticketlab.device import set_threads
+    from ticketlab.train import steps_per_epoch
+
+    threads = set_threads(threads)
+    data, data_name = load_data()
+    timed = without_eval(data)
+    repeats = 3 if quick else 5
+    report: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
+        "processor": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": threads,
+        "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "data": data_name, "quick": quick,
+        "flop_formula": "6 x MACs per example x examples (2 forward + 4 backward)",
+    }
+    limit = matmul_flops(repeats)
+    report["matmul_flops"] = limit
+    log(f"(a) dense 2048x2048 matmul: {limit / 1e9:.1f} GFLOP/s on {threads} threads")
+    rows = []
+    for name in models:
+        conv = name != "lenet300"
+        macs = macs_per_example(build(name))
+        steps = (2 if quick else 4) if conv else (100 if quick else 600)
+        warmup = 1 if conv else 10
+        model_ks = tuple(k for k in ks if not (quick and conv and k > 4))
+        for batch in batches if not conv else batches[:1]:
+            spe = steps_per_epoch(len(timed.x_train), batch)
+            flops_per_step = 6 * macs * batch
+
+            def add(kind: str, k: int, seconds: float, models_trained: int) -> None:
+                per_model_epoch = seconds / (steps * models_trained) * spe
+                achieved = flops_per_step * steps * models_trained / seconds
+                rows.append({"model": name, "batch": batch, "kind": kind, "K": k, "seconds": seconds, "steps": steps,
+                             "s_per_model_epoch": per_model_epoch, "model_epochs_per_s": 1 / per_model_epoch,
+                             "gflops": achieved / 1e9, "fraction_of_limit": achieved / limit})
+                log(f"  {name} b{batch} {kind:>14} K={k:<2} {per_model_epoch:7.3f} s/model-epoch "
+                    f"{achieved / 1e9:6.1f} GFLOP/s ({achieved / limit:.0%} of limit)")
+
+            model = plain_model(name)
+            plain_loop(model, timed.x_train, timed.y_train, batch, warmup)
+            add("plain", 1, median_time(lambda: plain_loop(model, timed.x_train, timed.y_train, batch, steps), repeats), 1)
+            add("two_processes", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2)), 2)
+            add("ours_single_dense", 1, ours_single(name, timed, batch, steps, warmup, repeats, masked=False), 1)
+            add("ours_single", 1, ours_single(name, timed, batch, steps, warmup, repeats), 1)
+            for k in model_ks:
+                add("ours_many", k, ours_many(name, timed, batch, k, steps, warmup, repeats), k)
+            for k in model_ks:
+                if k >= 2 and k % 2 == 0 and not conv:  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
+                    add("ours_many_2proc", k, two_processes(name, batch, steps, warmup, max(1, repeats // 2), "many", k // 2), k)
+    report["training"] = rows
+    scoring = scoring_times(1 if quick else 3, 100)
+    report["scoring"] = scoring
+    for r in scoring:
+        log(f"(f) {r['model']} {r['criterion']} x{r['rounds']}: {r['seconds']:.2f} s")
+    report["load_average_after"] = os.getloadavg()
+    report["goals"] = goals(report)
+    return report
+
+
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals for LeNet-300-100 at batch 60 and 128, checked on the measured figures."""
+    out = []
+    rows = [r for r in report["training"] if r["model"] == "lenet300"]
+    for batch in sorted({r["batch"] for r in rows}):
+        by = {(r["kind"], r["K"]): r for r in rows if r["batch"] == batch}
+        plain, two, single = by.get(("plain", 1)), by.get(("two_processes", 2)), by.get(("ours_single_dense", 1))
+        many = [r for (kind, k), r in by.items() if kind in ("ours_many", "ours_many_2proc") and k >= 8]
+        if not (plain and two and single and many):
+            continue
+        best = min(many, key=lambda r: r["s_per_model_epoch"])
+        checks = [
+            (f"{best['kind']} K={best['K']} >= 2x plain loop", plain["s_per_model_epoch"] / best["s_per_model_epoch"], 2.0),
+            (f"{best['kind']} K={best['K']} >= 1.3x two 1-thread processes", two["s_per_model_epoch"] / best["s_per_model_epoch"], 1.3),
+            (f"{best['kind']} K={best['K']} >= 70% of matmul limit", best["fraction_of_limit"], 0.7),
+            ("single-model trainer (no mask, as the plain loop) no slower than plain loop",
+             plain["s_per_model_epoch"] / single["s_per_model_epoch"], 1.0),
+        ]
+        for label, value, need in checks:
+            out.append({"batch": batch, "goal": label, "value": value, "needed": need, "met": value >= need})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# ticketlab speed benchmark — {report['date']} on {report['host']}",
+        "",
+        f"torch {report['torch']}, {report['threads']} threads, {report['cpu_count']} CPUs, data: {report['data']}, "
+        f"{'quick' if report['quick'] else 'full'} mode; load average before {tuple(round(x, 1) for x in report['load_average_before'])}, "
+        f"after {tuple(round(x, 1) for x in report['load_average_after'])}.",
+        f"FLOPs: {report['flop_formula']}. Limit (a): dense 2048x2048 matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s "
+        "(the BLAS sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
+        "so conv rows can exceed 100%).",
+        "",
+        "| model | batch | trainer | K | s / model-epoch | model-epochs / s | GFLOP/s | of limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"plain": "(b) plain loop", "two_processes": "(e) 2 processes x 1 thread",
+             "ours_single_dense": "(c) ours, one model, no mask", "ours_single": "(c) ours, one model, masked",
+             "ours_many": "(d) ours, K models stacked", "ours_many_2proc": "(d2) ours, 2 processes x 1 thread x K/2 stacked"}
+    for r in report["training"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {names[r['kind']]} | {r['K']} | {r['s_per_model_epoch']:.3f} | "
+                     f"{r['model_epochs_per_s']:.2f} | {r['gflops']:.1f} | {r['fraction_of_limit']:.0%} |")
+    lines += ["", "| scoring | model | rounds | seconds |", "|---|---|---|---|"]
+    for r in report["scoring"]:
+        lines.append(f"| {r['criterion']} | {r['model']} | {r['rounds']} | {r['seconds']:.2f} |")
+    if report["goals"]:
+        lines += ["", "| goal (LeNet-300-100) | batch | measured | needed | met |", "|---|---|---|---|---|"]
+        for g in report["goals"]:
+            lines.append(f"| {g['goal']} | {g['batch']} | {g['value']:.2f} | {g['needed']} | {'yes' if g['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], out: Path | None = None) -> tuple[Path, Path]:
+    out = Path(out) if out is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['date'][:10]}-{report['host']}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2))
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--models", default="lenet300,conv6")
+    parser.add_argument("--ks", default="1,4,8,16")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, name, batch, steps, warmup, k = args.worker.split(",")
+        worker(kind, name, int(batch), int(steps), int(warmup), int(k))
+        return
+    report = run_benchmark(args.quick, tuple(args.models.split(",")), tuple(int(k) for k in args.ks.split(",")),
+                           threads=args.threads)
+    for path in write(report, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
