@@ -53,6 +53,8 @@ def test_iterative_levels_hit_every_target_density():
     got = iterative_densities((0.3, 0.5), 0.8)  # by hand: K steps, clamped at 0.5 and then at 0.3
     assert got == pytest.approx([0.8, 0.64, 0.512, 0.5, 0.4, 0.32, 0.3])
     assert iterative_densities(0.5, 0.8) == pytest.approx([0.8, 0.64, 0.512, 0.5])
+    # a step landing within 1% above the target goes to the target: no near-empty extra level
+    assert iterative_densities(0.018, 0.8)[-2:] == pytest.approx([0.8**17, 0.018]) and len(iterative_densities(0.018, 0.8)) == 18
     with pytest.raises(ValueError, match="target densities"):
         iterative_densities((0.5, 1.5), 0.8)
 

@@ -277,3 +277,10 @@ def test_rerun_reads_levels_back(runs, method, monkeypatch):
     assert [r["level"] for r in result.rows if not r["control"]] == [0, 1, 2]
     for row in result.rows:
         assert row["test_acc"] == rd.level(row["level"], row["control"] or None).metrics()["test_acc"]
+
+
+def test_scored_pruning_rejects_a_regrow_every_that_never_fires(tmp_path):
+    # synthetic: 40 steps per epoch at batch 50, so the default regrow_every of 1ep never falls inside 20 steps
+    s = spec("scored_pruning", regrow=0.1)
+    with pytest.raises(ValueError, match=r"regrow_every \(40 steps\) must be shorter than the retraining \(20 steps\)"):
+        run_experiment(s, tmp_path, device="cpu")

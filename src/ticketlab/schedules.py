@@ -6,10 +6,15 @@ from collections.abc import Sequence
 from typing import Literal
 
 
+SNAP = 0.01  # relative distance under which a level goes straight to its target
+
+
 def iterative_densities(targets: float | Sequence[float], K: float, start: float = 1.0) -> list[float]:
     """Densities of iterative pruning levels 1, 2, ...: each level keeps K of the previous one, except that
     no level passes a target: every target density is a level exactly (that level's step may be smaller
-    than K), so results exist at each density asked for. The smallest target is the last level."""
+    than K), so results exist at each density asked for. The smallest target is the last level. A step
+    that would land less than 1% above a target goes to the target itself, so that, e.g., 0.8**18 =
+    0.018014 and a target of 0.018 give one level, not a second one that keeps 99.9% of the first."""
     if not 0 < K < 1:
         raise ValueError(f"K must be in (0, 1), got {K}")
     targets = sorted({float(targets)} if isinstance(targets, (int, float)) else {float(t) for t in targets}, reverse=True)
@@ -19,7 +24,7 @@ def iterative_densities(targets: float | Sequence[float], K: float, start: float
     density = start
     for target in targets:
         while density > target * (1 + 1e-9):
-            density = max(density * K, target)
+            density = density * K if density * K > target * (1 + SNAP) else target
             out.append(density)
     return out
 

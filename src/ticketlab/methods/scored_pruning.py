@@ -124,6 +124,11 @@ def _scored_pruning(job: Job) -> None:
     s = base_steps(job, options.base)
     spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
     every = options.regrow_every.steps(spe)
+    if options.regrow > 0 and every >= s.retrain:  # events fall strictly inside a retraining
+        raise ValueError(
+            f"scored_pruning: regrow_every ({every} steps) must be shorter than the retraining ({s.retrain} steps), "
+            "else no weight ever returns; set method.options.regrow_every, e.g. '0.25ep'"
+        )
 
     row = job.resume(0)
     if row is None:
