@@ -22,7 +22,7 @@ suites=(
   "003_winning_tickets|--set recipe.steps=1ep --set recipe.eval_every=300it|lottery"
   "001_regrowth|--set recipe.steps=1ep|lottery"
   "004_supermask|--set recipe.steps=2ep|supermask"
-  "004_layer_size|--set recipe.steps=2ep|lottery"
+  "004_layer_size|--set recipe.steps=2ep|lottery · mlp:784-128-10"
   "002_gimp_variants|--set recipe.steps=2ep|lottery"
   "002_modifications|--set recipe.steps=2ep|lottery"
   "000_criteria_schedules|--set recipe.steps=1ep|oneshot(magnitude)"
@@ -46,5 +46,5 @@ for entry in "${suites[@]}"; do
   start=$(date +%s)
   ticketlab sweep "$file" "${args[@]}" || echo "== $name: some runs failed (listed above); run again to retry them"
   echo "== $name: $(( $(date +%s) - start )) s"
-  ticketlab report "$runs/$name" --baseline "$baseline" --out "$reports/$name"
+  ticketlab report "$runs/$name" --baseline "$baseline" --out "$reports/$name" || echo "== $name: report failed"
 done
