@@ -19,6 +19,7 @@ import torch
 
 from ticketlab.masks import Mask, masked_state, select
 from ticketlab.methods import METHODS, OPTIONS
+from ticketlab.methods.iterative import dense_level
 from ticketlab.methods.job import Job
 from ticketlab.methods.regrowth import RegrowthOptions, Replay, base_steps, rewound_reference, top_k
 from ticketlab.schedules import iterative_densities, multishot_densities
@@ -75,16 +76,9 @@ def _double_pruning(job: Job) -> None:
         raise ValueError("double_pruning prunes in one round per level; rounds must be 1")
     s = base_steps(job, options.base)
 
-    row = job.resume(0)
-    if row is None:
-        mask = Mask.ones(job.model, spec.exempt)
-        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
-        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
-    level_dir = job.run.level(0)
-    mask, trained, rewind = level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind")
+    mask, trained, rewind, end = dense_level(job, s)
     dense_rewind = rewind
     reference = rewound_reference(None, rewind, mask)
-    end = row["end_step"]
     complement: StateDict | None = None
 
     levels = iterative_densities(spec.densities, method.K)

@@ -24,7 +24,7 @@ from ticketlab.methods.job import Job
 from ticketlab.registry import split_name
 from ticketlab.schedules import iterative_densities
 from ticketlab.spec import MethodSpec
-from ticketlab.train import steps_per_epoch
+from ticketlab.train import StateDict, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,25 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
     return steps
 
 
+def dense_level(job: Job, s: GimpSteps) -> tuple[Mask, StateDict, StateDict, int]:
+    """Level 0 of every iterative schedule: dense training (or its stored result), keeping the snapshot
+    ``rewind_params`` steps before its end. Returns the mask, final weights, rewind weights and end step."""
+    row = job.resume(0)
+    if row is None:
+        mask = Mask.ones(job.model, job.spec.exempt)
+        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
+        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
+    level_dir = job.run.level(0)
+    return level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind"), row["end_step"]
+
+
 def _iterative(job: Job) -> None:
     spec, method = job.spec, job.spec.method
     spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
     s = gimp_steps(method, spec.recipe.total_steps(spe), spe)
 
-    # level 0: dense training; keep the snapshot `rewind_params` steps before its end
-    row = job.resume(0)
-    if row is None:
-        mask = Mask.ones(job.model, spec.exempt)
-        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
-        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
-    level_dir = job.run.level(0)
-    mask, trained, rewind = level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind")
+    mask, trained, rewind, end = dense_level(job, s)
     dense_rewind = rewind
-    end = row["end_step"]
 
     targets = sorted(spec.densities, reverse=True)
     for level, density in enumerate(iterative_densities(targets, method.K), start=1):

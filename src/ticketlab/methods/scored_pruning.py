@@ -23,6 +23,7 @@ from ticketlab.duration import Duration
 from ticketlab.io import atomic_write_json
 from ticketlab.masks import Mask, masked_state
 from ticketlab.methods import METHODS, OPTIONS
+from ticketlab.methods.iterative import dense_level
 from ticketlab.methods.job import Job
 from ticketlab.methods.regrowth import RegrowthOptions, Replay, base_steps, budget, rewound_reference, top_k
 from ticketlab.recipe import DurationField
@@ -130,16 +131,9 @@ def _scored_pruning(job: Job) -> None:
             "else no weight ever returns; set method.options.regrow_every, e.g. '0.25ep'"
         )
 
-    row = job.resume(0)
-    if row is None:
-        mask = Mask.ones(job.model, spec.exempt)
-        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
-        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
-    level_dir = job.run.level(0)
-    mask, trained, rewind = level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind")
+    mask, trained, rewind, end = dense_level(job, s)
     dense_rewind = rewind
     reference = rewound_reference(None, rewind, mask)
-    end = row["end_step"]
 
     for level, density in enumerate(iterative_densities(spec.densities, method.K), start=1):
         row = job.resume(level)
