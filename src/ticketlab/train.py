@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +21,9 @@ from torch import nn
 from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
 from ticketlab.evaluate import evaluate
+from ticketlab.gemm import training_threads
 from ticketlab.masks import Mask
+from ticketlab.models.mlp import MLP
 from ticketlab.recipe import Recipe
 
 StateDict = dict[str, torch.Tensor]
@@ -186,7 +189,9 @@ def train(
 
     started = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # an MLP's time is its GEMMs: on OpenBLAS CPUs they get the threads (ticketlab.gemm)
+    threads = training_threads() if isinstance(model, MLP) and device.type == "cpu" else nullcontext()
+    with threads, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(_seed_for(seed, start_step, 1))  # dropout
         if start_step in wanted:
             result.snapshots[start_step] = snapshot(model)
@@ -197,7 +202,7 @@ def train(
             if order is None or position == 0:
                 order = epoch_order(len(data.x_train), seed, epoch).to(device)
             idx = order[position * recipe.batch_size : (position + 1) * recipe.batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]
+            xb, yb = data.x_train.index_select(0, idx), data.y_train.index_select(0, idx)  # 3x faster than [idx]
             if data.augment == "cifar":
                 xb = cifar_augment(xb, torch.Generator().manual_seed(_seed_for(seed, step, 2)))
             for group in optimizer.param_groups:

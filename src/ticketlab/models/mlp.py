@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab.gemm import Linear
 from ticketlab.models._common import MODELS, flat_size, no_arg
 
 
@@ -16,13 +17,15 @@ class MLP(nn.Module):
     """Linear layers with ReLU between them; ``layers[-1]`` is the output layer.
 
     Dropout (if any) follows every hidden activation, as in Frankle & Carbin 2019 §4 (003 "Dropout").
+    The layers are ``ticketlab.gemm.Linear``: ``nn.Linear`` whose product runs on OpenBLAS on CPUs where
+    that is the faster BLAS (PyTorch's own kernels everywhere else).
     """
 
     def __init__(self, sizes: list[int], dropout: float = 0.0) -> None:
         super().__init__()
         self.sizes = list(sizes)
         self.dropout = dropout
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
