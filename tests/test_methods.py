@@ -188,10 +188,14 @@ def test_controls_are_trained_beside_each_ticket(tmp_path):
         assert rd.level(1, control).metrics()["start_step"] == rd.level(1).metrics()["start_step"]
 
 
-def test_repeated_runs_in_one_process_are_bit_identical(tmp_path):
-    """Same spec, several runs in one process (momentum, rewinding, a control): identical weights at every
-    level. PyTorch's fused CPU SGD failed this (runs 2+ differed from run 1), so it is not used."""
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_repeated_runs_in_one_process_are_bit_identical(tmp_path, optimizer):
+    """Same spec, several runs in one process (momentum or Adam, rewinding, a control): identical weights
+    at every level. PyTorch's fused CPU SGD failed this (runs 2+ differed from run 1), so SGD is not fused;
+    Adam is (Recipe.make_optimizer), and this guards it."""
     s = spec("lottery", densities=(0.5,), controls=("reinit",))
+    if optimizer == "adam":
+        s = s.model_copy(update={"recipe": s.recipe.model_copy(update={"optimizer": "adam", "lr": 1e-3, "momentum": 0.0})})
     finals = []
     for i in range(6):
         progress = (lambda step, total, row: None) if i % 2 else None

@@ -75,12 +75,16 @@ class Recipe(BaseModel):
         return self.lr * factor
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """SGD or Adam with the multi-tensor (foreach) update. Not ``fused=True``: on CPU (torch 2.13) the
-        fused SGD step gave different weights for the same seed in repeated runs of one process (test:
-        test_methods.py::test_repeated_runs_in_one_process_are_bit_identical)."""
+        """SGD with the multi-tensor (foreach) update, Adam with the fused one.
+
+        SGD is not ``fused=True``: on CPU (torch 2.13) the fused SGD step gave different weights for the same
+        seed in repeated runs of one process. Fused Adam passes that test (test_methods.py::
+        test_repeated_runs_in_one_process_are_bit_identical) and is 2.8x faster than foreach Adam on
+        LeNet-300-100 (238 vs 670 us per step, one thread), where Adam was 29% of an IMP level.
+        """
         if self.optimizer == "sgd":
             return torch.optim.SGD(
                 params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
                 weight_decay=self.weight_decay, foreach=True,
             )
-        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=True)
