@@ -4,7 +4,8 @@ In one run on one machine it measures
   (a) dense 2048x2048 float32 matmul FLOP/s on the configured threads, with PyTorch's BLAS (MKL) and,
       where ``ticketlab.gemm`` uses it, OpenBLAS's AVX-512 kernels: the faster of the two is the limit;
   (b) a plain one-model PyTorch loop (data as one tensor, randperm, nn.Sequential / the zoo module, SGD);
-  (c) ticketlab's single-model trainer ``ticketlab.train.train``, without and with a mask;
+  (c) ticketlab's single-model trainer ``ticketlab.train.train``, without and with a mask, and (c2, MLPs)
+      as a CPU sweep runs it by default: 2 one-thread processes with one masked model each;
   (d) ticketlab's K-model trainer ``ticketlab.vectorized.train_many`` for K in --ks (masks applied), in one
       process, and (d2, MLPs) as a local sweep lays it out here: 2 one-thread processes with K/2 each;
   (e) two plain-loop processes with one thread each, run at the same time;
@@ -171,6 +172,8 @@ def worker(kind: str, name: str, batch: int, steps: int, warmup: int, k: int) ->
         model = plain_model(name)
         plain_loop(model, data.x_train, data.y_train, batch, warmup)
         timed = lambda: plain_loop(model, data.x_train, data.y_train, batch, steps)  # noqa: E731
+    elif kind == "single":
+        timed = single_runner(name, without_eval(data), batch, steps, warmup, masked=True)
     else:
         timed = many_runner(name, without_eval(data), batch, k, steps, warmup)
     print("ready", flush=True)
@@ -206,7 +209,8 @@ def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, 
 
 
 # -- (c), (d) our trainers ---------------------------------------------------------------------------
-def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True) -> float:
+def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True):
+    """One model (random 20% mask if ``masked``) through ``train``, warmed up; returns the timed call."""
     from ticketlab.recipe import Recipe
     from ticketlab.train import train
 
@@ -214,7 +218,11 @@ def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: i
     mask = random_masks(base, 1, 0.2)[0] if masked else None
     recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
     train(copy.deepcopy(base), data, recipe, mask=mask, end_step=warmup, device="cpu")
-    return median_time(lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device="cpu"), repeats)
+    return lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device="cpu")
+
+
+def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True) -> float:
+    return median_time(single_runner(name, data, batch, steps, warmup, masked), repeats)
 
 
 def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int):
@@ -317,6 +325,8 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
             add("two_processes", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2)), 2)
             add("ours_single_dense", 1, ours_single(name, timed, batch, steps, warmup, repeats, masked=False), 1)
             add("ours_single", 1, ours_single(name, timed, batch, steps, warmup, repeats), 1)
+            if not conv:  # a CPU sweep's default layout: one-thread workers, one masked model each
+                add("ours_single_2proc", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2), "single"), 2)
             for k in model_ks:
                 add("ours_many", k, ours_many(name, timed, batch, k, steps, warmup, repeats), k)
             for k in model_ks:
@@ -373,6 +383,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     names = {"plain": "(b) plain loop", "two_processes": "(e) 2 processes x 1 thread",
              "ours_single_dense": "(c) ours, one model, no mask", "ours_single": "(c) ours, one model, masked",
+             "ours_single_2proc": "(c2) ours, 2 processes x 1 thread, one masked model each",
              "ours_many": "(d) ours, K models stacked", "ours_many_2proc": "(d2) ours, 2 processes x 1 thread x K/2 stacked"}
     for r in report["training"]:
         lines.append(f"| {r['model']} | {r['batch']} | {names[r['kind']]} | {r['K']} | {r['s_per_model_epoch']:.3f} | "

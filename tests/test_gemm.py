@@ -110,6 +110,20 @@ def test_linear_is_deterministic_and_handles_empty_batches(openblas):
     assert torch.equal(no_inner, torch.ones(2, 4))
 
 
+@needs_avx512
+def test_torch_func_transforms_fall_back_to_pytorch_kernels(openblas):
+    """vmap / grad see wrapper tensors without storage for BLAS: the layer must still work under them."""
+    from torch.func import functional_call, grad, vmap
+
+    layer = gemm.Linear(5, 3)
+    xs = torch.randn(4, 2, 5)
+    per_sample = vmap(lambda x: layer(x))(xs)
+    torch.testing.assert_close(per_sample, F.linear(xs, layer.weight, layer.bias))
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    g = grad(lambda p, x: functional_call(layer, p, (x,)).sum())(params, xs[0])
+    torch.testing.assert_close(g["weight"], xs[0].sum(0).expand(3, 5))
+
+
 def test_torch_backend_and_other_dtypes_use_pytorch_kernels(torch_gemm):
     x, w, b = _inputs(True, "contiguous", True)
     assert torch.equal(gemm.linear(x, w, b), torch.baddbmm(b.unsqueeze(1), x, w.mT))

@@ -226,7 +226,8 @@ class _Linear(torch.autograd.Function):
 
 
 def _fast(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
-    if not active():
+    # under torch.func transforms (vmap, grad, jacrev) the tensors are wrappers without plain storage
+    if not active() or torch._C._are_functorch_transforms_active():
         return False
     tensors = (x, w) if b is None else (x, w, b)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided for t in tensors):
