@@ -44,8 +44,9 @@ class SweepSpec(BaseModel):
     device: str = "cpu"
     batch: int | None = Field(
         None, ge=1,
-        description="runs handed to one worker task, trained stacked (default: on CUDA an architecture's runs "
-        "shared evenly among the workers, at most 16 per task; on CPU 1, see benchmarks/README.md)",
+        description="runs handed to one worker task, trained stacked (default: an architecture's runs shared "
+        "evenly among the workers, at most 16 per task, on CUDA and for MLPs where ticketlab.gemm uses "
+        "OpenBLAS on the machine expanding the sweep; else 1 on CPU; see benchmarks/README.md)",
     )
     tensorboard: bool = False
 
@@ -167,25 +168,43 @@ def expand(sweep: SweepSpec) -> list[ExperimentSpec]:
 MAX_STACK = 16  # runs per task by default on CUDA
 
 
-def default_batch(device: str) -> int | None:
-    """Stack runs by default only on CUDA, where one small model cannot fill the device. On the CPUs
-    measured (benchmarks/README.md) one-thread worker processes training one model each beat stacking."""
+def default_batch(device: str, model: str | None = None) -> int | None:
+    """``None`` (stack: each architecture's runs shared evenly among the workers) or 1 (one run per task).
+
+    Stacking pays on CUDA, where one small model cannot fill the device, and for MLPs on CPUs where
+    ``ticketlab.gemm`` runs their layers on OpenBLAS's batched sgemm (2 one-thread workers x 4 stacked
+    LeNet-300-100s: 0.37 s per model-epoch at batch 60 against 0.48 with one model each). Other models
+    on CPU train one per one-thread worker, which beat stacking there (benchmarks/README.md).
+    """
+    from ticketlab import gemm
     from ticketlab.device import resolve_device
+    from ticketlab.models import MODELS
+    from ticketlab.models.mlp import lenet300, mlp
+    from ticketlab.registry import UnknownNameError
 
-    return None if resolve_device(device).type == "cuda" else 1
+    if resolve_device(device).type == "cuda":
+        return None
+    try:
+        is_mlp = model is not None and MODELS.get(model) in (mlp, lenet300)
+    except UnknownNameError:  # reported where the spec is checked
+        is_mlp = False
+    return None if is_mlp and gemm.active() else 1
 
 
-def batches(specs: Sequence[ExperimentSpec], size: int | None, workers: int = 1) -> list[list[ExperimentSpec]]:
+def batches(
+    specs: Sequence[ExperimentSpec], size: int | None | Callable[[ExperimentSpec], int | None], workers: int = 1
+) -> list[list[ExperimentSpec]]:
     """Group runs that share an architecture and data (model, dataset, recipe) into batches of at most
     ``size``: the unit a worker receives, whose runs train stacked. ``size=None`` shares each group
-    evenly among ``workers`` in batches of at most ``MAX_STACK``."""
+    evenly among ``workers`` in batches of at most ``MAX_STACK``; a callable gives the size per group
+    from its first spec."""
     groups: dict[str, list[ExperimentSpec]] = {}
     for spec in specs:
         key = f"{spec.model}|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{spec.recipe.model_dump_json()}"
         groups.setdefault(key, []).append(spec)
     out: list[list[ExperimentSpec]] = []
     for group in groups.values():
-        n = size or min(MAX_STACK, math.ceil(len(group) / workers))
+        n = (size(group[0]) if callable(size) else size) or min(MAX_STACK, math.ceil(len(group) / workers))
         out.extend(group[i : i + n] for i in range(0, len(group), n))
     return out
 
@@ -285,7 +304,7 @@ def run_sweep(
             on_done(outcome)
 
     workers = sweep.workers or (8 if sweep.executor == "ray" else default_workers(sweep.threads_per_worker))
-    size = sweep.batch if sweep.batch is not None else default_batch(sweep.device)
+    size = sweep.batch if sweep.batch is not None else (lambda spec: default_batch(sweep.device, spec.model))
     work = [[s.model_dump(mode="json") for s in b] for b in batches(pending, size, workers)]
     kwargs = dict(
         device=sweep.device, threads=sweep.threads_per_worker, tensorboard=sweep.tensorboard,

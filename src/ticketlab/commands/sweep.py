@@ -19,7 +19,7 @@ def sweep(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address, e.g. auto or 10.0.0.1:6379 (default: a local instance).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local worker processes (default: cores // threads per worker).")] = None,
     threads_per_worker: Annotated[Optional[int], typer.Option(help="torch threads per worker / CPUs per Ray task.")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Runs per worker task, trained stacked (default: stacked on CUDA, 1 on CPU).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Runs per worker task, trained stacked (default: stacked on CUDA and for MLPs on OpenBLAS CPUs, else 1 on CPU).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Root folder of run directories (default: the file's, else runs).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under each run directory.")] = False,
