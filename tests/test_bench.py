@@ -1,0 +1,38 @@
+"""The speed benchmark's arithmetic (its timings are run on demand, never in tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ticketlab import gemm
+from ticketlab.commands.bench import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark()
+
+
+def test_limit_is_measured_with_each_blas(bench):
+    assert bench.matmul_flops(1, n=128) > 0
+    if gemm.active():
+        assert bench.matmul_flops(1, n=128, blas="openblas") > 0
+
+
+def _row(kind, k, seconds_per_model_epoch, fraction):
+    return {"model": "lenet300", "batch": 60, "kind": kind, "K": k, "s_per_model_epoch": seconds_per_model_epoch,
+            "fraction_of_limit": fraction}
+
+
+def test_goals_compare_the_best_stacked_layout_with_the_baselines(bench):
+    report = {"training": [
+        _row("plain", 1, 0.8, 0.3), _row("two_processes", 2, 0.5, 0.4), _row("ours_single_dense", 1, 1.0, 0.2),
+        _row("ours_many", 8, 0.45, 0.5), _row("ours_many_2proc", 8, 0.4, 0.75), _row("ours_many", 4, 0.1, 0.9),
+    ]}
+    goals = {g["goal"].split(" >= ")[-1] if " >= " in g["goal"] else g["goal"]: g for g in bench.goals(report)}
+    assert goals["2x plain loop"]["value"] == pytest.approx(2.0) and goals["2x plain loop"]["met"]  # K=4 not counted
+    assert goals["1.3x two 1-thread processes"]["value"] == pytest.approx(1.25)
+    assert not goals["1.3x two 1-thread processes"]["met"]
+    assert goals["70% of matmul limit"]["met"]
+    single = goals["single-model trainer (no mask, as the plain loop) no slower than plain loop"]
+    assert single["value"] == pytest.approx(0.8) and not single["met"]
