@@ -192,3 +192,19 @@ def test_training_on_openblas_equals_training_on_pytorch_kernels(trainer):
             assert torch.equal(got_state[key] == 0, want_state[key] == 0)
     for row_got, row_want in zip(got.history, want.history):
         assert row_got["val_loss"] == pytest.approx(row_want["val_loss"], rel=1e-4)
+
+
+@needs_avx512
+def test_thread_swap_only_for_models_made_of_gemm_layers_on_cpu(openblas):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu = torch.device("cpu")
+        with gemm.threads_for(build_model("lenet300", input_shape=(1, 28, 28)), cpu):
+            assert torch.get_num_threads() == 1
+        with gemm.threads_for(build_model("conv2", input_shape=(1, 28, 28)), cpu):
+            assert torch.get_num_threads() == 2  # convolutions keep torch's threads
+        with gemm.threads_for(build_model("lenet300", input_shape=(1, 28, 28)), torch.device("cuda")):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

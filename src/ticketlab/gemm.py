@@ -25,7 +25,7 @@ import ctypes
 import importlib.util
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -149,6 +149,15 @@ def training_threads() -> Iterator[None]:
     finally:
         lib.scipy_openblas_set_num_threads(1)
         torch.set_num_threads(threads)
+
+
+def threads_for(model: nn.Module, device: torch.device) -> AbstractContextManager[None]:
+    """The thread swap of :func:`training_threads` for training ``model`` on ``device`` when its time is
+    these GEMMs (a CPU model whose weighted layers are all :class:`Linear`, i.e. an MLP), else nothing."""
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    if device.type == "cpu" and weighted and all(isinstance(m, Linear) for m in weighted):
+        return training_threads()
+    return nullcontext()
 
 
 def _operand(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:

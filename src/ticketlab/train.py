@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,9 +20,8 @@ from torch import nn
 from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
 from ticketlab.evaluate import evaluate
-from ticketlab.gemm import training_threads
+from ticketlab.gemm import threads_for
 from ticketlab.masks import Mask
-from ticketlab.models.mlp import MLP
 from ticketlab.recipe import Recipe
 
 StateDict = dict[str, torch.Tensor]
@@ -190,8 +188,7 @@ def train(
     started = time.perf_counter()
     model.train()
     # an MLP's time is its GEMMs: on OpenBLAS CPUs they get the threads (ticketlab.gemm)
-    threads = training_threads() if isinstance(model, MLP) and device.type == "cpu" else nullcontext()
-    with threads, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with threads_for(model, device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(_seed_for(seed, start_step, 1))  # dropout
         if start_step in wanted:
             result.snapshots[start_step] = snapshot(model)

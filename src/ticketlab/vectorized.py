@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ from torch import nn
 
 from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
-from ticketlab.gemm import linear, training_threads
+from ticketlab.gemm import linear, threads_for
 from ticketlab.models.mlp import MLP
 from ticketlab.recipe import Recipe
 from ticketlab.train import Progress, StateDict, TrainResult, _seed_for, epoch_order, plan_steps, train
@@ -242,8 +241,7 @@ def train_many(
         dropout = [torch.Generator().manual_seed(_seed_for(s, start_step, 1)) for s in seeds]
     started = time.perf_counter()
     stack.template.train()
-    threads = training_threads() if stack.mlp and device.type == "cpu" else nullcontext()
-    with threads:
+    with threads_for(stack.template, device):
         if start_step in wanted:
             for k, result in enumerate(results):
                 result.snapshots[start_step] = stack.state(k)
