@@ -139,3 +139,23 @@ def test_layer_collapse_leaves_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layer_collapse(model, select(scores_of(model), 0.1), (6,))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_select_does_not_depend_on_the_order_of_the_scores_mapping(scope):
+    """Ties at the threshold are broken by a seeded order over a canonical layer order: a mask loaded
+    from disk (keys in safetensors' hash order) must give the same next mask as the one in memory."""
+    scores = {"b.weight": torch.tensor([3.0, 1.0, 1.0, 0.5]), "a.weight": torch.tensor([1.0, 1.0, 2.0, 0.1])}
+    reordered = {"a.weight": scores["a.weight"], "b.weight": scores["b.weight"]}
+    for seed in range(20):  # 4 tied scores of 1.0 compete for the last kept places
+        first, second = select(scores, 0.5, scope, seed=seed), select(reordered, 0.5, scope, seed=seed)
+        assert list(first) == list(scores) and list(second) == list(reordered)  # the caller's order is kept
+        assert first == second, seed
+
+
+def test_a_loaded_mask_has_its_keys_in_a_fixed_order(tmp_path):
+    names = [f"layers.{i}.weight" for i in (2, 0, 1, 10)]
+    mask = Mask({n: torch.ones(3, dtype=torch.bool) for n in names})
+    mask.save(tmp_path / "m.safetensors")
+    orders = {tuple(Mask.load(tmp_path / "m.safetensors")) for _ in range(20)}
+    assert orders == {tuple(sorted(names))}

@@ -88,4 +88,4 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise CorruptFileError(f"{path}: no ticketlab checksum in its metadata; not written by ticketlab")
     if _digest(tensors) != expected:
         raise CorruptFileError(f"{path}: checksum mismatch, the file was altered or damaged")
-    return tensors, meta
+    return {name: tensors[name] for name in sorted(tensors)}, meta  # safetensors gives hash order

@@ -198,7 +198,9 @@ def select(
         raise ValueError(f"density must be in (0, 1], got {density}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    names = list(scores)
+    # a canonical order: the ranking (and its seeded tie-break) must not depend on the mapping's order,
+    # which a mask loaded from disk does not keep (safetensors returns its keys in hash order)
+    names = sorted(scores)
     generator = torch.Generator().manual_seed(seed)
     flat = []
     for name in names:
@@ -232,7 +234,8 @@ def select(
         for i, s in enumerate(flat):
             k = budget(s.numel(), available(i), repr(names[i]))
             keep_flat[i][_topk_exact(s, k, generator)] = True
-    return Mask({name: keep.reshape(scores[name].shape).to(scores[name].device) for name, keep in zip(names, keep_flat)})
+    kept = dict(zip(names, keep_flat))
+    return Mask({name: kept[name].reshape(scores[name].shape).to(scores[name].device) for name in scores})
 
 
 # -- layer collapse ----------------------------------------------------------------------------------
