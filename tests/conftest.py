@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ticketlab import gemm
 from ticketlab.data import load_dataset
 
 
@@ -17,3 +18,21 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def openblas():
+    """OpenBLAS as the backend for the test (wherever the CPU has AVX-512), then back to the default."""
+    chosen = gemm.set_backend("openblas")
+    if chosen.name != "openblas":
+        gemm.set_backend(None)
+        pytest.skip(chosen.reason)
+    yield
+    gemm.set_backend(None)
+
+
+@pytest.fixture
+def torch_gemm():
+    gemm.set_backend("torch")
+    yield
+    gemm.set_backend(None)

@@ -19,24 +19,6 @@ needs_avx512 = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def openblas():
-    """OpenBLAS as the backend for the test (wherever the CPU has AVX-512), then back to the default."""
-    chosen = gemm.set_backend("openblas")
-    if chosen.name != "openblas":
-        gemm.set_backend(None)
-        pytest.skip(chosen.reason)
-    yield
-    gemm.set_backend(None)
-
-
-@pytest.fixture
-def torch_gemm():
-    gemm.set_backend("torch")
-    yield
-    gemm.set_backend(None)
-
-
 def _reference(x, w, b):
     """float64 PyTorch: the exact value both float32 paths approximate."""
     x, w = x.double(), w.double()
@@ -208,3 +190,17 @@ def test_thread_swap_only_for_models_made_of_gemm_layers_on_cpu(openblas):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("blas", ["openblas", "torch_gemm"])
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.1, 1.0), (0.5, 0.9)])
+def test_addmm_in_place(request, blas, stacked, layout, alpha, beta):
+    request.getfixturevalue(blas)
+    a, b, _ = _inputs(stacked, layout, bias=False, seed=3)  # a (.., 7, 5), b (.., 4, 5)
+    out = torch.randn(*a.shape[:-1], 4, generator=torch.Generator().manual_seed(4))
+    expected = beta * out.double() + alpha * (a.double() @ b.double().mT)
+    result = gemm.addmm_(out, a, b.mT, alpha=alpha, beta=beta)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.allclose(out.double(), expected, atol=1e-5)

@@ -19,7 +19,8 @@ def small_images():
     return load_dataset("synthetic:1x8x8", val_size=100, seed=0)
 
 
-RECIPES = {
+RECIPES = {  # plain SGD and SGD with momentum take the fused step (ticketlab.fused_sgd); the others autograd
+    "sgd_l2_cosine": Recipe(steps="24it", batch_size=50, lr=0.1, l2=1e-3, lr_schedule="cosine", warmup="4it", eval_every="8it"),
     "sgd_momentum_wd": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, eval_every="8it"),
     "nesterov_l2_multistep": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, nesterov=True, l2=1e-3,
                                     lr_schedule="multistep", milestones=["10it"], eval_every="8it"),

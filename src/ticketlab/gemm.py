@@ -172,8 +172,9 @@ def _operand(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return t, _NO_TRANS, max(1, cols)
 
 
-def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float) -> torch.Tensor:
-    """out = a @ b + beta * out with OpenBLAS; 2-D, or 3-D with a leading batch (stacked models)."""
+def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float, alpha: float = 1.0) -> torch.Tensor:
+    """out = alpha * a @ b + beta * out with OpenBLAS; 2-D, or 3-D with a leading batch (stacked models).
+    ``out`` must be contiguous."""
     lib = backend().lib
     m, k = a.shape[-2:]
     n = b.shape[-1]
@@ -184,13 +185,13 @@ def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float) -> t
     a, ta, lda = _operand(a)
     b, tb, ldb = _operand(b)
     if out.dim() == 2:
-        lib.scipy_cblas_sgemm(_ROW, ta, tb, m, n, k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, beta,
+        lib.scipy_cblas_sgemm(_ROW, ta, tb, m, n, k, alpha, a.data_ptr(), lda, b.data_ptr(), ldb, beta,
                               out.data_ptr(), n)
     else:
         if a.stride(0) == 0 or b.stride(0) == 0:  # a broadcast operand: give it its own rows
             a, ta, lda = _operand(a.contiguous())
             b, tb, ldb = _operand(b.contiguous())
-        lib.scipy_cblas_sgemm_batch_strided(_ROW, ta, tb, m, n, k, 1.0, a.data_ptr(), lda, a.stride(0),
+        lib.scipy_cblas_sgemm_batch_strided(_ROW, ta, tb, m, n, k, alpha, a.data_ptr(), lda, a.stride(0),
                                             b.data_ptr(), ldb, b.stride(0), beta, out.data_ptr(), n, m * n,
                                             out.shape[0])
     return out
@@ -255,6 +256,21 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     if x.dim() == 3 and w.dim() == 3:
         return torch.baddbmm(b.unsqueeze(1), x, w.mT) if b is not None else torch.bmm(x, w.mT)
     return F.linear(x, w, b)
+
+
+def addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+    """``out = beta * out + alpha * a @ b`` in place, not differentiable; 2-D, or 3-D for K stacked models.
+
+    One pass over ``out``: an SGD step can be the weight-gradient GEMM itself (``out`` = the weights,
+    ``alpha = -lr``), so the gradient never exists as a tensor (``ticketlab.fused_sgd``).
+    """
+    if _fast(a, b, None) and out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous():
+        _gemm(a, b, out, beta, alpha)
+    elif out.dim() == 3:
+        out.baddbmm_(a, b, beta=beta, alpha=alpha)
+    else:
+        out.addmm_(a, b, beta=beta, alpha=alpha)
+    return out
 
 
 class Linear(nn.Linear):

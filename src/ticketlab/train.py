@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab import fused_sgd
 from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
 from ticketlab.evaluate import evaluate
@@ -122,6 +123,15 @@ def plan_steps(
     return spe, end_step, eval_every
 
 
+def _dropout_noise(model: nn.Module, device: torch.device) -> Callable[[torch.Size], torch.Tensor] | None:
+    """An MLP's dropout multiplier drawn from the global generator as ``F.dropout`` draws it on CPU
+    (``bernoulli(1 - p) / (1 - p)``), for the fused step's (1, B, features) activations; None without dropout."""
+    p = float(getattr(model, "dropout", 0) or 0)
+    if not p:
+        return None
+    return lambda shape: torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -161,7 +171,12 @@ def train(
         masked_params = [named[k] for k in mask]
         mask_values = [mask[k].to(device=device, dtype=named[k].dtype) for k in mask]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = recipe.make_optimizer(params)
+    # SGD on an MLP: hand-written backward with the update inside the GEMMs, on views of the parameters as
+    # one stacked model (ticketlab.fused_sgd); hooks see gradients, so they keep the autograd step
+    fused = None if hooks is not None else fused_sgd.for_mlp(
+        model, {k: p.unsqueeze(0) for k, p in named.items()},
+        {k: v.unsqueeze(0) for k, v in zip(mask or (), mask_values)}, recipe)
+    optimizer = recipe.make_optimizer(params) if fused is None else None
 
     result = TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)
     best_state: StateDict | None = None
@@ -194,6 +209,7 @@ def train(
             result.snapshots[start_step] = snapshot(model)
         record(start_step)
         order = None
+        noise = _dropout_noise(model, device)
         for step in range(start_step, end_step):
             epoch, position = divmod(step, spe)
             if order is None or position == 0:
@@ -202,23 +218,28 @@ def train(
             xb, yb = data.x_train.index_select(0, idx), data.y_train.index_select(0, idx)  # 3x faster than [idx]
             if data.augment == "cifar":
                 xb = cifar_augment(xb, torch.Generator().manual_seed(_seed_for(seed, step, 2)))
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr_at(step, spe)
-            loss = F.cross_entropy(model(xb), yb)
-            running_loss += loss.detach()
-            running_count += 1
-            if recipe.l2:
-                loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
-            optimizer.zero_grad(set_to_none=True)  # backward writes the gradients: one pass fewer
-            loss.backward()
-            if hooks is not None:
-                hooks.after_backward(step, {k: p.grad for k, p in zip(mask, masked_params)})
-            if masked_params:
-                torch._foreach_mul_([p.grad for p in masked_params], mask_values)
-            # No weight masking after the step: a pruned weight starts at 0 (mask.apply above; a mask
-            # switch zeroes it and its optimiser state) and its gradient is 0, so SGD (momentum, Nesterov,
-            # weight decay, L2) and Adam leave it and its state exactly 0 (0 - lr * 0; Adam: 0 / eps).
-            optimizer.step()
+            lr = recipe.lr_at(step, spe)
+            if fused is not None:
+                running_loss += fused.step(xb.unsqueeze(0), yb.unsqueeze(0), lr, noise)[0]
+                running_count += 1
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = F.cross_entropy(model(xb), yb)
+                running_loss += loss.detach()
+                running_count += 1
+                if recipe.l2:
+                    loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
+                optimizer.zero_grad(set_to_none=True)  # backward writes the gradients: one pass fewer
+                loss.backward()
+                if hooks is not None:
+                    hooks.after_backward(step, {k: p.grad for k, p in zip(mask, masked_params)})
+                if masked_params:
+                    torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+                # No weight masking after the step: a pruned weight starts at 0 (mask.apply above; a mask
+                # switch zeroes it and its optimiser state) and its gradient is 0, so SGD (momentum, Nesterov,
+                # weight decay, L2) and Adam leave it and its state exactly 0 (0 - lr * 0; Adam: 0 / eps).
+                optimizer.step()
             done = step + 1
             if hooks is not None and (update := hooks.update_mask(done, model)) is not None:
                 _switch_mask(update, list(mask), masked_params, mask_values, optimizer)

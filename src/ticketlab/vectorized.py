@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab import fused_sgd
 from ticketlab.data import Dataset, cifar_augment
 from ticketlab.device import resolve_device
 from ticketlab.gemm import linear, threads_for
@@ -97,12 +98,15 @@ class _Stack:
             if i < layers - 1:
                 h = F.relu(h)
                 if p and dropout is not None:
-                    # each model's noise from its own generator, in the one-model trainer's draw order
-                    noise = torch.stack([
-                        torch.empty(h.shape[1:], dtype=h.dtype).bernoulli_(1 - p, generator=g) for g in dropout
-                    ]).to(h.device)
-                    h = h * noise.div_(1 - p)
+                    h = h * self.dropout_noise(h.shape, h.device, dropout)
         return h
+
+    def dropout_noise(self, shape: torch.Size, device: torch.device, dropout: list[torch.Generator]) -> torch.Tensor:
+        """The MLP's dropout multiplier (0 or 1 / (1 - p)) for a (K, B, features) activation: each model's
+        noise from its own generator, in the one-model trainer's draw order."""
+        p = self.template.dropout
+        noise = torch.stack([torch.empty(shape[1:]).bernoulli_(1 - p, generator=g) for g in dropout])
+        return noise.to(device).div_(1 - p)
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
@@ -144,6 +148,32 @@ class _Stack:
             source = self.params[key] if key in self.params else self.buffers[key]
             out[key] = source[k].detach().to("cpu", copy=True)
         return out
+
+
+def _autograd_step(stack: _Stack, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                   masked_params: list[torch.Tensor], mask_values: list[torch.Tensor], xb: torch.Tensor,
+                   yb: torch.Tensor, lr: float, l2: float, dropout: list[torch.Generator] | None) -> torch.Tensor:
+    """One update of every model through autograd and ``optimizer``; returns the K mean losses."""
+    k_models = yb.shape[0]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = stack.forward(xb, dropout)
+    losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k_models, -1).mean(1)
+    loss = losses.sum()  # model k's gradient is its own mean loss's gradient
+    if l2:
+        loss = loss + l2 * sum(p.pow(2).sum() for p in params)
+    # set_to_none: backward writes the gradients instead of adding them to zeros (0 + g = g exactly),
+    # one memory pass fewer over K stacked weight sets
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if masked_params:
+        torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+    # No weight masking after the step, unlike train.py: a pruned weight starts at 0 and its gradient
+    # is 0, so SGD (momentum, Nesterov, weight decay, L2) and Adam leave it, its momentum and Adam
+    # moments exactly 0 (the update is 0 - lr * 0, Adam's m / (sqrt(v) + eps) = 0 / eps). The tests
+    # check pruned weights are exactly zero after training.
+    optimizer.step()
+    return losses.detach()
 
 
 def train_many(
@@ -209,7 +239,8 @@ def train_many(
         for n in mask_names
     ]
     params = [p for p in stack.params.values() if p.requires_grad]
-    optimizer = recipe.make_optimizer(params)
+    fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(mask_names, mask_values)), recipe)
+    optimizer = recipe.make_optimizer(params) if fused is None else None
 
     results = [TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe) for _ in models]
     best: list[StateDict | None] = [None] * k_models
@@ -263,26 +294,13 @@ def train_many(
                     for k, s in enumerate(seeds)
                 ])
             lr = recipe.lr_at(step, spe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            out = stack.forward(xb, dropout)
-            losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k_models, -1).mean(1)
-            running_loss += losses.detach()
+            if fused is not None:
+                noise = (lambda shape: stack.dropout_noise(shape, device, dropout)) if dropout else None
+                running_loss += fused.step(xb, yb, lr, noise)
+            else:
+                running_loss += _autograd_step(stack, optimizer, params, masked_params, mask_values, xb, yb,
+                                               lr, recipe.l2, dropout)
             running_count += 1
-            loss = losses.sum()  # model k's gradient is its own mean loss's gradient
-            if recipe.l2:
-                loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
-            # set_to_none: backward writes the gradients instead of adding them to zeros (0 + g = g exactly),
-            # one memory pass fewer over K stacked weight sets
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if masked_params:
-                torch._foreach_mul_([p.grad for p in masked_params], mask_values)
-            # No weight masking after the step, unlike train.py: a pruned weight starts at 0 and its gradient
-            # is 0, so SGD (momentum, Nesterov, weight decay, L2) and Adam leave it, its momentum and Adam
-            # moments exactly 0 (the update is 0 - lr * 0, Adam's m / (sqrt(v) + eps) = 0 / eps). The tests
-            # check pruned weights are exactly zero after training.
-            optimizer.step()
             done = step + 1
             if done in wanted:
                 for k, result in enumerate(results):
