@@ -36,3 +36,11 @@ def test_goals_compare_the_best_stacked_layout_with_the_baselines(bench):
     assert goals["70% of matmul limit"]["met"]
     single = goals["single-model trainer (no mask, as the plain loop) no slower than plain loop"]
     assert single["value"] == pytest.approx(0.8) and not single["met"]
+
+
+def test_the_limit_is_the_best_measurement_of_the_fastest_blas(bench):
+    report = {"training": [{"gflops": 100.0, "fraction_of_limit": None}]}
+    bench.settle_limit(report, [{"torch (MKL)": 200e9, "openblas": 300e9}, {"torch (MKL)": 210e9, "openblas": 400e9}])
+    assert report["matmul_flops_by_blas"] == {"torch (MKL)": 210e9, "openblas": 400e9}
+    assert report["matmul_flops"] == 400e9
+    assert report["training"][0]["fraction_of_limit"] == pytest.approx(0.25)
