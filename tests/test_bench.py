@@ -44,3 +44,26 @@ def test_the_limit_is_the_best_measurement_of_the_fastest_blas(bench):
     assert report["matmul_flops_by_blas"] == {"torch (MKL)": 210e9, "openblas": 400e9}
     assert report["matmul_flops"] == 400e9
     assert report["training"][0]["fraction_of_limit"] == pytest.approx(0.25)
+
+
+def test_interleaved_goals_use_the_median_of_per_round_ratios(bench):
+    times = {"plain K=1": [0.8, 1.2, 0.7], "two_processes K=2": [0.5, 0.6, 0.45], "ours_single_dense K=1": [0.8, 1.0, 0.8],
+             "ours_many_2proc K=8": [0.4, 0.5, 0.4], "ours_many_2proc K=16": [0.45, 0.5, 0.5]}
+    report = {"matmul_flops": 100e9, "interleaved": [
+        {"batch": 60, "rounds": 3, "steps": 600, "steps_per_epoch": 1000, "macs": 1000, "s_per_model_epoch": times}]}
+    goals = {g["goal"]: g for g in bench.goals(report)}
+    plain = goals["ours_many_2proc K=8 >= 2x plain loop"]  # K=8 has the lower median time
+    assert plain["value"] == pytest.approx(2.0) and plain["range"] == pytest.approx([1.75, 2.4]) and plain["met"]
+    two = goals["ours_many_2proc K=8 >= 1.3x two 1-thread processes"]
+    assert two["value"] == pytest.approx(1.2) and not two["met"]  # ratios 1.25, 1.2, 1.125
+    limit = goals["ours_many_2proc K=8 >= 70% of matmul limit"]  # 6 * 1000 * 60 * 1000 flops per model-epoch
+    assert limit["value"] == pytest.approx(3.6e8 / 0.4 / 100e9)
+    single = goals["single-model trainer (no mask, as the plain loop) no slower than plain loop"]
+    assert single["value"] == pytest.approx(1.0) and single["met"]  # ratios 1.0, 1.2, 0.875
+    assert "range" in single and "median of the per-round ratios" in bench.markdown({**_empty_report(), **report, "goals": bench.goals(report)})
+
+
+def _empty_report():
+    return {"date": "2026-11-22T00:00:00", "host": "h", "torch": "t", "threads": 2, "cpu_count": 2, "data": "d",
+            "quick": True, "load_average_before": (0, 0, 0), "load_average_after": (0, 0, 0), "flop_formula": "f",
+            "matmul_flops": 100e9, "training": [], "scoring": []}

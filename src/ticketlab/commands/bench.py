@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         ks: Annotated[str, typer.Option(help="Comma-separated K of the K-model trainer.")] = "1,4,8,16",
         batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "60,128",
         threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's or $TICKETLAB_THREADS).")] = None,
+        rounds: Annotated[int, typer.Option(min=0, help="Also time the goals' LeNet-300-100 rows interleaved, in this "
+                                            "many rounds, and judge the goals on the per-round ratios (0: off).")] = 0,
     ) -> None:
         """Measure training speed against the processor's matmul limit; writes JSON and markdown."""
         from ticketlab.cli import _clean_errors, console
@@ -58,7 +60,8 @@ def register(app: typer.Typer) -> None:
                 MODELS.get(name)
             k_values, batch_sizes = _ints(ks, "ks"), _ints(batches, "batches")
             module = load_benchmark()
-            report = module.run_benchmark(quick, model_names, k_values, batch_sizes, threads=threads, log=console.print)
+            report = module.run_benchmark(quick, model_names, k_values, batch_sizes, threads=threads, rounds=rounds,
+                                          log=console.print)
             json_path, md_path = module.write(report, out)
             console.print(module.markdown(report))
             console.print(f"wrote {json_path} and {md_path}")
