@@ -21,8 +21,10 @@ Timing: time.perf_counter around a fixed number of steps after warm-up steps, me
 Training throughput is timed without the per-evaluation passes (the timed dataset has empty validation
 and test splits) so the trainers are compared on the same work as the plain loop.
 
-Run: ``ticketlab bench [--quick] [--out DIR] [--models lenet300,conv6] [--ks 1,4,8,16]`` or
-``python benchmarks/bench.py ...``.
+Run: ``ticketlab bench [--quick] [--out DIR] [--models lenet300,conv6] [--ks 1,4,8,16] [--rounds N]`` or
+``python benchmarks/bench.py ...``. With ``--rounds N`` the rows the goals compare (b, e, c without mask,
+d2 for K >= 8) are also timed in N interleaved rounds and the goals are judged on the median of the
+per-round ratios; the matmul limit is measured before and after the trainers and the higher counts.
 """
 
 from __future__ import annotations
