@@ -124,9 +124,9 @@ def plan_steps(
 
 
 def _dropout_noise(model: nn.Module, device: torch.device) -> Callable[[torch.Size], torch.Tensor] | None:
-    """An MLP's dropout multiplier drawn from the global generator as ``F.dropout`` draws it on CPU
-    (``bernoulli(1 - p) / (1 - p)``), for the fused step's (1, B, features) activations; None without dropout."""
-    p = float(getattr(model, "dropout", 0) or 0)
+    """An MLP's dropout multiplier for the fused step's (1, B, features) activations, drawn from the global
+    generator as ``F.dropout`` draws it on CPU (``bernoulli(1 - p) / (1 - p)``); None without dropout."""
+    p = float(model.dropout)
     if not p:
         return None
     return lambda shape: torch.empty(shape, device=device).bernoulli_(1 - p).div_(1 - p)
@@ -209,7 +209,7 @@ def train(
             result.snapshots[start_step] = snapshot(model)
         record(start_step)
         order = None
-        noise = _dropout_noise(model, device)
+        noise = _dropout_noise(model, device) if fused is not None else None
         for step in range(start_step, end_step):
             epoch, position = divmod(step, spe)
             if order is None or position == 0:
@@ -221,13 +221,11 @@ def train(
             lr = recipe.lr_at(step, spe)
             if fused is not None:
                 running_loss += fused.step(xb.unsqueeze(0), yb.unsqueeze(0), lr, noise)[0]
-                running_count += 1
             else:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss = F.cross_entropy(model(xb), yb)
                 running_loss += loss.detach()
-                running_count += 1
                 if recipe.l2:
                     loss = loss + recipe.l2 * sum(p.pow(2).sum() for p in params)
                 optimizer.zero_grad(set_to_none=True)  # backward writes the gradients: one pass fewer
@@ -240,6 +238,7 @@ def train(
                 # switch zeroes it and its optimiser state) and its gradient is 0, so SGD (momentum, Nesterov,
                 # weight decay, L2) and Adam leave it and its state exactly 0 (0 - lr * 0; Adam: 0 / eps).
                 optimizer.step()
+            running_count += 1
             done = step + 1
             if hooks is not None and (update := hooks.update_mask(done, model)) is not None:
                 _switch_mask(update, list(mask), masked_params, mask_values, optimizer)
