@@ -1,12 +1,17 @@
 """Criteria: each checked against an independent plain computation, then contract tests over CRITERIA."""
 
 import copy
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ticketlab
 
 from ticketlab.criteria import (
     CRITERIA,
@@ -408,3 +413,52 @@ def test_cuda_matches_cpu(name):
     assert all(s.device.type == "cuda" for s in on_gpu.values())
     for k, s in on_cpu.items():  # cuDNN convolutions may run in TF32: compare at 1e-3 of the layer's scale
         torch.testing.assert_close(on_gpu[k].cpu(), s, rtol=1e-2, atol=1e-3 * float(s.abs().max()) + 1e-12)
+
+
+# ---- no per-weight Python loops ------------------------------------------------------------------
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _work(name: str, width: int) -> tuple[int, int]:
+    """(tensor ops dispatched, lines of ticketlab code run) while scoring a masked conv+MLP of ``width``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(width * 6 * 6, width), nn.ReLU(), nn.Linear(width, 3))
+    ctx, mask = context_for(model, (1, 8, 8), 3), half_mask(model)
+    package = str(Path(ticketlab.__file__).parent)
+    lines = 0
+
+    def tracer(frame, event, arg):
+        nonlocal lines
+        if not frame.f_code.co_filename.startswith(package):
+            return None
+        if event == "line":
+            lines += 1
+        return tracer
+
+    counter = _CountOps()
+    sys.settrace(tracer)
+    try:
+        with counter:
+            score(name, model, mask, ctx)
+    finally:
+        sys.settrace(None)
+    return counter.ops, lines
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_scoring_work_does_not_grow_with_the_number_of_weights(name):
+    """SPEC/issue: no criterion loops over weights in Python. About 15x the weights (same layers) must run
+    the same ticketlab lines and dispatch the same tensor operations; a loop over weights, units or channels
+    would add work in proportion."""
+    small, large = _work(name, 2), _work(name, 8)
+    assert large == small, f"{name}: (ops, lines) {small} at width 2, {large} at width 8"
