@@ -24,7 +24,8 @@ and test splits) so the trainers are compared on the same work as the plain loop
 Run: ``ticketlab bench [--quick] [--out DIR] [--models lenet300,conv6] [--ks 1,4,8,16] [--rounds N]`` or
 ``python benchmarks/bench.py ...``. With ``--rounds N`` the rows the goals compare (b, e, c without mask,
 d2 for K >= 8) are also timed in N interleaved rounds and the goals are judged on the median of the
-per-round ratios; the matmul limit is measured before and after the trainers and the higher counts.
+per-round ratios. The matmul limit is measured before and after the trainers, and at the start of each
+round; the best measurement counts, and each round's own figure is reported beside the round's times.
 """
 
 from __future__ import annotations
@@ -250,10 +251,12 @@ def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repe
 
 # -- the goals' rows, interleaved ------------------------------------------------------------------
 def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: int, ks: tuple[int, ...],
-                log=print) -> dict[str, Any]:
+                log=print, limit=None) -> dict[str, Any]:
     """The rows the goals compare, timed in ``rounds`` rounds of one run each, one row after another
     within a round. On a shared machine the load drifts over minutes; a ratio taken within one round
-    compares the rows under the same load, and the spread of the per-round ratios shows the noise."""
+    compares the rows under the same load, and the spread of the per-round ratios shows the noise.
+    ``limit()``, if given, measures the matmul limit at the start of each round: not used by the goals
+    (they take the run's best limit), it shows whether a slow round was slow for the matmul too."""
     from ticketlab.train import steps_per_epoch
 
     plain = plain_model(name)
@@ -276,13 +279,17 @@ def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: in
     }
     spe = steps_per_epoch(len(data.x_train), batch)
     per_model_epoch: dict[str, list[float]] = {f"{kind} K={k}": [] for kind, k in runners}
+    limits: list[float] = []
     for r in range(rounds):
+        if limit is not None:
+            limits.append(limit())
         for (kind, k), (models, run) in runners.items():
             per_model_epoch[f"{kind} K={k}"].append(run() / (steps * models) * spe)
         log(f"  interleaved {name} b{batch} round {r + 1}/{rounds}: " +
             ", ".join(f"{key} {v[-1]:.3f}" for key, v in per_model_epoch.items()))
     return {"model": name, "batch": batch, "rounds": rounds, "steps": steps, "steps_per_epoch": spe,
-            "macs": macs_per_example(build(name)), "s_per_model_epoch": per_model_epoch}
+            "macs": macs_per_example(build(name)), "s_per_model_epoch": per_model_epoch,
+            **({"limit_per_round": limits} if limits else {})}
 
 
 # -- (f) scoring -------------------------------------------------------------------------------------
@@ -378,11 +385,16 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
             for k in model_ks:
                 if k >= 2 and k % 2 == 0 and not conv:  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
                     add("ours_many_2proc", k, two_processes(name, batch, steps, warmup, max(1, repeats // 2), "many", k // 2), k)
+    def round_limit() -> float:  # counts towards the limit like the measurements before and after
+        limits.append(measure_limit("in a round"))
+        return max(limits[-1].values())
+
     report["interleaved"] = []
     if rounds and "lenet300" in models:
         for batch in batches:
             report["interleaved"].append(
-                interleaved("lenet300", timed, batch, 100 if quick else 600, 10, rounds, tuple(k for k in ks if k >= 8), log))
+                interleaved("lenet300", timed, batch, 100 if quick else 600, 10, rounds, tuple(k for k in ks if k >= 8), log,
+                            limit=round_limit))
     limits.append(measure_limit("after"))
     report["training"] = rows
     settle_limit(report, limits)
@@ -466,7 +478,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"after {tuple(round(x, 1) for x in report['load_average_after'])}.",
         f"FLOPs: {report['flop_formula']}. Limit (a): dense 2048x2048 matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
         "the fastest of " + ", ".join(f"{blas} {flops / 1e9:.1f}" for blas, flops in report.get("matmul_flops_by_blas", {}).items())
-        + ", each the higher of a measurement before and after the trainers ("
+        + ", each the best of its measurements before and after the trainers"
+        + (" and at the start of each interleaved round" if report.get("interleaved") else "") + " ("
         + "; ".join(", ".join(f"{blas} {flops / 1e9:.0f}" for blas, flops in m.items())
                     for m in report.get("matmul_flops_measurements", []))
         + ")"
@@ -494,6 +507,16 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|" + "---|" * (block["rounds"] + 1)]
         for key, values in block["s_per_model_epoch"].items():
             lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.median(values):.3f} |")
+        if block.get("limit_per_round"):
+            limits = block["limit_per_round"]
+            flops = 6 * block["macs"] * block["batch"] * block["steps_per_epoch"]
+            stacked = [v for key, v in block["s_per_model_epoch"].items() if key.startswith("ours_many")]
+            shares = [flops / min(v[i] for v in stacked) / limits[i] for i in range(len(limits))] if stacked else []
+            lines.append("| matmul limit at the round's start, GFLOP/s | " + " | ".join(f"{v / 1e9:.0f}" for v in limits)
+                         + f" | {statistics.median(limits) / 1e9:.0f} |")
+            if shares:
+                lines.append("| fastest stacked row, share of that round's limit | " + " | ".join(f"{v:.0%}" for v in shares)
+                             + f" | {statistics.median(shares):.0%} |")
     if report["goals"]:
         source = "median of the per-round ratios (range)" if report.get("interleaved") else "from the table"
         lines += ["", f"| goal (LeNet-300-100) | batch | measured: {source} | needed | met |", "|---|---|---|---|---|"]

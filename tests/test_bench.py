@@ -67,3 +67,13 @@ def _empty_report():
     return {"date": "2026-11-22T00:00:00", "host": "h", "torch": "t", "threads": 2, "cpu_count": 2, "data": "d",
             "quick": True, "load_average_before": (0, 0, 0), "load_average_after": (0, 0, 0), "flop_formula": "f",
             "matmul_flops": 100e9, "training": [], "scoring": []}
+
+
+def test_rounds_report_each_rounds_limit_and_the_share_of_it(bench):
+    times = {"plain K=1": [0.8, 1.2], "ours_many_2proc K=8": [0.4, 0.5], "ours_many_2proc K=16": [0.45, 0.3]}
+    block = {"batch": 60, "rounds": 2, "steps": 600, "steps_per_epoch": 1000, "macs": 100_000,
+             "s_per_model_epoch": times, "limit_per_round": [100e9, 200e9]}
+    text = bench.markdown({**_empty_report(), "interleaved": [block], "goals": []})
+    # 3.6e10 flops per model-epoch; round 1: fastest stacked 0.4 s -> 90 GFLOP/s of 100; round 2: 0.3 s -> 120 of 200
+    assert "| matmul limit at the round's start, GFLOP/s | 100 | 200 | 150 |" in text
+    assert "| fastest stacked row, share of that round's limit | 90% | 60% | 75% |" in text
