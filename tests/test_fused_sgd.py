@@ -138,12 +138,16 @@ class _NoHooks:
         return None
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dropout, device", [
+    (0.0, "cpu"), (0.3, "cpu"),
+    # on CUDA F.dropout has its own kernel and random stream, so only the dropout-free case can agree
+    pytest.param(0.0, "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+])
 @pytest.mark.parametrize("recipe", [
     Recipe(steps="20it", batch_size=40, lr=0.1, l2=1e-3, lr_schedule="cosine", eval_every="10it"),
     Recipe(steps="20it", batch_size=40, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every="10it"),
 ])
-def test_train_fused_equals_train_autograd(synthetic, recipe, dropout):
+def test_train_fused_equals_train_autograd(synthetic, recipe, dropout, device):
     """train() on one MLP: the fused step (a view of the model as K = 1) against the autograd step,
     dropout drawn from the global generator as F.dropout draws it."""
     model = initialize(build_model(SIZES, dropout=dropout), seed=4)
@@ -151,8 +155,8 @@ def test_train_fused_equals_train_autograd(synthetic, recipe, dropout):
     mask = select({k: torch.rand(p.shape, generator=torch.Generator().manual_seed(2))
                    for k, p in prunable_parameters(model).items()}, 0.3)
     autograd_model = copy.deepcopy(model)
-    fused_run = train(model, synthetic, recipe, mask=mask, seed=3, device="cpu", snapshot_steps=(7,))
-    autograd_run = train(autograd_model, synthetic, recipe, mask=mask, seed=3, device="cpu", snapshot_steps=(7,),
+    fused_run = train(model, synthetic, recipe, mask=mask, seed=3, device=device, snapshot_steps=(7,))
+    autograd_run = train(autograd_model, synthetic, recipe, mask=mask, seed=3, device=device, snapshot_steps=(7,),
                          hooks=_NoHooks())
     for key, value in autograd_model.state_dict().items():
         assert torch.allclose(model.state_dict()[key], value, atol=1e-6, rtol=1e-5), key

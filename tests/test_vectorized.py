@@ -37,10 +37,13 @@ def three_models(name: str, dropout: float = 0.0, input_shape=(1, 28, 28)):
     return [initialize(build_model(name, input_shape=input_shape, dropout=dropout), seed=s) for s in (1, 2, 3)]
 
 
-def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, **kwargs):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, device="cpu", **kwargs):
     alone = [copy.deepcopy(m) for m in models]
-    singles = [train(m, data, recipe, mask=mk, seed=s, device="cpu", **kwargs) for m, mk, s in zip(alone, masks, seeds)]
-    many = train_many(models, data, recipe, masks=masks, seeds=seeds, device="cpu", **kwargs)
+    singles = [train(m, data, recipe, mask=mk, seed=s, device=device, **kwargs) for m, mk, s in zip(alone, masks, seeds)]
+    many = train_many(models, data, recipe, masks=masks, seeds=seeds, device=device, **kwargs)
     for m, a, r1, r2, mk in zip(models, alone, singles, many, masks):
         for (key, v1), v2 in zip(a.state_dict().items(), m.state_dict().values()):
             assert torch.allclose(v1.double(), v2.double(), atol=atol, rtol=rtol), (key, float((v1.double() - v2.double()).abs().max()))
@@ -63,11 +66,12 @@ def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, **k
     return singles, many
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_mlp_three_seeds_three_masks_equal_single_runs(synthetic, recipe):
+def test_mlp_three_seeds_three_masks_equal_single_runs(synthetic, recipe, device):
     models = three_models("mlp:784-32-16-10")
     masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((1.0, 0.5, 0.2))]
-    check_equal(synthetic, RECIPES[recipe], models, masks, [5, 6, 7], start_step=0, snapshot_steps=(0, 8, 20))
+    check_equal(synthetic, RECIPES[recipe], models, masks, [5, 6, 7], start_step=0, snapshot_steps=(0, 8, 20), device=device)
 
 
 def test_mlp_resumed_start_and_end_on_best(synthetic):
@@ -86,15 +90,17 @@ def test_mlp_dropout_matches_per_model(synthetic):
     check_equal(synthetic, recipe, models, masks, [1, 2, 3], start_step=3, end_step=12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recipe", ["sgd_momentum_wd", "adam"])
-def test_conv_vmap_equals_single_runs(small_images, recipe):
+def test_conv_vmap_equals_single_runs(small_images, recipe, device):
     r = Recipe.model_validate({**RECIPES[recipe].model_dump(), "steps": "6it", "eval_every": "3it", "milestones": ()})
     models = three_models("conv2", input_shape=(1, 8, 8))
     assert vectorizable(models[0])
     masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((0.8, 0.5, 0.2))]
     # Adam divides by sqrt(v): float-level gradient differences on near-zero gradients move a weight by a
     # visible fraction of the LR (1e-3), hence the looser absolute tolerance there.
-    check_equal(small_images, r, models, masks, [3, 4, 5], snapshot_steps=(3,), atol=1e-4 if recipe == "adam" else 1e-5)
+    check_equal(small_images, r, models, masks, [3, 4, 5], snapshot_steps=(3,), atol=1e-4 if recipe == "adam" else 1e-5,
+                device=device)
 
 
 def test_batchnorm_running_stats_per_model(small_images):

@@ -15,6 +15,8 @@ orders, so bit equality is not expected):
 * masks: gradients multiplied by the mask after ``backward()``, weights after ``step()`` (as train.py);
 * dropout: in the MLP path each model draws its dropout noise from its own generator seeded like the
   one-model trainer's global RNG (``F.dropout`` = ``input * bernoulli(1-p) / (1-p)``), so it matches too.
+  On CUDA it does not: ``F.dropout`` there has its own kernel and random stream, so with dropout the
+  K-model results equal the one-model ones in distribution only.
 
 Two forward paths: MLPs (``ticketlab.models.mlp.MLP``: LeNet-300-100, ``mlp:*``) use stacked GEMMs
 (``ticketlab.gemm.linear``: OpenBLAS's batched sgemm where it is the faster BLAS, else ``baddbmm``); every
