@@ -26,6 +26,8 @@ Run: ``ticketlab bench [--quick] [--out DIR] [--models lenet300,conv6] [--ks 1,4
 d2 for K >= 8) are also timed in N interleaved rounds and the goals are judged on the median of the
 per-round ratios. The matmul limit is measured before and after the trainers, and at the start of each
 round; the best measurement counts, and each round's own figure is reported beside the round's times.
+``--device cuda``: the same rows on the GPU, without the CPU's process layouts (c2), (d2), (e) and without
+rounds; the limit there is an 8192x8192 float32 product on cuBLAS (TF32 only if the process allowed it).
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ def random_masks(model: nn.Module, k: int, density: float):
     return out
 
 
+def synced(fn, device: torch.device | str = "cpu"):
+    """``fn`` followed by waiting for the device: CUDA calls return before the work is done."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+    return run
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -122,13 +135,14 @@ def median_time(fn, repeats: int) -> float:
 
 
 # -- (a) the limit -----------------------------------------------------------------------------------
-def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch") -> float:
-    """FLOP/s of an n x n x n float32 product: ``torch`` = ``a @ b`` (MKL), ``openblas`` = the OpenBLAS
-    sgemm of ``ticketlab.gemm`` on as many threads as torch has."""
+def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: str = "cpu") -> float:
+    """FLOP/s of an n x n x n float32 product: ``torch`` = ``a @ b`` (MKL on CPU, cuBLAS on CUDA, in full
+    float32 unless the process allowed TF32), ``openblas`` = the OpenBLAS sgemm of ``ticketlab.gemm`` on as
+    many threads as torch has."""
     from ticketlab import gemm
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
     if blas == "torch":
         product = lambda: torch.mm(a, b, out=out)  # noqa: E731
     else:
@@ -136,7 +150,7 @@ def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch") -> float:
     inner = 5
     with gemm.training_threads() if blas != "torch" else contextlib.nullcontext():
         product()
-        t = median_time(lambda: [product() for _ in range(inner)], repeats)
+        t = median_time(synced(lambda: [product() for _ in range(inner)], device), repeats)
     return 2 * n**3 * inner / t
 
 
@@ -151,11 +165,11 @@ def plain_model(name: str) -> nn.Module:
 def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, lr: float = 0.1) -> None:
     """What anyone would write: the data as one tensor, a randperm per epoch, slices, SGD."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    perm = torch.randperm(len(x))
+    perm = torch.randperm(len(x), device=x.device)
     pos = 0
     for _ in range(steps):
         if pos + batch > len(x):
-            perm, pos = torch.randperm(len(x)), 0
+            perm, pos = torch.randperm(len(x), device=x.device), 0
         idx = perm[pos : pos + batch]
         pos += batch
         loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -212,7 +226,7 @@ def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, 
 
 
 # -- (c), (d) our trainers ---------------------------------------------------------------------------
-def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True):
+def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True, device: str = "cpu"):
     """One model (random 20% mask if ``masked``) through ``train``, warmed up; returns the timed call."""
     from ticketlab.recipe import Recipe
     from ticketlab.train import train
@@ -220,15 +234,16 @@ def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: 
     base = build(name)
     mask = random_masks(base, 1, 0.2)[0] if masked else None
     recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
-    train(copy.deepcopy(base), data, recipe, mask=mask, end_step=warmup, device="cpu")
-    return lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device="cpu")
+    train(copy.deepcopy(base), data, recipe, mask=mask, end_step=warmup, device=device)
+    return synced(lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device=device), device)
 
 
-def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True) -> float:
-    return median_time(single_runner(name, data, batch, steps, warmup, masked), repeats)
+def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True,
+                device: str = "cpu") -> float:
+    return median_time(single_runner(name, data, batch, steps, warmup, masked, device), repeats)
 
 
-def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int):
+def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int, device: str = "cpu"):
     """K stacked models with random 20% masks, warmed up; returns the timed call (``steps`` steps)."""
     from ticketlab.recipe import Recipe
     from ticketlab.vectorized import train_many
@@ -239,14 +254,14 @@ def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int):
 
     def run(start: int, end: int | None) -> None:
         train_many([copy.deepcopy(base) for _ in range(k)], data, recipe, masks=masks, seeds=list(range(k)),
-                   start_step=start, end_step=end, device="cpu")
+                   start_step=start, end_step=end, device=device)
 
     run(0, warmup)
-    return lambda: run(warmup, None)
+    return synced(lambda: run(warmup, None), device)
 
 
-def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repeats: int) -> float:
-    return median_time(many_runner(name, data, batch, k, steps, warmup), repeats)
+def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repeats: int, device: str = "cpu") -> float:
+    return median_time(many_runner(name, data, batch, k, steps, warmup, device), repeats)
 
 
 # -- the goals' rows, interleaved ------------------------------------------------------------------
@@ -293,7 +308,7 @@ def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: in
 
 
 # -- (f) scoring -------------------------------------------------------------------------------------
-def scoring_times(repeats: int, rounds: int) -> list[dict[str, Any]]:
+def scoring_times(repeats: int, rounds: int, device: str = "cpu") -> list[dict[str, Any]]:
     from ticketlab.criteria import ScoringContext, score
     from ticketlab.masks import Mask, select
     from ticketlab.models import build_model, initialize
@@ -301,9 +316,10 @@ def scoring_times(repeats: int, rounds: int) -> list[dict[str, Any]]:
 
     rows = []
     for name, shape in (("lenet300", (1, 28, 28)), ("resnet20", (3, 32, 32))):
-        model = initialize(build_model(name, input_shape=shape, num_classes=10), seed=0)
+        model = initialize(build_model(name, input_shape=shape, num_classes=10), seed=0).to(device)
         g = torch.Generator().manual_seed(0)
-        batches = [(torch.randn(100, *shape, generator=g), torch.randint(10, (100,), generator=g)) for _ in range(10)]
+        batches = [(torch.randn(100, *shape, generator=g).to(device), torch.randint(10, (100,), generator=g).to(device))
+                   for _ in range(10)]
         ctx = ScoringContext(batches=batches, input_shape=shape, initial=None, seed=0, options={})
         for criterion, n_rounds in (("snip", 1), ("grasp", 1), ("synflow", rounds)):
             def run() -> None:
@@ -312,7 +328,7 @@ def scoring_times(repeats: int, rounds: int) -> list[dict[str, Any]]:
                     mask.apply(model)
                     mask = select(score(criterion, model, mask, ctx), d, "global", previous=mask, seed=0)
 
-            t = median_time(run, repeats)
+            t = median_time(synced(run, device), repeats)
             rows.append({"model": name, "criterion": criterion, "rounds": n_rounds, "seconds": t,
                          "batches": 0 if criterion == "synflow" else len(batches)})
     return rows
@@ -321,30 +337,39 @@ def scoring_times(repeats: int, rounds: int) -> list[dict[str, Any]]:
 # -- driver ------------------------------------------------------------------------------------------
 def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "conv6"), ks: tuple[int, ...] = (1, 4, 8, 16),
                   batches: tuple[int, ...] = (60, 128), threads: int | None = None, rounds: int = 0,
-                  log=print) -> dict[str, Any]:
-    from ticketlab.device import set_threads
+                  log=print, device: str = "cpu") -> dict[str, Any]:
+    from ticketlab.device import resolve_device, set_threads
     from ticketlab.train import steps_per_epoch
 
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    if cuda and rounds:
+        raise ValueError("bench: rounds time the CPU's process layouts (e) and (d2); leave rounds out on CUDA")
     threads = set_threads(threads)
     data, data_name = load_data()
-    timed = without_eval(data)
+    timed = without_eval(data).to(dev)
     repeats = 3 if quick else 5
     report: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": threads,
         "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "data": data_name, "quick": quick,
         "flop_formula": "6 x MACs per example x examples (2 forward + 4 backward)",
+        "device": f"cuda ({torch.cuda.get_device_name(dev)})" if cuda else "cpu", "limit_n": 8192 if cuda else 2048,
     }
     from ticketlab import gemm
 
-    report["gemm_backend"] = f"{gemm.backend().name} ({gemm.backend().reason})"
+    report["gemm_backend"] = "cuBLAS" if cuda else f"{gemm.backend().name} ({gemm.backend().reason})"
 
     def measure_limit(when: str) -> dict[str, float]:
-        by_blas = {"torch (MKL)": matmul_flops(repeats)}
-        if gemm.active():
-            by_blas["openblas"] = matmul_flops(repeats, blas="openblas")
+        n = report["limit_n"]
+        if cuda:  # a 2048 product is too small to keep a GPU busy
+            by_blas = {"torch (cuBLAS)": matmul_flops(repeats, n=n, device=str(dev))}
+        else:
+            by_blas = {"torch (MKL)": matmul_flops(repeats, n=n)}
+            if gemm.active():
+                by_blas["openblas"] = matmul_flops(repeats, n=n, blas="openblas")
         for blas, flops in by_blas.items():
-            log(f"(a) {when}: dense 2048x2048 matmul, {blas}: {flops / 1e9:.1f} GFLOP/s on {threads} threads")
+            log(f"(a) {when}: dense {n}x{n} matmul, {blas}: {flops / 1e9:.1f} GFLOP/s on {report['device']}")
         return by_blas
 
     # measured before and after the trainers, the higher one counts: a busy neighbour during one
@@ -372,18 +397,19 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
                 log(f"  {name} b{batch} {kind:>14} K={k:<2} {per_model_epoch:7.3f} s/model-epoch "
                     f"{achieved / 1e9:6.1f} GFLOP/s ({achieved / limit:.0%} of the limit measured before)")
 
-            model = plain_model(name)
+            model = plain_model(name).to(dev)
             plain_loop(model, timed.x_train, timed.y_train, batch, warmup)
-            add("plain", 1, median_time(lambda: plain_loop(model, timed.x_train, timed.y_train, batch, steps), repeats), 1)
-            add("two_processes", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2)), 2)
-            add("ours_single_dense", 1, ours_single(name, timed, batch, steps, warmup, repeats, masked=False), 1)
-            add("ours_single", 1, ours_single(name, timed, batch, steps, warmup, repeats), 1)
-            if not conv:  # a CPU sweep's default layout: one-thread workers, one masked model each
+            add("plain", 1, median_time(synced(lambda: plain_loop(model, timed.x_train, timed.y_train, batch, steps), dev), repeats), 1)
+            if not cuda:  # (e), (c2), (d2) are the CPU's process layouts
+                add("two_processes", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2)), 2)
+            add("ours_single_dense", 1, ours_single(name, timed, batch, steps, warmup, repeats, masked=False, device=dev), 1)
+            add("ours_single", 1, ours_single(name, timed, batch, steps, warmup, repeats, device=dev), 1)
+            if not conv and not cuda:  # a CPU sweep's default layout: one-thread workers, one masked model each
                 add("ours_single_2proc", 2, two_processes(name, batch, steps, warmup, max(1, repeats // 2), "single"), 2)
             for k in model_ks:
-                add("ours_many", k, ours_many(name, timed, batch, k, steps, warmup, repeats), k)
+                add("ours_many", k, ours_many(name, timed, batch, k, steps, warmup, repeats, device=dev), k)
             for k in model_ks:
-                if k >= 2 and k % 2 == 0 and not conv:  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
+                if k >= 2 and k % 2 == 0 and not conv and not cuda:  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
                     add("ours_many_2proc", k, two_processes(name, batch, steps, warmup, max(1, repeats // 2), "many", k // 2), k)
     def round_limit() -> float:  # counts towards the limit like the measurements before and after
         limits.append(measure_limit("in a round"))
@@ -398,7 +424,7 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
     limits.append(measure_limit("after"))
     report["training"] = rows
     settle_limit(report, limits)
-    scoring = scoring_times(1 if quick else 3, 100)
+    scoring = scoring_times(1 if quick else 3, 100, device=str(dev))
     report["scoring"] = scoring
     for r in scoring:
         log(f"(f) {r['model']} {r['criterion']} x{r['rounds']}: {r['seconds']:.2f} s")
@@ -470,22 +496,25 @@ def interleaved_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    n = report.get("limit_n", 2048)
     lines = [
         f"# ticketlab speed benchmark — {report['date']} on {report['host']}",
         "",
-        f"torch {report['torch']}, {report['threads']} threads, {report['cpu_count']} CPUs, data: {report['data']}, "
+        f"torch {report['torch']}, device {report.get('device', 'cpu')}, {report['threads']} threads, {report['cpu_count']} CPUs, data: {report['data']}, "
         f"{'quick' if report['quick'] else 'full'} mode; load average before {tuple(round(x, 1) for x in report['load_average_before'])}, "
         f"after {tuple(round(x, 1) for x in report['load_average_after'])}.",
-        f"FLOPs: {report['flop_formula']}. Limit (a): dense 2048x2048 matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
+        f"FLOPs: {report['flop_formula']}. Limit (a): dense {n}x{n} matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
         "the fastest of " + ", ".join(f"{blas} {flops / 1e9:.1f}" for blas, flops in report.get("matmul_flops_by_blas", {}).items())
         + ", each the best of its measurements before and after the trainers"
         + (" and at the start of each interleaved round" if report.get("interleaved") else "") + " ("
         + "; ".join(", ".join(f"{blas} {flops / 1e9:.0f}" for blas, flops in m.items())
                     for m in report.get("matmul_flops_measurements", []))
         + ")"
-        + " (the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
-        "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers use "
-        f"{report.get('gemm_backend', 'torch')}.",
+        + (" (cuBLAS float32, the GEMM that MLP layers use; convolutions run on cuDNN, which may use TF32, PyTorch's "
+           "default for convolutions, so conv rows can exceed 100%)." if report.get("device", "cpu").startswith("cuda") else
+           " (the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
+           "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers use "
+           f"{report.get('gemm_backend', 'torch')}."),
         "",
         "| model | batch | trainer | K | s / model-epoch | model-epochs / s | GFLOP/s | of limit |",
         "|---|---|---|---|---|---|---|---|",
@@ -544,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ks", default="1,4,8,16")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -551,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         worker(kind, name, int(batch), int(steps), int(warmup), int(k))
         return
     report = run_benchmark(args.quick, tuple(args.models.split(",")), tuple(int(k) for k in args.ks.split(",")),
-                           threads=args.threads, rounds=args.rounds)
+                           threads=args.threads, rounds=args.rounds, device=args.device)
     for path in write(report, args.out):
         print(path)
 

@@ -59,3 +59,17 @@ def test_recipe_validation_names_field():
 def test_lr_past_the_end_keeps_the_final_rate():
     c = Recipe(steps="10it", lr=1.0, lr_schedule="cosine")
     assert c.lr_at(25, 1) == c.lr_at(9, 1) > 0
+
+
+def test_resolve_device_names_the_allowed_values():
+    import torch
+
+    from ticketlab.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")

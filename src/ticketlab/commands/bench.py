@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's or $TICKETLAB_THREADS).")] = None,
         rounds: Annotated[int, typer.Option(min=0, help="Also time the goals' LeNet-300-100 rows interleaved, in this "
                                             "many rounds, and judge the goals on the per-round ratios (0: off).")] = 0,
+        device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the trainers and the limit run.")] = "cpu",
     ) -> None:
         """Measure training speed against the processor's matmul limit; writes JSON and markdown."""
         from ticketlab.cli import _clean_errors, console
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
             k_values, batch_sizes = _ints(ks, "ks"), _ints(batches, "batches")
             module = load_benchmark()
             report = module.run_benchmark(quick, model_names, k_values, batch_sizes, threads=threads, rounds=rounds,
-                                          log=console.print)
+                                          log=console.print, device=device)
             json_path, md_path = module.write(report, out)
             console.print(module.markdown(report))
             console.print(f"wrote {json_path} and {md_path}")
