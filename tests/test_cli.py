@@ -31,6 +31,7 @@ def test_train_prints_table(tmp_path):
         (["--dataset", "mnits"], "unknown dataset 'mnits'"),
         (["--steps", "20epochs"], "invalid duration '20epochs'"),
         (["--optimizer", "rmsprop"], "optimizer"),
+        (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
     ],
 )
 def test_bad_names_give_one_clear_line(args, message):
