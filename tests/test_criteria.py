@@ -446,12 +446,13 @@ def _work(name: str, width: int) -> tuple[int, int]:
         return tracer
 
     counter = _CountOps()
+    previous = sys.gettrace()  # e.g. a coverage tool's, put back afterwards
     sys.settrace(tracer)
     try:
         with counter:
             score(name, model, mask, ctx)
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     return counter.ops, lines
 
 
