@@ -135,7 +135,7 @@ def median_time(fn, repeats: int) -> float:
 
 
 # -- (a) the limit -----------------------------------------------------------------------------------
-def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: str = "cpu") -> float:
+def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: torch.device | str = "cpu") -> float:
     """FLOP/s of an n x n x n float32 product: ``torch`` = ``a @ b`` (MKL on CPU, cuBLAS on CUDA, in full
     float32 unless the process allowed TF32), ``openblas`` = the OpenBLAS sgemm of ``ticketlab.gemm`` on as
     many threads as torch has."""
@@ -226,7 +226,8 @@ def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, 
 
 
 # -- (c), (d) our trainers ---------------------------------------------------------------------------
-def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True, device: str = "cpu"):
+def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True,
+                  device: torch.device | str = "cpu"):
     """One model (random 20% mask if ``masked``) through ``train``, warmed up; returns the timed call."""
     from ticketlab.recipe import Recipe
     from ticketlab.train import train
@@ -239,11 +240,11 @@ def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: 
 
 
 def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: int, masked: bool = True,
-                device: str = "cpu") -> float:
+                device: torch.device | str = "cpu") -> float:
     return median_time(single_runner(name, data, batch, steps, warmup, masked, device), repeats)
 
 
-def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int, device: str = "cpu"):
+def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int, device: torch.device | str = "cpu"):
     """K stacked models with random 20% masks, warmed up; returns the timed call (``steps`` steps)."""
     from ticketlab.recipe import Recipe
     from ticketlab.vectorized import train_many
@@ -260,7 +261,8 @@ def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int, de
     return synced(lambda: run(warmup, None), device)
 
 
-def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repeats: int, device: str = "cpu") -> float:
+def ours_many(name: str, data, batch: int, k: int, steps: int, warmup: int, repeats: int,
+              device: torch.device | str = "cpu") -> float:
     return median_time(many_runner(name, data, batch, k, steps, warmup, device), repeats)
 
 
@@ -308,7 +310,7 @@ def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: in
 
 
 # -- (f) scoring -------------------------------------------------------------------------------------
-def scoring_times(repeats: int, rounds: int, device: str = "cpu") -> list[dict[str, Any]]:
+def scoring_times(repeats: int, rounds: int, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     from ticketlab.criteria import ScoringContext, score
     from ticketlab.masks import Mask, select
     from ticketlab.models import build_model, initialize
@@ -363,7 +365,7 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
     def measure_limit(when: str) -> dict[str, float]:
         n = report["limit_n"]
         if cuda:  # a 2048 product is too small to keep a GPU busy
-            by_blas = {"torch (cuBLAS)": matmul_flops(repeats, n=n, device=str(dev))}
+            by_blas = {"torch (cuBLAS)": matmul_flops(repeats, n=n, device=dev)}
         else:
             by_blas = {"torch (MKL)": matmul_flops(repeats, n=n)}
             if gemm.active():
@@ -424,7 +426,7 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
     limits.append(measure_limit("after"))
     report["training"] = rows
     settle_limit(report, limits)
-    scoring = scoring_times(1 if quick else 3, 100, device=str(dev))
+    scoring = scoring_times(1 if quick else 3, 100, device=dev)
     report["scoring"] = scoring
     for r in scoring:
         log(f"(f) {r['model']} {r['criterion']} x{r['rounds']}: {r['seconds']:.2f} s")
@@ -468,6 +470,11 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def flops_per_model_epoch(block: dict[str, Any]) -> float:
+    """The table's formula for one interleaved block: 6 x MACs per example x examples per epoch."""
+    return 6 * block["macs"] * block["batch"] * block["steps_per_epoch"]
+
+
 def interleaved_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     limit = report["matmul_flops"]
@@ -475,7 +482,6 @@ def interleaved_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
         times = block["s_per_model_epoch"]
         stacked = [key for key in times if key.startswith("ours_many")]
         best = min(stacked, key=lambda key: statistics.median(times[key]))
-        flops_per_model_epoch = 6 * block["macs"] * block["batch"] * block["steps_per_epoch"]  # as the table's
 
         def per_round(ratio) -> list[float]:
             return [ratio(i) for i in range(block["rounds"])]
@@ -484,7 +490,7 @@ def interleaved_goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             (f"{best} >= 2x plain loop", per_round(lambda i: times["plain K=1"][i] / times[best][i]), 2.0),
             (f"{best} >= 1.3x two 1-thread processes", per_round(lambda i: times["two_processes K=2"][i] / times[best][i]), 1.3),
             (f"{best} >= 70% of matmul limit",
-             per_round(lambda i: flops_per_model_epoch / times[best][i] / limit), 0.7),
+             per_round(lambda i: flops_per_model_epoch(block) / times[best][i] / limit), 0.7),
             ("single-model trainer (no mask, as the plain loop) no slower than plain loop",
              per_round(lambda i: times["plain K=1"][i] / times["ours_single_dense K=1"][i]), 1.0),
         ]
@@ -538,9 +544,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.median(values):.3f} |")
         if block.get("limit_per_round"):
             limits = block["limit_per_round"]
-            flops = 6 * block["macs"] * block["batch"] * block["steps_per_epoch"]
             stacked = [v for key, v in block["s_per_model_epoch"].items() if key.startswith("ours_many")]
-            shares = [flops / min(v[i] for v in stacked) / limits[i] for i in range(len(limits))] if stacked else []
+            shares = [flops_per_model_epoch(block) / min(v[i] for v in stacked) / limits[i] for i in range(len(limits))] if stacked else []
             lines.append("| matmul limit at the round's start, GFLOP/s | " + " | ".join(f"{v / 1e9:.0f}" for v in limits)
                          + f" | {statistics.median(limits) / 1e9:.0f} |")
             if shares:

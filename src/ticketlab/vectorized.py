@@ -272,6 +272,7 @@ def train_many(
     dropout = None
     if stack.mlp and stack.template.dropout:
         dropout = [torch.Generator().manual_seed(_seed_for(s, start_step, 1)) for s in seeds]
+    noise = (lambda shape: stack.dropout_noise(shape, device, dropout)) if fused is not None and dropout else None
     started = time.perf_counter()
     stack.template.train()
     with threads_for(stack.template, device):
@@ -297,7 +298,6 @@ def train_many(
                 ])
             lr = recipe.lr_at(step, spe)
             if fused is not None:
-                noise = (lambda shape: stack.dropout_noise(shape, device, dropout)) if dropout else None
                 running_loss += fused.step(xb, yb, lr, noise)
             else:
                 running_loss += _autograd_step(stack, optimizer, params, masked_params, mask_values, xb, yb,
