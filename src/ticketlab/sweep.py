@@ -165,7 +165,7 @@ def expand(sweep: SweepSpec) -> list[ExperimentSpec]:
     return [spec for _, spec in grid_points(sweep)]
 
 
-MAX_STACK = 16  # runs per task by default on CUDA
+MAX_STACK = 16  # runs per task at most when stacking by default (CUDA; MLPs on OpenBLAS CPUs)
 
 
 def default_batch(device: str, model: str | None = None) -> int | None:

@@ -12,7 +12,9 @@ orders, so bit equality is not expected):
   decay) and Adam are elementwise and all K models share the recipe's learning rate, so one optimiser
   over stacked parameters is exactly K independent optimisers; the loss is the *sum* of the K per-model
   mean losses, so model k's gradient is its own loss's gradient (L2 included);
-* masks: gradients multiplied by the mask after ``backward()``, weights after ``step()`` (as train.py);
+* masks: a pruned weight starts at 0 and is never updated (as train.py): the autograd step multiplies
+  the gradients by the mask after ``backward()``, the fused SGD step (``ticketlab.fused_sgd``) masks
+  what its update GEMM wrote;
 * dropout: in the MLP path each model draws its dropout noise from its own generator seeded like the
   one-model trainer's global RNG (``F.dropout`` = ``input * bernoulli(1-p) / (1-p)``), so it matches too.
   On CUDA it does not: ``F.dropout`` there has its own kernel and random stream, so with dropout the
