@@ -280,12 +280,8 @@ def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: in
     plain_loop(plain, data.x_train, data.y_train, batch, warmup)
     single = single_runner(name, data, batch, steps, warmup, masked=False)
 
-    def timed(fn):
-        def run() -> float:
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-        return run
+    def timed(fn):  # one run's seconds
+        return lambda: median_time(fn, 1)
 
     runners = {  # kind -> (models trained per run, a run returning its seconds)
         ("plain", 1): (1, timed(lambda: plain_loop(plain, data.x_train, data.y_train, batch, steps))),

@@ -172,10 +172,8 @@ def _autograd_step(stack: _Stack, optimizer: torch.optim.Optimizer, params: list
     loss.backward()
     if masked_params:
         torch._foreach_mul_([p.grad for p in masked_params], mask_values)
-    # No weight masking after the step, unlike train.py: a pruned weight starts at 0 and its gradient
-    # is 0, so SGD (momentum, Nesterov, weight decay, L2) and Adam leave it, its momentum and Adam
-    # moments exactly 0 (the update is 0 - lr * 0, Adam's m / (sqrt(v) + eps) = 0 / eps). The tests
-    # check pruned weights are exactly zero after training.
+    # No weight masking after the step, as in train.py: a pruned weight starts at 0 and its gradient is
+    # 0, so every optimiser leaves it and its state exactly 0 (the tests check it after training).
     optimizer.step()
     return losses.detach()
 
