@@ -2,11 +2,11 @@
 
 In one run on one machine it measures
   (a) dense 2048x2048 float32 matmul FLOP/s on the configured threads, with PyTorch's BLAS (MKL) and,
-      where ``ticketlab.gemm`` uses it, OpenBLAS's AVX-512 kernels: the faster of the two is the limit;
+      where ``ticketlab.hardware.blas`` uses it, OpenBLAS's AVX-512 kernels: the faster of the two is the limit;
   (b) a plain one-model PyTorch loop (data as one tensor, randperm, nn.Sequential / the zoo module, SGD);
-  (c) ticketlab's single-model trainer ``ticketlab.train.train``, without and with a mask, and (c2, MLPs)
+  (c) ticketlab's single-model trainer ``ticketlab.training.loop.train``, without and with a mask, and (c2, MLPs)
       as a CPU sweep runs it by default: 2 one-thread processes with one masked model each;
-  (d) ticketlab's K-model trainer ``ticketlab.vectorized.train_many`` for K in --ks (masks applied), in one
+  (d) ticketlab's K-model trainer ``ticketlab.training.stacked.train_many`` for K in --ks (masks applied), in one
       process, and (d2, MLPs) as a local sweep lays it out here: 2 one-thread processes with K/2 each;
   (e) two plain-loop processes with one thread each, run at the same time;
   (f) scoring: SNIP, GraSP and 100-round SynFlow on LeNet-300-100 and ResNet-20;
@@ -137,10 +137,9 @@ def median_time(fn, repeats: int) -> float:
 # -- (a) the limit -----------------------------------------------------------------------------------
 def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: torch.device | str = "cpu") -> float:
     """FLOP/s of an n x n x n float32 product: ``torch`` = ``a @ b`` (MKL on CPU, cuBLAS on CUDA, in full
-    float32 unless the process allowed TF32), ``openblas`` = the OpenBLAS sgemm of ``ticketlab.gemm`` on as
+    float32 unless the process allowed TF32), ``openblas`` = the OpenBLAS sgemm of ``ticketlab.hardware.blas`` on as
     many threads as torch has."""
-    from ticketlab import gemm
-
+    from ticketlab.hardware import blas as gemm
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
     if blas == "torch":
@@ -229,9 +228,8 @@ def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, 
 def single_runner(name: str, data, batch: int, steps: int, warmup: int, masked: bool = True,
                   device: torch.device | str = "cpu"):
     """One model (random 20% mask if ``masked``) through ``train``, warmed up; returns the timed call."""
-    from ticketlab.recipe import Recipe
-    from ticketlab.train import train
-
+    from ticketlab.config.recipe import Recipe
+    from ticketlab.training.loop import train
     base = build(name)
     mask = random_masks(base, 1, 0.2)[0] if masked else None
     recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
@@ -246,8 +244,8 @@ def ours_single(name: str, data, batch: int, steps: int, warmup: int, repeats: i
 
 def many_runner(name: str, data, batch: int, k: int, steps: int, warmup: int, device: torch.device | str = "cpu"):
     """K stacked models with random 20% masks, warmed up; returns the timed call (``steps`` steps)."""
-    from ticketlab.recipe import Recipe
-    from ticketlab.vectorized import train_many
+    from ticketlab.config.recipe import Recipe
+    from ticketlab.training.stacked import train_many
 
     base = build(name)
     masks = random_masks(base, k, 0.2)
@@ -274,8 +272,7 @@ def interleaved(name: str, data, batch: int, steps: int, warmup: int, rounds: in
     compares the rows under the same load, and the spread of the per-round ratios shows the noise.
     ``limit()``, if given, measures the matmul limit at the start of each round: not used by the goals
     (they take the run's best limit), it shows whether a slow round was slow for the matmul too."""
-    from ticketlab.train import steps_per_epoch
-
+    from ticketlab.training.loop import steps_per_epoch
     plain = plain_model(name)
     plain_loop(plain, data.x_train, data.y_train, batch, warmup)
     single = single_runner(name, data, batch, steps, warmup, masked=False)
@@ -336,9 +333,8 @@ def scoring_times(repeats: int, rounds: int, device: torch.device | str = "cpu")
 def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "conv6"), ks: tuple[int, ...] = (1, 4, 8, 16),
                   batches: tuple[int, ...] = (60, 128), threads: int | None = None, rounds: int = 0,
                   log=print, device: str = "cpu") -> dict[str, Any]:
-    from ticketlab.device import resolve_device, set_threads
-    from ticketlab.train import steps_per_epoch
-
+    from ticketlab.hardware.device import resolve_device, set_threads
+    from ticketlab.training.loop import steps_per_epoch
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     if cuda and rounds:
@@ -354,8 +350,7 @@ def run_benchmark(quick: bool = False, models: tuple[str, ...] = ("lenet300", "c
         "flop_formula": "6 x MACs per example x examples (2 forward + 4 backward)",
         "device": f"cuda ({torch.cuda.get_device_name(dev)})" if cuda else "cpu", "limit_n": 8192 if cuda else 2048,
     }
-    from ticketlab import gemm
-
+    from ticketlab.hardware import blas as gemm
     report["gemm_backend"] = "cuBLAS" if cuda else f"{gemm.backend().name} ({gemm.backend().reason})"
 
     def measure_limit(when: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ticketlab import gemm
+from ticketlab.hardware import blas as gemm
 from ticketlab.data import load_dataset
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import ticketlab.batched as batched
-from ticketlab.batched import run_experiments
-from ticketlab.experiment import run_experiment
-from ticketlab.io import load_tensors
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+import ticketlab.experiment.lockstep as batched
+from ticketlab.experiment.lockstep import run_experiments
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import load_tensors
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 RECIPE = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
 TIMING = {"train_time", "score_time"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ticketlab import gemm
-from ticketlab.commands.bench import load_benchmark
+from ticketlab.hardware import blas as gemm
+from ticketlab.cli.bench import load_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import pytest
 from typer.testing import CliRunner
 
+from ticketlab.cli import common as cli_common
 from ticketlab import cli
 from ticketlab.cli import app
-
 runner = CliRunner()
-cli.console.width = cli.err.width = 200  # tables unwrapped, so the tests can read them
+cli_common.console.width = cli_common.err.width = 200  # tables unwrapped, so the tests can read them
 
 
 def invoke(*args: str):

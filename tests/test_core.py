@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from ticketlab.duration import Duration
-from ticketlab.recipe import Recipe
+from ticketlab.config.duration import Duration
+from ticketlab.config.recipe import Recipe
 from ticketlab.registry import Registry, UnknownNameError, split_name
 
 
@@ -64,7 +64,7 @@ def test_lr_past_the_end_keeps_the_final_rate():
 def test_resolve_device_names_the_allowed_values():
     import torch
 
-    from ticketlab.device import resolve_device
+    from ticketlab.hardware.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

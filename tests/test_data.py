@@ -23,7 +23,7 @@ from ticketlab.data import sources
 from ticketlab.data.cifar import read_cifar10
 from ticketlab.data.idx import read_idx
 from ticketlab.data.sources import RemoteFile
-from ticketlab.io import CorruptFileError
+from ticketlab.files import CorruptFileError
 from ticketlab.registry import UnknownNameError
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")

@@ -25,7 +25,7 @@ def _two_threads():
 def test_dense_lenet300_reaches_88_5_percent_on_fashion_mnist():
     """Issue 2's quality check: SGD lr 0.1, batch 60, <= 20 epochs."""
     from ticketlab.api import train_dense
-    from ticketlab.recipe import Recipe
+    from ticketlab.config.recipe import Recipe
 
     result = train_dense("lenet300", "fashion-mnist", Recipe(steps="20ep", batch_size=60, lr=0.1), device="cpu")
     epochs = (result.end_step - result.start_step) / result.steps_per_epoch

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ticketlab.spec import load_spec
+from ticketlab.config.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPECS = sorted(p for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("sweep_"))

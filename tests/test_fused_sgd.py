@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ticketlab import fused_sgd
-from ticketlab.fused_sgd import FusedSGD
+from ticketlab.training import fused_sgd
+from ticketlab.training.fused_sgd import FusedSGD
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.train import train
-from ticketlab.vectorized import _Stack
+from ticketlab.config.recipe import Recipe
+from ticketlab.training.loop import train
+from ticketlab.training.stacked import _Stack
 
 RECIPES = {
     "plain": Recipe(lr=0.1),
@@ -42,7 +42,7 @@ def _models_and_masks():
 
 
 def _reference_step(model, optimizer, mask, x, y, recipe) -> float:
-    """What ticketlab.train.train does in one step: mean CE (+ L2), masked gradients, SGD."""
+    """What ticketlab.training.loop.train does in one step: mean CE (+ L2), masked gradients, SGD."""
     loss = F.cross_entropy(model(x), y)
     total = loss + recipe.l2 * sum(p.pow(2).sum() for p in model.parameters()) if recipe.l2 else loss
     optimizer.zero_grad(set_to_none=True)

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ticketlab import gemm
+from ticketlab.hardware import blas as gemm
 from ticketlab.data import load_dataset
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.train import train
-from ticketlab.vectorized import train_many
+from ticketlab.config.recipe import Recipe
+from ticketlab.training.loop import train
+from ticketlab.training.stacked import train_many
 
 needs_avx512 = pytest.mark.skipif(
     torch.backends.cpu.get_cpu_capability() != "AVX512", reason="OpenBLAS's SkylakeX kernels need AVX-512"

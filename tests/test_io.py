@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ticketlab.experiment import run_experiment
-from ticketlab.io import CorruptFileError, load_tensors, save_tensors
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import CorruptFileError, load_tensors, save_tensors
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 
 def states():

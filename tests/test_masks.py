@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ticketlab.io import CorruptFileError
+from ticketlab.files import CorruptFileError
 from ticketlab.masks import Mask, layer_collapse, prunable_parameters, select
 
 

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from ticketlab.cli import common as cli_common
 from ticketlab import cli
 from ticketlab.criteria import ScoringContext, is_data_aware, parse, score
-from ticketlab.experiment import run_experiment
+from ticketlab.experiment.run import run_experiment
 from ticketlab.masks import Mask, prunable_parameters
-from ticketlab.meta.criterion import load_meta_model
-from ticketlab.meta.features import (
+from ticketlab.criteria.learned import load_meta_model
+from ticketlab.criteria.features import (
     EXTENDED,
     FeatureSpec,
     activation_stats,
@@ -25,14 +26,14 @@ from ticketlab.meta.features import (
     scale_global,
     scale_per_layer,
 )
-from ticketlab.meta.fit import MetaModel, fit_models, select_columns, split_rows
-from ticketlab.meta.table import build_table, load_table, save_table
+from ticketlab.metalearn.fit import MetaModel, fit_models, select_columns, split_rows
+from ticketlab.metalearn.table import build_table, load_table, save_table
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 FAST = {"forest": {"n_estimators": 4}, "mlp": {"epochs": 2, "batch_size": 256}}
-cli.console.width = cli.err.width = 200
+cli_common.console.width = cli_common.err.width = 200
 
 
 def tiny_net() -> nn.Module:
@@ -288,7 +289,7 @@ def test_table_targets_are_the_reference_tickets_and_features_the_stored_init(tm
     assert frame["target"].sum() == mask.kept()
     assert list(frame.columns) == ["seed", "layer", "index", "magnitude", "snip", "grasp", "synflow", "target"]
     init = next((tmp_path / "inits").iterdir())
-    from ticketlab.io import load_tensors
+    from ticketlab.files import load_tensors
 
     weights = load_tensors(init)[0]
     first = frame[frame["layer"] == "layers.0.weight"]

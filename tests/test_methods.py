@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from ticketlab.experiment import run_experiment
-from ticketlab.io import load_tensors
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import load_tensors
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS
 from ticketlab.methods.iterative import gimp_steps
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
-from ticketlab.train import steps_per_epoch, train
-
+from ticketlab.training.loop import steps_per_epoch, train
+from ticketlab.methods import check_method
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
 T = 40
@@ -167,7 +167,6 @@ def test_upfront_multishot_and_single_shot(tmp_path, schedule):
 
 def test_criterion_shorthand_resolves():
     from ticketlab.methods import resolve_criterion, resolve_method
-
     assert resolve_method(MethodSpec(name="snip")) == ("oneshot", 1)
     assert resolve_method(MethodSpec(name="synflow")) == ("multishot", 100)
     assert resolve_criterion(MethodSpec(name="lottery")) == "magnitude"
@@ -252,4 +251,4 @@ def test_initial_weights_are_stored_once_and_shared_by_methods(tmp_path):
 
 def test_method_options_are_validated_by_name():
     with pytest.raises(ValueError, match="takes no options"):
-        MethodSpec(name="lottery", options={"regrow": 0.1})
+        check_method(MethodSpec(name="lottery", options={"regrow": 0.1}))

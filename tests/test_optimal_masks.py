@@ -9,17 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.experiment import run_experiment
+from ticketlab.experiment.run import run_experiment
 from ticketlab.masks import Mask, select
-from ticketlab.methods.optimal_masks import (
+from ticketlab.methods.tom import (
     LOGITS_FILE, PHASE_FILE, TomOptions, mask_step, penalty_grad, topk_mask, train_logits,
 )
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
-from ticketlab.train import snapshot
-
+from ticketlab.models import snapshot
+from ticketlab.experiment import check_spec
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="60it", batch_size=50, lr=0.05, momentum=0.9, eval_every="30it")
 
@@ -92,10 +92,9 @@ def test_logits_never_leave_the_clip_range(synthetic):
 
 def test_mask_phase_learns_a_mask_better_than_random(synthetic):
     """The mask of learned logits on frozen pretrained weights beats a random mask of the same density."""
-    from ticketlab.evaluate import evaluate
+    from ticketlab.training.evaluate import evaluate
     from ticketlab.masks import masked_state
-    from ticketlab.train import train
-
+    from ticketlab.training.loop import train
     model = initialize(build_model(MODEL), "kaiming_normal", seed=0)
     train(model, synthetic, Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, eval_every=None), seed=0)
     w = snapshot(model)
@@ -139,8 +138,8 @@ def test_final_phase_starts_from_pretrained_weights_under_the_topk_mask(finished
     pretrained = rd.level(0).weights("rewind")
     assert rd.level(0).metrics()["end_step"] == 60
     # the pretrained point is the dense run after 10% of it: retrain 6 steps from init and compare
-    from ticketlab.io import load_tensors
-    from ticketlab.train import train
+    from ticketlab.files import load_tensors
+    from ticketlab.training.loop import train
     from ticketlab.data import load_dataset
 
     init = load_tensors(next((root / "inits").glob("*.safetensors")))[0]
@@ -170,9 +169,8 @@ def test_final_phase_starts_from_pretrained_weights_under_the_topk_mask(finished
 
 
 def _seed(level: int) -> int:
-    from ticketlab.train import _seed_for
-
-    return _seed_for(0, level)
+    from ticketlab.seeding import seed_for
+    return seed_for(0, level)
 
 
 def test_rerun_skips_mask_phase_and_levels(finished):
@@ -185,8 +183,8 @@ def test_rerun_skips_mask_phase_and_levels(finished):
 
 def test_options_are_validated_by_name():
     with pytest.raises(ValueError, match="penalty"):
-        spec(penalty="l0")
+        check_spec(spec(penalty="l0"))
     with pytest.raises(ValueError, match="pretrain"):
-        spec(pretrain=1.5)
+        check_spec(spec(pretrain=1.5))
     with pytest.raises(ValueError, match="mask_steps"):
-        spec(mask_steps="ten")
+        check_spec(spec(mask_steps="ten"))

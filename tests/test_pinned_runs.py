@@ -23,10 +23,9 @@ import torch
 
 from ticketlab.api import prune
 from ticketlab.experiment import run_experiment
-from ticketlab.batched import run_experiments
-from ticketlab.spec import ExperimentSpec, MethodSpec
-from ticketlab.recipe import Recipe
-from ticketlab.io import load_tensors
+from ticketlab.experiment.lockstep import run_experiments
+from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
+from ticketlab.files import load_tensors
 
 PINNED = Path(__file__).with_name("pinned_runs.json")
 MODEL = "mlp:784-32-16-10"

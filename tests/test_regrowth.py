@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ticketlab.experiment import run_experiment
-from ticketlab.io import load_tensors
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import load_tensors
 from ticketlab.masks import Mask, select
-from ticketlab.methods.double_pruning import COMPLEMENT, double_pruning_scores, regrow_select
-from ticketlab.methods.scored_pruning import EVENTS, PRUNED_MASK, ScoredRegrowth
+from ticketlab.methods.regrowth.double import COMPLEMENT, double_pruning_scores, regrow_select
+from ticketlab.methods.regrowth.scored import EVENTS, PRUNED_MASK, ScoredRegrowth
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
-from ticketlab.train import MaskUpdate, _switch_mask, epoch_order, train
-
+from ticketlab.training.loop import MaskUpdate, _switch_mask, train
+from ticketlab.seeding import epoch_order
+from ticketlab.methods import check_method, options_of
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="20it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
 DENSITY = 0.64  # two levels at K = 0.8
@@ -245,12 +246,12 @@ def test_scored_pruning_regrows_mid_training_at_exact_density(runs):
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="regrow"):
-        MethodSpec(name="double_pruning", options={"regrow": 1.5})
+        check_method(MethodSpec(name="double_pruning", options={"regrow": 1.5}))
     with pytest.raises(ValueError, match="base"):
-        MethodSpec(name="scored_pruning", options={"base": "oneshot"})
+        check_method(MethodSpec(name="scored_pruning", options={"base": "oneshot"}))
     with pytest.raises(ValueError, match="regrow_evry"):
-        MethodSpec(name="scored_pruning", options={"regrow_evry": "1ep"})
-    assert MethodSpec(name="scored_pruning", options={"regrow_every": "100it"}).method_options().regrow_every.steps(10) == 100
+        check_method(MethodSpec(name="scored_pruning", options={"regrow_evry": "1ep"}))
+    assert options_of(MethodSpec(name="scored_pruning", options={"regrow_every": "100it"})).regrow_every.steps(10) == 100
 
 
 def test_double_pruning_rejects_other_criteria(tmp_path):
@@ -262,8 +263,8 @@ def test_double_pruning_rejects_other_criteria(tmp_path):
 
 @pytest.mark.parametrize("method", ["double_pruning", "scored_pruning"])
 def test_rerun_reads_levels_back(runs, method, monkeypatch):
-    import ticketlab.methods.job as job_module
-    import ticketlab.methods.scored_pruning as scored_module
+    import ticketlab.methods.context as job_module
+    import ticketlab.methods.regrowth.scored as scored_module
 
     options = {"regrow": 0.2} if method == "double_pruning" else {"regrow": 0.1, "regrow_every": "5it"}
     rd = runs(method, **options)

@@ -12,17 +12,18 @@ import torch
 from typer.testing import CliRunner
 
 from ticketlab import cli, load_results
+from ticketlab.cli import common as cli_common
 from ticketlab.analysis.overlap import kept_initial_values, overlap_matrix
 from ticketlab.analysis.report import write_report
 from ticketlab.cli import app
-from ticketlab.experiment import run_experiment
-from ticketlab.io import load_tensors
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import load_tensors
 from ticketlab.masks import Mask
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 runner = CliRunner()
-cli.console.width = cli.err.width = 200
+cli_common.console.width = cli_common.err.width = 200
 
 PLOTS = ("accuracy_vs_density", "overlap", "initial_values", "layer_densities", "accuracy_vs_parameters")
 

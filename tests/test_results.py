@@ -8,14 +8,15 @@ import yaml
 from typer.testing import CliRunner
 
 import ticketlab
+from ticketlab.cli import common as cli_common
 from ticketlab import cli
 from ticketlab.cli import app
-from ticketlab.experiment import run_experiment
-from ticketlab.spec import ExperimentSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.store import RunDir
-from ticketlab.tblog import export_tensorboard
+from ticketlab.analysis.tensorboard import export_tensorboard
 
-cli.console.width = cli.err.width = 200
+cli_common.console.width = cli_common.err.width = 200
 runner = CliRunner()
 
 

@@ -9,8 +9,8 @@ import time
 import torch
 import yaml
 
-from ticketlab.experiment import run_experiment
-from ticketlab.spec import ExperimentSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.store import RunDir
 
 SPEC = dict(

@@ -4,15 +4,16 @@ import pytest
 import torch
 
 from ticketlab.criteria import ScoringContext, score
-from ticketlab.experiment import initial_weights, run_experiment
+from ticketlab.experiment.run import initial_weights, run_experiment
 from ticketlab.masks import Mask, prunable_parameters
-from ticketlab.methods import pruning_batches
+from ticketlab.data.batches import pruning_batches
 from ticketlab.models import build_model, initialize
 from ticketlab.models.init import kaiming_std
-from ticketlab.recipe import Recipe
-from ticketlab.saw import saw_initialize, scores_as_weights
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.criteria.saw import saw_initialize, scores_as_weights
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
+from ticketlab.experiment import check_spec
 
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="20it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
@@ -57,7 +58,7 @@ def test_saw_init_is_validated_and_normalised():
     assert ExperimentSpec(init="saw:SNIP").init == "saw:snip"
     assert ExperimentSpec(init="saw:stacked(Magnitude, synflow)").init == "saw:stacked(magnitude,synflow)"
     with pytest.raises(ValueError, match="snp"):
-        ExperimentSpec(init="saw:snp")
+        check_spec(ExperimentSpec(init="saw:snp"))
     with pytest.raises(ValueError, match="saw:<criterion>"):
         ExperimentSpec(init="saw")
     with pytest.raises(ValueError, match="controls"):

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from ticketlab.criteria import ScoringContext, score
-from ticketlab.evaluate import evaluate
-from ticketlab.experiment import run_experiment
+from ticketlab.training.evaluate import evaluate
+from ticketlab.experiment.run import run_experiment
 from ticketlab.masks import Mask
 from ticketlab.methods.supermask import CURVE_FILE, UNTRAINED, best_point, signed_constant_weights, sweep_densities
 from ticketlab.models import build_model
-from ticketlab.recipe import Recipe
-from ticketlab.spec import ExperimentSpec, MethodSpec
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
+from ticketlab.experiment import check_spec
 
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="60it", batch_size=50, lr=0.05, momentum=0.9, eval_every="30it")
@@ -136,7 +137,7 @@ def test_eval_weights_signed_constant_and_thresholds(tmp_path):
 
 
 def load_inits(root: Path) -> dict:
-    from ticketlab.io import load_tensors
+    from ticketlab.files import load_tensors
 
     return {p.name: load_tensors(p)[0] for p in sorted((root / "inits").glob("*.safetensors"))}
 
@@ -154,9 +155,9 @@ def test_signed_constant_init_experiment_evaluates_the_init_itself(tmp_path):
 
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="eval_weights"):
-        spec(options={"eval_weights": "zeros"})
+        check_spec(spec(options={"eval_weights": "zeros"}))
     with pytest.raises(ValueError, match="thresholds"):
-        spec(options={"thresholds": []})
+        check_spec(spec(options={"thresholds": []}))
     with pytest.raises(ValueError, match="threshold"):
         run_experiment(spec(scope="layerwise", options={"thresholds": [0.1]}), "/nonexistent-never-written", device="cpu")
 

@@ -7,16 +7,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from ticketlab.cli import common as cli_common
 from ticketlab import cli
 from ticketlab.cli import app
-from ticketlab.duration import Duration
-from ticketlab.experiment import run_experiment
+from ticketlab.config.duration import Duration
+from ticketlab.experiment.run import run_experiment
 from ticketlab.store import RunDir
 from ticketlab.sweep import (
     MAX_STACK, SweepSpec, batches, default_batch, default_workers, expand, grid_points, instantiate, load_sweep, run_batch, run_sweep,
 )
 
-cli.console.width = cli.err.width = 200
+cli_common.console.width = cli_common.err.width = 200
 
 BASE = {
     "model": "mlp:784-{h}-10", "dataset": "synthetic", "val_size": 200,
@@ -77,8 +78,7 @@ def test_batches_group_runs_sharing_an_architecture():
     assert sorted(len(g) for g in batches(expand(many), None, workers=1)) == [4, MAX_STACK]
     # measured (benchmarks/README.md): on CPU one-thread processes beat stacking, except MLPs on OpenBLAS
     assert default_batch("cpu") == 1 and default_batch("cpu", "conv6") == 1
-    from ticketlab import gemm
-
+    from ticketlab.hardware import blas as gemm
     for name in ("lenet300", "LeNet-300-100", "mlp:784-16-10"):
         assert default_batch("cpu", name) == (None if gemm.active() else 1)
     try:
@@ -171,7 +171,7 @@ def test_help(command):
 def test_example_sweep_and_tune_files_load():
     from pathlib import Path
 
-    from ticketlab.tune import load_tune
+    from ticketlab.sweep.tune import load_tune
 
     folder = Path(__file__).resolve().parents[1] / "examples" / "sweeps"
     sweep = load_sweep(folder / "methods_lenet300.yaml")
@@ -181,7 +181,7 @@ def test_example_sweep_and_tune_files_load():
 
 
 def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkeypatch):
-    import ticketlab.batched as batched
+    import ticketlab.experiment.lockstep as batched
 
     stacked = []
     real = batched.train_many
@@ -199,7 +199,6 @@ def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkey
 
 def test_set_base_overrides_dotted_fields_for_a_reduced_run(tmp_path):
     from ticketlab.sweep import set_base
-
     sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1]})
     reduced = set_base(sweep, ["recipe.steps=10it", "method.K=0.5", "recipe.lr=0.05"])
     assert {str(s.recipe.steps) for s in expand(reduced)} == {str(Duration.parse("10it"))} and sweep.base["recipe"]["steps"] == "30it"

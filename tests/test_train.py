@@ -3,10 +3,9 @@ import torch
 
 from ticketlab.masks import Mask, prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.train import epoch_order, train
-
-
+from ticketlab.config.recipe import Recipe
+from ticketlab.seeding import epoch_order
+from ticketlab.training.loop import train
 def lenet(seed: int = 0):
     return initialize(build_model("mlp:784-64-32-10"), seed=seed)
 

@@ -6,12 +6,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from ticketlab.cli import common as cli_common
 from ticketlab import cli
 from ticketlab.cli import app
 from ticketlab.store import RunDir
-from ticketlab.tune import Distribution, TuneSpec, tune
+from ticketlab.sweep.tune import Distribution, TuneSpec, tune
 
-cli.console.width = cli.err.width = 200
+cli_common.console.width = cli_common.err.width = 200
 
 # the layer-size search baseline of 004 §3.6: dense MLPs 784-h-10, h searched
 BASE = {

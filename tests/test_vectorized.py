@@ -9,9 +9,9 @@ import torch
 from ticketlab.data import load_dataset
 from ticketlab.masks import Mask, prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.recipe import Recipe
-from ticketlab.train import train
-from ticketlab.vectorized import train_many, vectorizable
+from ticketlab.config.recipe import Recipe
+from ticketlab.training.loop import train
+from ticketlab.training.stacked import train_many, vectorizable
 
 @pytest.fixture(scope="module")
 def small_images():
@@ -19,7 +19,7 @@ def small_images():
     return load_dataset("synthetic:1x8x8", val_size=100, seed=0)
 
 
-RECIPES = {  # plain SGD and SGD with momentum take the fused step (ticketlab.fused_sgd); the others autograd
+RECIPES = {  # plain SGD and SGD with momentum take the fused step (ticketlab.training.fused_sgd); the others autograd
     "sgd_l2_cosine": Recipe(steps="24it", batch_size=50, lr=0.1, l2=1e-3, lr_schedule="cosine", warmup="4it", eval_every="8it"),
     "sgd_momentum_wd": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, eval_every="8it"),
     "nesterov_l2_multistep": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, nesterov=True, l2=1e-3,

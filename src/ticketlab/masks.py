@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ticketlab.io import CorruptFileError, load_tensors, save_tensors
+from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 
 Scope = Literal["global", "layerwise"]
 SCOPES: tuple[str, ...] = ("global", "layerwise")

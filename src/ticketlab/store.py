@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ticketlab.io import atomic_write_json, load_tensors, save_tensors
+from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask
 
 

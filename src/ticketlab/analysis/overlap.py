@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ticketlab.analysis.stats import tidy
-from ticketlab.io import load_tensors
+from ticketlab.files import load_tensors
 from ticketlab.masks import Mask
 
 

@@ -24,7 +24,7 @@ from ticketlab.analysis.overlap import closest_levels, kept_initial_values, over
 from ticketlab.analysis.stats import (
     ALPHA, baseline_label, format_significance, significance_table, summarize, tidy, winning_table,
 )
-from ticketlab.io import atomic_write_text
+from ticketlab.files import atomic_write_text
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
@@ -95,7 +95,7 @@ def write_report(
     ``baseline`` is a method name (its ticket) or a full row label of the tables; ``density`` picks the
     level compared in the overlap, histogram and per-layer plots (default: see :func:`choose_density`).
     """
-    from ticketlab.api import load_results
+    from ticketlab.analysis.results import load_results
 
     root = Path(root)
     out = Path(out) if out is not None else root / "report"

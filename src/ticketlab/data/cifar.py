@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketlab.io import CorruptFileError
+from ticketlab.files import CorruptFileError
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"

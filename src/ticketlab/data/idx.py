@@ -2,7 +2,7 @@
 
 Format (LeCun's MNIST page): two zero bytes, a type code, the number of dimensions, then one big-endian
 uint32 per dimension, then the data. A file whose header or length does not match is rejected with
-:class:`~ticketlab.io.CorruptFileError` instead of being cut or padded into something plausible.
+:class:`~ticketlab.files.CorruptFileError` instead of being cut or padded into something plausible.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketlab.io import CorruptFileError
+from ticketlab.files import CorruptFileError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # type code -> big-endian dtype; MNIST-style data sets only use 0x08 but the format defines the rest.

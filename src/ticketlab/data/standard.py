@@ -1,6 +1,6 @@
 """The standard datasets (MNIST, Fashion-MNIST, CIFAR-10): find their files (see :mod:`locate`), download
 them if allowed, and parse them. Files found locally are validated by format and shape; a damaged file
-is an error (:class:`~ticketlab.io.CorruptFileError` naming it), never silently used or replaced."""
+is an error (:class:`~ticketlab.files.CorruptFileError` naming it), never silently used or replaced."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ticketlab.data.download import download_dataset
 from ticketlab.data.idx import read_idx
 from ticketlab.data.locate import Found, download_dir, locate, not_found_message
 from ticketlab.data.sources import SOURCES
-from ticketlab.io import CorruptFileError
+from ticketlab.files import CorruptFileError
 
 
 def find_or_download(name: str, root: str | os.PathLike | None, download: bool) -> Found:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ticketlab.duration import Duration
+from ticketlab.config.duration import Duration
 from ticketlab.masks import Mask, masked_state
-from ticketlab.methods import METHODS
-from ticketlab.methods.job import Job
+from ticketlab.methods.registry import METHODS
+from ticketlab.methods.context import Job
 from ticketlab.registry import split_name
 from ticketlab.schedules import iterative_densities
-from ticketlab.spec import MethodSpec
-from ticketlab.train import StateDict, steps_per_epoch
-
-
+from ticketlab.config.spec import MethodSpec
+from ticketlab.models import StateDict
+from ticketlab.training.loop import steps_per_epoch
 @dataclass(frozen=True)
 class GimpSteps:
     train: int

@@ -33,14 +33,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ticketlab.criteria import score
-from ticketlab.evaluate import evaluate
-from ticketlab.io import atomic_write_json
+from ticketlab.training.evaluate import evaluate
+from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
-from ticketlab.methods import METHODS, OPTIONS
-from ticketlab.methods.job import Job
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.context import Job
 from ticketlab.schedules import iterative_densities
-from ticketlab.train import StateDict, TrainResult, _seed_for, steps_per_epoch
-
+from ticketlab.models import StateDict
+from ticketlab.training.loop import TrainResult, steps_per_epoch
+from ticketlab.seeding import seed_for
 DEFAULT_CRITERION = "large_final_same_sign"  # 004 §2.1
 UNTRAINED = "untrained"  # control name of the untrained sweep points
 CURVE_FILE = "supermask_curve.json"
@@ -111,7 +112,7 @@ def best_point(rows: list[dict[str, Any]]) -> int:
 
 def _supermask(job: Job) -> None:
     spec, method = job.spec, job.spec.method
-    options: SupermaskOptions = method.method_options()
+    options: SupermaskOptions = options_of(method)
     criterion = method.criterion or DEFAULT_CRITERION
     if options.thresholds is not None and method.scope != "global":
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
@@ -141,7 +142,7 @@ def _supermask(job: Job) -> None:
         if kind == "threshold":
             mask = threshold_mask(scores, value)
         else:
-            mask = select(scores, value, method.scope, seed=_seed_for(spec.seed, level))
+            mask = select(scores, value, method.scope, seed=seed_for(spec.seed, level))
         weights = job.init_state if options.eval_weights == "init" else signed_constant_weights(job.init_state, mask)
         start = masked_state(weights, mask)
         row = job.resume(level, UNTRAINED)

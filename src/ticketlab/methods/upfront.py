@@ -8,10 +8,8 @@ level, pruned independently from the same initialisation; level 0 is the dense r
 from __future__ import annotations
 
 from ticketlab.masks import Mask
-from ticketlab.methods import METHODS, resolve_method
-from ticketlab.methods.job import Job
-
-
+from ticketlab.methods.registry import METHODS, resolve_method
+from ticketlab.methods.context import Job
 def dense_level(job: Job, end_step: int) -> None:
     """Level 0: the dense network trained from initialisation (baseline and winning-ticket reference)."""
     if job.resume(0) is not None:
@@ -38,8 +36,7 @@ def _upfront(job: Job) -> None:
 
 
 def _spe(job: Job) -> int:
-    from ticketlab.train import steps_per_epoch
-
+    from ticketlab.training.loop import steps_per_epoch
     return steps_per_epoch(len(job.data.x_train), job.spec.recipe.batch_size)
 
 

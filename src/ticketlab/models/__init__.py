@@ -13,14 +13,14 @@ import math
 import torch
 from torch import nn
 
-from ticketlab.models._common import INITS, MODELS, ModelBuilder
+from ticketlab.models._common import INITS, MODELS, ModelBuilder, StateDict, snapshot
 from ticketlab.registry import Registry, UnknownNameError, split_name
 
 # Importing the family modules registers their models and initialisations.
 from ticketlab.models import conv, init, lenet5, mlp, resnet, vgg, wrn  # noqa: E402,F401  isort: skip
 
-__all__ = ["INITS", "MODELS", "ModelBuilder", "Registry", "UnknownNameError", "build_model", "initialize",
-           "split_name"]
+__all__ = ["INITS", "MODELS", "ModelBuilder", "Registry", "StateDict", "UnknownNameError", "build_model", "initialize",
+           "snapshot", "split_name"]
 
 
 def build_model(

@@ -15,6 +15,8 @@ from torch import nn
 
 from ticketlab.registry import Registry, UnknownNameError, split_name
 
+StateDict = dict[str, torch.Tensor]
+
 
 class ModelBuilder(Protocol):
     def __call__(
@@ -96,3 +98,8 @@ def pooled_size(size: int, pools: int) -> int:
 
 def flat_size(input_shape: tuple[int, int, int]) -> int:
     return math.prod(input_shape)
+
+
+def snapshot(model: nn.Module) -> StateDict:
+    """A CPU copy of the model's state (weights and buffers)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.gemm import Linear
+from ticketlab.hardware.blas import Linear
 from ticketlab.models._common import MODELS, flat_size, no_arg
 
 
@@ -17,7 +17,7 @@ class MLP(nn.Module):
     """Linear layers with ReLU between them; ``layers[-1]`` is the output layer.
 
     Dropout (if any) follows every hidden activation, as in Frankle & Carbin 2019 §4 (003 "Dropout").
-    The layers are ``ticketlab.gemm.Linear``: ``nn.Linear`` whose product runs on OpenBLAS on CPUs where
+    The layers are ``ticketlab.hardware.blas.Linear``: ``nn.Linear`` whose product runs on OpenBLAS on CPUs where
     that is the faster BLAS (PyTorch's own kernels everywhere else).
     """
 

@@ -1,0 +1,47 @@
+"""The results table: one tidy row per run x level (x control), read from the run store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
+    """One tidy row per run x level (x control) from every run directory under ``root``.
+
+    Columns: ``run_id``; every spec field flattened with dotted names (``method.name``, ``recipe.lr``,
+    ``method.options.regrow``); ``method`` and ``criterion`` as short aliases; then the level's metrics
+    (density, accuracies, losses, early-stop step, ``wall_time`` = training + scoring time, ``winning``,
+    ``layer_densities`` as a dict per row) and ``run_finished``.
+    """
+    rows = []
+    for spec_file in sorted(Path(root).glob("*/spec.json")):
+        run_dir = spec_file.parent
+        spec = json.loads(spec_file.read_text())
+        fields = _flatten(spec)
+        finished = (run_dir / "done.json").exists()
+        for metrics in sorted(run_dir.glob("level_*/**/metrics.json")):
+            row = json.loads(metrics.read_text())
+            row.pop("history", None)
+            row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
+            rows.append({
+                "run_id": run_dir.name, **fields, "method": spec["method"]["name"],
+                "criterion": spec["method"].get("criterion"), **row, "run_finished": finished,
+            })
+    return pd.DataFrame(rows)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"method": {"name": "snip"}}`` -> ``{"method.name": "snip"}``; lists become tuples."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out

@@ -1,0 +1,5 @@
+"""``python -m ticketlab.cli``: the ``ticketlab`` command."""
+
+from ticketlab.cli.app import main
+
+main()

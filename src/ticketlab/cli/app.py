@@ -1,0 +1,216 @@
+"""The ``ticketlab`` command: a thin layer that parses flags, calls the API and prints tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find, train and study lottery tickets.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are found.")
+app.add_typer(data_app, name="data")
+
+from ticketlab.cli.common import (  # noqa: E402
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, _CliError, _clean_errors, _fmt, _options, _progress, _recipe, console,
+)
+# -- train ------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = "20ep",
+    batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
+    nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0, schedule: Schedule = "constant",
+    milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
+    init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False,
+    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
+) -> None:
+    """Train one dense network and print its learning curve."""
+    from ticketlab.api import train_dense
+    from ticketlab.hardware.device import set_threads
+
+    with _clean_errors():
+        set_threads(threads)
+        recipe = _recipe(
+            steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+            weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
+            eval_every=eval_every,
+        )
+        with _progress() as bar:
+            task = bar.add_task("train", total=None, info="")
+
+            def report(step: int, total: int, row: dict | None) -> None:
+                info = f"val acc {row['val_acc']:.4f}" if row and row.get("val_acc") == row.get("val_acc") else ""
+                bar.update(task, completed=step, total=total, **({"info": info} if info else {}))
+
+            result = train_dense(
+                model=model, dataset=dataset, recipe=recipe, seed=seed, init=init, val_size=val_size,
+                end_on_best=end_on_best, device=device, data_root=data_root, progress=report,
+            )
+    table = Table(title=f"{model} on {dataset}")
+    for col in ("step", "epoch", "train loss", "val loss", "val acc", "test acc"):
+        table.add_column(col, justify="right")
+    for row in result.history:
+        table.add_row(
+            str(row["step"]), f"{row['epoch']:.2f}", _fmt(row["train_loss"]), _fmt(row["val_loss"]),
+            _fmt(row["val_acc"]), _fmt(row["test_acc"]),
+        )
+    console.print(table)
+    epochs = max((result.end_step - result.start_step) / result.steps_per_epoch, 1e-9)
+    console.print(
+        f"final test acc [bold]{result.final['test_acc']:.4f}[/bold]; early-stop step {result.early_stop_step} "
+        f"(test acc {_fmt(result.early_stop.get('test_acc'))}); {result.wall_time:.1f} s "
+        f"({result.wall_time / epochs:.2f} s/epoch incl. evaluation)"
+    )
+
+
+# -- prune ------------------------------------------------------------------------------------------
+@app.command()
+def prune(
+    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist",
+    method: Annotated[str, typer.Option(help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, or a criterion (snip, synflow, ...).")] = "lottery",
+    density: Annotated[Optional[list[float]], typer.Option(help="Target density (repeatable for upfront methods).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="Target sparsity = 1 - density (instead of --density).")] = None,
+    criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
+    scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
+    k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
+    rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
+    control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
+    steps: Steps = "10ep", batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
+    momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
+    schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
+    eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
+    end_on_best: EndOnBest = False,
+    out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
+    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
+) -> None:
+    """Find tickets with one method; write mask + weights per level and print a per-level table."""
+    from ticketlab.api import prune as api_prune
+    from ticketlab.hardware.device import set_threads
+
+    with _clean_errors():
+        set_threads(threads)
+        if sparsity is not None:
+            if density:
+                raise _CliError("give --density or --sparsity, not both")
+            density = [1.0 - sparsity]
+        recipe = _recipe(
+            steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+            weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
+            eval_every=eval_every,
+        )
+        with _progress() as bar:
+            task = bar.add_task("level 0", total=None, info="")
+            state = {"levels": 0}
+
+            def report(step: int, total: int, row: dict | None) -> None:
+                bar.update(task, completed=step, total=total)
+
+            def log(message: str) -> None:
+                state["levels"] += 1
+                bar.console.print(message, markup=False, highlight=False)
+                bar.update(task, description=f"after {state['levels']} trainings")
+
+            result = api_prune(
+                model=model, dataset=dataset, method=method, density=tuple(density or (0.05,)), criterion=criterion,
+                scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
+                val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
+                progress=report, log=log, options=_options(option),
+            )
+    if tensorboard:
+        from ticketlab.analysis.tensorboard import export_tensorboard
+
+        export_tensorboard(result.path)
+    _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
+    from ticketlab.analysis.plots import plot_accuracy_vs_density
+
+    png = plot_accuracy_vs_density(result.table(), result.path / "accuracy_vs_density.png", title=f"{method} on {model}/{dataset}")
+    console.print(f"run directory: {result.path}\nplot: {png}")
+
+
+def _print_levels(frame, title: str) -> None:
+    table = Table(title=title)
+    for col in ("level", "control", "density", "sparsity", "test acc", "early-stop step", "winning", "collapsed", "time (s)"):
+        table.add_column(col, justify="right")
+    for _, row in frame.iterrows():
+        table.add_row(
+            str(row["level"]), row["control"] or "ticket", f"{row['density']:.4f}", f"{row['sparsity']:.4f}",
+            _fmt(row["test_acc"]), _fmt(row["early_stop_step"]), _fmt(row["winning"]), _fmt(bool(row["collapsed"])),
+            f"{row['train_time'] + row['score_time']:.1f}",
+        )
+    console.print(table)
+
+
+# -- run a spec file --------------------------------------------------------------------------------
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="YAML spec of one experiment.")],
+    out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
+    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
+) -> None:
+    """Run (or resume) the experiment a YAML spec describes."""
+    from ticketlab.hardware.device import set_threads
+    from ticketlab.experiment.run import run_experiment
+    from ticketlab.config.spec import load_spec
+
+    with _clean_errors():
+        set_threads(threads)
+        spec = load_spec(spec_file)
+        with _progress() as bar:
+            task = bar.add_task("training", total=None, info="")
+
+            def show(message: str) -> None:
+                bar.console.print(message, markup=False, highlight=False)
+
+            result = run_experiment(
+                spec, out, device=device, data_root=data_root,
+                progress=lambda step, total, row: bar.update(task, completed=step, total=total),
+                log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
+            )
+    _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
+    console.print(f"run directory: {result.path}")
+
+
+def _tensorboard_log(run_path: Path, log: Any) -> Any:
+    from ticketlab.analysis.tensorboard import tensorboard_log
+
+    return tensorboard_log(run_path, log)
+
+
+# -- data -------------------------------------------------------------------------------------------
+@data_app.command("list")
+def data_list() -> None:
+    """Show which datasets are available, and where."""
+    from ticketlab.data import dataset_status
+
+    table = Table(title="datasets")
+    for col in ("dataset", "found", "where", "source"):
+        table.add_column(col)
+    for row in dataset_status():
+        table.add_row(row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-"))
+    console.print(table)
+
+
+def _register_commands() -> None:
+    """Commands living in ``ticketlab.cli.<name>`` add themselves with ``register(app)``."""
+    import importlib
+    import pkgutil
+
+    from ticketlab import cli
+
+    for module in pkgutil.iter_modules(cli.__path__):
+        if module.name not in ("__main__", "app", "common"):
+            importlib.import_module(f"ticketlab.cli.{module.name}").register(app)
+
+
+_register_commands()
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,11 @@
+"""What a run is, as frozen, validated data: durations, training recipes and experiment specs.
+
+This layer checks types and values only; names (models, datasets, methods, criteria, controls,
+initialisations) are checked against their registries where a run starts (``ticketlab.experiment``).
+"""
+
+from ticketlab.config.duration import Duration
+from ticketlab.config.recipe import DurationField, Recipe
+from ticketlab.config.spec import UPFRONT, ExperimentSpec, MethodSpec, load_spec
+
+__all__ = ["UPFRONT", "Duration", "DurationField", "ExperimentSpec", "MethodSpec", "Recipe", "load_spec"]

@@ -1,0 +1,227 @@
+"""Run several experiment specs together, training their levels in lock-step with ``train_many``.
+
+Seeds x methods x densities of one architecture train the same number of steps from the same step at
+each level; stacked, K of them run in one pass (see ``ticketlab.training.stacked``). Rather than rewriting
+every method as a state machine, each spec's method runs unchanged in its own thread, and only one
+thread runs at any time (a coroutine, in effect): when a method asks its job to train, the job hands
+the request to the scheduler and waits. Once every spec is waiting or finished, the scheduler groups
+compatible requests (same data, architecture, recipe, start/end/snapshot steps) and trains each group
+with ``train_many``. Run directories are exactly those ``run_experiment`` writes (same files; metrics
+equal to float tolerance, timings aside; ``train_time`` is the group's time divided by its size).
+
+Methods whose equality with ``run_experiment`` is tested here (``BATCHED_METHODS``) go this way; any
+other method runs through ``run_experiment``, one spec after another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ticketlab.data import Dataset, load_dataset
+from ticketlab.hardware.device import resolve_device
+from ticketlab.experiment.check import check_spec
+from ticketlab.experiment.run import RunResult, prepare_run, run_experiment
+from ticketlab.masks import Mask
+from ticketlab.methods import METHODS, Job, resolve_method
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.training.loop import Progress, TrainResult, train
+from ticketlab.models import StateDict
+from ticketlab.training.stacked import train_many
+
+# Methods that train only through ``job.train`` and whose batched runs are tested equal to sequential ones.
+BATCHED_METHODS = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"})
+
+
+@dataclass
+class _Request:
+    job: Job
+    mask: Mask
+    start: StateDict
+    start_step: int
+    end_step: int
+    snapshot_at: int | None
+    result: TrainResult | None = None
+    error: BaseException | None = None
+
+    def group_key(self) -> str:
+        """Requests with equal keys can be stacked: same data, architecture, recipe and step range (the
+        snapshot steps may differ: the stack keeps the union, each result only its own)."""
+        spec = self.job.spec
+        return json.dumps([
+            id(self.job.data), spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
+            spec.recipe.model_dump(mode="json"), spec.end_on_best, self.start_step, self.end_step,
+        ], sort_keys=True, default=str)
+
+
+class _Worker(threading.Thread):
+    """One spec's method, run as a coroutine: it runs only between ``step()`` and its next request."""
+
+    def __init__(self, method: Callable[[Job], None], job: Job) -> None:
+        super().__init__(daemon=True)
+        self.method, self.job = method, job
+        self.request: _Request | None = None
+        self.finished = False
+        self.error: BaseException | None = None
+        self._resume = threading.Semaphore(0)
+        self._yielded = threading.Semaphore(0)
+
+    def run(self) -> None:
+        self._resume.acquire()
+        try:
+            self.method(self.job)
+        except BaseException as error:  # handed to the scheduler, which re-raises it
+            self.error = error
+        finally:
+            self.finished = True
+            self._yielded.release()
+
+    def step(self) -> None:
+        """Let the method run until it asks for training or ends (called by the scheduler)."""
+        self.request = None
+        self._resume.release()
+        self._yielded.acquire()
+
+    def submit(self, request: _Request) -> TrainResult:
+        """Called from the method's thread: park the request and wait for its result."""
+        self.request = request
+        self._yielded.release()
+        self._resume.acquire()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+
+@dataclass
+class _BatchedJob(Job):
+    worker: _Worker | None = None
+
+    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+        assert self.worker is not None
+        return self.worker.submit(_Request(self, mask, start, start_step, end_step, snapshot_at))
+
+
+def batchable(spec: ExperimentSpec) -> bool:
+    """Whether ``run_experiments`` trains this spec's levels stacked with others."""
+    key, _ = resolve_method(spec.method)
+    return key in BATCHED_METHODS
+
+
+def run_experiments(
+    specs: Sequence[ExperimentSpec],
+    root: str | os.PathLike = "runs",
+    *,
+    device: str | torch.device | None = None,
+    data_root: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+    log_for: Callable[[ExperimentSpec], Callable[[str], None]] | None = None,
+    return_exceptions: bool = False,
+) -> list[Any]:
+    """Run (or resume) every spec under ``root/<run id>``, as ``run_experiment`` would, stacking the
+    training of specs that share an architecture and recipe. Results are in the order of ``specs``.
+
+    Messages go to ``log_for(spec)`` when given (one callback per run, e.g. TensorBoard export), else to
+    ``log`` prefixed with the run id. If a spec fails, the others still finish; the first error is raised
+    at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
+    """
+    device = resolve_device(device)
+    shared_log = log or (lambda message: None)
+
+    def spec_log(spec: ExperimentSpec) -> Callable[[str], None]:
+        if log_for is not None:
+            return log_for(spec)
+        tag = f"[{spec.run_id()}] "
+        return lambda message: shared_log(tag + message)
+
+    results: dict[int, RunResult] = {}
+    datasets: dict[tuple, Dataset] = {}
+    workers: dict[int, _Worker] = {}
+    errors: dict[int, BaseException] = {}
+    def start_worker(spec: ExperimentSpec) -> _Worker:
+        check_spec(spec)
+        data_key = (spec.dataset, spec.val_size, spec.split_seed)
+        if data_key not in datasets:
+            datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+        data = datasets[data_key]
+        run, model, init_state = prepare_run(spec, data, root, device)
+        job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=spec_log(spec))
+        key, _ = resolve_method(spec.method)
+        worker = _Worker(METHODS.get(key), job)
+        job.worker = worker
+        worker.start()
+        return worker
+
+    for i, spec in enumerate(specs):
+        if batchable(spec):
+            try:
+                workers[i] = start_worker(spec)
+            except Exception as error:  # e.g. missing data: this spec fails, the others run
+                errors[i] = error
+
+    waiting = list(workers.values())
+    while waiting:
+        for worker in waiting:
+            worker.step()
+        waiting = [w for w in workers.values() if not w.finished and w.request is not None]
+        groups: dict[str, list[_Request]] = {}
+        for worker in waiting:
+            assert worker.request is not None
+            groups.setdefault(worker.request.group_key(), []).append(worker.request)
+        for group in groups.values():
+            try:
+                _train_group(group, device, progress)
+            except Exception as error:  # raised inside each spec's method, which then ends
+                for request in group:
+                    request.error = error
+
+    for i, worker in workers.items():
+        worker.join()
+        if worker.error is not None:
+            errors[i] = worker.error
+            continue
+        worker.job.run.mark_finished({"levels": len(worker.job.rows)})
+        results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
+
+    for i, spec in enumerate(specs):
+        if i not in workers and i not in errors:
+            try:
+                results[i] = run_experiment(spec, root, device=device, data_root=data_root, progress=progress,
+                                            log=spec_log(spec))
+            except Exception as error:  # the other specs still run
+                errors[i] = error
+    if errors and not return_exceptions:
+        raise errors[min(errors)]
+    return [errors[i] if i in errors else results[i] for i in range(len(specs))]
+
+
+def _train_group(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
+    """Train one group of compatible requests: stacked if several, plain ``train`` if one."""
+    first = group[0]
+    spec = first.job.spec
+    snapshots = () if first.snapshot_at is None else (first.snapshot_at,)
+    for request in group:
+        request.job.model.load_state_dict(request.start)
+    if len(group) == 1:
+        first.result = train(
+            first.job.model, first.job.data, spec.recipe, mask=first.mask, seed=spec.seed,
+            start_step=first.start_step, end_step=first.end_step, snapshot_steps=snapshots,
+            end_on_best=spec.end_on_best, device=device, progress=progress,
+        )
+        return
+    outcomes = train_many(
+        [r.job.model for r in group], first.job.data, spec.recipe, masks=[r.mask for r in group],
+        seeds=[r.job.spec.seed for r in group], start_step=first.start_step, end_step=first.end_step,
+        snapshot_steps={r.snapshot_at for r in group if r.snapshot_at is not None}, end_on_best=spec.end_on_best,
+        device=device, progress=progress,
+    )
+    for request, outcome in zip(group, outcomes):
+        outcome.snapshots = {s: v for s, v in outcome.snapshots.items() if s == request.snapshot_at}
+        request.result = outcome

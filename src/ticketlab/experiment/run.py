@@ -1,0 +1,117 @@
+"""Run one experiment spec end to end: data -> model + init -> method (levels, controls) -> run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ticketlab.data import Dataset, load_dataset
+from ticketlab.hardware.device import resolve_device
+from ticketlab.experiment.check import check_spec
+from ticketlab.files import CorruptFileError, load_tensors, save_tensors
+from ticketlab.methods import METHODS, Job, resolve_method
+from ticketlab.models import build_model, initialize
+from ticketlab.criteria.saw import is_saw, saw_criterion, saw_initialize
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.store import RunDir
+from ticketlab.training.loop import Progress
+from ticketlab.models import snapshot
+LEVEL_COLUMNS = [
+    "level", "control", "density", "sparsity", "test_acc", "val_acc", "early_stop_step", "early_stop_test_acc",
+    "winning", "collapsed", "train_time",
+]
+
+
+@dataclass
+class RunResult:
+    spec: ExperimentSpec
+    path: Path
+    rows: list[dict[str, Any]]
+
+    def table(self) -> pd.DataFrame:
+        """One row per level (and control), sorted by level, tickets before their controls."""
+        frame = pd.DataFrame(self.rows)
+        if frame.empty:
+            return frame
+        frame = frame.sort_values(["level", "control"], kind="stable").reset_index(drop=True)
+        return frame
+
+
+def initial_weights(
+    model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path,
+    data: Dataset | None = None,
+) -> dict[str, torch.Tensor]:
+    """The initial weights of (model, init, seed), stored once under ``root/inits/`` and shared by every
+    method and run, so methods compare on the same initialisation (000 appendix A.1). Scores as weights
+    (``saw:<criterion>``) also depend on the data and pruning batches, which then join the key."""
+    key = f"{spec.model}|{spec.init}|{spec.seed}|{tuple(input_shape)}|{num_classes}|{spec.bn_momentum}|{spec.bn_eps}"
+    if is_saw(spec.init):
+        m = spec.method
+        key += (f"|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{m.pruning_batches}|{m.pruning_samples_per_class}"
+                f"|{m.include_bias}|{','.join(spec.exempt)}")
+    safe_init = re.sub(r"[^a-z0-9_.-]+", "_", spec.init.lower())
+    name = f"{spec.model.replace(':', '_')}-{safe_init}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    path = root / "inits" / f"{name}.safetensors"
+    if path.exists():
+        tensors, meta = load_tensors(path)
+        if meta.get("key") != key:
+            raise CorruptFileError(f"{path}: stored initial weights belong to {meta.get('key')!r}, not {key!r}")
+        return tensors
+    if is_saw(spec.init):
+        if data is None:
+            raise ValueError(f"init {spec.init!r} scores the model on data: pass data= to initial_weights")
+        m = spec.method
+        saw_initialize(
+            model, saw_criterion(spec.init), data, seed=spec.seed, exempt=spec.exempt,
+            pruning_batches=m.pruning_batches, samples_per_class=m.pruning_samples_per_class, include_bias=m.include_bias,
+        )
+    else:
+        initialize(model, spec.init, seed=spec.seed)
+    state = snapshot(model)
+    save_tensors(path, state, {"kind": "init", "key": key})
+    return state
+
+
+def prepare_run(
+    spec: ExperimentSpec, data: Dataset, root: str | os.PathLike, device: torch.device
+) -> tuple[RunDir, torch.nn.Module, dict[str, torch.Tensor]]:
+    """The run directory (spec written), the model on ``device`` with the shared initial weights loaded,
+    and those weights: what every run starts from."""
+    run = RunDir(Path(root) / spec.run_id())
+    run.write_spec(spec.model_dump(mode="json"))
+    model = build_model(
+        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
+    )
+    init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
+    model.load_state_dict(init_state)
+    model.to(device)
+    return run, model, init_state
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    root: str | os.PathLike = "runs",
+    *,
+    device: str | torch.device | None = None,
+    data_root: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    log: Any = None,
+) -> RunResult:
+    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone."""
+    check_spec(spec)
+    device = resolve_device(device)
+    data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+    run, model, init_state = prepare_run(spec, data, root, device)
+    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
+    key, _ = resolve_method(spec.method)
+    METHODS.get(key)(job)
+    run.mark_finished({"levels": len(job.rows)})
+    return RunResult(spec, run.path, job.rows)

@@ -1,0 +1,167 @@
+"""The pieces every method composes: train a mask from a start point, score, select, record a level."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.criteria import ScoringContext, is_data_aware, score
+from ticketlab.data import Dataset
+from ticketlab.data.batches import pruning_batches
+from ticketlab.masks import LayerCollapseError, Mask, layer_collapse, select
+from ticketlab.methods.controls import CONTROLS
+from ticketlab.methods.registry import resolve_criterion
+from ticketlab.models import initialize
+from ticketlab.schedules import multishot_densities
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.store import LevelDir, RunDir
+from ticketlab.training.loop import Progress, TrainResult, train
+from ticketlab.models import StateDict, snapshot
+from ticketlab.seeding import seed_for
+Log = Callable[[str], None]
+
+
+@dataclass
+class Job:
+    """One experiment in progress: its spec, data, working model, initial weights and run directory."""
+
+    spec: ExperimentSpec
+    data: Dataset
+    model: nn.Module
+    init_state: StateDict
+    run: RunDir
+    progress: Progress | None = None
+    log: Log = lambda message: None  # noqa: E731
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
+
+    # -- scoring and selection -----------------------------------------------------------------------
+    def context(self) -> ScoringContext:
+        method = self.spec.method
+        batches: list = []
+        if self.criterion_is_data_aware():
+            batches = pruning_batches(self.data, method.pruning_batches, method.pruning_samples_per_class, self.spec.seed)
+        return ScoringContext(
+            batches=batches,
+            input_shape=self.data.input_shape,
+            initial=self.init_state,
+            seed=self.spec.seed,
+            options={"include_bias": method.include_bias},
+        )
+
+    def criterion_is_data_aware(self) -> bool:
+        return is_data_aware(self.criterion)
+
+    @property
+    def criterion(self) -> str:
+        return resolve_criterion(self.spec.method)
+
+    def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
+        """Score the model as it stands and select ``density``, in ``rounds`` re-scored steps from the
+        mask's density (multi-shot: UMS at initialisation, IMS inside iterative pruning)."""
+        started = time.perf_counter()
+        ctx = self.context()
+        method = self.spec.method
+        scores: dict[str, torch.Tensor] = {}
+        for r, d in enumerate(multishot_densities(density, rounds, method.round_schedule, start=mask.density())):
+            mask.apply(self.model)
+            scores = score(self.criterion, self.model, mask, ctx)
+            mask = select(scores, d, method.scope, previous=mask, seed=seed_for(self.spec.seed, level, r))
+        mask.apply(self.model)
+        return mask, scores, time.perf_counter() - started
+
+    # -- training and recording ----------------------------------------------------------------------
+    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+        self.model.load_state_dict(start)
+        return train(
+            self.model, self.data, self.spec.recipe, mask=mask, seed=self.spec.seed,
+            start_step=start_step, end_step=end_step,
+            snapshot_steps=() if snapshot_at is None else (snapshot_at,),
+            end_on_best=self.spec.end_on_best, progress=self.progress,
+        )
+
+    def record(
+        self, level: int, mask: Mask, result: TrainResult, start: StateDict, *, target: float,
+        score_time: float = 0.0, control: str | None = None, rewind: StateDict | None = None,
+        scores: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Write a finished level (mask, start and final weights, metrics) and return its row."""
+        collapse = layer_collapse(self.model, mask, self.data.input_shape)
+        final = result.final
+        es = result.early_stop_step
+        row: dict[str, Any] = {
+            "level": level, "control": control or "", "target_density": target,
+            "density": mask.density(), "sparsity": mask.sparsity(), "kept": mask.kept(), "total": mask.total(),
+            "test_acc": final.get("test_acc"), "test_loss": final.get("test_loss"),
+            "val_acc": final.get("val_acc"), "val_loss": final.get("val_loss"),
+            "early_stop_step": None if es is None else es - result.start_step,
+            "early_stop_test_acc": result.early_stop.get("test_acc"),
+            "start_step": result.start_step, "end_step": result.end_step,
+            "train_time": result.wall_time, "score_time": score_time,
+            "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
+            "layer_densities": mask.layer_densities(), "history": result.history,
+        }
+        if level == 0 and not control:
+            self.dense = row
+        row["winning"] = self.is_winning(row)
+        weights = {"start": start, "final": snapshot(self.model)}
+        if rewind is not None:
+            weights["rewind"] = rewind
+        self.run.level(level, control).write(mask, weights, row, scores if self.spec.save_scores else None)
+        self.rows.append(row)
+        self.log(self._describe(row))
+        return row
+
+    def is_winning(self, row: dict[str, Any]) -> bool | None:
+        """003: a winning ticket reaches the dense test accuracy no later than the dense run stops early."""
+        if self.dense is None or row["test_acc"] is None or row["early_stop_step"] is None:
+            return None
+        if self.dense["early_stop_step"] is None:
+            return None
+        return bool(row["test_acc"] >= self.dense["test_acc"] and row["early_stop_step"] <= self.dense["early_stop_step"])
+
+    def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
+        """The row of a finished level, or None if it must be (re)computed."""
+        d: LevelDir = self.run.level(level, control)
+        if not d.done:
+            return None
+        row = d.metrics()
+        if level == 0 and not control:
+            self.dense = row
+        self.rows.append(row)
+        self.log(self._describe(row) + " (already done)")
+        return row
+
+    def check_collapse(self, mask: Mask, level: int) -> None:
+        if self.spec.method.fail_on_collapse:
+            report = layer_collapse(self.model, mask, self.data.input_shape)
+            if report.collapsed:
+                raise LayerCollapseError(
+                    f"level {level} (density {mask.density():.4g}) collapsed: empty layers {report.empty_layers}, "
+                    f"disconnected={report.disconnected}"
+                )
+
+    # -- controls ------------------------------------------------------------------------------------
+    def run_controls(self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, result: TrainResult, target: float) -> None:
+        for name in self.spec.controls:
+            if self.resume(level, name) is not None:
+                continue
+            g = torch.Generator().manual_seed(seed_for(self.spec.seed, level, zlib.crc32(name.encode())))
+            fresh_model_seed = seed_for(self.spec.seed, 99, level) % (1 << 31)
+            initialize(self.model, self.spec.init, seed=fresh_model_seed)
+            fresh = snapshot(self.model)
+            c_mask, c_start = CONTROLS.get(name)(mask, start, dense_start, fresh, g)
+            c_result = self.train(c_mask, c_start, result.start_step, result.end_step, None)
+            self.record(level, c_mask, c_result, c_start, target=target, control=name)
+
+    @staticmethod
+    def _describe(row: dict[str, Any]) -> str:
+        ctl = f" [{row['control']}]" if row.get("control") else ""
+        acc = row.get("test_acc")
+        return f"level {row['level']}{ctl}: density {row['density']:.4f}, test acc {acc:.4f}" if acc is not None else f"level {row['level']}{ctl}"

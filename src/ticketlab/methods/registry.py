@@ -1,0 +1,74 @@
+"""The method registry and what every method resolves from its spec: which method runs, with which
+criterion, in how many scoring rounds, with which options. ``METHODS`` maps a name to ``fn(job) -> None``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ticketlab.config.spec import UPFRONT, MethodSpec
+from ticketlab.criteria import CRITERIA, parse
+from ticketlab.registry import Registry, split_name
+
+METHODS: Registry[Callable[..., None]] = Registry("method")
+# A method with options of its own registers a frozen pydantic model for them under the same name; the
+# spec validates ``method.options`` against it, so a typo names the field and the allowed ones.
+OPTIONS: Registry[type[BaseModel]] = Registry("method options")
+
+
+def resolve_criterion(method: MethodSpec) -> str:
+    """The criterion a method prunes with: explicit, the method's own name for the criterion shorthand
+    (``--method snip``), else magnitude for iterative methods."""
+    if method.criterion:
+        return method.criterion
+    key, _ = split_name(method.name)
+    if key in METHODS:
+        if key in UPFRONT:
+            raise ValueError(f"method {method.name!r} needs a criterion (e.g. criterion: snip)")
+        return "magnitude"
+    return method.name
+
+
+def resolve_method(method: MethodSpec) -> tuple[str, int]:
+    """(registered method key, scoring rounds). A bare criterion is one-shot, except SynFlow, whose
+    paper prunes in 100 rounds at initialisation (multi-shot) unless ``rounds`` says otherwise."""
+    key, _ = split_name(method.name)
+    if key in METHODS:
+        return key, method.rounds
+    if key == "synflow" and method.rounds == 1:
+        return "multishot", 100
+    return ("multishot" if method.rounds > 1 else "oneshot"), method.rounds
+
+
+
+
+def options_of(method: MethodSpec) -> Any:
+    """The validated options object of this method (its pydantic model), or None."""
+    key, _ = split_name(method.name)
+    return OPTIONS.get(key).model_validate(method.options) if key in OPTIONS else None
+
+
+def check_method(method: MethodSpec) -> None:
+    """The method's name, criterion and options against the registries; ``ValueError`` names the field."""
+    key, _ = split_name(method.name)
+    if not (key in METHODS or key in CRITERIA or method.name.startswith("stacked(")):
+        raise ValueError(f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}")
+    for name in filter(None, (method.criterion, None if key in METHODS else method.name)):
+        try:
+            parse(name)
+        except ValueError as exc:
+            raise ValueError(f"method.criterion: {exc}") from None
+    if key in OPTIONS:
+        try:
+            OPTIONS.get(key).model_validate(method.options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"method.options.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                if e["loc"] else f"method.options: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ValueError(problems) from None
+    elif method.options:
+        raise ValueError(f"method.options: method {method.name!r} takes no options, got {sorted(method.options)}")

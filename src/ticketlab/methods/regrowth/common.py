@@ -1,0 +1,98 @@
+"""What double-pruning and scored-pruning share (001 §5, SPEC "Schedules"): iterative levels whose masks
+may take back weights pruned earlier, exact top-k picks, and the value a returning weight starts from.
+
+Both run GIMP levels (002 algorithm 5) with the step counts of a rewinding preset (``base``); with
+``regrow: 0`` they are that preset exactly, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ticketlab.masks import Mask, _topk_exact
+from ticketlab.methods.iterative import GimpSteps, gimp_steps
+from ticketlab.methods.context import Job
+from ticketlab.registry import split_name
+from ticketlab.models import StateDict
+from ticketlab.training.loop import steps_per_epoch
+PRESETS = ("lottery", "gimp", "finetune", "late_rewind", "lr_rewind", "sgimp")
+
+
+class RegrowthOptions(BaseModel):
+    """``regrow``: the most a regrowth may bring back, as a fraction of the weights kept. ``base``: the
+    rewinding preset whose steps the levels use (``lottery``, ``lr_rewind``, ``sgimp:75%`` ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    regrow: float = Field(0.1, ge=0, le=1)
+    base: str = "lottery"
+
+    @field_validator("base")
+    @classmethod
+    def _preset(cls, base: str) -> str:
+        if split_name(base)[0] not in PRESETS:
+            raise ValueError(f"base: {base!r} is not a rewinding preset; allowed: {', '.join(PRESETS)}")
+        return base.strip().lower()
+
+
+def base_steps(job: Job, base: str) -> GimpSteps:
+    """The GIMP step counts of the ``base`` preset, with the spec's explicit train/retrain/rewind fields."""
+    spe = steps_per_epoch(len(job.data.x_train), job.spec.recipe.batch_size)
+    as_preset = job.spec.method.model_copy(update={"name": base, "options": {}})
+    return gimp_steps(as_preset, job.spec.recipe.total_steps(spe), spe)
+
+
+def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mapping[str, torch.Tensor]) -> StateDict:
+    """The value every weight rewinds to: the level's rewind snapshot where a weight was active in it
+    (non-zero), else the value it had at the last rewind point where it was. Parameters outside the mask
+    (biases, BatchNorm) are the rewind snapshot's. For ``lottery`` this is the initialisation everywhere,
+    the "rewound value" of a pruned weight in SPEC's scored-pruning."""
+    out = {k: v.clone() for k, v in rewind.items()}
+    if previous is not None:
+        for name in mask:
+            out[name] = torch.where(rewind[name] != 0, rewind[name], previous[name])
+    return out
+
+
+def top_k(scores: Mapping[str, torch.Tensor], allowed: Mapping[str, torch.Tensor], counts: int | Mapping[str, int],
+          seed: int) -> Mask:
+    """Exactly ``counts`` entries with the highest scores among ``allowed`` ones: one global ranking for an
+    int, else that many per layer. Ties break by a seeded random order (SPEC "Selection")."""
+    g = torch.Generator().manual_seed(seed)
+    names = list(scores)
+    flat = [torch.where(allowed[n].reshape(-1), scores[n].reshape(-1).double(), -torch.inf) for n in names]
+    if isinstance(counts, int):
+        chosen = torch.zeros(sum(f.numel() for f in flat), dtype=torch.bool)
+        allscores = torch.cat([f.cpu() for f in flat])
+        if counts > int(torch.isfinite(allscores).sum()):
+            raise ValueError(f"asked for {counts} weights but only {int(torch.isfinite(allscores).sum())} are allowed")
+        chosen[_topk_exact(allscores, counts, g)] = True
+        parts = torch.split(chosen, [f.numel() for f in flat])
+    else:
+        parts = []
+        for n, f in zip(names, flat):
+            keep = torch.zeros(f.numel(), dtype=torch.bool)
+            keep[_topk_exact(f.cpu(), counts[n], g)] = True
+            parts.append(keep)
+    return Mask({n: p.reshape(scores[n].shape).to(scores[n].device) for n, p in zip(names, parts)})
+
+
+def budget(mask: Mapping[str, torch.Tensor], fraction: float, scope: str) -> int | dict[str, int]:
+    """floor(fraction * kept): over the whole mask (global scope) or per layer (layerwise)."""
+    def floor(kept: int) -> int:
+        return math.floor(fraction * kept + 1e-9)  # 0.29 * 100 is 28.999...: not a reason to lose one
+
+    if scope == "global":
+        return floor(sum(int(m.sum()) for m in mask.values()))
+    return {n: floor(int(m.sum())) for n, m in mask.items()}
+
+
+class Replay:
+    """The start/end steps of a finished level, for controls that still have to run after a resume."""
+
+    def __init__(self, row: dict) -> None:
+        self.start_step, self.end_step = row["start_step"], row["end_step"]

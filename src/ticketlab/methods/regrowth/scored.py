@@ -1,0 +1,194 @@
+"""Scored-pruning (001 §5; the precise rule is SPEC's, "Schedules"): while a ticket trains, every pruned
+weight i accumulates s_i += −g_i · w_i, with g the gradient of the loss w.r.t. the effective weight and w
+its rewound value: the first-order drop in loss had it been active. Every ``regrow_every`` steps the
+pruned weights with the highest s replace as many kept weights with the smallest |w|, so the density
+never changes; a returning weight starts from its rewound value with fresh optimiser state.
+
+How many return per event is our reading of "the top `regrow` fraction": floor(regrow · k) of the k kept
+weights (the same meaning of ``regrow`` as in double-pruning; a fraction of the far larger pruned set
+would swap out nearly the whole ticket at high sparsity), and with ``positive_only`` (default) only
+weights with s > 0, whose return would lower the loss to first order. Each level first prunes like the
+``base`` preset (any criterion); ``regrow: 0`` is that preset bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config.duration import Duration
+from ticketlab.files import atomic_write_json
+from ticketlab.masks import Mask, masked_state
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.iterative import dense_level
+from ticketlab.methods.context import Job
+from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, budget, rewound_reference, top_k
+from ticketlab.config.recipe import DurationField
+from ticketlab.schedules import iterative_densities
+from ticketlab.training.loop import MaskUpdate, TrainResult, steps_per_epoch, train
+from ticketlab.models import StateDict
+from ticketlab.seeding import seed_for
+PRUNED_MASK = "mask_pruned.safetensors"  # the level's mask before any regrowth
+EVENTS = "regrowth.json"
+
+
+class ScoredPruningOptions(RegrowthOptions):
+    """``regrow_every``: steps between regrowth events (``1ep``, ``100it``); ``positive_only``: only weights
+    with s > 0 return."""
+
+    regrow_every: DurationField = Duration.parse("1ep")
+    positive_only: bool = True
+
+
+OPTIONS.register("scored_pruning")(ScoredPruningOptions)
+
+
+class ScoredRegrowth:
+    """The :class:`ticketlab.training.loop.TrainHooks` of one scored-pruning run from ``start`` to ``end``."""
+
+    def __init__(
+        self, mask: Mask, reference: Mapping[str, torch.Tensor], *, regrow: float, every: int, start: int, end: int,
+        scope: str = "global", positive_only: bool = True, seed: int = 0,
+    ) -> None:
+        self.mask = mask.clone()
+        self.reference = {n: reference[n] for n in mask}
+        self.regrow, self.every, self.start, self.end = regrow, every, start, end
+        self.scope, self.positive_only, self.seed = scope, positive_only, seed
+        self.s = {n: torch.zeros(m.shape, dtype=torch.float64) for n, m in mask.items()}
+        self.events: list[dict[str, Any]] = []
+        self._changes: list[tuple[int, Mask]] = []
+        self._pruned: dict[str, torch.Tensor] | None = None
+
+    def after_backward(self, step: int, grads: Mapping[str, torch.Tensor]) -> None:
+        if self._pruned is None:  # device copies, made once per mask
+            device = next(iter(grads.values())).device
+            self.s = {n: v.to(device) for n, v in self.s.items()}
+            self.reference = {n: v.to(device) for n, v in self.reference.items()}
+            self._pruned = {n: (~m).to(device) for n, m in self.mask.items()}
+        for name, g in grads.items():
+            contribution = -(g.double() * self.reference[name].double())
+            self.s[name].add_(torch.where(self._pruned[name], contribution, 0.0))
+
+    def update_mask(self, done: int, model: nn.Module) -> MaskUpdate | None:
+        # no event on the last step: a weight returned then would end the run untrained
+        if self.every <= 0 or (done - self.start) % self.every or done >= self.end:
+            return None
+        new = self.regrown(dict(model.named_parameters()))
+        if new is None:
+            return None
+        moved = sum(int((new[n] & ~self.mask[n]).sum()) for n in new)
+        self.events.append({"step": done, "moved": moved})
+        self.mask = new
+        self._pruned = None
+        self._changes.append((done, new.clone()))
+        return MaskUpdate(new, self.reference)
+
+    def regrown(self, params: Mapping[str, torch.Tensor]) -> Mask | None:
+        """Swap the best-scored pruned weights for the smallest kept ones; None when nothing moves."""
+        mask = self.mask
+        cap = budget(mask, self.regrow, self.scope)
+        candidates = {
+            n: (~m.to(self.s[n].device)) & ((self.s[n] > 0) if self.positive_only else torch.ones_like(m, device=self.s[n].device))
+            for n, m in mask.items()
+        }
+        if isinstance(cap, int):
+            count: int | dict[str, int] = min(cap, sum(int(c.sum()) for c in candidates.values()))
+            moved = count
+        else:
+            count = {n: min(cap[n], int(candidates[n].sum())) for n in mask}
+            moved = sum(count.values())
+        if moved == 0:
+            return None
+        seed = seed_for(self.seed, len(self._changes))
+        back = top_k(self.s, candidates, count, seed_for(seed, 1))
+        smallest = {n: -params[n].detach().abs().double() for n in mask}
+        out = top_k(smallest, {n: m.to(smallest[n].device) for n, m in mask.items()}, count, seed_for(seed, 2))
+        new = Mask({n: (mask[n] & ~out[n].to(mask[n].device)) | back[n].to(mask[n].device) for n in mask})
+        for n in mask:  # returning weights stop accumulating; the removed ones start again from zero
+            self.s[n].masked_fill_(back[n].to(self.s[n].device), 0.0)
+        return new
+
+    def mask_at(self, step: int, initial: Mask) -> Mask:
+        """The mask in force after update number ``step``."""
+        current = initial
+        for done, mask in self._changes:
+            if done <= step:
+                current = mask
+        return current
+
+
+def _scored_pruning(job: Job) -> None:
+    spec, method = job.spec, job.spec.method
+    options: ScoredPruningOptions = options_of(method)
+    s = base_steps(job, options.base)
+    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
+    every = options.regrow_every.steps(spe)
+    if options.regrow > 0 and every >= s.retrain:  # events fall strictly inside a retraining
+        raise ValueError(
+            f"scored_pruning: regrow_every ({every} steps) must be shorter than the retraining ({s.retrain} steps), "
+            "else no weight ever returns; set method.options.regrow_every, e.g. '0.25ep'"
+        )
+
+    mask, trained, rewind, end = dense_level(job, s)
+    dense_rewind = rewind
+    reference = rewound_reference(None, rewind, mask)
+
+    for level, density in enumerate(iterative_densities(spec.densities, method.K), start=1):
+        row = job.resume(level)
+        if row is None:
+            job.model.load_state_dict(trained)
+            pruned, scores, score_time = job.prune(mask, density, method.rounds, level)
+            job.check_collapse(pruned, level)
+            start = masked_state(reference, pruned)
+            begin = end - s.rewind_lr
+            stop, snap = begin + s.retrain, begin + s.retrain - s.rewind_params
+            if options.regrow > 0:
+                hooks = ScoredRegrowth(
+                    pruned, reference, regrow=options.regrow, every=every, start=begin, end=stop,
+                    scope=method.scope, positive_only=options.positive_only, seed=seed_for(spec.seed, level, 3),
+                )
+                result = _train_with(job, pruned, start, begin, stop, snap, hooks)
+                # with end_on_best the weights are those of the best evaluation: record the mask of then
+                mask = hooks.mask_at(result.early_stop_step, pruned) if spec.end_on_best else hooks.mask
+                _write_regrowth(job, level, pruned, hooks)
+            else:
+                result = job.train(pruned, start, begin, stop, snap)
+                mask = pruned
+            row = job.record(
+                level, mask, result, start, target=density, score_time=score_time, rewind=result.snapshots[snap],
+                scores=scores,
+            )
+            job.run_controls(level, mask, start, dense_rewind, result, density)
+        else:
+            d = job.run.level(level)
+            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, Replay(row), density)
+        d = job.run.level(level)
+        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
+        reference = rewound_reference(reference, rewind, mask)
+        end = row["end_step"]
+
+
+def _train_with(
+    job: Job, mask: Mask, start: StateDict, begin: int, stop: int, snap: int, hooks: ScoredRegrowth
+) -> TrainResult:
+    """``job.train`` with hooks: the same arguments, through the one training loop that runs them."""
+    job.model.load_state_dict(start)
+    return train(
+        job.model, job.data, job.spec.recipe, mask=mask, seed=job.spec.seed, start_step=begin, end_step=stop,
+        snapshot_steps=(snap,), end_on_best=job.spec.end_on_best, progress=job.progress, hooks=hooks,
+    )
+
+
+def _write_regrowth(job: Job, level: int, pruned: Mask, hooks: ScoredRegrowth) -> None:
+    """Beside the level (written before its metrics.json, so a finished level always has them): the mask
+    the level pruned to, and every regrowth event."""
+    path = job.run.level(level).path
+    path.mkdir(parents=True, exist_ok=True)
+    pruned.save(path / PRUNED_MASK)
+    atomic_write_json(path / EVENTS, hooks.events)
+
+
+METHODS.register("scored_pruning")(_scored_pruning)

@@ -1,0 +1,163 @@
+"""Sweeps: a grid over any spec fields, expanded to validated specs and run by local processes or Ray.
+
+A sweep file is a ``base`` spec plus a ``grid`` of dotted field paths (``method.name``, ``seed``,
+``recipe.lr``, ``method.options.regrow``) or template variables (``h`` in ``model: "mlp:784-{h}-10"``)
+mapped to value lists. Every grid point is an ordinary run in the run store, so a finished run is
+skipped and an interrupted sweep resumes by running it again (SPEC "Experiments, sweeps and results").
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.check import check_spec
+
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+class SweepSpec(BaseModel):
+    """A sweep file: ``base`` spec, ``grid`` of values, and how to run it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    executor: Literal["local", "ray"] = "local"
+    workers: int | None = Field(None, ge=1, description="local: worker processes (default: cores // threads); "
+                                "ray: tasks an architecture's runs are spread over (default 8)")
+    threads_per_worker: int = Field(1, ge=1)
+    address: str | None = None  # ray: cluster address (default: a local instance)
+    out: str = "runs"
+    device: str = "cpu"
+    batch: int | None = Field(
+        None, ge=1,
+        description="runs handed to one worker task, trained stacked (default: an architecture's runs shared "
+        "evenly among the workers, at most 16 per task, on CUDA and for MLPs where ticketlab.hardware.blas uses "
+        "OpenBLAS on the machine expanding the sweep; else 1 on CPU; see benchmarks/README.md)",
+    )
+    tensorboard: bool = False
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+        return grid
+
+
+def load_sweep(path: str | os.PathLike) -> SweepSpec:
+    """Read a sweep YAML file (``base``, ``grid`` and executor settings)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a sweep is a mapping with 'base' and 'grid', got {type(data).__name__}")
+    return SweepSpec.model_validate(data)
+
+
+def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
+    """The sweep with ``key=value`` assignments (dotted spec paths, YAML values) applied to its base,
+    e.g. ``recipe.steps=1ep`` for a reduced-budget run of a suite; a key also in the grid is rejected."""
+    import yaml
+
+    base = copy.deepcopy(sweep.base)
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set takes key=value with a dotted spec path, e.g. recipe.steps=1ep; got {text!r}")
+        if key in sweep.grid:
+            raise ValueError(f"--set {key}: {key!r} is a grid key of this sweep; change the grid instead")
+        _set_path(base, key, yaml.safe_load(value))
+    return sweep.model_copy(update={"base": base})
+
+
+# -- expansion ----------------------------------------------------------------------------------------
+def template_variables(base: Any) -> set[str]:
+    """The ``{name}`` placeholders used in any string of ``base``."""
+    if isinstance(base, str):
+        return set(_VARIABLE.findall(base))
+    if isinstance(base, dict):
+        return set().union(*(template_variables(v) for v in base.values())) if base else set()
+    if isinstance(base, (list, tuple)):
+        return set().union(*(template_variables(v) for v in base)) if base else set()
+    return set()
+
+
+def _substitute(base: Any, values: dict[str, Any]) -> Any:
+    if isinstance(base, str):
+        whole = _VARIABLE.fullmatch(base)
+        if whole and whole.group(1) in values:  # "{lr}" alone keeps the value's type
+            return values[whole.group(1)]
+        return _VARIABLE.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), base)
+    if isinstance(base, dict):
+        return {k: _substitute(v, values) for k, v in base.items()}
+    if isinstance(base, list):
+        return [_substitute(v, values) for v in base]
+    return base
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        child = node.get(name)
+        if child is None:
+            child = node[name] = {}
+        elif not isinstance(child, dict):
+            raise ValueError(f"grid key {dotted!r}: {name!r} is not a group of fields")
+        node = child
+    node[leaf] = value
+
+
+def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
+    """The spec of one grid point: template variables substituted, dotted paths set, then validated.
+
+    A key used as ``{key}`` in ``base`` is a template variable; any other key is a spec field path.
+    Validation errors name the grid point, so a typo in a grid value points at its key.
+    """
+    variables = template_variables(base)
+    data = _substitute(copy.deepcopy(base), {k: v for k, v in point.items() if k in variables})
+    for key, value in point.items():
+        if key not in variables:
+            _set_path(data, key, value)
+    where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+    try:
+        return check_spec(ExperimentSpec.model_validate(data))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"grid point ({where}): {problems}") from None
+    except ValueError as exc:
+        raise ValueError(f"grid point ({where}): {exc}") from None
+
+
+def grid_points(sweep: SweepSpec) -> list[tuple[dict[str, Any], ExperimentSpec]]:
+    """Every grid point (key -> value) with its validated spec, in grid order; points giving an
+    already-seen run id are dropped (e.g. a value equal to the base's)."""
+    keys = list(sweep.grid)
+    seen: set[str] = set()
+    out = []
+    for combo in itertools.product(*(sweep.grid[k] for k in keys)):
+        point = dict(zip(keys, combo))
+        spec = instantiate(sweep.base, point)
+        if spec.run_id() not in seen:
+            seen.add(spec.run_id())
+            out.append((point, spec))
+    return out
+
+
+def expand(sweep: SweepSpec) -> list[ExperimentSpec]:
+    """The cartesian product of the grid as validated specs, one per distinct run id."""
+    return [spec for _, spec in grid_points(sweep)]

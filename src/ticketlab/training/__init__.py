@@ -1,0 +1,13 @@
+"""Training and evaluation: one loop for every method (``loop``), K models of one architecture stacked in
+one pass (``stacked``), the fused SGD step for MLPs (``fused_sgd``), evaluation (``evaluate``)."""
+
+from ticketlab.training.evaluate import evaluate
+from ticketlab.training.loop import (
+    MaskUpdate, Progress, TrainHooks, TrainResult, plan_steps, steps_per_epoch, train,
+)
+from ticketlab.training.stacked import train_many, vectorizable
+
+__all__ = [
+    "MaskUpdate", "Progress", "TrainHooks", "TrainResult", "evaluate", "plan_steps", "steps_per_epoch", "train",
+    "train_many", "vectorizable",
+]  # fmt: skip

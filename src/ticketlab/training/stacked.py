@@ -1,0 +1,328 @@
+"""Training K models of one architecture in a single pass: K stacked weight sets, one batched
+forward/backward, each model with its own mask, data order, dropout and optimiser state.
+
+Lottery-ticket studies repeat small trainings many times (seeds x methods x densities). One small
+model cannot keep a processor busy; K stacked ones can. Per model the result equals
+``ticketlab.training.loop.train`` with the same seed to float tolerance (bmm and mm accumulate in different
+orders, so bit equality is not expected):
+
+* data order: model k sees ``epoch_order(n, seeds[k], epoch)``, CIFAR augmentation with its own seeded
+  generator, exactly as the one-model trainer;
+* optimiser: one ``torch.optim`` optimiser over the stacked tensors. SGD (momentum, Nesterov, weight
+  decay) and Adam are elementwise and all K models share the recipe's learning rate, so one optimiser
+  over stacked parameters is exactly K independent optimisers; the loss is the *sum* of the K per-model
+  mean losses, so model k's gradient is its own loss's gradient (L2 included);
+* masks: a pruned weight starts at 0 and is never updated (as train.py): the autograd step multiplies
+  the gradients by the mask after ``backward()``, the fused SGD step (``ticketlab.training.fused_sgd``) masks
+  what its update GEMM wrote;
+* dropout: in the MLP path each model draws its dropout noise from its own generator seeded like the
+  one-model trainer's global RNG (``F.dropout`` = ``input * bernoulli(1-p) / (1-p)``), so it matches too.
+  On CUDA it does not: ``F.dropout`` there has its own kernel and random stream, so with dropout the
+  K-model results equal the one-model ones in distribution only.
+
+Two forward paths: MLPs (``ticketlab.models.mlp.MLP``: LeNet-300-100, ``mlp:*``) use stacked GEMMs
+(``ticketlab.hardware.blas.linear``: OpenBLAS's batched sgemm where it is the faster BLAS, else ``baddbmm``); every
+other model uses ``torch.func.functional_call`` under ``torch.func.vmap`` with stacked parameters and
+buffers (BatchNorm running statistics are per model and updated in place). Convolutional models with
+dropout > 0 are trained one after another with ``train`` (vmap cannot reproduce the global-RNG dropout
+stream), which keeps them exact but not faster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ticketlab.training import fused_sgd
+from ticketlab.data import Dataset, cifar_augment
+from ticketlab.hardware.device import resolve_device
+from ticketlab.hardware.blas import linear, threads_for
+from ticketlab.models.mlp import MLP
+from ticketlab.config.recipe import Recipe
+from ticketlab.training.loop import Progress, TrainResult, plan_steps, train
+from ticketlab.models import StateDict
+from ticketlab.seeding import seed_for, epoch_order
+EVAL_BATCH = 5000  # examples per evaluation chunk, as ticketlab.training.evaluate
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(
+        (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or float(getattr(m, "dropout", 0) or 0) > 0
+        for m in model.modules()
+    )
+
+
+def vectorizable(model: nn.Module) -> bool:
+    """Whether ``train_many`` trains this architecture in one stacked pass (else one model at a time)."""
+    return isinstance(model, MLP) or not _has_dropout(model)
+
+
+class _Stack:
+    """K models' parameters and buffers as stacked tensors (leading dim K) and the batched forward."""
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+        self.template = models[0]
+        self.k = len(models)
+        self.mlp = isinstance(self.template, MLP)
+        per_model = [dict(m.named_parameters()) for m in models]
+        self.params: dict[str, torch.Tensor] = {}
+        for name, p in self.template.named_parameters():
+            stacked = torch.stack([pm[name].detach() for pm in per_model]).to(device).contiguous()
+            self.params[name] = stacked.requires_grad_(p.requires_grad)
+        per_buffer = [dict(m.named_buffers()) for m in models]
+        self.buffers = {
+            name: torch.stack([bm[name].detach() for bm in per_buffer]).to(device).clone()
+            for name, _ in self.template.named_buffers()
+        }
+        self.state_keys = list(self.template.state_dict().keys())
+        if not self.mlp:
+            from torch.func import functional_call, vmap
+
+            template = self.template
+
+            def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+                return functional_call(template, (p, b), (x,))
+
+            self._vmapped = vmap(one, randomness="error")
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, dropout: list[torch.Generator] | None = None) -> torch.Tensor:
+        """(K, B, ...) inputs -> (K, B, classes) outputs, model k on x[k]."""
+        if not self.mlp:
+            return self._vmapped(self.params, self.buffers, x)
+        h = x.flatten(2)
+        layers = len(self.template.layers)
+        p = self.template.dropout
+        for i in range(layers):
+            w, b = self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"]
+            h = linear(h, w, b)
+            if i < layers - 1:
+                h = F.relu(h)
+                if p and dropout is not None:
+                    h = h * self.dropout_noise(h.shape, h.device, dropout)
+        return h
+
+    def dropout_noise(self, shape: torch.Size, device: torch.device, dropout: list[torch.Generator]) -> torch.Tensor:
+        """The MLP's dropout multiplier (0 or 1 / (1 - p)) for a (K, B, features) activation: each model's
+        noise from its own generator, in the one-model trainer's draw order."""
+        p = self.template.dropout
+        noise = torch.stack([torch.empty(shape[1:]).bernoulli_(1 - p, generator=g) for g in dropout])
+        return noise.to(device).div_(1 - p)
+
+    @torch.inference_mode()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        """Per-model mean cross-entropy and accuracy on one shared split, in eval mode (as evaluate())."""
+        if len(x) == 0:
+            return [{"loss": float("nan"), "acc": float("nan")} for _ in range(self.k)]
+        was_training = self.template.training
+        self.template.eval()
+        loss_sum = torch.zeros(self.k, dtype=torch.float64, device=x.device)
+        correct = torch.zeros(self.k, dtype=torch.int64, device=x.device)
+        chunk = EVAL_BATCH if self.mlp else max(256, EVAL_BATCH // self.k)
+        for start in range(0, len(x), chunk):
+            xb, yb = x[start : start + chunk], y[start : start + chunk]
+            out = self._eval_forward(xb)
+            losses = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.k), reduction="none").view(self.k, -1)
+            loss_sum += losses.double().sum(1)
+            correct += (out.argmax(dim=2) == yb).sum(1)
+        self.template.train(was_training)
+        return [{"loss": float(loss_sum[k]) / len(x), "acc": int(correct[k]) / len(x)} for k in range(self.k)]
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.mlp:
+            return self._vmapped(self.params, self.buffers, x.unsqueeze(0).expand(self.k, *x.shape))
+        # the first layer of all K models as one GEMM on the shared inputs: (n, in) @ (in, K*out)
+        w0, b0 = self.params["layers.0.weight"], self.params["layers.0.bias"]
+        h = linear(x.flatten(1), w0.flatten(0, 1), b0.flatten()).view(len(x), self.k, -1).transpose(0, 1)
+        layers = len(self.template.layers)
+        for i in range(1, layers):
+            h = F.relu(h)
+            w, b = self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"]
+            h = linear(h, w, b)
+        return h
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state(self, k: int) -> StateDict:
+        """Model k's state dict (CPU copy), keys in the template's order."""
+        out = {}
+        for key in self.state_keys:
+            source = self.params[key] if key in self.params else self.buffers[key]
+            out[key] = source[k].detach().to("cpu", copy=True)
+        return out
+
+
+def _autograd_step(stack: _Stack, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                   masked_params: list[torch.Tensor], mask_values: list[torch.Tensor], xb: torch.Tensor,
+                   yb: torch.Tensor, lr: float, l2: float, dropout: list[torch.Generator] | None) -> torch.Tensor:
+    """One update of every model through autograd and ``optimizer``; returns the K mean losses."""
+    k_models = yb.shape[0]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    out = stack.forward(xb, dropout)
+    losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k_models, -1).mean(1)
+    loss = losses.sum()  # model k's gradient is its own mean loss's gradient
+    if l2:
+        loss = loss + l2 * sum(p.pow(2).sum() for p in params)
+    # set_to_none: backward writes the gradients instead of adding them to zeros (0 + g = g exactly),
+    # one memory pass fewer over K stacked weight sets
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if masked_params:
+        torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+    # No weight masking after the step, as in train.py: a pruned weight starts at 0 and its gradient is
+    # 0, so every optimiser leaves it and its state exactly 0 (the tests check it after training).
+    optimizer.step()
+    return losses.detach()
+
+
+def train_many(
+    models: Sequence[nn.Module],
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    masks: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    seeds: Sequence[int] | None = None,
+    start_step: int = 0,
+    end_step: int | None = None,
+    snapshot_steps: Iterable[int] = (),
+    end_on_best: bool = False,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> list[TrainResult]:
+    """Train ``models`` (same architecture) in place, together; result k equals
+    ``train(models[k], data, recipe, mask=masks[k], seed=seeds[k], ...)`` to float tolerance.
+
+    All models share the recipe, ``start_step``/``end_step`` and ``snapshot_steps``; masks and seeds are
+    per model. ``wall_time`` of each result is the shared wall time divided by K (the cost per model).
+    ``progress`` receives the mean over models of each evaluation row.
+    """
+    models = list(models)
+    k_models = len(models)
+    if k_models == 0:
+        return []
+    masks = list(masks) if masks is not None else [None] * k_models
+    seeds = [int(s) for s in seeds] if seeds is not None else [0] * k_models
+    if len(masks) != k_models or len(seeds) != k_models:
+        raise ValueError(f"train_many: got {k_models} models, {len(masks)} masks and {len(seeds)} seeds; give one each")
+    shapes = {k: tuple(v.shape) for k, v in models[0].state_dict().items()}
+    for i, m in enumerate(models[1:], start=1):
+        if type(m) is not type(models[0]) or {k: tuple(v.shape) for k, v in m.state_dict().items()} != shapes:
+            raise ValueError(f"train_many: model {i} has another architecture than model 0; stack only equal models")
+    if not vectorizable(models[0]):
+        return [
+            train(m, data, recipe, mask=mk, seed=s, start_step=start_step, end_step=end_step,
+                  snapshot_steps=snapshot_steps, end_on_best=end_on_best, device=device, progress=progress)
+            for m, mk, s in zip(models, masks, seeds)
+        ]
+
+    device = resolve_device(device)
+    data = data.to(device)
+    spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
+    wanted = {int(s) for s in snapshot_steps}
+
+    # masks first: train() applies the mask to the weights before training
+    named0 = dict(models[0].named_parameters())
+    mask_names = [n for n in named0 if any(mk is not None and n in mk for mk in masks)]
+    for m, mk in zip(models, masks):
+        if mk is not None:
+            from ticketlab.masks import Mask
+
+            Mask(mk).apply(m)
+    stack = _Stack(models, device)
+    masked_params = [stack.params[n] for n in mask_names]
+    mask_values = [
+        torch.stack([
+            (mk[n] if mk is not None and n in mk else torch.ones(named0[n].shape, dtype=torch.bool)).to(device)
+            for mk in masks
+        ]).to(stack.params[n].dtype)
+        for n in mask_names
+    ]
+    params = [p for p in stack.params.values() if p.requires_grad]
+    fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(mask_names, mask_values)), recipe)
+    optimizer = recipe.make_optimizer(params) if fused is None else None
+
+    results = [TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe) for _ in models]
+    best: list[StateDict | None] = [None] * k_models
+    running_loss = torch.zeros(k_models, device=device)
+    running_count = 0
+
+    def record(step: int) -> None:
+        nonlocal running_count
+        train_loss = (running_loss / running_count).tolist() if running_count else [float("nan")] * k_models
+        running_loss.zero_()
+        running_count = 0
+        split_metrics = {split: stack.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")}
+        rows = []
+        for k, result in enumerate(results):
+            row: dict[str, float] = {"step": step, "epoch": step / spe, "train_loss": train_loss[k]}
+            for split in ("val", "test"):
+                row[f"{split}_loss"], row[f"{split}_acc"] = split_metrics[split][k]["loss"], split_metrics[split][k]["acc"]
+            result.history.append(row)
+            rows.append(row)
+            if len(data.x_val) and (result.early_stop_step is None or row["val_loss"] < result.early_stop["val_loss"]):
+                result.early_stop_step, result.early_stop = step, row
+                if end_on_best:
+                    best[k] = stack.state(k)
+        if progress is not None:
+            progress(step, end_step, {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]})
+
+    dropout = None
+    if stack.mlp and stack.template.dropout:
+        dropout = [torch.Generator().manual_seed(seed_for(s, start_step, 1)) for s in seeds]
+    noise = (lambda shape: stack.dropout_noise(shape, device, dropout)) if fused is not None and dropout else None
+    started = time.perf_counter()
+    stack.template.train()
+    with threads_for(stack.template, device):
+        if start_step in wanted:
+            for k, result in enumerate(results):
+                result.snapshots[start_step] = stack.state(k)
+        record(start_step)
+        orders: torch.Tensor | None = None
+        n_train = len(data.x_train)
+        bs = recipe.batch_size
+        for step in range(start_step, end_step):
+            epoch, position = divmod(step, spe)
+            if orders is None or position == 0:
+                orders = torch.stack([epoch_order(n_train, s, epoch) for s in seeds]).to(device)
+            idx = orders[:, position * bs : (position + 1) * bs]
+            flat = idx.flatten()  # index_select: 5x faster than x_train[idx] with a 2-D idx
+            xb = data.x_train.index_select(0, flat).view(*idx.shape, *data.x_train.shape[1:])
+            yb = data.y_train.index_select(0, flat).view(idx.shape)
+            if data.augment == "cifar":
+                xb = torch.stack([
+                    cifar_augment(xb[k], torch.Generator().manual_seed(seed_for(s, step, 2)))
+                    for k, s in enumerate(seeds)
+                ])
+            lr = recipe.lr_at(step, spe)
+            if fused is not None:
+                running_loss += fused.step(xb, yb, lr, noise)
+            else:
+                running_loss += _autograd_step(stack, optimizer, params, masked_params, mask_values, xb, yb,
+                                               lr, recipe.l2, dropout)
+            running_count += 1
+            done = step + 1
+            if done in wanted:
+                for k, result in enumerate(results):
+                    result.snapshots[done] = stack.state(k)
+            if done == end_step or (eval_every and done % eval_every == 0):
+                record(done)
+            elif progress is not None:
+                progress(done, end_step, None)
+
+    wall = (time.perf_counter() - started) / k_models
+    for k, (model, result) in enumerate(zip(models, results)):
+        if end_on_best and best[k] is not None:
+            state = best[k]
+            result.final = dict(result.early_stop)
+        else:
+            state = stack.state(k)
+            result.final = dict(result.history[-1])
+        model.load_state_dict(state)
+        model.to(device)
+        model.train()
+        result.wall_time = wall
+    return results
