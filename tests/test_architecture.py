@@ -117,3 +117,22 @@ def test_imports_run_down_the_flow():
 def test_modules_stay_small(module):
     lines = len(modules()[module].read_text().splitlines())
     assert lines <= MAX_MODULE_LINES, f"{module}: {lines} lines (split it: at most {MAX_MODULE_LINES})"
+
+
+def test_module_names_of_the_first_release_still_import():
+    import ticketlab.training
+    import ticketlab.training.stacked
+    from ticketlab.batched import run_experiments
+    from ticketlab.gemm import backend
+    from ticketlab.recipe import Recipe
+    from ticketlab.spec import ExperimentSpec
+    from ticketlab.train import train
+    from ticketlab.vectorized import train_many
+
+    assert train is ticketlab.training.train and train_many is ticketlab.training.stacked.train_many
+    assert run_experiments.__module__ == "ticketlab.experiment.lockstep"
+    assert Recipe.__module__ == "ticketlab.config.recipe" and ExperimentSpec.__module__ == "ticketlab.config.spec"
+    assert callable(backend)
+    # the alias is the same module, still known by its own name
+    assert ticketlab.training.__spec__.name == "ticketlab.training"
+    assert ticketlab.training.stacked.__spec__.name == "ticketlab.training.stacked"
