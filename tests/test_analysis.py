@@ -163,3 +163,28 @@ def test_plots_write_pngs(tmp_path):
     for path in made:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_different_set_ups_are_never_averaged_as_seeds():
+    # an lr sweep on one seed: two set-ups with one seed each, not one with two
+    lr = pd.DataFrame(rows("lottery", 0.1, [0.85]) + rows("lottery", 0.1, [0.82]))
+    lr["recipe.lr"] = [0.1, 0.02]
+    s = summarize(lr).set_index("label")
+    assert sorted(s.index) == ["lottery · lr=0.02", "lottery · lr=0.1"]
+    assert s["n"].tolist() == [1, 1] and s["std"].isna().all()
+    # SynFlow from a Kaiming init and from scores as weights: two kinds
+    init = pd.DataFrame(rows("synflow", 0.1, [0.8]) + rows("synflow", 0.1, [0.7], init="saw:snip"))
+    assert sorted(summarize(init)["label"]) == ["synflow on kaiming_normal", "synflow on saw:snip"]
+    # a field only one method uses does not split the other (K of one-shot SNIP)
+    mixed = pd.DataFrame(rows("lottery", 0.1, [0.9, 0.91]) + rows("snip", 0.1, [0.8, 0.81]))
+    mixed["method.K"] = [0.5, 0.5, 0.8, 0.8]
+    assert sorted(summarize(mixed)["label"]) == ["lottery", "snip"]
+
+
+def test_a_seed_counts_once_per_set_up():
+    # the same seed-0 ticket recorded by two runs (one of them also ran a control): one sample
+    twice = pd.DataFrame(rows("lottery", 0.1, [0.9]) + rows("lottery", 0.1, [0.9]) + rows("lottery", 0.1, [0.8]))
+    twice["seed"] = [0, 0, 1]
+    twice["controls"] = [(), ("reinit",), ()]
+    s = summarize(twice).set_index("label")
+    assert s.loc["lottery", "n"] == 2 and s.loc["lottery", "mean"] == pytest.approx(0.85)

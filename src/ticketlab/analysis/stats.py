@@ -1,9 +1,13 @@
 """Statistics over seeds: mean ± std per ticket kind and density, Welch's t-test stars vs a baseline.
 
-A "ticket kind" (``label``) is what a table row of 000 figure 5.14 names: the method, its criterion, the
-control and, where the results mix them, the initialisation and model. Densities are grouped by the
-level's target density (iterative levels land on exact counts k = round(d·N), so the measured density
-differs slightly between models), rounded to 4 significant digits.
+A "ticket kind" (``label``) is one set-up: every spec field except the seed and the fields that cannot
+change a level's numbers (:data:`NOT_SETUP`), plus the control. Its label names the method, its criterion
+and control, and every other set-up field on which the results differ (``lottery · lr=0.02``,
+``synflow on saw:snip``), so runs of different set-ups are never averaged as if they were seeds. Within a
+kind, a seed counts once: the same seed's level recorded by two runs (e.g. one with and one without a
+control) is one sample, not two. Densities are grouped by the level's target density (iterative levels
+land on exact counts k = round(d·N), so the measured density differs slightly between models), rounded to
+4 significant digits.
 """
 
 from __future__ import annotations
@@ -15,6 +19,14 @@ import pandas as pd
 from scipy import stats as sps
 
 ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
+
+# Spec fields that do not change a level's numbers: the seed (what seeds are for), which other densities
+# and controls the run also computed (each is its own row), whether scores were saved, TensorBoard export.
+NOT_SETUP = frozenset({"seed", "densities", "controls", "save_scores"})
+# Fields the label already shows, or that are aliases of shown ones.
+SHOWN = frozenset({"method", "criterion", "method.name", "method.criterion", "control"})
+SPEC_FIELDS = ("model", "dataset", "init", "val_size", "split_seed", "bn_momentum", "bn_eps", "dropout", "exempt",
+               "recipe", "method", "end_on_best")
 
 
 def density_key(frame: pd.DataFrame) -> pd.Series:
@@ -33,31 +45,55 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def setup_fields(frame: pd.DataFrame) -> list[str]:
+    """The spec columns of ``frame`` (``load_results`` flattens specs to dotted names) that define a set-up."""
+    return [
+        c for c in frame.columns
+        if c.split(".")[0] in SPEC_FIELDS and c not in NOT_SETUP and c not in SHOWN
+    ]
+
+
+def varying_fields(frame: pd.DataFrame) -> list[str]:
+    """The set-up fields whose value differs between rows."""
+    return [c for c in setup_fields(frame) if frame[c].map(_text).nunique() > 1]
+
+
+GLOBAL = ("method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+
+
+def _base(row: pd.Series) -> str:
+    criterion = _text(row.get("criterion"))
+    return _text(row.get("method")) + (f"({criterion})" if criterion else "")
+
+
 def labels(frame: pd.DataFrame) -> pd.Series:
     """One readable name per ticket kind, e.g. ``lottery``, ``multishot(synflow) [reinit]``,
-    ``snip on xavier``, ``lottery · lenet300``, ``lottery(snip) ×10``; init, model and scoring rounds are
-    named only when the frame mixes them."""
-    varies = {col: col in frame and frame[col].map(_text).nunique() > 1 for col in ("init", "model", "dataset", "method.rounds")}
+    ``snip on xavier``, ``lottery · lenet300``, ``lottery(snip) ×10``, ``lottery · lr=0.02``. Init, model,
+    dataset and rounds are named wherever the results mix them; any other set-up field where it differs
+    between rows of the same method and criterion (a field one method ignores, e.g. K for one-shot SNIP,
+    does not split another)."""
+    if not len(frame):
+        return pd.Series([], dtype=str)
+    base = frame.apply(_base, axis=1)
+    shared = [c for c in varying_fields(frame) if c in GLOBAL]
+    own = {b: [c for c in varying_fields(frame[base == b]) if c not in GLOBAL] for b in base.unique()}
 
-    def one(row: pd.Series) -> str:
-        text = _text(row.get("method"))
-        criterion = _text(row.get("criterion"))
-        if criterion:
-            text += f"({criterion})"
-        if varies["method.rounds"] and int(row.get("method.rounds") or 1) > 1:  # e.g. IMS beside ISS
-            text += f" ×{int(row['method.rounds'])}"
-        if varies["init"]:
-            text += f" on {_text(row.get('init'))}"
-        if varies["model"]:
-            text += f" · {_text(row.get('model'))}"
-        if varies["dataset"]:
-            text += f" · {_text(row.get('dataset'))}"
+    def one(row: pd.Series, name: str) -> str:
+        text = name
+        for col in [*shared, *own[name]]:
+            value = _text(row.get(col))
+            if col == "method.rounds":  # e.g. IMS beside ISS
+                text += f" ×{int(row[col])}" if int(row.get(col) or 1) > 1 else ""
+            elif col == "init":
+                text += f" on {value}"
+            elif col in ("model", "dataset"):
+                text += f" · {value}"
+            else:
+                text += f" · {col.removeprefix('recipe.').removeprefix('method.options.')}={value}"
         control = _text(row.get("control"))
-        if control:
-            text += f" [{control}]"
-        return text
+        return text + (f" [{control}]" if control else "")
 
-    return frame.apply(one, axis=1) if len(frame) else pd.Series([], dtype=str)
+    return pd.Series([one(row, name) for (_, row), name in zip(frame.iterrows(), base)], index=frame.index)
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -71,11 +107,19 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def samples(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The tidy rows that are samples of ``metric``: one per ticket kind, density and seed."""
+    t = tidy(frame)
+    t = t[t[metric].notna()]
+    if "seed" in t:
+        t = t.drop_duplicates(subset=["label", "density_key", "seed"], keep="first")
+    return t
+
+
 def summarize(frame: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     """Mean, std (ddof=1, NaN for one seed) and count of ``metric`` per label and density, plus the mean
     kept-weight count (for accuracy vs parameter count) and the model."""
-    t = tidy(frame)
-    t = t[t[metric].notna()]
+    t = samples(frame, metric)
     agg = {"mean": (metric, "mean"), "std": (metric, "std"), "n": (metric, "size")}
     if "kept" in t:
         agg["kept"] = ("kept", "mean")
@@ -121,8 +165,7 @@ def significance_table(
     Returns (means, p-values, significant) frames with the same index (label) and columns (density).
     """
     base = baseline_label(frame, baseline)
-    t = tidy(frame)
-    t = t[t[metric].notna()]
+    t = samples(frame, metric)
     means = t.pivot_table(index="label", columns="density_key", values=metric, aggfunc="mean")
     means = means.reindex(sorted(means.columns), axis=1)
     pvalues = pd.DataFrame(np.nan, index=means.index, columns=means.columns)
