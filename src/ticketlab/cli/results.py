@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import pandas as pd
 import typer
 
-GROUP = ["model", "dataset", "method", "criterion", "control", "target_density"]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,14 +26,19 @@ def for_files(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over runs (seeds) of each (model, dataset, method, criterion, control, target density)."""
-    keys = [k for k in GROUP if k in frame]
-    data = frame.assign(criterion=frame["criterion"].fillna("-")) if "criterion" in frame else frame
-    grouped = data.groupby(keys, dropna=False, sort=True)
-    return grouped.agg(
-        runs=("run_id", "nunique"), density=("density", "mean"), test_acc=("test_acc", "mean"),
-        test_acc_std=("test_acc", "std"), early_stop_step=("early_stop_step", "mean"), wall_time=("wall_time", "mean"),
+    """Mean and std over seeds of each ticket kind (one set-up, see ``ticketlab.analysis.stats``) and target
+    density, with the number of seeds."""
+    from ticketlab.analysis.stats import samples
+
+    t = samples(frame, "test_acc")
+    grouped = t.groupby(["label", "density_key"], sort=True)
+    out = grouped.agg(
+        seeds=("seed" if "seed" in t else "run_id", "nunique"), density=("density", "mean"),
+        test_acc=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+        early_stop_step=("early_stop_step", "mean"), wall_time=("wall_time", "mean"),
     ).reset_index()
+    out = out.sort_values(["label", "density_key"], ascending=[True, False], kind="stable")
+    return out.rename(columns={"label": "ticket", "density_key": "target"}).reset_index(drop=True)
 
 
 def results(
@@ -64,7 +68,7 @@ def results(
             path.parent.mkdir(parents=True, exist_ok=True)
             write(path, index=False)
             console.print(f"wrote {len(files)} rows x {len(files.columns)} columns to {path}")
-    table = Table(title=f"{root}: {frame['run_id'].nunique()} runs, {len(frame)} levels (mean over runs)")
+    table = Table(title=f"{root}: {frame['run_id'].nunique()} runs, {len(frame)} levels (mean ± std over seeds per set-up)")
     groups = summary(frame)
     for col in groups.columns:
         table.add_column(col, justify="right")
@@ -72,8 +76,6 @@ def results(
         cells = []
         for col in groups.columns:
             value = row[col]
-            if col == "control":
-                value = value or "ticket"
             cells.append(_fmt(None if isinstance(value, float) and value != value else value))
         table.add_row(*cells)
     console.print(table)
