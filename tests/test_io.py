@@ -53,3 +53,30 @@ def test_a_batchnorm_model_runs_through_the_experiment_store(tmp_path):
     assert [r["level"] for r in result.rows] == [0, 1]
     again = run_experiment(spec, tmp_path, device="cpu")  # read back from the checksummed files
     assert again.rows[1]["test_acc"] == result.rows[1]["test_acc"]
+
+
+def _strict(text: str):
+    import json
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_json_files_are_strict_json_with_nan_as_null(tmp_path):
+    from ticketlab.files import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (2, -float("inf"))})
+    assert _strict(path.read_text()) == {"a": None, "b": [1.0, None], "c": [2, None]}
+
+
+def test_every_json_a_run_writes_parses_strictly(tmp_path):
+    # the first evaluation of a level has no training loss yet (NaN in memory)
+    spec = ExperimentSpec(model="mlp:784-16-10", dataset="synthetic", val_size=200, densities=(0.8,),
+                          recipe=Recipe(steps="10it", batch_size=50, eval_every="5it"), method=MethodSpec(name="lottery"))
+    run = run_experiment(spec, tmp_path, device="cpu")
+    files = list(run.path.rglob("*.json"))
+    assert files
+    for f in files:
+        _strict(f.read_text())
