@@ -21,6 +21,6 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -c scripts/constraints.txt torch
 # The optional extras are installed too, so CI runs the parquet and Ray executor tests (~30 s more).
-.venv/bin/python -m pip install -q -e ".[test,parquet,ray]"
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[test,parquet,ray]"
