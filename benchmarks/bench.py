@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ``speed`` package beside this file
 
 from ticketlab.models import MODELS  # noqa: E402
+from ticketlab.registry import UnknownNameError  # noqa: E402
 
 from speed.processes import worker  # noqa: E402
 from speed.report import markdown, write  # noqa: E402
@@ -53,7 +54,7 @@ def model_names(text: str) -> tuple[str, ...]:
     for name in names:
         try:
             MODELS.get(name)
-        except Exception as e:
+        except UnknownNameError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return names
 

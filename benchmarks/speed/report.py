@@ -40,30 +40,33 @@ def markdown(report: dict[str, Any]) -> str:
 
 def header(report: dict[str, Any]) -> list[str]:
     n = report["limit_n"]
-    cuda = report["device"].startswith("cuda")
+    load = [tuple(round(x, 1) for x in report[key]) for key in ("load_average_before", "load_average_after")]
+    fastest = ", ".join(f"{blas} {flops / 1e9:.1f}" for blas, flops in report["matmul_flops_by_blas"].items())
     measurements = "; ".join(", ".join(f"{blas} {flops / 1e9:.0f}" for blas, flops in m.items())
                              for m in report["matmul_flops_measurements"])
+    when = "before and after the trainers" + (" and at the start of each interleaved round" if report.get("interleaved") else "")
+    if report["device"].startswith("cuda"):
+        bound = ("cuBLAS float32, the GEMM that MLP layers use; convolutions run on cuDNN, which may use TF32, "
+                 "PyTorch's default for convolutions, so conv rows can exceed 100%).")
+    else:
+        bound = ("the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
+                 "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers "
+                 f"use {report['gemm_backend']}.")
     return [
         f"# ticketlab speed benchmark — {report['date']} on {report['host']}",
         "",
-        f"{report['processor']}, torch {report['torch']}, device {report['device']}, {report['threads']} threads, "
-        f"{report['cpu_count']} CPUs, data: {report['data']}, {report['mode']} mode; load average before "
-        f"{tuple(round(x, 1) for x in report['load_average_before'])}, after {tuple(round(x, 1) for x in report['load_average_after'])}.",
-        f"FLOPs: {report['flop_formula']}. Limit (a): dense {n}x{n} matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
-        "the fastest of " + ", ".join(f"{blas} {flops / 1e9:.1f}" for blas, flops in report["matmul_flops_by_blas"].items())
-        + ", each the best of its measurements before and after the trainers"
-        + (" and at the start of each interleaved round" if report.get("interleaved") else "") + f" ({measurements})"
-        + (" (cuBLAS float32, the GEMM that MLP layers use; convolutions run on cuDNN, which may use TF32, PyTorch's "
-           "default for convolutions, so conv rows can exceed 100%)." if cuda else
-           " (the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
-           "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers use "
-           f"{report['gemm_backend']}."),
+        (f"{report['processor']}, torch {report['torch']}, device {report['device']}, {report['threads']} threads, "
+         f"{report['cpu_count']} CPUs, data: {report['data']}, {report['mode']} mode; load average before {load[0]}, "
+         f"after {load[1]}."),
+        (f"FLOPs: {report['flop_formula']}. Limit (a): dense {n}x{n} matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
+         f"the fastest of {fastest}, each the best of its measurements {when} ({measurements}) ({bound}"),
     ]
 
 
 def interleaved_table(block: dict[str, Any]) -> list[str]:
-    lines = ["", f"Interleaved, LeNet-300-100 batch {block['batch']}: {block['rounds']} rounds of {block['steps']} steps "
-             "per row, one row after another in each round (s / model-epoch):", "",
+    title = (f"Interleaved, LeNet-300-100 batch {block['batch']}: {block['rounds']} rounds of {block['steps']} steps "
+             "per row, one row after another in each round (s / model-epoch):")
+    lines = ["", title, "",
              "| row | " + " | ".join(f"round {i + 1}" for i in range(block["rounds"])) + " | median |",
              "|---|" + "---|" * (block["rounds"] + 1)]
     for key, values in block["s_per_model_epoch"].items():

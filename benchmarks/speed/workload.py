@@ -25,7 +25,7 @@ def load_data(val_size: int = 5000) -> tuple[Dataset, str]:
     """Real Fashion-MNIST when it can be found, else synthetic data of the same size (55,000 x 1x28x28)."""
     try:
         return load_dataset("fashion-mnist", val_size=val_size, seed=0, download=False), "fashion-mnist"
-    except Exception:  # not present here: synthetic of the same size
+    except FileNotFoundError:  # not present here: synthetic of the same size
         g = torch.Generator().manual_seed(0)
         n_train = 60000 - val_size
         return Dataset(
