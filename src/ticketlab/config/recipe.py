@@ -79,8 +79,8 @@ class Recipe(BaseModel):
 
         SGD is not ``fused=True``: on CPU (torch 2.13) the fused SGD step gave different weights for the same
         seed in repeated runs of one process. Fused Adam passes that test (test_methods.py::
-        test_repeated_runs_in_one_process_are_bit_identical) and is 2.8x faster than foreach Adam on
-        LeNet-300-100 (238 vs 670 us per step, one thread), where Adam was 29% of an IMP level.
+        test_repeated_runs_in_one_process_are_bit_identical) and is much faster than foreach Adam, whose
+        step was a large share of an IMP level (figures: benchmarks/README.md).
         """
         if self.optimizer == "sgd":
             return torch.optim.SGD(

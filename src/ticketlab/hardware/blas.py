@@ -2,16 +2,15 @@
 
 PyTorch's CPU build multiplies float32 matrices with MKL, which takes its AVX2 code path on AMD
 processors even when they have AVX-512 (Zen 4, Zen 5). On such a processor OpenBLAS's AVX-512 kernels
-(the ``scipy-openblas32`` wheel, forced to its SkylakeX core) are about twice as fast: 2048x2048 sgemm
-on our 2-core Zen 5 VM, 2 threads: MKL 176-219 GFLOP/s, OpenBLAS 394-438; at LeNet-300-100's shapes
-(batch 60) one thread: 93 vs 166 GFLOP/s. MLP training is mostly these multiplies, so this module routes
+(the ``scipy-openblas32`` wheel, forced to its SkylakeX core) are about twice as fast, at 2048x2048 and
+at LeNet-300-100's shapes (figures: benchmarks/README.md). MLP training is mostly these multiplies, so this module routes
 them there: :func:`linear` is ``F.linear`` for 2-D inputs and K stacked models (3-D), differentiable twice
 (GraSP's Hessian-gradient product), with PyTorch's own kernels wherever the fast path does not apply
 (CUDA, float64, no AVX-512, ``TICKETLAB_GEMM=torch``). :class:`Linear` is ``nn.Linear`` computed that
 way: same parameters, state-dict keys, hooks and ``isinstance``.
 
 Threads: OpenBLAS keeps its own thread pool, and its threads and PyTorch's OpenMP threads both spin
-while waiting; with two of each on two cores, an epoch took 23 s instead of 0.7. So OpenBLAS runs on the
+while waiting, so two of each on two cores make training many times slower. So OpenBLAS runs on the
 calling thread (1 thread) by default, and :func:`training_threads` swaps the two thread counts for a
 training loop whose time is mostly GEMMs: OpenBLAS gets PyTorch's threads, PyTorch gets one.
 
@@ -41,7 +40,7 @@ _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
 
 @dataclass(frozen=True)
 class Backend:
-    """What :func:`backend` decided and why, for ``ticketlab bench`` and error messages."""
+    """What :func:`backend` decided and why, for the speed benchmark and error messages."""
 
     name: str  # "openblas" or "torch"
     reason: str

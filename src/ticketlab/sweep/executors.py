@@ -25,9 +25,9 @@ def default_batch(device: str, model: str | None = None) -> int | None:
     """``None`` (stack: each architecture's runs shared evenly among the workers) or 1 (one run per task).
 
     Stacking pays on CUDA, where one small model cannot fill the device, and for MLPs on CPUs where
-    ``ticketlab.hardware.blas`` runs their layers on OpenBLAS's batched sgemm (2 one-thread workers x 4 stacked
-    LeNet-300-100s: 0.37 s per model-epoch at batch 60 against 0.48 with one model each). Other models
-    on CPU train one per one-thread worker, which beat stacking there (benchmarks/README.md).
+    ``ticketlab.hardware.blas`` runs their layers on OpenBLAS's batched sgemm, where stacking beat one model
+    per one-thread worker. Other models on CPU train one per one-thread worker, which beat stacking for them
+    (figures: benchmarks/README.md).
     """
     from ticketlab.hardware import blas as gemm
     from ticketlab.hardware.device import resolve_device

@@ -5,9 +5,8 @@ mask, then reads it again in the optimiser: three extra passes over K weight set
 cache, plus autograd's bookkeeping. With SGD the update can be the weight-gradient GEMM itself:
 ``W = (1 - lr * c) * W - lr * (g^T a)`` is one ``addmm_`` with ``alpha = -lr``, after which the mask zeroes
 what the GEMM wrote into pruned weights (``W *= M``). With momentum the GEMM accumulates into the momentum
-buffer instead (``buf = m * buf + g^T a``), which is masked, then ``W -= lr * buf``. LeNet-300-100 on one
-thread, K = 8 masked models: 4.7 ms per step at batch 60 against 7.3 ms for the autograd step
-(benchmarks/README.md).
+buffer instead (``buf = m * buf + g^T a``), which is masked, then ``W -= lr * buf``. Saving those passes
+makes the step markedly faster (figures: benchmarks/README.md).
 
 Per model this is the same arithmetic as ``ticketlab.training.loop.train`` with ``torch.optim.SGD``: loss = mean
 cross-entropy; gradient of the loss + ``l2 * ||w||^2``, plus ``weight_decay * w``; masked gradient

@@ -289,7 +289,7 @@ def train_many(
             if orders is None or position == 0:
                 orders = torch.stack([epoch_order(n_train, s, epoch) for s in seeds]).to(device)
             idx = orders[:, position * bs : (position + 1) * bs]
-            flat = idx.flatten()  # index_select: 5x faster than x_train[idx] with a 2-D idx
+            flat = idx.flatten()  # index_select: x_train[idx] with a 2-D idx is much slower
             xb = data.x_train.index_select(0, flat).view(*idx.shape, *data.x_train.shape[1:])
             yb = data.y_train.index_select(0, flat).view(idx.shape)
             if data.augment == "cifar":
