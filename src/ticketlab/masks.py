@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -35,13 +35,13 @@ def prunable_parameters(model: nn.Module, exempt: Iterable[str] = ()) -> dict[st
     names such as ``"fc3"``, or parameter names such as ``"fc3.weight"``) that a spec keeps dense.
     """
     exempt = set(exempt)
-    found = {}
+    found: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             name = f"{module_name}.weight" if module_name else "weight"
             if module_name in exempt or name in exempt:
                 continue
-            found[name] = module.weight
+            found[name] = cast(nn.Parameter, module.weight)  # torch annotates layer weights as plain Tensors
     return found
 
 
@@ -268,9 +268,11 @@ def layer_collapse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -
         else:
             param.fill_(1.0)  # BatchNorm scale
     for module in probe.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.zero_()
-            module.running_var.fill_(1.0)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):  # statistics are None if not tracked
+            if module.running_mean is not None:
+                module.running_mean.zero_()
+            if module.running_var is not None:
+                module.running_var.fill_(1.0)
     del params
     device = next(probe.parameters()).device
     out = probe(torch.ones((1, *input_shape), dtype=torch.float64, device=device))
