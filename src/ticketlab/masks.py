@@ -267,13 +267,13 @@ def layer_collapse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -
             param.zero_()
         else:
             param.fill_(1.0)  # BatchNorm scale
-    for module in probe.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):  # statistics are None if not tracked
-            if module.running_mean is not None:
-                module.running_mean.zero_()
-            if module.running_var is not None:
-                module.running_var.fill_(1.0)
-    del params
     device = next(probe.parameters()).device
+    for module in probe.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # statistics mean 0, variance 1, also in a layer that tracks none (it would normalise the
+            # constant probe by its own statistics, to zero, and hide every path)
+            module.running_mean = torch.zeros(module.num_features, dtype=torch.float64, device=device)
+            module.running_var = torch.ones(module.num_features, dtype=torch.float64, device=device)
+    del params
     out = probe(torch.ones((1, *input_shape), dtype=torch.float64, device=device))
     return CollapseReport(mask.empty_layers(), disconnected=not bool((out.abs() > 0).any()))
