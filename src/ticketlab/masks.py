@@ -31,7 +31,7 @@ class LayerCollapseError(RuntimeError):
 def prunable_parameters(model: nn.Module, exempt: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """Weights of every Linear and Conv layer, by parameter name, in model order.
 
-    Biases and BatchNorm parameters are not prunable (SPEC "Vocabulary"); ``exempt`` names layers (module
+    Biases and BatchNorm parameters are never prunable; ``exempt`` names layers (module
     names such as ``"fc3"``, or parameter names such as ``"fc3.weight"``) that a spec keeps dense.
     """
     exempt = set(exempt)

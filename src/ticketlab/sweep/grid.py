@@ -3,7 +3,7 @@
 A sweep file is a ``base`` spec plus a ``grid`` of dotted field paths (``method.name``, ``seed``,
 ``recipe.lr``, ``method.options.regrow``) or template variables (``h`` in ``model: "mlp:784-{h}-10"``)
 mapped to value lists. Every grid point is an ordinary run in the run store, so a finished run is
-skipped and an interrupted sweep resumes by running it again (SPEC "Experiments, sweeps and results").
+skipped and an interrupted sweep resumes by running it again.
 """
 
 from __future__ import annotations
