@@ -52,10 +52,10 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the trainers and the limit run.")] = "cpu",
     ) -> None:
         """Measure training speed against the processor's matmul limit; writes JSON and markdown."""
-        from ticketlab.cli.common import _clean_errors, console
+        from ticketlab.cli.common import clean_errors, console
         from ticketlab.models import MODELS
 
-        with _clean_errors():
+        with clean_errors():
             model_names = tuple(m.strip() for m in models.split(",") if m.strip())
             for name in model_names:
                 MODELS.get(name)

@@ -40,12 +40,12 @@ EndOnBest = Annotated[bool, typer.Option(help="End on the weights of minimum val
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
 
 
-class _CliError(Exception):
+class CliError(Exception):
     pass
 
 
 @contextmanager
-def _clean_errors():
+def clean_errors():
     """Turn a user's mistake into one clear line and exit code 2; bugs keep their traceback."""
     from ticketlab.files import CorruptFileError
 
@@ -57,12 +57,12 @@ def _clean_errors():
             message = error["msg"].removeprefix("Value error, ")
             err.print(f"error: {where}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError, CorruptFileError, _CliError) as exc:
+    except (ValueError, FileNotFoundError, CorruptFileError, CliError) as exc:
         err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
-def _recipe(**kw: Any):
+def make_recipe(**kw: Any):
     from ticketlab.config.recipe import Recipe
 
     kw["milestones"] = tuple(kw.pop("milestones") or ())
@@ -70,7 +70,7 @@ def _recipe(**kw: Any):
     return Recipe(**kw)
 
 
-def _options(pairs: list[str] | None) -> dict[str, Any]:
+def method_options(pairs: list[str] | None) -> dict[str, Any]:
     """``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}`` (YAML values)."""
     import yaml
 
@@ -78,19 +78,19 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise _CliError(f"--option takes key=value, got {pair!r}")
+            raise CliError(f"--option takes key=value, got {pair!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
     )
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
