@@ -3,14 +3,18 @@ one clear line (exit code 2), progress bars and number formatting."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from ticketlab.config.recipe import Recipe
 
 console = Console()
 err = Console(stderr=True)
@@ -41,11 +45,11 @@ TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBo
 
 
 class CliError(Exception):
-    pass
+    """A mistake in the command line that no lower layer can see (e.g. two flags that exclude each other)."""
 
 
 @contextmanager
-def clean_errors():
+def clean_errors() -> Iterator[None]:
     """Turn a user's mistake into one clear line and exit code 2; bugs keep their traceback."""
     from ticketlab.files import CorruptFileError
 
@@ -62,7 +66,8 @@ def clean_errors():
         raise typer.Exit(2) from None
 
 
-def make_recipe(**kw: Any):
+def make_recipe(**kw: Any) -> Recipe:
+    """The recipe of the training flags (``schedule`` is the recipe's ``lr_schedule``)."""
     from ticketlab.config.recipe import Recipe
 
     kw["milestones"] = tuple(kw.pop("milestones") or ())
@@ -71,19 +76,14 @@ def make_recipe(**kw: Any):
 
 
 def method_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}`` (YAML values)."""
-    import yaml
+    """``--option`` pairs: ``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}``."""
+    from ticketlab.config.keyvalue import parse_key_value
 
-    out: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise CliError(f"--option takes key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return dict(parse_key_value(pair, "--option", "regrow=0.1") for pair in pairs or ())
 
 
 def progress_bar() -> Progress:
+    """The bar every long command shows (description, done/total, an info field, elapsed and remaining)."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
@@ -91,6 +91,7 @@ def progress_bar() -> Progress:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: ``-`` for None, yes/no for booleans, floats to ``digits`` decimals."""
     if value is None:
         return "-"
     if isinstance(value, bool):

@@ -90,10 +90,10 @@ def fit(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
     """Fit the regressors; print R² and MSE on train and held-out rows (000 tables 5.1-5.3)."""
-    import yaml
     from rich.table import Table
 
     from ticketlab.cli.common import clean_errors, CliError, console
+    from ticketlab.config.keyvalue import parse_key_value
     from ticketlab.hardware.device import set_threads
     from ticketlab.metalearn.fit import fit_models
     from ticketlab.metalearn.table import load_table
@@ -102,11 +102,12 @@ def fit(
         set_threads(threads)
         params: dict[str, dict] = {}
         for pair in param or ():
-            key, sep, value = pair.partition("=")
-            name, dot, arg = key.strip().partition(".")
-            if not (sep and dot and name and arg):
-                raise CliError(f"--param takes model.key=value, e.g. forest.n_estimators=100; got {pair!r}")
-            params.setdefault(name, {})[arg] = yaml.safe_load(value)
+            form, example = "model.key=value", "forest.n_estimators=100"
+            key, value = parse_key_value(pair, "--param", example, form)
+            name, dot, arg = key.partition(".")
+            if not (dot and name and arg):
+                raise CliError(f"--param takes {form}, e.g. --param {example}; got {pair!r}")
+            params.setdefault(name, {})[arg] = value
         frame = load_table(table)
         cols = features if features in ("base", "extended") else [c.strip() for c in features.split(",") if c.strip()]
         with console.status("fitting"):
