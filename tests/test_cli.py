@@ -78,3 +78,35 @@ def test_run_spec_file(tmp_path):
 def test_data_list():
     result = invoke("data", "list")
     assert result.exit_code == 0 and "fashion-mnist" in result.output
+
+
+def test_key_value_pairs_are_read_as_yaml():
+    from ticketlab.config.keyvalue import parse_key_value
+
+    assert parse_key_value(" recipe.lr =0.05", "--set", "recipe.lr=0.1") == ("recipe.lr", 0.05)
+    assert parse_key_value("thresholds=[0.1, 0.2]", "--option", "regrow=0.1") == ("thresholds", [0.1, 0.2])
+    assert parse_key_value("steps=1ep", "--set", "recipe.steps=1ep") == ("steps", "1ep")
+    assert parse_key_value("criterion=", "--set", "method.criterion=snip") == ("criterion", None)
+    assert parse_key_value("name=a=b", "--set", "method.name=lottery") == ("name", "a=b")  # the first = splits
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "-o", "regrow"], "--option takes key=value, e.g. --option regrow=0.1; got 'regrow'"),
+        (["prune", "-o", " =0.1"], "--option takes key=value, e.g. --option regrow=0.1; got ' =0.1'"),
+        (["prune", "-o", "thresholds=[0.1,"], "--option thresholds: '[0.1,' is not a YAML value, e.g. --option regrow=0.1"),
+        (["sweep", "{sweep}", "--set", "recipe.steps"], "--set takes key=value, e.g. --set recipe.steps=1ep; got 'recipe.steps'"),
+        (["meta", "fit", "t.csv", "-p", "forest=3"], "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest=3'"),
+        (["meta", "fit", "t.csv", "-p", "forest.n_estimators"], "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest.n_estimators'"),
+    ],
+)
+def test_malformed_key_value_flags_give_one_line_naming_the_flag_with_an_example(args, message, tmp_path):
+    import yaml
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": {"dataset": "synthetic"}, "grid": {"seed": [0]}}))
+    args = [str(sweep) if a == "{sweep}" else a for a in args]
+    result = invoke(*args, "--out", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {message}"]

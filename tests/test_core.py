@@ -1,4 +1,5 @@
 import math
+import operator
 
 import pytest
 
@@ -33,6 +34,17 @@ def test_duration(text, spe, steps):
 def test_bad_duration(bad):
     with pytest.raises(ValueError, match="'ep'.*'it'|whole number"):
         Duration.parse(bad)
+
+
+def test_durations_have_no_order_only_their_step_counts_do():
+    two_epochs, hundred_steps = Duration.parse("2ep"), Duration.parse("100it")
+    for compare in (operator.lt, operator.le, operator.gt, operator.ge):
+        with pytest.raises(TypeError):
+            compare(two_epochs, hundred_steps)  # fields in order would say 2 < 100 whatever an epoch is
+    with pytest.raises(TypeError):
+        sorted([hundred_steps, two_epochs])
+    assert two_epochs != Duration.parse("2it") and two_epochs == Duration.parse("2.0ep")
+    assert two_epochs.steps(30) < hundred_steps.steps(30) and two_epochs.steps(60) > hundred_steps.steps(60)
 
 
 def test_recipe_schedules():

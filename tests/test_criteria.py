@@ -386,7 +386,7 @@ def test_multishot_synflow_keeps_lenet300_connected_where_single_shot_snip_colla
         mask = select(score("synflow", model, mask, ctx), target ** (r / rounds), "global", previous=mask)
     synflow_report = layer_collapse(model, mask, (1, 28, 28))
 
-    g = torch.Generator().manual_seed(0)  # random data: 10 batches x 100 samples (classes·10), as SPEC's default
+    g = torch.Generator().manual_seed(0)  # random data: 10 batches x 100 samples (classes·10), as the spec's default
     batches = [(torch.rand(100, 1, 28, 28, generator=g), torch.randint(0, 10, (100,), generator=g)) for _ in range(10)]
     snip_mask = select(score("snip", model, Mask.ones(model), ScoringContext(batches=batches)), target, "global")
     snip_report = layer_collapse(model, snip_mask, (1, 28, 28))
@@ -458,7 +458,7 @@ def _work(name: str, width: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", ALL)
 def test_scoring_work_does_not_grow_with_the_number_of_weights(name):
-    """SPEC/issue: no criterion loops over weights in Python. About 15x the weights (same layers) must run
+    """No criterion loops over weights in Python. About 15x the weights (same layers) must run
     the same ticketlab lines and dispatch the same tensor operations; a loop over weights, units or channels
     would add work in proportion."""
     small, large = _work(name, 2), _work(name, 8)

@@ -134,6 +134,21 @@ def test_layer_collapse_detects_empty_layer_and_disconnection():
     assert not layer_collapse(model, cut, (6,)).collapsed
 
 
+def test_layer_collapse_sees_paths_through_batchnorm_without_running_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3),
+    )
+    dense = Mask.ones(model)
+    assert not layer_collapse(model, dense, (1, 4, 4)).collapsed
+    cut = dense.clone()
+    cut["0.weight"][1] = False  # channel 1 gets no input, and the output layer only reads channel 1
+    cut["4.weight"][:, :4] = False
+    assert layer_collapse(model, cut, (1, 4, 4)).disconnected
+    cut["4.weight"][0, 0] = True
+    assert not layer_collapse(model, cut, (1, 4, 4)).collapsed
+
+
 def test_layer_collapse_leaves_model_untouched():
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,5 +1,6 @@
-"""Double-pruning and scored-pruning (001 §5, SPEC "Schedules"): pruned weights come back, density stays
-exact, and with ``regrow: 0`` both are the plain lottery schedule bit for bit."""
+"""Double-pruning and scored-pruning (001 §5; the precise rules are ours, see methods/regrowth): pruned
+weights come back, density stays exact, and with ``regrow: 0`` both are the plain lottery schedule bit for
+bit."""
 
 import json
 import math

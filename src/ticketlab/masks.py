@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -31,17 +31,17 @@ class LayerCollapseError(RuntimeError):
 def prunable_parameters(model: nn.Module, exempt: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """Weights of every Linear and Conv layer, by parameter name, in model order.
 
-    Biases and BatchNorm parameters are not prunable (SPEC "Vocabulary"); ``exempt`` names layers (module
+    Biases and BatchNorm parameters are never prunable; ``exempt`` names layers (module
     names such as ``"fc3"``, or parameter names such as ``"fc3.weight"``) that a spec keeps dense.
     """
     exempt = set(exempt)
-    found = {}
+    found: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             name = f"{module_name}.weight" if module_name else "weight"
             if module_name in exempt or name in exempt:
                 continue
-            found[name] = module.weight
+            found[name] = cast(nn.Parameter, module.weight)  # torch annotates layer weights as plain Tensors
     return found
 
 
@@ -267,11 +267,13 @@ def layer_collapse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -
             param.zero_()
         else:
             param.fill_(1.0)  # BatchNorm scale
+    device = next(probe.parameters()).device
     for module in probe.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.zero_()
-            module.running_var.fill_(1.0)
+            # statistics mean 0, variance 1, also in a layer that tracks none (it would normalise the
+            # constant probe by its own statistics, to zero, and hide every path)
+            module.running_mean = torch.zeros(module.num_features, dtype=torch.float64, device=device)
+            module.running_var = torch.ones(module.num_features, dtype=torch.float64, device=device)
     del params
-    device = next(probe.parameters()).device
     out = probe(torch.ones((1, *input_shape), dtype=torch.float64, device=device))
     return CollapseReport(mask.empty_layers(), disconnected=not bool((out.abs() > 0).any()))

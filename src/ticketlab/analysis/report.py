@@ -1,11 +1,10 @@
 """One self-contained HTML report of every run under a results root.
 
 The page embeds its plots as base64 PNG data URIs (the PNGs are also written beside it) and its tables
-as HTML, with inline CSS and no script: it opens offline, from a file, in any browser. Contents follow
-SPEC (Experiments, sweeps and results): mean ± std over seeds vs density, the significance table of 000
-figure 5.14 (Welch's t-test vs a baseline at α = 0.05, 000 §4.3), 003's winning-ticket flag, Jaccard mask
-overlap at one density, initial values of kept weights, per-layer density, and accuracy vs remaining
-parameter count across models (002 figure 1.1).
+as HTML, with inline CSS and no script: it opens offline, from a file, in any browser. Contents: mean ±
+std over seeds vs density, the significance table of 000 figure 5.14 (Welch's t-test vs a baseline at
+α = 0.05, 000 §4.3), 003's winning-ticket flag, Jaccard mask overlap at one density, initial values of
+kept weights, per-layer density, and accuracy vs remaining parameter count across models (002 figure 1.1).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are foun
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, _CliError, _clean_errors, _fmt, _options, _progress, _recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
@@ -30,14 +30,14 @@ def train(
     from ticketlab.api import train_dense
     from ticketlab.hardware.device import set_threads
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
-        recipe = _recipe(
+        recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
             eval_every=eval_every,
         )
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("train", total=None, info="")
 
             def report(step: int, total: int, row: dict | None) -> None:
@@ -53,14 +53,14 @@ def train(
         table.add_column(col, justify="right")
     for row in result.history:
         table.add_row(
-            str(row["step"]), f"{row['epoch']:.2f}", _fmt(row["train_loss"]), _fmt(row["val_loss"]),
-            _fmt(row["val_acc"]), _fmt(row["test_acc"]),
+            str(row["step"]), f"{row['epoch']:.2f}", fmt(row["train_loss"]), fmt(row["val_loss"]),
+            fmt(row["val_acc"]), fmt(row["test_acc"]),
         )
     console.print(table)
     epochs = max((result.end_step - result.start_step) / result.steps_per_epoch, 1e-9)
     console.print(
         f"final test acc [bold]{result.final['test_acc']:.4f}[/bold]; early-stop step {result.early_stop_step} "
-        f"(test acc {_fmt(result.early_stop.get('test_acc'))}); {result.wall_time:.1f} s "
+        f"(test acc {fmt(result.early_stop.get('test_acc'))}); {result.wall_time:.1f} s "
         f"({result.wall_time / epochs:.2f} s/epoch incl. evaluation)"
     )
 
@@ -90,18 +90,18 @@ def prune(
     from ticketlab.api import prune as api_prune
     from ticketlab.hardware.device import set_threads
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
         if sparsity is not None:
             if density:
-                raise _CliError("give --density or --sparsity, not both")
+                raise CliError("give --density or --sparsity, not both")
             density = [1.0 - sparsity]
-        recipe = _recipe(
+        recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
             eval_every=eval_every,
         )
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("level 0", total=None, info="")
             state = {"levels": 0}
 
@@ -117,7 +117,7 @@ def prune(
                 model=model, dataset=dataset, method=method, density=tuple(density or (0.05,)), criterion=criterion,
                 scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
                 val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
-                progress=report, log=log, options=_options(option),
+                progress=report, log=log, options=method_options(option),
             )
     if tensorboard:
         from ticketlab.analysis.tensorboard import export_tensorboard
@@ -137,7 +137,7 @@ def _print_levels(frame, title: str) -> None:
     for _, row in frame.iterrows():
         table.add_row(
             str(row["level"]), row["control"] or "ticket", f"{row['density']:.4f}", f"{row['sparsity']:.4f}",
-            _fmt(row["test_acc"]), _fmt(row["early_stop_step"]), _fmt(row["winning"]), _fmt(bool(row["collapsed"])),
+            fmt(row["test_acc"]), fmt(row["early_stop_step"]), fmt(row["winning"]), fmt(bool(row["collapsed"])),
             f"{row['train_time'] + row['score_time']:.1f}",
         )
     console.print(table)
@@ -155,10 +155,10 @@ def run(
     from ticketlab.experiment.run import run_experiment
     from ticketlab.config.spec import load_spec
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
         spec = load_spec(spec_file)
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("training", total=None, info="")
 
             def show(message: str) -> None:

@@ -3,14 +3,18 @@ one clear line (exit code 2), progress bars and number formatting."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from ticketlab.config.recipe import Recipe
 
 console = Console()
 err = Console(stderr=True)
@@ -40,12 +44,12 @@ EndOnBest = Annotated[bool, typer.Option(help="End on the weights of minimum val
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
 
 
-class _CliError(Exception):
-    pass
+class CliError(Exception):
+    """A mistake in the command line that no lower layer can see (e.g. two flags that exclude each other)."""
 
 
 @contextmanager
-def _clean_errors():
+def clean_errors() -> Iterator[None]:
     """Turn a user's mistake into one clear line and exit code 2; bugs keep their traceback."""
     from ticketlab.files import CorruptFileError
 
@@ -57,12 +61,13 @@ def _clean_errors():
             message = error["msg"].removeprefix("Value error, ")
             err.print(f"error: {where}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError, CorruptFileError, _CliError) as exc:
+    except (ValueError, FileNotFoundError, CorruptFileError, CliError) as exc:
         err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
-def _recipe(**kw: Any):
+def make_recipe(**kw: Any) -> Recipe:
+    """The recipe of the training flags (``schedule`` is the recipe's ``lr_schedule``)."""
     from ticketlab.config.recipe import Recipe
 
     kw["milestones"] = tuple(kw.pop("milestones") or ())
@@ -70,27 +75,23 @@ def _recipe(**kw: Any):
     return Recipe(**kw)
 
 
-def _options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}`` (YAML values)."""
-    import yaml
+def method_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``--option`` pairs: ``["regrow=0.1", "thresholds=[0.1, 0.2]"]`` -> ``{"regrow": 0.1, "thresholds": [0.1, 0.2]}``."""
+    from ticketlab.config.keyvalue import parse_key_value
 
-    out: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise _CliError(f"--option takes key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return dict(parse_key_value(pair, "--option", "regrow=0.1") for pair in pairs or ())
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The bar every long command shows (description, done/total, an info field, elapsed and remaining)."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
     )
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: ``-`` for None, yes/no for booleans, floats to ``digits`` decimals."""
     if value is None:
         return "-"
     if isinstance(value, bool):

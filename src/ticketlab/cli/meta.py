@@ -45,7 +45,7 @@ def build(
     data_root: Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files.")] = None,
 ) -> None:
     """Run the reference ticket per seed, then tabulate features at initialisation against its target."""
-    from ticketlab.cli.common import _clean_errors, _progress, console
+    from ticketlab.cli.common import clean_errors, progress_bar, console
     from ticketlab.criteria import parse
     from ticketlab.hardware.device import set_threads
     from ticketlab.criteria.features import SCORE_CRITERIA, FeatureSpec
@@ -53,14 +53,14 @@ def build(
     from ticketlab.config.recipe import Recipe
     from ticketlab.config.spec import MethodSpec
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
         features = FeatureSpec(tuple(criteria) if criteria else SCORE_CRITERIA, ranks=ranks, extended=extended)
         for name in features.criteria:
             parse(name)
         method = MethodSpec(name=reference, criterion=reference_criterion, rounds=rounds, K=k)
         recipe = Recipe(steps=steps, batch_size=batch_size, lr=lr)
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("reference", total=None, info="")
             frame = build_table(
                 model, dataset, density, seeds=tuple(seed or (0,)), reference=method, recipe=recipe,
@@ -90,23 +90,24 @@ def fit(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
     """Fit the regressors; print R² and MSE on train and held-out rows (000 tables 5.1-5.3)."""
-    import yaml
     from rich.table import Table
 
-    from ticketlab.cli.common import _clean_errors, _CliError, console
+    from ticketlab.cli.common import clean_errors, CliError, console
+    from ticketlab.config.keyvalue import parse_key_value
     from ticketlab.hardware.device import set_threads
     from ticketlab.metalearn.fit import fit_models
     from ticketlab.metalearn.table import load_table
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
         params: dict[str, dict] = {}
         for pair in param or ():
-            key, sep, value = pair.partition("=")
-            name, dot, arg = key.strip().partition(".")
-            if not (sep and dot and name and arg):
-                raise _CliError(f"--param takes model.key=value, e.g. forest.n_estimators=100; got {pair!r}")
-            params.setdefault(name, {})[arg] = yaml.safe_load(value)
+            form, example = "model.key=value", "forest.n_estimators=100"
+            key, value = parse_key_value(pair, "--param", example, form)
+            name, dot, arg = key.partition(".")
+            if not (dot and name and arg):
+                raise CliError(f"--param takes {form}, e.g. --param {example}; got {pair!r}")
+            params.setdefault(name, {})[arg] = value
         frame = load_table(table)
         cols = features if features in ("base", "extended") else [c.strip() for c in features.split(",") if c.strip()]
         with console.status("fitting"):

@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
         """Write DIR/report/report.html: accuracy vs density (mean ± std), significance stars vs a baseline,
         winning tickets, mask overlap, initial values of kept weights, per-layer density, accuracy vs size."""
         from ticketlab.analysis.report import write_report
-        from ticketlab.cli.common import _clean_errors, console
-        with _clean_errors():
+        from ticketlab.cli.common import clean_errors, console
+        with clean_errors():
             if not root.is_dir():
                 raise FileNotFoundError(f"{root}: no such results folder")
             result = write_report(root, out, baseline=baseline, density=density, metric=metric, alpha=alpha)

@@ -50,18 +50,18 @@ def results(
     from rich.table import Table
 
     from ticketlab.analysis.results import load_results
-    from ticketlab.cli.common import _CliError, _clean_errors, _fmt, console
-    with _clean_errors():
+    from ticketlab.cli.common import CliError, clean_errors, fmt, console
+    with clean_errors():
         if not root.is_dir():
             raise FileNotFoundError(f"results: {root} is not a folder of run directories")
         frame = load_results(root)
         if frame.empty:
-            raise _CliError(f"results: no finished level under {root}")
+            raise CliError(f"results: no finished level under {root}")
         if parquet is not None:
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise _CliError("--parquet needs pyarrow: pip install 'ticketlab[parquet]'") from None
+                raise CliError("--parquet needs pyarrow: pip install 'ticketlab[parquet]'") from None
     files = for_files(frame)
     for path, write in ((csv, files.to_csv), (parquet, files.to_parquet)):
         if path is not None:
@@ -76,6 +76,6 @@ def results(
         cells = []
         for col in groups.columns:
             value = row[col]
-            cells.append(_fmt(None if isinstance(value, float) and value != value else value))
+            cells.append(fmt(None if isinstance(value, float) and value != value else value))
         table.add_row(*cells)
     console.print(table)

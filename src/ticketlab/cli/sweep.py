@@ -31,10 +31,10 @@ def sweep(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ticketlab.cli.common import _clean_errors, console, err
+    from ticketlab.cli.common import clean_errors, console, err
     from ticketlab.store import RunDir
     from ticketlab.sweep import grid_points, load_sweep, run_sweep, set_base
-    with _clean_errors():
+    with clean_errors():
         spec = set_base(load_sweep(sweep_file), set_ or ())
         overrides = {
             "executor": executor, "address": address, "workers": workers, "threads_per_worker": threads_per_worker,

@@ -24,12 +24,12 @@ def tune(
     """Run the study and print every trial and the best one."""
     from rich.table import Table
 
-    from ticketlab.cli.common import _clean_errors, console
+    from ticketlab.cli.common import clean_errors, console
     from ticketlab.hardware.device import set_threads
     from ticketlab.sweep.tune import load_tune
     from ticketlab.sweep.tune import tune as run_tune
 
-    with _clean_errors():
+    with clean_errors():
         set_threads(threads)
         spec = load_tune(tune_file)
         overrides = {"trials": trials, "out": None if out is None else str(out), "device": device}

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|it)\s*$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Duration:
-    """A length of training. Fractional epochs are allowed (``0.5ep``); steps are whole."""
+    """A length of training. Fractional epochs are allowed (``0.5ep``); steps are whole.
+
+    Durations have no order: whether ``2ep`` is longer than ``100it`` depends on the steps per epoch, so
+    compare ``d.steps(steps_per_epoch)``.
+    """
 
     amount: float
     unit: str  # "ep" or "it"

@@ -13,9 +13,6 @@ from ticketlab.config.duration import Duration
 
 DurationField = Annotated[Duration, BeforeValidator(Duration.parse), PlainSerializer(str, return_type=str)]
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "multistep", "cosine")
-
 
 class Recipe(BaseModel):
     """How to train: everything but the model, data and mask.

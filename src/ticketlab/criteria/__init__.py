@@ -2,7 +2,7 @@
 
 ``score("snip", model, mask, ctx)`` looks a name up in :data:`CRITERIA`; ``"stacked(A, B)"`` composes any
 two names (nesting allowed). Every criterion scores the masked network from a clean state and leaves the
-model's weights, buffers, gradients and train/eval mode exactly as they were (SPEC "Scoring criteria").
+model's weights, buffers, gradients and train/eval mode exactly as they were.
 One file per criterion registers it; ``scoring`` parses names and composes them; ``learned`` is the
 meta-learned criterion ``meta:<path>``; ``saw`` initialises a model with a criterion's scores.
 """

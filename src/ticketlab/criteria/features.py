@@ -93,7 +93,7 @@ def _minmax(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor
 
 
 def rank_per_layer(values: Scores) -> Scores:
-    """Per-layer average ranks in [0, 1]: ties share a rank, never decided by position (SPEC "Selection")."""
+    """Per-layer average ranks in [0, 1]: tied values share a rank, never ordered by their position."""
     out = {}
     for name, v in values.items():
         flat = v.detach().to(torch.float64).flatten().cpu().numpy()

@@ -3,9 +3,10 @@
 ``init: saw:<criterion>`` (``saw:snip``, ``saw:stacked(magnitude,synflow)``) initialises the model with the
 base initialisation (Kaiming normal, seeded), scores it with the criterion on the dense network, and
 replaces every prunable weight by sign(w)·|s| / max_layer |s|: "we transfer the sign of the original
-weight to the score ... [and] scale all scores to fall in the range [−1, 1]" (000 §5.4), per layer as
-SPEC says. A signed score (GraSP) contributes its magnitude; biases, BatchNorm and exempt layers keep
-the base initialisation. Any method then prunes and trains that model ("SynFlow on SNIP", 000 fig 5.13).
+weight to the score ... [and] scale all scores to fall in the range [−1, 1]" (000 §5.4), per layer (our
+reading: 000 does not say over which weights the maximum is taken). A signed score (GraSP) contributes its
+magnitude; biases, BatchNorm and exempt layers keep the base initialisation. Any method then prunes and
+trains that model ("SynFlow on SNIP", 000 fig 5.13).
 
 Data-aware criteria score on the spec's pruning batches, so SaW needs the dataset: it runs where the
 shared initial weights are made (``ticketlab.experiment.run.initial_weights``), not through ``INITS``.

@@ -1,4 +1,4 @@
-"""Pruning batches: the class-balanced samples data-aware criteria score on (SPEC "Scoring criteria")."""
+"""Pruning batches: the class-balanced samples data-aware criteria (SNIP, GraSP) score on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def pruning_batches(
     data: Dataset, batches: int, per_class: int, seed: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Class-balanced pruning batches from the training split: ``batches`` x (classes * per_class)
-    examples (SPEC default 10 x classes*10), drawn without replacement where the class is large enough."""
+    examples (spec defaults: 10 x classes*10), drawn without replacement where the class is large enough."""
     g = torch.Generator().manual_seed(seed_for(seed, 7))
     y = data.y_train.cpu()
     need = batches * per_class

@@ -20,7 +20,6 @@ import numpy as np
 
 from ticketlab.files import CorruptFileError
 
-ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"

@@ -23,10 +23,6 @@ from ticketlab.config.spec import ExperimentSpec
 from ticketlab.store import RunDir
 from ticketlab.training.loop import Progress
 from ticketlab.models import snapshot
-LEVEL_COLUMNS = [
-    "level", "control", "density", "sparsity", "test_acc", "val_acc", "early_stop_step", "early_stop_test_acc",
-    "winning", "collapsed", "train_time",
-]
 
 
 @dataclass

@@ -16,8 +16,10 @@ from torch import nn
 from ticketlab.models._common import INITS, MODELS, ModelBuilder, StateDict, snapshot
 from ticketlab.registry import Registry, UnknownNameError, split_name
 
-# Importing the family modules registers their models and initialisations.
-from ticketlab.models import conv, init, lenet5, mlp, resnet, vgg, wrn  # noqa: E402,F401  isort: skip
+# Importing the family modules registers their models and initialisations (``init`` under another name:
+# ``initialize`` below has a parameter called init).
+from ticketlab.models import conv, lenet5, mlp, resnet, vgg, wrn  # noqa: F401  isort: skip
+from ticketlab.models import init as _inits  # noqa: F401  isort: skip
 
 __all__ = ["INITS", "MODELS", "ModelBuilder", "Registry", "StateDict", "UnknownNameError", "build_model", "initialize",
            "snapshot", "split_name"]

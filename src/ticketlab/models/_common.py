@@ -7,7 +7,6 @@ builder without a circular import through ``ticketlab.models``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -29,9 +28,6 @@ class ModelBuilder(Protocol):
         bn_eps: float,
         dropout: float,
     ) -> nn.Module: ...
-
-
-InitFn = Callable[[nn.Module, torch.Generator], None]
 
 
 class AliasRegistry(Registry):

@@ -3,7 +3,7 @@
 A sweep file is a ``base`` spec plus a ``grid`` of dotted field paths (``method.name``, ``seed``,
 ``recipe.lr``, ``method.options.regrow``) or template variables (``h`` in ``model: "mlp:784-{h}-10"``)
 mapped to value lists. Every grid point is an ordinary run in the run store, so a finished run is
-skipped and an interrupted sweep resumes by running it again (SPEC "Experiments, sweeps and results").
+skipped and an interrupted sweep resumes by running it again.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ticketlab.config.keyvalue import parse_key_value
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.check import check_spec
 
@@ -68,17 +69,12 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
 def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
     """The sweep with ``key=value`` assignments (dotted spec paths, YAML values) applied to its base,
     e.g. ``recipe.steps=1ep`` for a reduced-budget run of a suite; a key also in the grid is rejected."""
-    import yaml
-
     base = copy.deepcopy(sweep.base)
     for text in assignments:
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set takes key=value with a dotted spec path, e.g. recipe.steps=1ep; got {text!r}")
+        key, value = parse_key_value(text, "--set", "recipe.steps=1ep")
         if key in sweep.grid:
             raise ValueError(f"--set {key}: {key!r} is a grid key of this sweep; change the grid instead")
-        _set_path(base, key, yaml.safe_load(value))
+        _set_path(base, key, value)
     return sweep.model_copy(update={"base": base})
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
-OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}  # selection uses validation only (SPEC: test is reported)
+OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}  # trials are chosen on validation; test is only reported
 
 
 class Distribution(BaseModel):

@@ -1,5 +1,6 @@
-"""What double-pruning and scored-pruning share (001 §5, SPEC "Schedules"): iterative levels whose masks
-may take back weights pruned earlier, exact top-k picks, and the value a returning weight starts from.
+"""What double-pruning and scored-pruning share (001 §5; the precise rules are ours, see ``double`` and
+``scored``): iterative levels whose masks may take back weights pruned earlier, exact top-k picks, and the
+value a returning weight starts from.
 
 Both run GIMP levels (002 algorithm 5) with the step counts of a rewinding preset (``base``); with
 ``regrow: 0`` they are that preset exactly, bit for bit.
@@ -50,7 +51,7 @@ def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mappi
     """The value every weight rewinds to: the level's rewind snapshot where a weight was active in it
     (non-zero), else the value it had at the last rewind point where it was. Parameters outside the mask
     (biases, BatchNorm) are the rewind snapshot's. For ``lottery`` this is the initialisation everywhere,
-    the "rewound value" of a pruned weight in SPEC's scored-pruning."""
+    the "rewound value" a returning weight starts from in double- and scored-pruning."""
     out = {k: v.clone() for k, v in rewind.items()}
     if previous is not None:
         for name in mask:
@@ -61,7 +62,7 @@ def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mappi
 def top_k(scores: Mapping[str, torch.Tensor], allowed: Mapping[str, torch.Tensor], counts: int | Mapping[str, int],
           seed: int) -> Mask:
     """Exactly ``counts`` entries with the highest scores among ``allowed`` ones: one global ranking for an
-    int, else that many per layer. Ties break by a seeded random order (SPEC "Selection")."""
+    int, else that many per layer. Ties break by a seeded random order, never by position."""
     g = torch.Generator().manual_seed(seed)
     names = list(scores)
     flat = [torch.where(allowed[n].reshape(-1), scores[n].reshape(-1).double(), -torch.inf) for n in names]

@@ -1,4 +1,4 @@
-"""Double-pruning (001 §5; the precise rule is SPEC's, "Schedules"): iterative pruning that also trains
+"""Double-pruning (001 §5 names it; the precise rule is ours): iterative pruning that also trains
 the network of the pruned weights, so a weight pruned too early can come back.
 
 At every level l >= 1, after the ticket (mask m_l) is trained, the complement network (mask ~m_l: only

@@ -1,4 +1,4 @@
-"""Scored-pruning (001 §5; the precise rule is SPEC's, "Schedules"): while a ticket trains, every pruned
+"""Scored-pruning (001 §5 names it; the precise rule is ours): while a ticket trains, every pruned
 weight i accumulates s_i += −g_i · w_i, with g the gradient of the loss w.r.t. the effective weight and w
 its rewound value: the first-order drop in loss had it been active. Every ``regrow_every`` steps the
 pruned weights with the highest s replace as many kept weights with the smallest |w|, so the density
