@@ -120,8 +120,8 @@ def tom_vs_imp(frames):
     return verdict, text + " (rule: TOM within 1 point of IMP or above)"
 
 
-def supermask_above_chance(frames):
-    f = suite(frames, "004_supermask")
+def supermask_above_chance(frames, name="004_supermask"):
+    f = suite(frames, name)
     if f.empty:
         return "no data", ""
     untrained = f[f["control"] == "untrained"]
@@ -188,6 +188,8 @@ CLAIMS = [
     Claim("002", "Training Optimal Masks comes close to IMP on the 784-400-400-400-10 MLP at 4%", tom_vs_imp),
     Claim("002", "Modifying an IMP ticket (table 3.1: reinit, shuffles, random same-layer masks) hurts it", modifications_worse),
     Claim("004", "Untrained supermasks are far above chance", supermask_above_chance),
+    Claim("004", "Untrained supermasks with signed-constant weights (Zhou et al., 004 §1: 86% on MNIST) are far above chance",
+          lambda frames: supermask_above_chance(frames, "004_supermask_signed_constant")),
     Claim("004", "A trained supermask beats a dense network of the same weight count", supermask_vs_layer_size),
     Claim("001", "Double-/scored-pruning (regrowth) match or beat IMP at the same density", regrowth_vs_imp),
 ]

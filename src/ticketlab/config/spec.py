@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ticketlab.config.recipe import DurationField, Recipe
+from ticketlab.config.recipes import expand_recipe
 from ticketlab.registry import split_name
 
 UPFRONT = ("oneshot", "multishot")  # methods that prune at initialisation and need a criterion
@@ -71,6 +72,13 @@ class ExperimentSpec(_Frozen):
     controls: tuple[str, ...] = ()
     end_on_best: bool = False
     save_scores: bool = False
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _named_recipe(cls, value: Any) -> Any:
+        # "cifar_wrn" or {name: cifar_wrn, steps: 2ep}: expanded to the recipe's fields, so the run id is
+        # that of the spec writing them out (ticketlab.config.recipes)
+        return expand_recipe(value)
 
     @field_validator("controls")
     @classmethod

@@ -13,11 +13,14 @@ Run directory: level 0 = dense; level l >= 1 = the l-th sweep point, recorded as
 point's level also holds the trained ticket (control ``""``) and its controls. The whole curve is also
 written to ``supermask_curve.json`` and printed.
 
-Which weights M_t carries (option ``eval_weights``): ``init`` = w_0 ⊙ m (004's formula; with
-``--init signed_constant`` w_0 is itself Zhou's signed constant), or ``signed_constant`` = sign(w_0)·s_l ⊙ m
-with s_l the layer's standard deviation at initialisation, measured as the RMS of w_0 (exactly the constant
-for a signed-constant init, the Kaiming std up to sampling noise for a normal one). M_* is trained from the
-weights it was evaluated with: 004 §2.3 step 6 trains M_* itself.
+Which weights M_t carries (option ``eval_weights``): ``init`` = w_0 ⊙ m (004's own formula, §2.3 step 3
+and §3.4), or ``signed_constant`` = sign(w_0)·s_l ⊙ m (Zhou et al.'s, as 004 §1 describes them) with s_l the
+layer's standard deviation at initialisation, measured as the RMS of w_0 (the Kaiming std up to sampling
+noise for a normal init). ``--init signed_constant`` with ``init`` is *not* Zhou et al.'s setting: that
+initialisation makes the dense network itself train from signed constants, so w_T, the scores and the masks
+all change, whereas Zhou et al. train from a random initialisation and give only the untrained masked
+networks signed constants (``eval_weights: signed_constant``). M_* is trained from the weights it was
+evaluated with: 004 §2.3 step 6 trains M_* itself.
 
 The grid (not fixed by 004): the spec's densities plus the iterative grid 1·K, K², ... down to the smallest
 of them (K = ``method.K``, default 0.8, as IMP's levels), or the ``thresholds`` option instead.

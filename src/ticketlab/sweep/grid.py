@@ -2,8 +2,11 @@
 
 A sweep file is a ``base`` spec plus a ``grid`` of dotted field paths (``method.name``, ``seed``,
 ``recipe.lr``, ``method.options.regrow``) or template variables (``h`` in ``model: "mlp:784-{h}-10"``)
-mapped to value lists. Every grid point is an ordinary run in the run store, so a finished run is
-skipped and an interrupted sweep resumes by running it again.
+mapped to value lists. A template variable whose values are mappings couples several fields in one grid
+axis: ``model: "{net.model}"`` and ``recipe: "{net.recipe}"`` with ``net: [{model: vgg19, recipe:
+cifar_vgg}, ...]`` give each model its own recipe instead of every model every recipe. Every grid point is
+an ordinary run in the run store, so a finished run is skipped and an interrupted sweep resumes by running
+it again.
 """
 
 from __future__ import annotations
@@ -80,22 +83,47 @@ def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
 
 # -- expansion ----------------------------------------------------------------------------------------
 def template_variables(base: Any) -> set[str]:
-    """The ``{name}`` placeholders used in any string of ``base``."""
+    """The grid keys used as ``{name}`` (or ``{name.key}``) placeholders in any string of ``base``."""
+    return {name.partition(".")[0] for name in _placeholders(base)}
+
+
+def _placeholders(base: Any) -> set[str]:
     if isinstance(base, str):
         return set(_VARIABLE.findall(base))
     if isinstance(base, dict):
-        return set().union(*(template_variables(v) for v in base.values())) if base else set()
+        return set().union(*(_placeholders(v) for v in base.values())) if base else set()
     if isinstance(base, (list, tuple)):
-        return set().union(*(template_variables(v) for v in base)) if base else set()
+        return set().union(*(_placeholders(v) for v in base)) if base else set()
     return set()
+
+
+_MISSING = object()
+
+
+def _value_of(values: dict[str, Any], name: str) -> Any:
+    """The value of placeholder ``name`` (``h`` or ``net.model``); _MISSING when its grid key is not given."""
+    key, *path = name.split(".")
+    if key not in values:
+        return _MISSING
+    value = values[key]
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{{{name}}}: the grid value {values[key]!r} of {key!r} has no key {part!r}")
+        value = value[part]
+    return value
 
 
 def _substitute(base: Any, values: dict[str, Any]) -> Any:
     if isinstance(base, str):
         whole = _VARIABLE.fullmatch(base)
-        if whole and whole.group(1) in values:  # "{lr}" alone keeps the value's type
-            return values[whole.group(1)]
-        return _VARIABLE.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), base)
+        if whole and (value := _value_of(values, whole.group(1))) is not _MISSING:  # "{lr}" alone keeps its type
+            return value
+
+        def text(m: re.Match[str]) -> str:
+            value = _value_of(values, m.group(1))
+            return m.group(0) if value is _MISSING else str(value)
+
+        return _VARIABLE.sub(text, base)
     if isinstance(base, dict):
         return {k: _substitute(v, values) for k, v in base.items()}
     if isinstance(base, list):
@@ -110,6 +138,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         child = node.get(name)
         if child is None:
             child = node[name] = {}
+        elif isinstance(child, str):  # a named group (recipe: cifar_wrn) whose fields are being overridden
+            child = node[name] = {"name": child}
         elif not isinstance(child, dict):
             raise ValueError(f"grid key {dotted!r}: {name!r} is not a group of fields")
         node = child
@@ -119,16 +149,17 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
     """The spec of one grid point: template variables substituted, dotted paths set, then validated.
 
-    A key used as ``{key}`` in ``base`` is a template variable; any other key is a spec field path.
+    A key used as ``{key}`` or ``{key.field}`` in ``base`` is a template variable; any other key is a spec
+    field path.
     Validation errors name the grid point, so a typo in a grid value points at its key.
     """
     variables = template_variables(base)
-    data = _substitute(copy.deepcopy(base), {k: v for k, v in point.items() if k in variables})
-    for key, value in point.items():
-        if key not in variables:
-            _set_path(data, key, value)
     where = ", ".join(f"{k}={v!r}" for k, v in point.items())
     try:
+        data = _substitute(copy.deepcopy(base), {k: v for k, v in point.items() if k in variables})
+        for key, value in point.items():
+            if key not in variables:
+                _set_path(data, key, value)
         return check_spec(ExperimentSpec.model_validate(data))
     except ValidationError as exc:
         problems = "; ".join(
