@@ -103,6 +103,15 @@ def test_conv_vmap_equals_single_runs(small_images, recipe, device):
                 device=device)
 
 
+def test_cifar_augmented_conv_stack_equals_single_runs():
+    """Each stacked model's batches are augmented with its own seed's stream, as in train()."""
+    data = dataclasses.replace(load_dataset("synthetic:3x8x8", val_size=60, seed=0), augment="cifar")
+    recipe = Recipe(steps="6it", batch_size=40, lr=0.05, momentum=0.9, eval_every="3it")
+    models = three_models("conv2", input_shape=(3, 8, 8))
+    masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((0.8, 0.5, 0.2))]
+    check_equal(data, recipe, models, masks, [3, 4, 5])
+
+
 def test_batchnorm_running_stats_per_model(small_images):
     """Running statistics are per model and updated as in train(). In float64: ResNet training on this
     tiny set is chaotic in float32 (a 1e-7 relative perturbation of the weights grows to 1e-4 within

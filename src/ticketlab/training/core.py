@@ -85,7 +85,7 @@ class Batches:
         self.order_seeds = list(order_seeds)
         self.augment_seeds = list(augment_seeds) if augment_seeds is not None else self.order_seeds
         self.salt = salt
-        self.augment = AUGMENTATIONS[data.augment] if data.augment else None
+        self.augment = AUGMENTATIONS.get(data.augment) if data.augment else None
         self._epoch: int | None = None
         self._orders: torch.Tensor | None = None
 
