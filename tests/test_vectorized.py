@@ -52,7 +52,7 @@ def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, dev
             assert row1.keys() == row2.keys()
             for key in row1:
                 assert row1[key] == pytest.approx(row2[key], abs=1e-4, nan_ok=True), key
-        assert r1.early_stop_step == r2.early_stop_step
+        assert r1.early_stop_step == r2.early_stop_step and r1.stopped_step == r2.stopped_step
         assert sorted(r1.snapshots) == sorted(r2.snapshots)
         for step in r1.snapshots:
             for key, v1 in r1.snapshots[step].items():

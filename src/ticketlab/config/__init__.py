@@ -5,7 +5,7 @@ initialisations) are checked against their registries where a run starts (``tick
 """
 
 from ticketlab.config.duration import Duration
-from ticketlab.config.recipe import DurationField, Recipe
+from ticketlab.config.recipe import DurationField, EarlyStop, Recipe
 from ticketlab.config.spec import UPFRONT, ExperimentSpec, MethodSpec, load_spec
 
-__all__ = ["UPFRONT", "Duration", "DurationField", "ExperimentSpec", "MethodSpec", "Recipe", "load_spec"]
+__all__ = ["UPFRONT", "Duration", "DurationField", "EarlyStop", "ExperimentSpec", "MethodSpec", "Recipe", "load_spec"]

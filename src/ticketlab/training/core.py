@@ -2,8 +2,8 @@
 
 ``fit`` runs the steps of K runs (K = 1 for ``train``): the data order (``seeding.epoch_order``), the batch
 of each step, its augmentation (the dataset's entry in ``data.AUGMENTATIONS``), the learning rate of each
-step, the evaluation cadence, the early-stopping bookkeeping (step of minimum validation loss), snapshots
-for rewinding, ``end_on_best`` and progress callbacks.
+step, the evaluation cadence, the early-stopping bookkeeping (step of minimum validation loss, and stopping
+on patience when the recipe asks for it), snapshots for rewinding, ``end_on_best`` and progress callbacks.
 How the weights move is a :class:`Stepper`'s business: one ``nn.Module`` (``training.loop``), K stacked
 models (``training.stacked``), each stepped by autograd or by the fused SGD step (``training.fused_sgd``).
 Masks are enforced the same way everywhere (:func:`enforce_masks`, :func:`autograd_update`).
@@ -48,6 +48,11 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)  # the evaluation the run ended on
     wall_time: float = 0.0
     steps_per_epoch: int = 0
+    stopped_step: int | None = None  # the step training ended at: end_step unless the recipe's early_stop hit
+
+    def __post_init__(self) -> None:
+        if self.stopped_step is None:
+            self.stopped_step = self.end_step
 
 
 def plan_steps(
@@ -61,6 +66,8 @@ def plan_steps(
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
     if end_on_best and len(data.x_val) == 0:
         raise ValueError("end_on_best needs a validation split (val_size > 0)")
+    if recipe.early_stop is not None and len(data.x_val) == 0:
+        raise ValueError("early_stop needs a validation split (val_size > 0)")
     eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
     return spe, end_step, eval_every
 
@@ -182,6 +189,9 @@ class _Books:
 
     result: TrainResult
     best: StateDict | None = None  # weights of the minimum validation loss (end_on_best)
+    since_best: int = 0  # evaluations since that minimum
+    stopped: StateDict | None = None  # weights at an early stop (restored at the end)
+    active: bool = True
 
 
 def fit(
@@ -190,9 +200,18 @@ def fit(
 ) -> list[TrainResult]:
     """Train the stepper's K runs from ``start_step`` to ``end_step`` (default: the recipe's length); run k
     sees the data order and augmentation of ``seeds[k]``. See ``training.loop.train`` for the arguments.
+
+    With ``recipe.early_stop`` a run stops at the first evaluation that is ``patience`` evaluations past its
+    minimum validation loss, at least ``min_steps`` after ``start_step`` and not before the last of
+    ``snapshot_steps`` (those are needed for rewinding). In a stack the others go on; a stopped run's weights
+    are restored to those of its stop (or best, with ``end_on_best``) at the end, so each equals its single run.
     """
     spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
     wanted = {int(s) for s in snapshot_steps}
+    stopping = None
+    if recipe.early_stop is not None:
+        stop_from = max([start_step + recipe.early_stop.min_steps.steps(spe), *wanted])
+        stopping = _Stopping(recipe.early_stop.patience, stop_from, end_step)
     batches = Batches(data, recipe.batch_size, seeds)
     books = [_Books(TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)) for _ in range(stepper.k)]
     running_loss = torch.zeros(stepper.k, device=data.x_train.device)
@@ -203,16 +222,7 @@ def fit(
         train_loss = [float(v) / running_count if running_count else float("nan") for v in running_loss]
         running_loss.zero_()
         running_count = 0
-        splits = {split: stepper.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")}
-        rows = []
-        for k, book in enumerate(books):
-            row: dict[str, float] = {"step": step, "epoch": step / spe, "train_loss": train_loss[k]}
-            for split, metrics in splits.items():
-                row[f"{split}_loss"], row[f"{split}_acc"] = metrics[k]["loss"], metrics[k]["acc"]
-            book.result.history.append(row)
-            rows.append(row)
-            if len(data.x_val):
-                _track_best(book, row, step, stepper, k, end_on_best)
+        rows = _evaluate(step, step / spe, train_loss, books, stepper, data, end_on_best, stopping)
         if progress is not None:
             progress(step, end_step, rows[0] if len(rows) == 1 else {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]})
 
@@ -223,13 +233,16 @@ def fit(
                 book.result.snapshots[start_step] = stepper.state(k)
         record(start_step)
         for step in range(start_step, end_step):
+            if not any(book.active for book in books):
+                break
             xb, yb = batches(step)
             running_loss += stepper.step(step, xb, yb, recipe.lr_at(step, spe))
             running_count += 1
             done = step + 1
             if done in wanted:
                 for k, book in enumerate(books):
-                    book.result.snapshots[done] = stepper.state(k)
+                    if book.active:
+                        book.result.snapshots[done] = stepper.state(k)
             if is_eval_step(done, end_step, eval_every):
                 record(done)
             elif progress is not None:
@@ -241,10 +254,48 @@ def fit(
             stepper.finish(k, book.best)
             result.final = dict(result.early_stop)
         else:
-            stepper.finish(k, None)
+            stepper.finish(k, book.stopped)
             result.final = dict(result.history[-1])
         result.wall_time = wall
     return [book.result for book in books]
+
+
+@dataclass(frozen=True)
+class _Stopping:
+    """The recipe's early stop, resolved to steps: stop at an evaluation ``patience`` evaluations past the
+    minimum validation loss, from step ``stop_from`` on and before ``end_step`` (where training ends anyway)."""
+
+    patience: int
+    stop_from: int
+    end_step: int
+
+    def due(self, book: _Books, step: int) -> bool:
+        return book.since_best >= self.patience and self.stop_from <= step < self.end_step
+
+
+def _evaluate(
+    step: int, epoch: float, train_loss: list[float], books: list[_Books], stepper: Stepper, data: Dataset,
+    end_on_best: bool, stopping: _Stopping | None,
+) -> list[dict[str, float]]:
+    """Evaluate every run on validation and test, append the rows of those still training to their
+    histories, track their best and stop those whose patience ran out; returns those rows."""
+    splits = {split: stepper.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")}
+    rows = []
+    for k, book in enumerate(books):
+        if not book.active:
+            continue
+        row: dict[str, float] = {"step": step, "epoch": epoch, "train_loss": train_loss[k]}
+        for split, metrics in splits.items():
+            row[f"{split}_loss"], row[f"{split}_acc"] = metrics[k]["loss"], metrics[k]["acc"]
+        book.result.history.append(row)
+        rows.append(row)
+        if len(data.x_val):
+            _track_best(book, row, step, stepper, k, end_on_best)
+        if stopping is not None and stopping.due(book, step):
+            book.active, book.result.stopped_step = False, step
+            if not end_on_best:
+                book.stopped = stepper.state(k)
+    return rows
 
 
 def _track_best(book: _Books, row: dict[str, float], step: int, stepper: Stepper, k: int, end_on_best: bool) -> None:
@@ -252,5 +303,8 @@ def _track_best(book: _Books, row: dict[str, float], step: int, stepper: Stepper
     result = book.result
     if result.early_stop_step is None or row["val_loss"] < result.early_stop["val_loss"]:
         result.early_stop_step, result.early_stop = step, row
+        book.since_best = 0
         if end_on_best:
             book.best = stepper.state(k)
+    else:
+        book.since_best += 1

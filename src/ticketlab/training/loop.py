@@ -154,6 +154,7 @@ def train(
     ``start_step`` places the run in the recipe's LR schedule and data order (LR rewinding restarts there).
     ``snapshot_steps`` are the steps whose weights are kept for rewinding (step s = after s updates).
     ``end_on_best`` ends on the weights of the minimum-validation-loss evaluation (003/004's rule).
+    The recipe's ``early_stop`` ends training on patience; ``TrainResult.stopped_step`` says where.
     ``hooks`` (needs ``mask``) sees each step's gradients and may change the mask (:class:`TrainHooks`).
     """
     device = resolve_device(device)
