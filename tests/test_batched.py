@@ -81,6 +81,22 @@ def test_lottery_seeds_and_presets_equal_sequential_runs(tmp_path, count_stacked
     assert count_stacked[0] == 5 and max(count_stacked) == 5 and len(count_stacked) >= 4
 
 
+def test_early_stopped_levels_equal_sequential_runs(tmp_path, count_stacked):
+    """Each stacked run stops on its own; late rewinding's snapshot step holds its stop off, so it is not
+    stacked with runs that may stop before that step."""
+    recipe = Recipe(steps="60it", batch_size=50, lr=0.2, momentum=0.9, eval_every="3it", early_stop={"patience": 2})
+    specs = [spec(seed=s, densities=(0.6,), recipe=recipe) for s in (0, 1, 2)]
+    specs.append(spec(seed=3, densities=(0.6,), recipe=recipe, method=MethodSpec(name="late_rewind:30it")))
+    results = run_experiments(specs, tmp_path / "batched")
+    for s in specs:
+        run_experiment(s, tmp_path / "sequential")
+    compare_trees(tmp_path / "batched", tmp_path / "sequential")
+    stops = [row["stopped_step"] for r in results for row in r.rows]
+    assert any(step < 60 for step in stops) and len(set(stops)) > 1
+    assert results[3].rows[0]["stopped_step"] >= 30
+    assert count_stacked and max(count_stacked) == 3  # the three lottery seeds; late_rewind's level 0 apart
+
+
 def test_upfront_methods_and_other_architectures_group_apart(tmp_path, count_stacked):
     specs = [
         spec(seed=0, method=MethodSpec(name="snip"), densities=(0.5, 0.2)),

@@ -332,6 +332,32 @@ def test_cifar_augment_is_deterministic_and_flips_really_flip():
     assert cifar_augment(x[:0], torch.Generator()).shape == (0, 3, 32, 32)
 
 
+# Source rows (or columns) of a 5-pixel side after reflect-padding by 4 and cropping at offset o = 0..8,
+# written out by hand: the padded side reads 4 3 2 1 | 0 1 2 3 4 | 3 2 1 0.
+REFLECT_5 = [
+    [4, 3, 2, 1, 0], [3, 2, 1, 0, 1], [2, 1, 0, 1, 2], [1, 0, 1, 2, 3], [0, 1, 2, 3, 4],
+    [1, 2, 3, 4, 3], [2, 3, 4, 3, 2], [3, 4, 3, 2, 1], [4, 3, 2, 1, 0],
+]
+
+
+def test_cifar_augment_crops_and_flips_a_tiny_image_as_computed_by_hand():
+    image = torch.tensor([[10.0 * r + c for c in range(5)] for r in range(5)])  # pixel (r, c) holds 10r + c
+    x = torch.stack([image, -image]).expand(400, 2, 5, 5).contiguous()  # two channels: the same crop for both
+    out = cifar_augment(x, torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)  # the documented draw order: dy, dx, flip
+    dy, dx = torch.randint(0, 9, (400,), generator=g).tolist(), torch.randint(0, 9, (400,), generator=g).tolist()
+    flip = (torch.rand(400, generator=g) < 0.5).tolist()
+    seen = set()
+    for i in range(400):
+        rows, cols = REFLECT_5[dy[i]], REFLECT_5[dx[i]][::-1] if flip[i] else REFLECT_5[dx[i]]
+        expected = torch.tensor([[10.0 * r + c for c in cols] for r in rows])
+        assert torch.equal(out[i, 0], expected) and torch.equal(out[i, 1], -expected), (dy[i], dx[i], flip[i])
+        seen.add((dy[i], dx[i], flip[i]))
+    assert len(seen) > 100  # most of the 9 x 9 x 2 crops and flips occur
+    # offset 4 without a flip is the image itself; a flip at offset 4 mirrors it left to right
+    assert any(torch.equal(o[0], image) for o in out) and any(torch.equal(o[0], image.flip(1)) for o in out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cifar_augment_cpu_generator_on_cuda_batch_matches_cpu():
     x = torch.randn(32, 3, 32, 32)

@@ -104,13 +104,57 @@ def test_end_on_best_restores_the_min_val_loss_weights(synthetic):
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
-def test_cifar_augmentation_path_runs(synthetic):
+def _rgb(augment: str | None = "cifar"):
     from dataclasses import replace
 
-    data = replace(synthetic, augment="cifar")
-    model = initialize(build_model("conv2", input_shape=data.input_shape), seed=0)
-    result = train(model, data, Recipe(steps="3it", batch_size=20, eval_every=None), device="cpu")
-    assert result.end_step == 3
+    from ticketlab.data import load_dataset
+
+    return replace(load_dataset("synthetic:3x8x8", val_size=50, seed=0), augment=augment)
+
+
+def test_training_batches_are_the_seeded_order_augmented_by_the_registry_entry(monkeypatch):
+    from ticketlab.data import AUGMENTATIONS, cifar_augment
+    from ticketlab.registry import UnknownNameError
+    from ticketlab.seeding import seed_for
+    from ticketlab.training.core import Batches
+
+    data = _rgb()
+    spe = len(data.x_train) // 20
+    for step in (0, 3, spe + 1):  # a step of the second epoch too
+        epoch, position = divmod(step, spe)
+        xb, yb = Batches(data, 20, [5, 6])(step)
+        for k, seed in enumerate((5, 6)):
+            idx = epoch_order(len(data.x_train), seed, epoch)[position * 20 : (position + 1) * 20]
+            plain = data.x_train[idx]
+            assert torch.equal(yb[k], data.y_train[idx])
+            assert torch.equal(xb[k], cifar_augment(plain, torch.Generator().manual_seed(seed_for(seed, step, 2))))
+            assert not torch.equal(xb[k], plain)
+        again, _ = Batches(data, 20, [5, 6])(step)
+        assert torch.equal(again, xb)  # same seeds and step: the same augmented batch
+    assert not torch.equal(Batches(data, 20, [5])(0)[0], Batches(data, 20, [5])(1)[0])
+    # the registry decides: a dataset naming another augmentation gets that one, an unknown name fails
+    monkeypatch.setitem(AUGMENTATIONS._entries, "negate", lambda x, g: -x)
+    xb, _ = Batches(_rgb("negate"), 20, [5])(0)
+    assert torch.equal(xb, -Batches(_rgb(None), 20, [5])(0)[0])
+    with pytest.raises(UnknownNameError, match="cifar"):
+        Batches(_rgb("cifr"), 20, [5])
+
+
+def test_augmented_training_is_deterministic_per_seed_and_differs_from_plain_training():
+    recipe = Recipe(steps="8it", batch_size=20, lr=0.05, eval_every="4it")
+
+    def run(data, seed):
+        model = initialize(build_model("conv2", input_shape=data.input_shape), seed=0)
+        result = train(model, data, recipe, seed=seed, device="cpu")
+        return result.history, model.state_dict()
+
+    augmented, again, plain, other = run(_rgb(), 1), run(_rgb(), 1), run(_rgb(None), 1), run(_rgb(), 2)
+    assert augmented[0][1:] == again[0][1:]  # (row 0's train_loss is nan: nothing trained yet)
+    assert all(torch.equal(v, again[1][k]) for k, v in augmented[1].items())
+    first = next(iter(augmented[1]))  # the first layer's weights
+    for different in (plain, other):
+        assert augmented[0][-1]["train_loss"] != different[0][-1]["train_loss"]
+        assert not torch.equal(augmented[1][first], different[1][first])
 
 
 def test_bad_arguments():

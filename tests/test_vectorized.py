@@ -52,7 +52,7 @@ def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, dev
             assert row1.keys() == row2.keys()
             for key in row1:
                 assert row1[key] == pytest.approx(row2[key], abs=1e-4, nan_ok=True), key
-        assert r1.early_stop_step == r2.early_stop_step
+        assert r1.early_stop_step == r2.early_stop_step and r1.stopped_step == r2.stopped_step
         assert sorted(r1.snapshots) == sorted(r2.snapshots)
         for step in r1.snapshots:
             for key, v1 in r1.snapshots[step].items():
@@ -101,6 +101,15 @@ def test_conv_vmap_equals_single_runs(small_images, recipe, device):
     # visible fraction of the LR (1e-3), hence the looser absolute tolerance there.
     check_equal(small_images, r, models, masks, [3, 4, 5], snapshot_steps=(3,), atol=1e-4 if recipe == "adam" else 1e-5,
                 device=device)
+
+
+def test_cifar_augmented_conv_stack_equals_single_runs():
+    """Each stacked model's batches are augmented with its own seed's stream, as in train()."""
+    data = dataclasses.replace(load_dataset("synthetic:3x8x8", val_size=60, seed=0), augment="cifar")
+    recipe = Recipe(steps="6it", batch_size=40, lr=0.05, momentum=0.9, eval_every="3it")
+    models = three_models("conv2", input_shape=(3, 8, 8))
+    masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((0.8, 0.5, 0.2))]
+    check_equal(data, recipe, models, masks, [3, 4, 5])
 
 
 def test_batchnorm_running_stats_per_model(small_images):

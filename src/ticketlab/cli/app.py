@@ -14,7 +14,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are foun
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
@@ -23,7 +23,7 @@ def train(
     batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
     nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0, schedule: Schedule = "constant",
     milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
-    init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False,
+    init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False, patience: Patience = None,
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
 ) -> None:
     """Train one dense network and print its learning curve."""
@@ -35,7 +35,7 @@ def train(
         recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
-            eval_every=eval_every,
+            eval_every=eval_every, patience=patience,
         )
         with progress_bar() as bar:
             task = bar.add_task("train", total=None, info="")
@@ -57,10 +57,12 @@ def train(
             fmt(row["val_acc"]), fmt(row["test_acc"]),
         )
     console.print(table)
-    epochs = max((result.end_step - result.start_step) / result.steps_per_epoch, 1e-9)
+    epochs = max((result.stopped_step - result.start_step) / result.steps_per_epoch, 1e-9)
     console.print(
         f"final test acc [bold]{result.final['test_acc']:.4f}[/bold]; early-stop step {result.early_stop_step} "
-        f"(test acc {fmt(result.early_stop.get('test_acc'))}); {result.wall_time:.1f} s "
+        f"(test acc {fmt(result.early_stop.get('test_acc'))}); "
+        f"{f'stopped early at step {result.stopped_step}; ' if result.stopped_step != result.end_step else ''}"
+        f"{result.wall_time:.1f} s "
         f"({result.wall_time / epochs:.2f} s/epoch incl. evaluation)"
     )
 
@@ -82,7 +84,7 @@ def prune(
     momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
     schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
     eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
-    end_on_best: EndOnBest = False,
+    end_on_best: EndOnBest = False, patience: Patience = None,
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
 ) -> None:
@@ -99,7 +101,7 @@ def prune(
         recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
-            eval_every=eval_every,
+            eval_every=eval_every, patience=patience,
         )
         with progress_bar() as bar:
             task = bar.add_task("level 0", total=None, info="")

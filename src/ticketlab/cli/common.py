@@ -41,6 +41,7 @@ Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")]
 EndOnBest = Annotated[bool, typer.Option(help="End on the weights of minimum validation loss (003's early stopping).")]
+Patience = Annotated[Optional[int], typer.Option(help="Early stopping: end training once the validation loss has not improved for this many evaluations (--eval-every); off by default.")]
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
 
 
@@ -72,6 +73,9 @@ def make_recipe(**kw: Any) -> Recipe:
 
     kw["milestones"] = tuple(kw.pop("milestones") or ())
     kw["lr_schedule"] = kw.pop("schedule")
+    patience = kw.pop("patience", None)
+    if patience is not None:
+        kw["early_stop"] = {"patience": patience}
     return Recipe(**kw)
 
 

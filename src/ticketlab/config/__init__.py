@@ -6,10 +6,11 @@ initialisations) are checked against their registries where a run starts (``tick
 """
 
 from ticketlab.config.duration import Duration
-from ticketlab.config.recipe import DurationField, Recipe
+from ticketlab.config.recipe import DurationField, EarlyStop, Recipe
 from ticketlab.config.recipes import RECIPES, named_recipe
 from ticketlab.config.spec import UPFRONT, ExperimentSpec, MethodSpec, load_spec
 
 __all__ = [
-    "RECIPES", "UPFRONT", "Duration", "DurationField", "ExperimentSpec", "MethodSpec", "Recipe", "load_spec", "named_recipe",
+    "RECIPES", "UPFRONT", "Duration", "DurationField", "EarlyStop", "ExperimentSpec", "MethodSpec", "Recipe",
+    "load_spec", "named_recipe",
 ]

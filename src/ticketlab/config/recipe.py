@@ -14,12 +14,29 @@ from ticketlab.config.duration import Duration
 DurationField = Annotated[Duration, BeforeValidator(Duration.parse), PlainSerializer(str, return_type=str)]
 
 
+class EarlyStop(BaseModel):
+    """End training once the validation loss has not improved for ``patience`` evaluations (of the recipe's
+    ``eval_every``), but not before ``min_steps`` of the run. A run that stops records ``stopped_step``; its
+    weights are those of the stop (or of the best evaluation, with ``end_on_best``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patience: int = Field(gt=0, description="evaluations without a lower validation loss before training ends")
+    min_steps: DurationField = Duration.parse("0it")
+
+
 class Recipe(BaseModel):
     """How to train: everything but the model, data and mask.
 
     ``weight_decay`` is decoupled from the loss (added to the gradient as ``wd * w``); ``l2`` adds
     ``l2 * ||w||^2`` to the loss, i.e. ``2 * l2 * w`` to the gradient: the two differ by a factor 2
     (002 §3.4), so both are offered.
+
+    ``early_stop`` (default off: every run trains its full length) ends a run on patience (:class:`EarlyStop`).
+    000's ISS trains each level "until an early stopping criterion is met" (000 §5.1.1; App. A.2 takes the
+    mechanism from OpenLTH); 004 §3.3 trains 20,000 iterations, evaluating the validation loss every 100, and
+    retrains to the iteration of its minimum (patience ends the first training once that minimum is behind
+    it); 003 reports that iteration (the early-stop step, recorded for every run, stopped early or not).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +55,7 @@ class Recipe(BaseModel):
     gamma: float = Field(0.1, gt=0)
     warmup: DurationField = Duration.parse("0it")
     eval_every: DurationField | None = Duration.parse("1ep")
+    early_stop: EarlyStop | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -45,6 +63,8 @@ class Recipe(BaseModel):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         if self.milestones and self.lr_schedule != "multistep":
             raise ValueError("milestones are only used with lr_schedule 'multistep'")
+        if self.early_stop is not None and self.eval_every is None:
+            raise ValueError("early_stop needs eval_every: patience counts evaluations")
         return self
 
     def total_steps(self, steps_per_epoch: int) -> int:

@@ -1,4 +1,8 @@
-"""Train-time augmentation on whole batches (airbench style: tensor ops, no per-image Python loop)."""
+"""Train-time augmentation on whole batches (airbench style: tensor ops, no per-image Python loop).
+
+A dataset names its augmentation (``Dataset.augment``, e.g. ``"cifar"``); the trainer core looks it up in
+``AUGMENTATIONS`` and calls it on each training batch with a generator seeded by (seed, step).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ticketlab.registry import Registry
+
 PAD = 4
 
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (batch, generator) -> new batch
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
+
+@AUGMENTATIONS.register("cifar")
 def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The standard CIFAR augmentation (He et al. 2016): reflect-pad 4 pixels, random crop back to the
     input size, horizontal flip with p = 0.5, chosen independently per image.
@@ -32,6 +42,3 @@ def cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # Two gathers (rows, then columns) instead of one 4-index advanced index: same result, less indexing memory.
     out = padded.gather(2, rows[:, None, :, None].expand(b, x.shape[1], h, padded.shape[3]))
     return out.gather(3, cols[:, None, None, :].expand(b, x.shape[1], h, w))
-
-
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"cifar": cifar_augment}

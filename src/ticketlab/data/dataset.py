@@ -26,7 +26,7 @@ class RawSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
-    augment: str | None = None
+    augment: str | None = None  # a name in ticketlab.data.AUGMENTATIONS, applied to training batches
 
 
 # A loader gets the name's argument (``synthetic:3x32x32`` -> ``"3x32x32"``) and load_dataset's options.

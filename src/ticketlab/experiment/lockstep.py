@@ -52,11 +52,13 @@ class _Request:
 
     def group_key(self) -> str:
         """Requests with equal keys can be stacked: same data, architecture, recipe and step range (the
-        snapshot steps may differ: the stack keeps the union, each result only its own)."""
+        snapshot steps may differ: the stack keeps the union, each result only its own; not with early
+        stopping, where a run never stops before its last snapshot step)."""
         spec = self.job.spec
         return json.dumps([
             id(self.job.data), spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
             spec.recipe.model_dump(mode="json"), spec.end_on_best, self.start_step, self.end_step,
+            self.snapshot_at if spec.recipe.early_stop is not None else None,
         ], sort_keys=True, default=str)
 
 

@@ -102,7 +102,7 @@ class Job:
             "val_acc": final.get("val_acc"), "val_loss": final.get("val_loss"),
             "early_stop_step": None if es is None else es - result.start_step,
             "early_stop_test_acc": result.early_stop.get("test_acc"),
-            "start_step": result.start_step, "end_step": result.end_step,
+            "start_step": result.start_step, "end_step": result.end_step, "stopped_step": result.stopped_step,
             "train_time": result.wall_time, "score_time": score_time,
             "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
             "layer_densities": mask.layer_densities(), "history": result.history,

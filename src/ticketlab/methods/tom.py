@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
-from ticketlab.data import Dataset, cifar_augment
+from ticketlab.data import Dataset
 from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
@@ -53,8 +53,8 @@ from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
 from ticketlab.config.recipe import DurationField
 from ticketlab.models import StateDict
-from ticketlab.seeding import seed_for, epoch_order
-from ticketlab.training.loop import steps_per_epoch
+from ticketlab.seeding import seed_for
+from ticketlab.training.core import Batches, is_eval_step, steps_per_epoch
 LOGITS_FILE = "tom_logits.safetensors"
 PHASE_FILE = "tom_mask_phase.json"
 
@@ -139,22 +139,16 @@ def train_logits(
     logits = {n: torch.full_like(weights[n], options.logit_init, device=device) for n in names}
     state = {k: v.to(device, copy=True) for k, v in weights.items()}
     generator = torch.Generator(device=device).manual_seed(seed_for(seed, 17) % (1 << 63))
-    spe = steps_per_epoch(len(data.x_train), batch_size)
+    # the trainer core's batches, with a data order and augmentation stream of their own
+    batches = Batches(data.to(device), batch_size, [seed_for(seed, 23)], augment_seeds=[seed], salt=29)
     curve: list[dict[str, float]] = []
     was_training = model.training
     model.train()
-    order = None
     for step in range(steps):
-        epoch, position = divmod(step, spe)
-        if order is None or position == 0:
-            order = epoch_order(len(data.x_train), seed_for(seed, 23), epoch).to(device)
-        idx = order[position * batch_size : (position + 1) * batch_size]
-        xb, yb = data.x_train[idx], data.y_train[idx]
-        if data.augment == "cifar":
-            xb = cifar_augment(xb, torch.Generator().manual_seed(seed_for(seed, step, 29)))
-        out = mask_step(model, state, logits, xb, yb, generator, options)
+        xb, yb = batches(step)
+        out = mask_step(model, state, logits, xb[0], yb[0], generator, options)
         done = step + 1
-        if done == steps or (eval_every and done % eval_every == 0):
+        if is_eval_step(done, steps, eval_every):
             row = {"step": done, "train_loss": out.loss, "mean_sigmoid": _mean_sigmoid(logits)}
             for d in densities:
                 row[f"val_acc@{d:g}"] = _eval_mask(model, state, logits, d, scope, seed, data)

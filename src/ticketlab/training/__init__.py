@@ -1,10 +1,10 @@
-"""Training and evaluation: one loop for every method (``loop``), K models of one architecture stacked in
-one pass (``stacked``), the fused SGD step for MLPs (``fused_sgd``), evaluation (``evaluate``)."""
+"""Training and evaluation: the trainer core every way of training runs on (``core``), one model
+(``loop``), K models of one architecture stacked in one pass (``stacked``), the fused SGD step for MLPs
+(``fused_sgd``), evaluation (``evaluate``)."""
 
+from ticketlab.training.core import Progress, TrainResult, plan_steps, steps_per_epoch
 from ticketlab.training.evaluate import evaluate
-from ticketlab.training.loop import (
-    MaskUpdate, Progress, TrainHooks, TrainResult, plan_steps, steps_per_epoch, train,
-)
+from ticketlab.training.loop import MaskUpdate, TrainHooks, train
 from ticketlab.training.stacked import train_many, vectorizable
 
 __all__ = [

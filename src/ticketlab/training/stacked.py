@@ -6,8 +6,8 @@ model cannot keep a processor busy; K stacked ones can. Per model the result equ
 ``ticketlab.training.loop.train`` with the same seed to float tolerance (bmm and mm accumulate in different
 orders, so bit equality is not expected):
 
-* data order: model k sees ``epoch_order(n, seeds[k], epoch)``, CIFAR augmentation with its own seeded
-  generator, exactly as the one-model trainer;
+* data order, augmentation, evaluation cadence, snapshots: the trainer core's (``ticketlab.training.core``),
+  shared with the one-model trainer; this module is the stacked strategy over it;
 * optimiser: one ``torch.optim`` optimiser over the stacked tensors. SGD (momentum, Nesterov, weight
   decay) and Adam are elementwise and all K models share the recipe's learning rate, so one optimiser
   over stacked parameters is exactly K independent optimisers; the loss is the *sum* of the K per-model
@@ -30,22 +30,24 @@ stream), which keeps them exact but not faster.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.training import fused_sgd
-from ticketlab.data import Dataset, cifar_augment
-from ticketlab.hardware.device import resolve_device
-from ticketlab.hardware.blas import linear, threads_for
-from ticketlab.models.mlp import MLP
 from ticketlab.config.recipe import Recipe
-from ticketlab.training.loop import Progress, TrainResult, plan_steps, train
+from ticketlab.data import Dataset
+from ticketlab.hardware.blas import linear, threads_for
+from ticketlab.hardware.device import resolve_device
 from ticketlab.models import StateDict
-from ticketlab.seeding import seed_for, epoch_order
+from ticketlab.models.mlp import MLP
+from ticketlab.seeding import seed_for
+from ticketlab.training import fused_sgd
+from ticketlab.training.core import Progress, TrainResult, autograd_update, enforce_masks, fit, plan_steps
+from ticketlab.training.loop import train
+
 EVAL_BATCH = 5000  # examples per evaluation chunk, as ticketlab.training.evaluate
 
 
@@ -155,28 +157,50 @@ class _Stack:
         return out
 
 
-def _autograd_step(stack: _Stack, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-                   masked_params: list[torch.Tensor], mask_values: list[torch.Tensor], xb: torch.Tensor,
-                   yb: torch.Tensor, lr: float, l2: float, dropout: list[torch.Generator] | None) -> torch.Tensor:
-    """One update of every model through autograd and ``optimizer``; returns the K mean losses."""
-    k_models = yb.shape[0]
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    out = stack.forward(xb, dropout)
-    losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(k_models, -1).mean(1)
-    loss = losses.sum()  # model k's gradient is its own mean loss's gradient
-    if l2:
-        loss = loss + l2 * sum(p.pow(2).sum() for p in params)
-    # set_to_none: backward writes the gradients instead of adding them to zeros (0 + g = g exactly),
-    # one memory pass fewer over K stacked weight sets
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if masked_params:
-        torch._foreach_mul_([p.grad for p in masked_params], mask_values)
-    # No weight masking after the step, as in train.py: a pruned weight starts at 0 and its gradient is
-    # 0, so every optimiser leaves it and its state exactly 0 (the tests check it after training).
-    optimizer.step()
-    return losses.detach()
+class _Stacked:
+    """``train_many``'s stepper: K models as one :class:`_Stack`, stepped by the fused SGD step (MLPs with
+    SGD) or by autograd through one optimiser over the stacked tensors."""
+
+    def __init__(self, models: list[nn.Module], masks: list[Mapping[str, torch.Tensor] | None], seeds: list[int],
+                 recipe: Recipe, start_step: int, device: torch.device) -> None:
+        self.models, self.recipe, self.device, self.k = models, recipe, device, len(models)
+        names, self.mask_values = enforce_masks(models, masks, device)  # masks first, as train()
+        self.stack = stack = _Stack(models, device)
+        self.masked = [stack.params[n] for n in names]
+        self.params = [p for p in stack.params.values() if p.requires_grad]
+        self.fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(names, self.mask_values)), recipe)
+        self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
+        self.dropout = self.noise = None
+        if stack.mlp and stack.template.dropout:
+            self.dropout = [torch.Generator().manual_seed(seed_for(s, start_step, 1)) for s in seeds]
+            self.noise = lambda shape: stack.dropout_noise(shape, device, self.dropout)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self.stack.template.train()
+        with threads_for(self.stack.template, self.device):
+            yield
+
+    def step(self, step: int, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.step(xb, yb, lr, self.noise)
+        out = self.stack.forward(xb, self.dropout)
+        losses = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none").view(self.k, -1).mean(1)
+        # the sum of the K mean losses: model k's gradient is its own mean loss's gradient
+        autograd_update(self.optimizer, losses.sum(), lr, self.recipe.l2, self.params, self.masked, self.mask_values)
+        return losses.detach()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        return self.stack.evaluate(x, y)
+
+    def state(self, k: int) -> StateDict:
+        return self.stack.state(k)
+
+    def finish(self, k: int, state: StateDict | None) -> None:
+        model = self.models[k]
+        model.load_state_dict(state if state is not None else self.stack.state(k))
+        model.to(self.device)
+        model.train()
 
 
 def train_many(
@@ -218,111 +242,9 @@ def train_many(
                   snapshot_steps=snapshot_steps, end_on_best=end_on_best, device=device, progress=progress)
             for m, mk, s in zip(models, masks, seeds)
         ]
-
     device = resolve_device(device)
     data = data.to(device)
-    spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
-    wanted = {int(s) for s in snapshot_steps}
-
-    # masks first: train() applies the mask to the weights before training
-    named0 = dict(models[0].named_parameters())
-    mask_names = [n for n in named0 if any(mk is not None and n in mk for mk in masks)]
-    for m, mk in zip(models, masks):
-        if mk is not None:
-            from ticketlab.masks import Mask
-
-            Mask(mk).apply(m)
-    stack = _Stack(models, device)
-    masked_params = [stack.params[n] for n in mask_names]
-    mask_values = [
-        torch.stack([
-            (mk[n] if mk is not None and n in mk else torch.ones(named0[n].shape, dtype=torch.bool)).to(device)
-            for mk in masks
-        ]).to(stack.params[n].dtype)
-        for n in mask_names
-    ]
-    params = [p for p in stack.params.values() if p.requires_grad]
-    fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(mask_names, mask_values)), recipe)
-    optimizer = recipe.make_optimizer(params) if fused is None else None
-
-    results = [TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe) for _ in models]
-    best: list[StateDict | None] = [None] * k_models
-    running_loss = torch.zeros(k_models, device=device)
-    running_count = 0
-
-    def record(step: int) -> None:
-        nonlocal running_count
-        train_loss = (running_loss / running_count).tolist() if running_count else [float("nan")] * k_models
-        running_loss.zero_()
-        running_count = 0
-        split_metrics = {split: stack.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")}
-        rows = []
-        for k, result in enumerate(results):
-            row: dict[str, float] = {"step": step, "epoch": step / spe, "train_loss": train_loss[k]}
-            for split in ("val", "test"):
-                row[f"{split}_loss"], row[f"{split}_acc"] = split_metrics[split][k]["loss"], split_metrics[split][k]["acc"]
-            result.history.append(row)
-            rows.append(row)
-            if len(data.x_val) and (result.early_stop_step is None or row["val_loss"] < result.early_stop["val_loss"]):
-                result.early_stop_step, result.early_stop = step, row
-                if end_on_best:
-                    best[k] = stack.state(k)
-        if progress is not None:
-            progress(step, end_step, {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]})
-
-    dropout = None
-    if stack.mlp and stack.template.dropout:
-        dropout = [torch.Generator().manual_seed(seed_for(s, start_step, 1)) for s in seeds]
-    noise = (lambda shape: stack.dropout_noise(shape, device, dropout)) if fused is not None and dropout else None
-    started = time.perf_counter()
-    stack.template.train()
-    with threads_for(stack.template, device):
-        if start_step in wanted:
-            for k, result in enumerate(results):
-                result.snapshots[start_step] = stack.state(k)
-        record(start_step)
-        orders: torch.Tensor | None = None
-        n_train = len(data.x_train)
-        bs = recipe.batch_size
-        for step in range(start_step, end_step):
-            epoch, position = divmod(step, spe)
-            if orders is None or position == 0:
-                orders = torch.stack([epoch_order(n_train, s, epoch) for s in seeds]).to(device)
-            idx = orders[:, position * bs : (position + 1) * bs]
-            flat = idx.flatten()  # index_select: x_train[idx] with a 2-D idx is much slower
-            xb = data.x_train.index_select(0, flat).view(*idx.shape, *data.x_train.shape[1:])
-            yb = data.y_train.index_select(0, flat).view(idx.shape)
-            if data.augment == "cifar":
-                xb = torch.stack([
-                    cifar_augment(xb[k], torch.Generator().manual_seed(seed_for(s, step, 2)))
-                    for k, s in enumerate(seeds)
-                ])
-            lr = recipe.lr_at(step, spe)
-            if fused is not None:
-                running_loss += fused.step(xb, yb, lr, noise)
-            else:
-                running_loss += _autograd_step(stack, optimizer, params, masked_params, mask_values, xb, yb,
-                                               lr, recipe.l2, dropout)
-            running_count += 1
-            done = step + 1
-            if done in wanted:
-                for k, result in enumerate(results):
-                    result.snapshots[done] = stack.state(k)
-            if done == end_step or (eval_every and done % eval_every == 0):
-                record(done)
-            elif progress is not None:
-                progress(done, end_step, None)
-
-    wall = (time.perf_counter() - started) / k_models
-    for k, (model, result) in enumerate(zip(models, results)):
-        if end_on_best and best[k] is not None:
-            state = best[k]
-            result.final = dict(result.early_stop)
-        else:
-            state = stack.state(k)
-            result.final = dict(result.history[-1])
-        model.load_state_dict(state)
-        model.to(device)
-        model.train()
-        result.wall_time = wall
-    return results
+    plan_steps(data, recipe, start_step, end_step, end_on_best)  # its errors before any work
+    stepper = _Stacked(models, masks, seeds, recipe, start_step, device)
+    return fit(stepper, data, recipe, seeds=seeds, start_step=start_step, end_step=end_step,
+               snapshot_steps=snapshot_steps, end_on_best=end_on_best, progress=progress)
