@@ -48,7 +48,7 @@ def check_target(fmt: str, out: str | os.PathLike) -> Path:
         raise TicketError("format", f"must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
     if out.suffix not in SUFFIXES[fmt]:
-        raise TicketError("out", f"a {fmt} export is written to a {' or '.join(SUFFIXES[fmt])} file; got {str(out)!r}")
+        raise TicketError("out", f"format {fmt} is written to a {' or '.join(SUFFIXES[fmt])} file; got {str(out)!r}")
     if out.is_dir():
         raise TicketError("out", f"{out} is a folder; give a file name")
     if out.parent.exists() and not out.parent.is_dir():
