@@ -113,15 +113,15 @@ def markdown(rows: list[dict], threads: int, rounds: int, seconds: float, load: 
     lines = [
         f"# Sparse inference on CPU ({_dt.date.today().isoformat()})",
         "",
-        f"- CPU: {cpu_model()} (`/proc/cpuinfo`), {torch.get_num_threads()} torch thread(s) "
-        f"(`--threads {threads}`), {torch.backends.cpu.get_cpu_capability()} kernels, {os.cpu_count()} CPUs visible; "
-        f"load average {load} (1, 5, 15 min) before the run",
-        f"- torch {torch.__version__}, MKL {'yes' if torch.backends.mkl.is_available() else 'no'}; dense Linear "
-        f"through {blas.backend().name} ({blas.backend().reason})",
-        "- every Linear/Conv2d layer keeps the stated fraction of its weights at random (Kaiming-normal values); "
-        "sparse = `ticketlab.tickets.sparsify` (Linear: CSR `addmm`; Conv2d: im2col + CSR product)",
-        f"- time per forward call, median of {rounds} rounds alternating dense and sparse; speed-up = median of the "
-        f"per-round ratios dense/sparse (range); whole run {seconds:.0f} s",
+        (f"- CPU: {cpu_model()} (`/proc/cpuinfo`), {torch.get_num_threads()} torch thread(s) "
+         f"(`--threads {threads}`), {torch.backends.cpu.get_cpu_capability()} kernels, {os.cpu_count()} CPUs visible; "
+         f"load average {load} (1, 5, 15 min) before the run"),
+        (f"- torch {torch.__version__}, MKL {'yes' if torch.backends.mkl.is_available() else 'no'}; dense Linear "
+         f"through {blas.backend().name} ({blas.backend().reason})"),
+        ("- every Linear/Conv2d layer keeps the stated fraction of its weights at random (Kaiming-normal values); "
+         "sparse = `ticketlab.tickets.sparsify` (Linear: CSR `addmm`; Conv2d: im2col + CSR product)"),
+        (f"- time per forward call, median of {rounds} rounds alternating dense and sparse; speed-up = median of the "
+         f"per-round ratios dense/sparse (range); whole run {seconds:.0f} s"),
         "",
         "| model | density | weights kept | batch | dense (ms) | sparse (ms) | speed-up (range) | max abs diff |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
