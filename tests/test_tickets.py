@@ -175,3 +175,13 @@ def test_onnx_export_matches_pytorch(runs, synthetic, tmp_path):
         assert (got - expected).abs().max() <= 1e-5
     props = {p.key: p.value for p in onnx.load(str(done.path)).metadata_props}
     assert props["ticketlab.level"] == "1" and props["ticketlab.model"] == "lenet5"
+
+
+def test_sparse_linear_on_one_example_takes_the_vector_path_and_agrees():
+    g = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(30, 5)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(linear.weight.shape, generator=g) < 0.2)
+    for x in (torch.randn(1, 30, generator=g), torch.randn(30, generator=g), torch.randn(2, 1, 30, generator=g)):
+        for bias in (linear.bias, None):
+            assert torch.allclose(SparseLinear(linear.weight, bias)(x), F.linear(x, linear.weight, bias), atol=1e-6)

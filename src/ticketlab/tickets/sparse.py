@@ -46,7 +46,8 @@ def to_csr(weight: torch.Tensor) -> torch.Tensor:
 
 
 class SparseLinear(nn.Module):
-    """``y = x W^T + b`` with W in CSR: computed as ``(W x^T + b)^T`` by one sparse x dense ``addmm``."""
+    """``y = x W^T + b`` with W in CSR: computed as ``(W x^T + b)^T`` by one sparse x dense ``addmm`` (for a
+    single example, a sparse matrix-vector product)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -55,6 +56,9 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] == 1:  # one example: a sparse matrix-vector product, half addmm's time here
+            out = torch.mv(self.weight, x[0]) if self.bias is None else torch.addmv(self.bias, self.weight, x[0])
+            return out.unsqueeze(0)
         lead = x.shape[:-1]
         cols = x.reshape(-1, self.in_features).t()
         if self.bias is None:
