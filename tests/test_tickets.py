@@ -68,8 +68,25 @@ def test_ticket_holds_its_mask_start_and_rewind(runs):
     assert ticket.rewind is not None and not ticket.model.training
     control = load_ticket(runs["mlp"], 1, "reinit")
     assert control.rewind is None and control.control == "reinit"
-    # default: the last finished level
+    # default: the last finished level; also at the package's top
     assert load_ticket(runs["mlp"]).level == 2
+    import ticketlab
+
+    assert ticketlab.load_ticket is load_ticket
+
+
+def test_levels_are_listed_by_number(tmp_path):
+    from ticketlab.store import RunDir
+
+    for level in (0, 2, 10, 100):
+        (tmp_path / f"level_{level:02d}").mkdir()
+        (tmp_path / f"level_{level:02d}" / "metrics.json").write_text("{}")
+    (tmp_path / "level_03").mkdir()  # not finished
+    (tmp_path / "level_02" / "reinit").mkdir()
+    (tmp_path / "level_02" / "reinit" / "metrics.json").write_text("{}")
+    (tmp_path / "level_02" / "shuffle_mask").mkdir()  # not finished
+    run = RunDir(tmp_path)
+    assert run.levels() == [0, 2, 10, 100] and run.controls(2) == ["reinit"] and run.controls(3) == []
 
 
 def test_runs_written_before_data_json_still_load(runs, tmp_path):

@@ -83,11 +83,11 @@ class RunDir:
     def levels(self) -> list[int]:
         """The finished levels (their tickets), in order."""
         found = []
-        for d in sorted(self.path.glob("level_*")):
+        for d in self.path.glob("level_*"):
             suffix = d.name.removeprefix("level_")
             if suffix.isdigit() and (d / "metrics.json").exists():
                 found.append(int(suffix))
-        return found
+        return sorted(found)  # by number: level_100 comes after level_99
 
     def controls(self, index: int) -> list[str]:
         """The finished controls of a level, by name."""
