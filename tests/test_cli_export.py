@@ -97,10 +97,16 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(run, tmp_path, args, m
     assert sorted(out.rglob("*")) == before
 
 
-def test_export_of_a_folder_that_is_no_run(tmp_path):
-    result = invoke("export", tmp_path, "--level", "0", "--format", "state_dict", "--out", tmp_path / "t.pt")
+@pytest.mark.parametrize("level", [["--level", "0"], []])
+def test_export_of_a_folder_that_is_no_run(tmp_path, level):
+    result = invoke("export", tmp_path, *level, "--format", "state_dict", "--out", tmp_path / "t.pt")
     assert result.exit_code == 2 and "RUN: " in result.output and "no spec.json" in result.output
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_export_help():
+    result = invoke("export", "--help")
+    assert result.exit_code == 0 and "--format" in result.output and "sparse" in result.output
 
 
 def test_export_of_a_damaged_run_names_the_file(run, tmp_path):

@@ -27,6 +27,7 @@ def export(
     from ticketlab.store import RunDir
     from ticketlab.tickets import FORMATS, TicketError, export_ticket, load_ticket
     from ticketlab.tickets.export import check_target
+    from ticketlab.tickets.load import read_spec
 
     with _clean_errors():
         try:
@@ -36,6 +37,7 @@ def export(
                 raise TicketError("out", "give the file to write")
             check_target(fmt, out)
             if level is None:
+                read_spec(RunDir(run))  # a folder that is no run is the first thing to say
                 finished = ", ".join(map(str, RunDir(run).levels())) or "none"
                 raise TicketError("level", f"give the level to export (finished levels of {run}: {finished})")
             ticket = load_ticket(run, level, control, data_root=data_root)
