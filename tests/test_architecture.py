@@ -23,7 +23,7 @@ LAYERS = [
     ["store"],
     ["methods"],
     ["experiment"],
-    ["analysis"],
+    ["analysis", "tickets"],
     ["sweep", "metalearn"],
     ["api"],
     ["cli"],

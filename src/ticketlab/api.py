@@ -1,20 +1,34 @@
-"""The small public API: ``ticketlab.train_dense``, ``ticketlab.prune``, ``ticketlab.load_results``."""
+"""The small public API: ``ticketlab.train_dense``, ``ticketlab.prune``, ``ticketlab.load_results``,
+``ticketlab.load_ticket``."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ticketlab.data import load_dataset
 from ticketlab.hardware.device import resolve_device
-from ticketlab.experiment.run import RunResult, run_experiment
+from ticketlab.experiment.run import RunResult, run_experiment, run_on
 from ticketlab.models import build_model, initialize
 from ticketlab.analysis.results import load_results
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
-from ticketlab.training.loop import Progress, TrainResult, train
+from ticketlab.tickets import Ticket, load_ticket
+from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
+
+
+@dataclass
+class DenseRun(TrainResult):
+    """A dense training written as a run directory (``path``): level 0 of a ``lottery`` spec with target
+    density 1.0, which prunes nothing."""
+
+    path: Path | None = None
+
+
 def train_dense(
     model: str = "lenet300",
     dataset: str = "fashion-mnist",
@@ -27,13 +41,39 @@ def train_dense(
     device: str | torch.device | None = None,
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    out: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train one dense network from a seeded initialisation."""
+    """Train one dense network from a seeded initialisation.
+
+    With ``out``, the training is a run like any other under ``out/<run id>`` (level 0 only; weights, mask and
+    metrics written, resumed if already there), so ``load_ticket`` and ``ticketlab export`` work on it; the
+    result is then a :class:`DenseRun` whose ``path`` is that directory."""
     recipe = recipe or Recipe()
     device = resolve_device(device)
     data = load_dataset(dataset, root=data_root, val_size=val_size, seed=0, device=device)
+    if out is not None:
+        spec = ExperimentSpec(
+            model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe,
+            method=MethodSpec(name="lottery"), densities=(1.0,), end_on_best=end_on_best,
+        )
+        run = run_on(spec, data, out, device=device, progress=progress)
+        return _dense_run(run, steps_per_epoch(len(data.x_train), recipe.batch_size))
     net = initialize(build_model(model, input_shape=data.input_shape, num_classes=data.num_classes), init, seed)
     return train(net, data, recipe, seed=seed, end_on_best=end_on_best, device=device, progress=progress)
+
+
+def _dense_run(run: RunResult, spe: int) -> DenseRun:
+    """The TrainResult of level 0 from its recorded row (also when the level was read back from disk)."""
+    (row,) = run.rows
+    history = row["history"]
+    es = row["early_stop_step"]
+    es = None if es is None else es + row["start_step"]
+    early = next((h for h in history if h["step"] == es), {}) if es is not None else {}
+    final = dict(early) if run.spec.end_on_best and early else dict(history[-1]) if history else {}
+    return DenseRun(
+        start_step=row["start_step"], end_step=row["end_step"], history=history, early_stop_step=es,
+        early_stop=dict(early), final=final, wall_time=row["train_time"], steps_per_epoch=spe, path=run.path,
+    )
 
 
 def prune(
@@ -69,4 +109,4 @@ def prune(
     return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log)
 
 
-__all__ = ["load_results", "prune", "train_dense"]
+__all__ = ["DenseRun", "Ticket", "load_results", "load_ticket", "prune", "train_dense"]

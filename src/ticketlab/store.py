@@ -56,7 +56,7 @@ class LevelDir:
 
 
 class RunDir:
-    """``<root>/<run_id>/``: spec.json, level_00/, level_01/, ..., controls under level_XX/<control>/."""
+    """``<root>/<run_id>/``: spec.json, data.json, level_00/, level_01/, ..., controls under level_XX/<control>/."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -67,6 +67,32 @@ class RunDir:
 
     def write_spec(self, spec_json: dict[str, Any]) -> None:
         atomic_write_json(self.path / "spec.json", spec_json)
+
+    def spec(self) -> dict[str, Any]:
+        return json.loads((self.path / "spec.json").read_text())
+
+    def write_data_info(self, info: dict[str, Any]) -> None:
+        """What the model was built for and how its inputs were standardised (``data.json``), so a level's
+        weights can be loaded into their model, and fed, without loading the dataset."""
+        atomic_write_json(self.path / "data.json", info)
+
+    def data_info(self) -> dict[str, Any] | None:
+        path = self.path / "data.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def levels(self) -> list[int]:
+        """The finished levels (their tickets), in order."""
+        found = []
+        for d in self.path.glob("level_*"):
+            suffix = d.name.removeprefix("level_")
+            if suffix.isdigit() and (d / "metrics.json").exists():
+                found.append(int(suffix))
+        return sorted(found)  # by number: level_100 comes after level_99
+
+    def controls(self, index: int) -> list[str]:
+        """The finished controls of a level, by name."""
+        base = self.path / f"level_{index:02d}"
+        return sorted(d.name for d in base.iterdir() if (d / "metrics.json").exists()) if base.is_dir() else []
 
     @property
     def finished(self) -> bool:

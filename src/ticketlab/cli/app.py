@@ -25,6 +25,7 @@ def train(
     milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
     init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False, patience: Patience = None,
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write it as a run directory under this root (level 0 only), for load_ticket and export.")] = None,
 ) -> None:
     """Train one dense network and print its learning curve."""
     from ticketlab.api import train_dense
@@ -46,7 +47,7 @@ def train(
 
             result = train_dense(
                 model=model, dataset=dataset, recipe=recipe, seed=seed, init=init, val_size=val_size,
-                end_on_best=end_on_best, device=device, data_root=data_root, progress=report,
+                end_on_best=end_on_best, device=device, data_root=data_root, progress=report, out=out,
             )
     table = Table(title=f"{model} on {dataset}")
     for col in ("step", "epoch", "train loss", "val loss", "val acc", "test acc"):
@@ -65,6 +66,8 @@ def train(
         f"{result.wall_time:.1f} s "
         f"({result.wall_time / epochs:.2f} s/epoch incl. evaluation)"
     )
+    if out is not None:
+        console.print(f"run directory: {result.path}")
 
 
 # -- prune ------------------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ def prepare_run(
     and those weights: what every run starts from."""
     run = RunDir(Path(root) / spec.run_id())
     run.write_spec(spec.model_dump(mode="json"))
+    run.write_data_info({
+        "dataset": spec.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        "mean": list(data.mean), "std": list(data.std),
+    })
     model = build_model(
         spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
         bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
@@ -105,6 +109,22 @@ def run_experiment(
     check_spec(spec)
     device = resolve_device(device)
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+    return run_on(spec, data, root, device=device, progress=progress, log=log)
+
+
+def run_on(
+    spec: ExperimentSpec,
+    data: Dataset,
+    root: str | os.PathLike = "runs",
+    *,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    log: Any = None,
+) -> RunResult:
+    """:func:`run_experiment` on data already loaded (the spec's dataset, validation split and split seed)."""
+    check_spec(spec)
+    device = resolve_device(device)
+    data = data.to(device)
     run, model, init_state = prepare_run(spec, data, root, device)
     job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
     key, _ = resolve_method(spec.method)
