@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ticketlab.masks import Mask, _topk_exact
 from ticketlab.methods.iterative import GimpSteps, gimp_steps
 from ticketlab.methods.context import Job
 from ticketlab.registry import split_name
@@ -56,29 +55,6 @@ def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mappi
         for name in mask:
             out[name] = torch.where(rewind[name] != 0, rewind[name], previous[name])
     return out
-
-
-def top_k(scores: Mapping[str, torch.Tensor], allowed: Mapping[str, torch.Tensor], counts: int | Mapping[str, int],
-          seed: int) -> Mask:
-    """Exactly ``counts`` entries with the highest scores among ``allowed`` ones: one global ranking for an
-    int, else that many per layer. Ties break by a seeded random order (SPEC "Selection")."""
-    g = torch.Generator().manual_seed(seed)
-    names = list(scores)
-    flat = [torch.where(allowed[n].reshape(-1), scores[n].reshape(-1).double(), -torch.inf) for n in names]
-    if isinstance(counts, int):
-        chosen = torch.zeros(sum(f.numel() for f in flat), dtype=torch.bool)
-        allscores = torch.cat([f.cpu() for f in flat])
-        if counts > int(torch.isfinite(allscores).sum()):
-            raise ValueError(f"asked for {counts} weights but only {int(torch.isfinite(allscores).sum())} are allowed")
-        chosen[_topk_exact(allscores, counts, g)] = True
-        parts = torch.split(chosen, [f.numel() for f in flat])
-    else:
-        parts = []
-        for n, f in zip(names, flat):
-            keep = torch.zeros(f.numel(), dtype=torch.bool)
-            keep[_topk_exact(f.cpu(), counts[n], g)] = True
-            parts.append(keep)
-    return Mask({n: p.reshape(scores[n].shape).to(scores[n].device) for n, p in zip(names, parts)})
 
 
 def budget(mask: Mapping[str, torch.Tensor], fraction: float, scope: str) -> int | dict[str, int]:

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from ticketlab.masks import Mask, masked_state, select
+from ticketlab.masks import Mask, masked_state, select, top_k
 from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.iterative import dense_level
 from ticketlab.methods.context import Job
-from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, rewound_reference, top_k
+from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, rewound_reference
 from ticketlab.schedules import iterative_densities, multishot_densities
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
@@ -62,7 +62,7 @@ def regrow_select(
                 n: min(math.floor(regrow * int(round(density * m.numel())) + 1e-9), int(pruned[n].sum()))
                 for n, m in mask.items()
             }
-        candidates = top_k(scores, pruned, cap, seed_for(seed, 1))
+        candidates = top_k(scores, cap, pruned, seed_for(seed, 1))
         allowed = Mask({n: mask[n] | candidates[n] for n in mask})
     return select(scores, density, scope, previous=allowed, seed=seed)
 

@@ -21,11 +21,11 @@ from torch import nn
 
 from ticketlab.config.duration import Duration
 from ticketlab.files import atomic_write_json
-from ticketlab.masks import Mask, masked_state
+from ticketlab.masks import Mask, masked_state, top_k
 from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.iterative import dense_level
 from ticketlab.methods.context import Job
-from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, budget, rewound_reference, top_k
+from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, budget, rewound_reference
 from ticketlab.config.recipe import DurationField
 from ticketlab.schedules import iterative_densities
 from ticketlab.training.loop import MaskUpdate, TrainResult, steps_per_epoch, train
@@ -103,9 +103,9 @@ class ScoredRegrowth:
         if moved == 0:
             return None
         seed = seed_for(self.seed, len(self._changes))
-        back = top_k(self.s, candidates, count, seed_for(seed, 1))
+        back = top_k(self.s, count, candidates, seed_for(seed, 1))
         smallest = {n: -params[n].detach().abs().double() for n in mask}
-        out = top_k(smallest, {n: m.to(smallest[n].device) for n, m in mask.items()}, count, seed_for(seed, 2))
+        out = top_k(smallest, count, mask, seed_for(seed, 2))
         new = Mask({n: (mask[n] & ~out[n].to(mask[n].device)) | back[n].to(mask[n].device) for n in mask})
         for n in mask:  # returning weights stop accumulating; the removed ones start again from zero
             self.s[n].masked_fill_(back[n].to(self.s[n].device), 0.0)
