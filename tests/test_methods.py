@@ -232,6 +232,24 @@ def test_resume_after_interruption_loses_nothing_and_matches(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("method", ["lottery", "oneshot"])
+def test_a_control_cut_off_after_its_ticket_is_trained_on_resume(tmp_path, method):
+    """Killed between a level and its control: the rerun reads the level back and trains the control,
+    exactly as the uninterrupted run did (iterative and upfront methods share this path)."""
+    criterion = {"criterion": "magnitude"} if method == "oneshot" else {}
+    s = spec(method, densities=(0.5,), controls=("reinit",), K=0.5, **criterion)  # one pruned level
+    first, rd = run(tmp_path, s)
+    before = weights(rd, 1, "final", "reinit")
+    (rd.level(1, "reinit").path / "metrics.json").unlink()
+    seen: list[str] = []
+    again = run_experiment(s, tmp_path, device="cpu", log=seen.append)
+    assert sorted((r["level"], r["control"]) for r in again.rows) == [(0, ""), (1, ""), (1, "reinit")]
+    assert [line for line in seen if "reinit" in line and "already done" not in line]  # trained again
+    assert sum("already done" in line for line in seen) == 2  # levels 0 and 1
+    after = weights(rd, 1, "final", "reinit")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_fail_on_collapse(tmp_path):
     from ticketlab.masks import LayerCollapseError
 

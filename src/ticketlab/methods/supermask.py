@@ -27,6 +27,7 @@ Ties of the untrained validation accuracy go to the sparser network, the point o
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -36,11 +37,12 @@ from ticketlab.criteria import score
 from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.schedules import iterative_densities
 from ticketlab.models import StateDict
-from ticketlab.training.loop import TrainResult, steps_per_epoch
+from ticketlab.training.loop import TrainResult
 from ticketlab.seeding import seed_for
 DEFAULT_CRITERION = "large_final_same_sign"  # 004 §2.1
 UNTRAINED = "untrained"  # control name of the untrained sweep points
@@ -116,13 +118,9 @@ def _supermask(job: Job) -> None:
     criterion = method.criterion or DEFAULT_CRITERION
     if options.thresholds is not None and method.scope != "global":
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
-    total = spec.recipe.total_steps(steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size))
 
     # 1. dense training (004 §2.3 steps 1-2)
-    if job.resume(0) is None:
-        dense = Mask.ones(job.model, spec.exempt)
-        job.record(0, dense, job.train(dense, job.init_state, 0, total, None), job.init_state, target=1.0)
-    trained = job.run.level(0).weights("final")
+    trained = dense_level(job, job.total_steps).final
 
     # 2. scores of w_T against w_0 (the criterion reads w_0 from ctx.initial)
     started = time.perf_counter()
@@ -175,19 +173,13 @@ def _supermask(job: Job) -> None:
     if not options.train_best:
         return
     level, mask, start = rows[best]["level"], masks[best], starts[best]
+    train_best = partial(_train_best, job, level, mask, start, score_time)
+    pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
+
+
+def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float) -> Trained:
     job.check_collapse(mask, level)
-    if job.resume(level) is None:
-        result = job.train(mask, start, 0, total, None)
-        job.record(level, mask, result, start, target=rows[best]["target_density"], score_time=score_time)
-    ticket = job.run.level(level).metrics()
-    job.run_controls(level, mask, start, job.init_state, _Span(ticket), rows[best]["target_density"])
-
-
-class _Span:
-    """The start/end steps of the trained ticket, which its controls train over as well."""
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time)
 
 
 METHODS.register("supermask")(_supermask)
