@@ -39,6 +39,16 @@ from ticketlab.training.stacked import train_many
 BATCHED_METHODS = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"})
 
 
+def stack_key(spec: ExperimentSpec) -> str:
+    """Runs with equal keys can train stacked (``train_many``): the same data split, architecture and recipe.
+    Seeds, initialisations, masks and methods may differ. Used to group training requests here and runs
+    into a sweep's batches (``ticketlab.sweep.executors.batches``)."""
+    return json.dumps([
+        spec.dataset, spec.val_size, spec.split_seed, spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
+        spec.recipe.model_dump(mode="json"), spec.end_on_best,
+    ], sort_keys=True, default=str)
+
+
 @dataclass
 class _Request:
     job: Job
@@ -51,13 +61,10 @@ class _Request:
     error: BaseException | None = None
 
     def group_key(self) -> str:
-        """Requests with equal keys can be stacked: same data, architecture, recipe and step range (the
-        snapshot steps may differ: the stack keeps the union, each result only its own)."""
-        spec = self.job.spec
-        return json.dumps([
-            id(self.job.data), spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
-            spec.recipe.model_dump(mode="json"), spec.end_on_best, self.start_step, self.end_step,
-        ], sort_keys=True, default=str)
+        """Requests with equal keys can be stacked: runs that stack (``stack_key``) on the same loaded data,
+        over the same step range (the snapshot steps may differ: the stack keeps the union, each result only
+        its own)."""
+        return json.dumps([stack_key(self.job.spec), id(self.job.data), self.start_step, self.end_step])
 
 
 class _Worker(threading.Thread):
