@@ -11,6 +11,9 @@ Presets with T = the training length (002 §3.1-3.3):
   late_rewind:k   rewind_params T-k, rewind_lr T-k, retrain T-k (stable weight rewinding to step k)
   lr_rewind       rewind_params 0, rewind_lr T, retrain T   (Renda et al. 2020)
   sgimp:X%        rewind_params X%·T, rewind_lr T, retrain T (002 algorithm 6, default X = 75)
+
+The level loop is ``methods.levels.run_levels`` with GIMP's default hooks; this module resolves the step
+counts of each preset.
 """
 
 from __future__ import annotations

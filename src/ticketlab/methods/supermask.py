@@ -157,6 +157,18 @@ def _supermask(job: Job) -> None:
         starts.append(start)
 
     best = best_point(rows)
+    _write_curve(job, criterion, options, rows, best)
+
+    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
+    if not options.train_best:
+        return
+    level, mask, start = rows[best]["level"], masks[best], starts[best]
+    train_best = partial(_train_best, job, level, mask, start, score_time)
+    pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
+
+
+def _write_curve(job: Job, criterion: str, options: SupermaskOptions, rows: list[dict[str, Any]], best: int) -> None:
+    """The untrained accuracy at every sweep point, to ``supermask_curve.json`` and the log."""
     curve = [
         {k: r.get(k) for k in ("level", "density", "kept", "threshold", "val_acc", "val_loss", "test_acc", "test_loss")}
         for r in rows
@@ -168,13 +180,6 @@ def _supermask(job: Job) -> None:
         mark = "  <- best" if r["level"] == rows[best]["level"] else ""
         t = f" threshold {r['threshold']:.4g}" if r.get("threshold") is not None else ""
         job.log(f"  density {r['density']:.4f}{t}: val acc {r['val_acc']:.4f}, test acc {r['test_acc']:.4f}{mark}")
-
-    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
-    if not options.train_best:
-        return
-    level, mask, start = rows[best]["level"], masks[best], starts[best]
-    train_best = partial(_train_best, job, level, mask, start, score_time)
-    pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
 
 
 def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float) -> Trained:
