@@ -100,15 +100,14 @@ def pruned_level(job: Job, index: int, target: float, dense_start: StateDict, bu
     its controls (003), which reinitialise from ``dense_start`` where they need the dense starting point.
     Controls run after a resume too: those a kill interrupted are trained, finished ones read back."""
     row = job.resume(index)
-    if row is None:
-        trained = build()
+    trained = build() if row is None else None
+    if trained is not None:
         row = record(job, index, target, trained)
-        mask, start = trained.mask, trained.start
-        level = Level(job.run.level(index), row)
-    else:
-        level = Level(job.run.level(index), row)
-        mask, start = level.mask, level.start
-    job.run_controls(index, mask, start, dense_start, row["start_step"], row["end_step"], target)
+    assert row is not None
+    level = Level(job.run.level(index), row)
+    # the controls start from the ticket's mask and weights: in memory when just trained, else as stored
+    mask, start = (trained.mask, trained.start) if trained is not None else (level.mask, level.start)
+    job.run_controls(index, mask, start, dense_start, level.row["start_step"], level.end_step, target)
     return level
 
 
