@@ -232,6 +232,62 @@ def test_resume_after_interruption_loses_nothing_and_matches(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("method", ["lottery", "oneshot"])
+def test_a_control_cut_off_after_its_ticket_is_trained_on_resume(tmp_path, method):
+    """Killed between a level and its control: the rerun reads the level back and trains the control,
+    exactly as the uninterrupted run did (iterative and upfront methods share this path)."""
+    criterion = {"criterion": "magnitude"} if method == "oneshot" else {}
+    s = spec(method, densities=(0.5,), controls=("reinit",), K=0.5, **criterion)  # one pruned level
+    first, rd = run(tmp_path, s)
+    before = weights(rd, 1, "final", "reinit")
+    (rd.level(1, "reinit").path / "metrics.json").unlink()
+    seen: list[str] = []
+    again = run_experiment(s, tmp_path, device="cpu", log=seen.append)
+    assert sorted((r["level"], r["control"]) for r in again.rows) == [(0, ""), (1, ""), (1, "reinit")]
+    assert [line for line in seen if "reinit" in line and "already done" not in line]  # trained again
+    assert sum("already done" in line for line in seen) == 2  # levels 0 and 1
+    after = weights(rd, 1, "final", "reinit")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_iterative_method_is_a_set_of_hooks_on_the_one_level_loop(tmp_path):
+    """``run_levels`` calls ``prune`` for every level it trains and ``finished`` for every level (dense
+    included, resumed ones too); with GIMP's default hooks it is the preset run by name."""
+    from ticketlab.data import load_dataset
+    from ticketlab.experiment.run import prepare_run
+    from ticketlab.methods import Job
+    from ticketlab.methods.levels import Gimp, run_levels
+
+    s = spec("lottery", densities=(0.64,), K=0.8)
+    calls: list[tuple] = []
+
+    class Recording(Gimp):
+        def prune(self, previous, density, index):
+            calls.append(("prune", index, previous.index))
+            return super().prune(previous, density, index)
+
+        def finished(self, level, last):
+            calls.append(("finished", level.index, last))
+
+    def run_hooks() -> RunDir:
+        data = load_dataset(s.dataset, val_size=s.val_size, seed=s.split_seed, device="cpu")
+        rd, model, init = prepare_run(s, data, tmp_path / "hooks", torch.device("cpu"))
+        job = Job(s, data, model, init, rd)
+        run_levels(job, Recording(job, gimp_steps(s.method, T, steps_per_epoch(len(data.x_train), 50))))
+        return rd
+
+    rd = run_hooks()
+    assert calls == [("finished", 0, False), ("prune", 1, 0), ("finished", 1, False), ("prune", 2, 1), ("finished", 2, True)]
+    calls.clear()
+    run_hooks()  # everything is read back: no pruning, the same calls to finished
+    assert calls == [("finished", 0, False), ("finished", 1, False), ("finished", 2, True)]
+    _, named = run(tmp_path / "named", s)
+    for level in range(3):
+        assert rd.level(level).mask() == named.level(level).mask()
+        a, b = weights(rd, level, "final"), weights(named, level, "final")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_fail_on_collapse(tmp_path):
     from ticketlab.masks import LayerCollapseError
 

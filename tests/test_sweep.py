@@ -91,6 +91,19 @@ def test_batches_group_runs_sharing_an_architecture():
     assert default_workers(1) >= 1 and default_workers(10**6) == 1
 
 
+def test_a_batch_holds_only_runs_that_can_train_stacked():
+    """Runs differing in seed, criterion or density stack; a different dropout, end_on_best or learning rate
+    cannot (``train_many`` shares them), so those runs go to separate batches."""
+    sweep = SweepSpec(base={**BASE, "model": "mlp:784-16-10"}, grid={
+        "seed": [0, 1], "method.criterion": ["magnitude", "snip"], "dropout": [0.0, 0.5], "end_on_best": [False, True],
+        "recipe.lr": [0.1, 0.05],
+    })
+    groups = batches(expand(sweep), None, workers=1)
+    assert sorted(len(g) for g in groups) == [4] * 8
+    for group in groups:
+        assert len({(s.dropout, s.end_on_best, s.recipe.lr) for s in group}) == 1
+
+
 def _mask(root, spec, level):
     return RunDir(root / spec.run_id()).level(level).mask()
 

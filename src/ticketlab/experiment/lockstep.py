@@ -39,6 +39,16 @@ from ticketlab.training.stacked import train_many
 BATCHED_METHODS = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"})
 
 
+def stack_key(spec: ExperimentSpec) -> str:
+    """Runs with equal keys can train stacked (``train_many``): the same data split, architecture and recipe.
+    Seeds, initialisations, masks and methods may differ. Used to group training requests here and runs
+    into a sweep's batches (``ticketlab.sweep.executors.batches``)."""
+    return json.dumps([
+        spec.dataset, spec.val_size, spec.split_seed, spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
+        spec.recipe.model_dump(mode="json"), spec.end_on_best,
+    ], sort_keys=True, default=str)
+
+
 @dataclass
 class _Request:
     job: Job
@@ -51,15 +61,12 @@ class _Request:
     error: BaseException | None = None
 
     def group_key(self) -> str:
-        """Requests with equal keys can be stacked: same data, architecture, recipe and step range (the
-        snapshot steps may differ: the stack keeps the union, each result only its own; not with early
-        stopping, where a run never stops before its last snapshot step)."""
+        """Requests with equal keys can be stacked: runs that stack (``stack_key``) on the same loaded data,
+        over the same step range (the snapshot steps may differ: the stack keeps the union, each result only
+        its own; not with early stopping, where a run never stops before its last snapshot step)."""
         spec = self.job.spec
-        return json.dumps([
-            id(self.job.data), spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
-            spec.recipe.model_dump(mode="json"), spec.end_on_best, self.start_step, self.end_step,
-            self.snapshot_at if spec.recipe.early_stop is not None else None,
-        ], sort_keys=True, default=str)
+        snapshot = self.snapshot_at if spec.recipe.early_stop is not None else None
+        return json.dumps([stack_key(spec), id(self.job.data), self.start_step, self.end_step, snapshot])
 
 
 class _Worker(threading.Thread):
@@ -147,42 +154,14 @@ def run_experiments(
     datasets: dict[tuple, Dataset] = {}
     workers: dict[int, _Worker] = {}
     errors: dict[int, BaseException] = {}
-    def start_worker(spec: ExperimentSpec) -> _Worker:
-        check_spec(spec)
-        data_key = (spec.dataset, spec.val_size, spec.split_seed)
-        if data_key not in datasets:
-            datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
-        data = datasets[data_key]
-        run, model, init_state = prepare_run(spec, data, root, device)
-        job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=spec_log(spec))
-        key, _ = resolve_method(spec.method)
-        worker = _Worker(METHODS.get(key), job)
-        job.worker = worker
-        worker.start()
-        return worker
 
     for i, spec in enumerate(specs):
         if batchable(spec):
             try:
-                workers[i] = start_worker(spec)
+                workers[i] = _start_worker(spec, datasets, root, data_root, device, spec_log(spec))
             except Exception as error:  # e.g. missing data: this spec fails, the others run
                 errors[i] = error
-
-    waiting = list(workers.values())
-    while waiting:
-        for worker in waiting:
-            worker.step()
-        waiting = [w for w in workers.values() if not w.finished and w.request is not None]
-        groups: dict[str, list[_Request]] = {}
-        for worker in waiting:
-            assert worker.request is not None
-            groups.setdefault(worker.request.group_key(), []).append(worker.request)
-        for group in groups.values():
-            try:
-                _train_group(group, device, progress)
-            except Exception as error:  # raised inside each spec's method, which then ends
-                for request in group:
-                    request.error = error
+    _schedule(list(workers.values()), device, progress)
 
     for i, worker in workers.items():
         worker.join()
@@ -202,6 +181,45 @@ def run_experiments(
     if errors and not return_exceptions:
         raise errors[min(errors)]
     return [errors[i] if i in errors else results[i] for i in range(len(specs))]
+
+
+def _start_worker(
+    spec: ExperimentSpec, datasets: dict[tuple, Dataset], root: str | os.PathLike, data_root: str | os.PathLike | None,
+    device: torch.device, log: Callable[[str], None],
+) -> _Worker:
+    """Prepare the spec's run (loading its data once per split into ``datasets``) and start its method."""
+    check_spec(spec)
+    data_key = (spec.dataset, spec.val_size, spec.split_seed)
+    if data_key not in datasets:
+        datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+    data = datasets[data_key]
+    run, model, init_state = prepare_run(spec, data, root, device)
+    job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=log)
+    key, _ = resolve_method(spec.method)
+    worker = _Worker(METHODS.get(key), job)
+    job.worker = worker
+    worker.start()
+    return worker
+
+
+def _schedule(workers: list[_Worker], device: torch.device, progress: Progress | None) -> None:
+    """Run the methods until all end: each runs up to its next training request, then every group of
+    requests that stack (``_Request.group_key``) trains together."""
+    waiting = workers
+    while waiting:
+        for worker in waiting:
+            worker.step()
+        waiting = [w for w in workers if not w.finished and w.request is not None]
+        groups: dict[str, list[_Request]] = {}
+        for worker in waiting:
+            assert worker.request is not None
+            groups.setdefault(worker.request.group_key(), []).append(worker.request)
+        for group in groups.values():
+            try:
+                _train_group(group, device, progress)
+            except Exception as error:  # raised inside each spec's method, which then ends
+                for request in group:
+                    request.error = error
 
 
 def _train_group(group: list[_Request], device: torch.device, progress: Progress | None) -> None:

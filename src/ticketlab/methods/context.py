@@ -21,7 +21,7 @@ from ticketlab.models import initialize
 from ticketlab.schedules import multishot_densities
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.store import LevelDir, RunDir
-from ticketlab.training.loop import Progress, TrainResult, train
+from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
 from ticketlab.models import StateDict, snapshot
 from ticketlab.seeding import seed_for
 Log = Callable[[str], None]
@@ -40,6 +40,16 @@ class Job:
     log: Log = lambda message: None  # noqa: E731
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one pass over the training split: what turns ``'2ep'`` into steps."""
+        return steps_per_epoch(len(self.data.x_train), self.spec.recipe.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """The recipe's training length T in steps."""
+        return self.spec.recipe.total_steps(self.steps_per_epoch)
 
     # -- scoring and selection -----------------------------------------------------------------------
     def context(self) -> ScoringContext:
@@ -148,7 +158,12 @@ class Job:
                 )
 
     # -- controls ------------------------------------------------------------------------------------
-    def run_controls(self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, result: TrainResult, target: float) -> None:
+    def run_controls(
+        self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, start_step: int, end_step: int,
+        target: float,
+    ) -> None:
+        """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
+        like it); finished controls are read back."""
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
                 continue
@@ -157,7 +172,7 @@ class Job:
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
             c_mask, c_start = CONTROLS.get(name)(mask, start, dense_start, fresh, g)
-            c_result = self.train(c_mask, c_start, result.start_step, result.end_step, None)
+            c_result = self.train(c_mask, c_start, start_step, end_step, None)
             self.record(level, c_mask, c_result, c_start, target=target, control=name)
 
     @staticmethod

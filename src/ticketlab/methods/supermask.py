@@ -30,6 +30,7 @@ Ties of the untrained validation accuracy go to the sparser network, the point o
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -39,11 +40,12 @@ from ticketlab.criteria import score
 from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.schedules import iterative_densities
 from ticketlab.models import StateDict
-from ticketlab.training.loop import TrainResult, steps_per_epoch
+from ticketlab.training.loop import TrainResult
 from ticketlab.seeding import seed_for
 DEFAULT_CRITERION = "large_final_same_sign"  # 004 §2.1
 UNTRAINED = "untrained"  # control name of the untrained sweep points
@@ -119,13 +121,9 @@ def _supermask(job: Job) -> None:
     criterion = method.criterion or DEFAULT_CRITERION
     if options.thresholds is not None and method.scope != "global":
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
-    total = spec.recipe.total_steps(steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size))
 
     # 1. dense training (004 §2.3 steps 1-2)
-    if job.resume(0) is None:
-        dense = Mask.ones(job.model, spec.exempt)
-        job.record(0, dense, job.train(dense, job.init_state, 0, total, None), job.init_state, target=1.0)
-    trained = job.run.level(0).weights("final")
+    trained = dense_level(job, job.total_steps).final
 
     # 2. scores of w_T against w_0 (the criterion reads w_0 from ctx.initial)
     started = time.perf_counter()
@@ -162,6 +160,18 @@ def _supermask(job: Job) -> None:
         starts.append(start)
 
     best = best_point(rows)
+    _write_curve(job, criterion, options, rows, best)
+
+    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
+    if not options.train_best:
+        return
+    level, mask, start = rows[best]["level"], masks[best], starts[best]
+    train_best = partial(_train_best, job, level, mask, start, score_time)
+    pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
+
+
+def _write_curve(job: Job, criterion: str, options: SupermaskOptions, rows: list[dict[str, Any]], best: int) -> None:
+    """The untrained accuracy at every sweep point, to ``supermask_curve.json`` and the log."""
     curve = [
         {k: r.get(k) for k in ("level", "density", "kept", "threshold", "val_acc", "val_loss", "test_acc", "test_loss")}
         for r in rows
@@ -174,23 +184,10 @@ def _supermask(job: Job) -> None:
         t = f" threshold {r['threshold']:.4g}" if r.get("threshold") is not None else ""
         job.log(f"  density {r['density']:.4f}{t}: val acc {r['val_acc']:.4f}, test acc {r['test_acc']:.4f}{mark}")
 
-    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
-    if not options.train_best:
-        return
-    level, mask, start = rows[best]["level"], masks[best], starts[best]
+
+def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float) -> Trained:
     job.check_collapse(mask, level)
-    if job.resume(level) is None:
-        result = job.train(mask, start, 0, total, None)
-        job.record(level, mask, result, start, target=rows[best]["target_density"], score_time=score_time)
-    ticket = job.run.level(level).metrics()
-    job.run_controls(level, mask, start, job.init_state, _Span(ticket), rows[best]["target_density"])
-
-
-class _Span:
-    """The start/end steps of the trained ticket, which its controls train over as well."""
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time)
 
 
 METHODS.register("supermask")(_supermask)

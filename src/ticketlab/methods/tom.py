@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -49,8 +50,9 @@ from ticketlab.data import Dataset
 from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.config.recipe import DurationField
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
@@ -174,47 +176,50 @@ def _eval_mask(model: nn.Module, state: StateDict, logits: dict[str, torch.Tenso
 def _tom(job: Job) -> None:
     spec, method = job.spec, job.spec.method
     options: TomOptions = options_of(method)
-    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
-    total = spec.recipe.total_steps(spe)
+    total = job.total_steps
     pretrain = int(round(options.pretrain * total))
 
     # level 0: the dense run; its step-`pretrain` snapshot is the pretrained point w_p (002: 10% of the run)
-    if job.resume(0) is None:
-        dense = Mask.ones(job.model, spec.exempt)
-        result = job.train(dense, job.init_state, 0, total, pretrain)
-        job.record(0, dense, result, job.init_state, target=1.0, rewind=result.snapshots[pretrain])
-    pretrained = job.run.level(0).weights("rewind")
-
-    # the mask phase, once for every density (skipped when a finished one is on disk)
-    logits_path = job.run.path / LOGITS_FILE
-    if logits_path.exists():
-        logits = load_tensors(logits_path)[0]
-        mask_time = _phase_time(job)
-    else:
-        steps = options.mask_steps.steps(spe) if options.mask_steps is not None else total
-        eval_every = spec.recipe.eval_every.steps(spe) if spec.recipe.eval_every is not None else 0
-        job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
-        started = time.perf_counter()
-        job.model.load_state_dict(pretrained)
-        logits, curve = train_logits(
-            job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
-            seed=spec.seed, densities=spec.densities, scope=method.scope, eval_every=eval_every, log=job.log,
-        )
-        mask_time = time.perf_counter() - started
-        atomic_write_json(job.run.path / PHASE_FILE, {"pretrain_steps": pretrain, "mask_steps": steps, "time": mask_time, "curve": curve})
-        save_tensors(logits_path, logits, {"kind": "tom_logits"})
+    pretrained = dense_level(job, total, pretrain).rewind
+    logits, mask_time = _mask_phase(job, options, pretrained, pretrain)
 
     # one level per target density: fix the top-k mask, train w_p ⊙ mask for the full run
     for level, density in enumerate(spec.densities, start=1):
-        if job.resume(level) is None:
-            mask = topk_mask(logits, density, method.scope, seed_for(spec.seed, level))
-            job.check_collapse(mask, level)
-            start = masked_state(pretrained, mask)
-            result = job.train(mask, start, 0, total, None)
-            job.record(level, mask, result, start, target=density, score_time=mask_time, scores=logits)
-        d = job.run.level(level)
-        row = d.metrics()
-        job.run_controls(level, d.mask(), d.weights("start"), pretrained, _Span(row), density)
+        ticket = partial(_ticket, job, logits, mask_time, pretrained, level, density)
+        pruned_level(job, level, density, pretrained, ticket)
+
+
+def _mask_phase(
+    job: Job, options: TomOptions, pretrained: StateDict, pretrain: int
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The learned logits and the seconds they took: once for every density (read back when on disk)."""
+    logits_path = job.run.path / LOGITS_FILE
+    if logits_path.exists():
+        return load_tensors(logits_path)[0], _phase_time(job)
+    spec, spe = job.spec, job.steps_per_epoch
+    steps = options.mask_steps.steps(spe) if options.mask_steps is not None else job.total_steps
+    eval_every = spec.recipe.eval_every.steps(spe) if spec.recipe.eval_every is not None else 0
+    job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
+    started = time.perf_counter()
+    job.model.load_state_dict(pretrained)
+    logits, curve = train_logits(
+        job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
+        seed=spec.seed, densities=spec.densities, scope=spec.method.scope, eval_every=eval_every, log=job.log,
+    )
+    mask_time = time.perf_counter() - started
+    phase = {"pretrain_steps": pretrain, "mask_steps": steps, "time": mask_time, "curve": curve}
+    atomic_write_json(job.run.path / PHASE_FILE, phase)
+    save_tensors(logits_path, logits, {"kind": "tom_logits"})
+    return logits, mask_time
+
+
+def _ticket(
+    job: Job, logits: dict[str, torch.Tensor], mask_time: float, pretrained: StateDict, level: int, density: float
+) -> Trained:
+    mask = topk_mask(logits, density, job.spec.method.scope, seed_for(job.spec.seed, level))
+    job.check_collapse(mask, level)
+    start = masked_state(pretrained, mask)
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), mask_time, logits)
 
 
 def _phase_time(job: Job) -> float:
@@ -222,11 +227,6 @@ def _phase_time(job: Job) -> float:
 
     path = job.run.path / PHASE_FILE
     return float(json.loads(path.read_text())["time"]) if path.exists() else 0.0
-
-
-class _Span:
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
 
 
 METHODS.register("tom")(_tom)

@@ -14,6 +14,7 @@ from typing import Any
 
 
 from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.lockstep import stack_key
 from ticketlab.store import RunDir
 
 from ticketlab.sweep.grid import SweepSpec, expand
@@ -47,14 +48,12 @@ def default_batch(device: str, model: str | None = None) -> int | None:
 def batches(
     specs: Sequence[ExperimentSpec], size: int | None | Callable[[ExperimentSpec], int | None], workers: int = 1
 ) -> list[list[ExperimentSpec]]:
-    """Group runs that share an architecture and data (model, dataset, recipe) into batches of at most
-    ``size``: the unit a worker receives, whose runs train stacked. ``size=None`` shares each group
-    evenly among ``workers`` in batches of at most ``MAX_STACK``; a callable gives the size per group
-    from its first spec."""
+    """Group runs that can train stacked (``stack_key``: data, architecture, recipe) into batches of at most
+    ``size``: the unit a worker receives. ``size=None`` shares each group evenly among ``workers`` in
+    batches of at most ``MAX_STACK``; a callable gives the size per group from its first spec."""
     groups: dict[str, list[ExperimentSpec]] = {}
     for spec in specs:
-        key = f"{spec.model}|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{spec.recipe.model_dump_json()}"
-        groups.setdefault(key, []).append(spec)
+        groups.setdefault(stack_key(spec), []).append(spec)
     out: list[list[ExperimentSpec]] = []
     for group in groups.values():
         n = (size(group[0]) if callable(size) else size) or min(MAX_STACK, math.ceil(len(group) / workers))

@@ -20,17 +20,17 @@ import torch
 from torch import nn
 
 from ticketlab.config.duration import Duration
-from ticketlab.files import atomic_write_json
-from ticketlab.masks import Mask, masked_state
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
-from ticketlab.methods.iterative import dense_level
-from ticketlab.methods.context import Job
-from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, budget, rewound_reference, top_k
 from ticketlab.config.recipe import DurationField
-from ticketlab.schedules import iterative_densities
-from ticketlab.training.loop import MaskUpdate, TrainResult, steps_per_epoch, train
+from ticketlab.files import atomic_write_json
+from ticketlab.masks import Mask, top_k
+from ticketlab.methods.context import Job
+from ticketlab.methods.levels import run_levels
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.regrowth.common import Regrowing, RegrowthOptions, budget
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
+from ticketlab.training.loop import MaskUpdate, TrainResult, train
+
 PRUNED_MASK = "mask_pruned.safetensors"  # the level's mask before any regrowth
 EVENTS = "regrowth.json"
 
@@ -103,9 +103,9 @@ class ScoredRegrowth:
         if moved == 0:
             return None
         seed = seed_for(self.seed, len(self._changes))
-        back = top_k(self.s, candidates, count, seed_for(seed, 1))
+        back = top_k(self.s, count, candidates, seed_for(seed, 1))
         smallest = {n: -params[n].detach().abs().double() for n in mask}
-        out = top_k(smallest, {n: m.to(smallest[n].device) for n, m in mask.items()}, count, seed_for(seed, 2))
+        out = top_k(smallest, count, mask, seed_for(seed, 2))
         new = Mask({n: (mask[n] & ~out[n].to(mask[n].device)) | back[n].to(mask[n].device) for n in mask})
         for n in mask:  # returning weights stop accumulating; the removed ones start again from zero
             self.s[n].masked_fill_(back[n].to(self.s[n].device), 0.0)
@@ -120,55 +120,40 @@ class ScoredRegrowth:
         return current
 
 
-def _scored_pruning(job: Job) -> None:
-    spec, method = job.spec, job.spec.method
-    options: ScoredPruningOptions = options_of(method)
-    s = base_steps(job, options.base)
-    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
-    every = options.regrow_every.steps(spe)
-    if options.regrow > 0 and every >= s.retrain:  # events fall strictly inside a retraining
-        raise ValueError(
-            f"scored_pruning: regrow_every ({every} steps) must be shorter than the retraining ({s.retrain} steps), "
-            "else no weight ever returns; set method.options.regrow_every, e.g. '0.25ep'"
-        )
+class ScoredPruning(Regrowing):
+    """Levels pruned like the ``base`` preset, whose training swaps weights by the accumulated score s
+    every ``regrow_every`` steps (:class:`ScoredRegrowth`)."""
 
-    mask, trained, rewind, end = dense_level(job, s)
-    dense_rewind = rewind
-    reference = rewound_reference(None, rewind, mask)
-
-    for level, density in enumerate(iterative_densities(spec.densities, method.K), start=1):
-        row = job.resume(level)
-        if row is None:
-            job.model.load_state_dict(trained)
-            pruned, scores, score_time = job.prune(mask, density, method.rounds, level)
-            job.check_collapse(pruned, level)
-            start = masked_state(reference, pruned)
-            begin = end - s.rewind_lr
-            stop, snap = begin + s.retrain, begin + s.retrain - s.rewind_params
-            if options.regrow > 0:
-                hooks = ScoredRegrowth(
-                    pruned, reference, regrow=options.regrow, every=every, start=begin, end=stop,
-                    scope=method.scope, positive_only=options.positive_only, seed=seed_for(spec.seed, level, 3),
-                )
-                result = _train_with(job, pruned, start, begin, stop, snap, hooks)
-                # with end_on_best the weights are those of the best evaluation: record the mask of then
-                mask = hooks.mask_at(result.early_stop_step, pruned) if spec.end_on_best else hooks.mask
-                _write_regrowth(job, level, pruned, hooks)
-            else:
-                result = job.train(pruned, start, begin, stop, snap)
-                mask = pruned
-            row = job.record(
-                level, mask, result, start, target=density, score_time=score_time, rewind=result.snapshots[snap],
-                scores=scores,
+    def __init__(self, job: Job) -> None:
+        self.options: ScoredPruningOptions = options_of(job.spec.method)
+        super().__init__(job, self.options.base)
+        self.every = self.options.regrow_every.steps(job.steps_per_epoch)
+        if self.options.regrow > 0 and self.every >= self.steps.retrain:  # events fall strictly inside a retraining
+            raise ValueError(
+                f"scored_pruning: regrow_every ({self.every} steps) must be shorter than the retraining "
+                f"({self.steps.retrain} steps), else no weight ever returns; set method.options.regrow_every, "
+                "e.g. '0.25ep'"
             )
-            job.run_controls(level, mask, start, dense_rewind, result, density)
-        else:
-            d = job.run.level(level)
-            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, Replay(row), density)
-        d = job.run.level(level)
-        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
-        reference = rewound_reference(reference, rewind, mask)
-        end = row["end_step"]
+
+    def train(
+        self, index: int, mask: Mask, start: StateDict, begin: int, stop: int, snap: int
+    ) -> tuple[TrainResult, Mask]:
+        if self.options.regrow <= 0:
+            return super().train(index, mask, start, begin, stop, snap)
+        job = self.job
+        hooks = ScoredRegrowth(
+            mask, self.reference, regrow=self.options.regrow, every=self.every, start=begin, end=stop,
+            scope=job.spec.method.scope, positive_only=self.options.positive_only,
+            seed=seed_for(job.spec.seed, index, 3),
+        )
+        result = _train_with(job, mask, start, begin, stop, snap, hooks)
+        _write_regrowth(job, index, mask, hooks)
+        # with end_on_best the weights are those of the best evaluation: record the mask of then
+        return result, hooks.mask_at(result.early_stop_step, mask) if job.spec.end_on_best else hooks.mask
+
+
+def _scored_pruning(job: Job) -> None:
+    run_levels(job, ScoredPruning(job))
 
 
 def _train_with(
