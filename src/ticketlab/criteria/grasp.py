@@ -5,8 +5,9 @@ ticketlab's scores mean "higher = keep", so ``grasp`` returns the negation, w �
 removes are exactly the lowest here. ``grasp_abs`` is |w ⊙ Hg| (000 §5.3 found it far better on MLPs).
 
 g = Σ_b ∇L_b and Hg = Σ_b ∇(∇L_b · g) over the pruning batches (L_b the mean cross-entropy of batch b,
-g held constant in the second pass), both at the masked weights and over the prunable weights only, as in
-the GraSP code. ``options["temperature"]`` divides the logits (the GraSP and Synaptic-Flow code use 200;
+g held constant in the second pass), over the prunable weights only. Both are taken with respect to the
+underlying weights w of the masked network, whose forward pass uses m ⊙ w (as the GraSP and Synaptic-Flow
+code do): g = m ⊙ ∇L and Hg = m ⊙ H (m ⊙ ∇L), so a pruned weight j adds no H_ij g_j to a kept weight's Hg. ``options["temperature"]`` divides the logits (the GraSP and Synaptic-Flow code use 200;
 the plain definition, our default, is 1).
 """
 
@@ -30,15 +31,17 @@ from ticketlab.criteria.base import (
 from ticketlab.masks import Mask
 
 
-def hessian_gradient_product(model: nn.Module, weights: Scores, ctx: ScoringContext, criterion: str) -> Scores:
-    """Hg of the summed batch losses at the given weights (double backward)."""
+def hessian_gradient_product(model: nn.Module, mask: Mask, ctx: ScoringContext, criterion: str) -> Scores:
+    """Hg of the summed batch losses w.r.t. the underlying weights of the masked network (double backward)."""
     batches = require_batches(ctx, criterion)
     temperature = float(ctx.options.get("temperature", 1.0))
+    weights = masked_weights(model, mask)
     names = list(weights)
     leaves = [weights[n].detach().clone().requires_grad_(True) for n in names]
+    keep = [mask[n].to(w.device, w.dtype) for n, w in zip(names, leaves)]
 
-    def state() -> dict[str, torch.Tensor]:
-        return functional_state(model, dict(zip(names, leaves)))
+    def state() -> dict[str, torch.Tensor]:  # forward with m ⊙ w: the gradient w.r.t. w is zero where m is
+        return functional_state(model, {n: m * w for n, m, w in zip(names, keep, leaves)})
 
     with torch.enable_grad(), mode(model, data_mode(ctx)):
         g = [torch.zeros_like(w) for w in leaves]
@@ -59,12 +62,12 @@ def hessian_gradient_product(model: nn.Module, weights: Scores, ctx: ScoringCont
 @register("grasp", data_aware=True)
 def grasp(model: nn.Module, mask: Mask, ctx: ScoringContext) -> Scores:
     weights = masked_weights(model, mask)
-    hg = hessian_gradient_product(model, weights, ctx, "grasp")
+    hg = hessian_gradient_product(model, mask, ctx, "grasp")
     return {n: w * hg[n] for n, w in weights.items()}  # = −(GraSP's removal score −w ⊙ Hg)
 
 
 @register("grasp_abs", data_aware=True)
 def grasp_abs(model: nn.Module, mask: Mask, ctx: ScoringContext) -> Scores:
     weights = masked_weights(model, mask)
-    hg = hessian_gradient_product(model, weights, ctx, "grasp_abs")
+    hg = hessian_gradient_product(model, mask, ctx, "grasp_abs")
     return {n: (w * hg[n]).abs() for n, w in weights.items()}
