@@ -165,7 +165,7 @@ def test_grasp_hessian_gradient_product_by_finite_differences_and_paper_sign():
     hg = [(u - d) / (2 * eps) for u, d in zip(up, down)]
 
     mask, ctx = Mask.ones(model), ScoringContext(batches=data)
-    keep, absolute = score("grasp", model, mask, ctx), score("grasp_abs", model, mask, ctx)
+    keep, absolute = score("grasp:T=1", model, mask, ctx), score("grasp_abs:T=1", model, mask, ctx)
     for (name, w), h in zip(prunable_parameters(model).items(), hg):
         torch.testing.assert_close(keep[name], w.detach() * h, atol=1e-7, rtol=1e-4)
         torch.testing.assert_close(absolute[name], (w.detach() * h).abs(), atol=1e-7, rtol=1e-4)
@@ -214,7 +214,7 @@ def test_grasp_on_a_pruned_network_differentiates_the_underlying_weights():
     mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
     expected = masked_hg_reference(model, mask, data, t=1.0)
     ctx = ScoringContext(batches=data)
-    got, absolute = score("grasp", model, mask, ctx), score("grasp_abs", model, mask, ctx)
+    got, absolute = score("grasp:T=1", model, mask, ctx), score("grasp_abs:T=1", model, mask, ctx)
     torch.testing.assert_close(list(got.values()), expected, atol=1e-12, rtol=1e-7)
     torch.testing.assert_close(list(absolute.values()), [e.abs() for e in expected], atol=1e-12, rtol=1e-7)
 
@@ -229,8 +229,36 @@ def test_grasp_temperature_divides_the_logits():
     w = tuple(p.detach() for p in weight_list(model))
     g = torch.autograd.functional.jacobian(loss, w)
     _, hg = torch.autograd.functional.hvp(loss, w, g)
-    got = score("grasp", model, Mask.ones(model), ScoringContext(batches=data, options={"temperature": t}))
+    got = score("grasp:T=4", model, Mask.ones(model), ScoringContext(batches=data))
     torch.testing.assert_close(list(got.values()), [wi * h for wi, h in zip(w, hg)])
+
+
+def test_grasp_temperature_is_a_parameter_default_200_and_the_mask_follows_the_formula():
+    model, data = mlp_16_12_12_10(), batches_for(16, 10, n=3, size=8)
+    g = torch.Generator().manual_seed(12)
+    mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+    ctx, names = ScoringContext(batches=data), list(mask)
+    masks = {}
+    for t, name in [(1.0, "grasp:T=1"), (50.0, "GraSP:t=50.0"), (200.0, "grasp"), (200.0, "grasp:T=200")]:
+        expected = dict(zip(names, masked_hg_reference(model, mask, data, t)))
+        masks[name] = select(score(name, model, mask, ctx), 0.2, previous=mask, seed=3)
+        assert masks[name] == select(expected, 0.2, previous=mask, seed=3), name
+        absolute = select(score(name.lower().replace("grasp", "grasp_abs"), model, mask, ctx), 0.2, previous=mask, seed=3)
+        assert absolute == select({n: e.abs() for n, e in expected.items()}, 0.2, previous=mask, seed=3), name
+    assert masks["grasp"] == masks["grasp:T=200"]  # the default is T = 200
+    assert masks["grasp:T=1"] != masks["grasp"]  # ... and the temperature changes which weights are kept
+    torch.testing.assert_close(score("grasp", model, mask, ctx), score("grasp:T=200", model, mask, ctx), rtol=0, atol=0)
+
+
+def test_grasp_temperature_names():
+    assert parse("GraSP:t=200.0") == "grasp:T=200" and parse("grasp_abs: T = 0.5") == "grasp_abs:T=0.5"
+    assert parse("stacked(grasp:T=50, snip)") == Stack("grasp:T=50", "snip")
+    assert is_data_aware("grasp:T=50") and is_data_aware("grasp_abs:T=50")
+    for bad in ["grasp:T=0", "grasp:T=-1", "grasp:200", "grasp:T=abc", "grasp:temp=5", "grasp:T=inf", "grasp:"]:
+        with pytest.raises(ValueError, match="T=|malformed"):
+            parse(bad)
+    with pytest.raises(UnknownNameError, match="grasp:T=<softmax temperature, default 200>"):
+        parse("graps")
 
 
 def test_synflow_closed_form_on_two_layers():

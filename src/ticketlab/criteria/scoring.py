@@ -1,14 +1,15 @@
-"""Criterion names and scoring: ``parse`` checks a name (``snip``, ``meta:<path>``, ``stacked(A, B)``, nested),
-``score`` computes it, ``is_data_aware`` says whether it needs pruning batches.
+"""Criterion names and scoring: ``parse`` checks a name (``snip``, ``meta:<path>``, ``grasp:T=50``,
+``stacked(A, B)``, nested), ``score`` computes it, ``is_data_aware`` says whether it needs pruning batches.
 
 Stacked Scoring, ``stacked(A, B)``, is 000's algorithm 1 (§3.3.2): S_a <- a(θ_0), S_b <- b(S_a), select by
 S_b. B scores a copy of the model whose prunable weights are A's scores as they are (the thesis
 "temporarily replace[s] the model weights with the intermediate scores"; the copy means the model is never
 written to). As in 000's code base, whose SNIP and GraSP scorers normalise what they return, SNIP scores
-(``snip``) are divided by their sum Σ S and GraSP scores (``grasp``, ``grasp_abs``) by |Σ S|, the sum over
-all layers, before they become weights (all-zero scores stay zero); no other scores are rescaled. Which
-scores those are is decided by the criterion that produced them, so in a nested ``stacked(stacked(X, snip),
-B)`` B sees normalised SNIP scores. Nesting works because A and B are any criterion names.
+(``snip``) are divided by their sum Σ S and GraSP scores (``grasp``, ``grasp_abs``, any temperature) by
+|Σ S|, the sum over all layers, before they become weights (all-zero scores stay zero); no other scores are
+rescaled. Which scores those are is decided by the criterion that produced them, so in a nested
+``stacked(stacked(X, snip), B)`` B sees normalised SNIP scores. Nesting works because A and B are any
+criterion names.
 
 ``stacked_signed(A, B)`` is the variant this library had first, not 000's algorithm: for a data-aware B
 the copy's weights are |S_a| with the sign of the original weight, sign(w)·|S_a| (the sign transfer 000
@@ -52,7 +53,8 @@ class Parametric:
     build: Callable[[str], Criterion]
     data_aware: bool
     usage: str
-    check: Callable[[str], None] | None = None  # validates the argument when the name is parsed (fail early)
+    check: Callable[[str], object] | None = None  # validates the argument when the name is parsed (fail early)
+    canonical: Callable[[str], str] | None = None  # one spelling per value (``t=200.0`` -> ``T=200``)
 
 
 PARAMETRIC: Registry[Parametric] = Registry("criterion with an argument")
@@ -78,7 +80,7 @@ def _split_top_level(text: str, name: str) -> list[str]:
 
 def parse(name: str) -> str | Stack:
     """``"snip"`` -> ``"snip"``; ``"stacked(A, B)"`` -> ``Stack(A, B)``, ``"stacked_signed(A, B)"`` ->
-    ``Stack(A, B, signed=True)`` (each part checked recursively).
+    ``Stack(A, B, signed=True)`` (each part checked recursively); ``"grasp:t=50.0"`` -> ``"grasp:T=50"``.
 
     Unknown base names raise :class:`~ticketlab.registry.UnknownNameError` listing the allowed names; a
     malformed ``stacked`` raises ``ValueError``.
@@ -106,7 +108,7 @@ def parse(name: str) -> str | Stack:
                 raise ValueError(f"malformed criterion {name!r}: write {entry.usage}")
             if entry.check is not None:
                 entry.check(arg)
-            return f"{key}:{arg}"
+            return f"{key}:{entry.canonical(arg) if entry.canonical else arg}"
         if key in CRITERIA:
             raise ValueError(f"malformed criterion {name!r}: {key!r} takes no argument")
         raise UnknownNameError(f"{CRITERIA.unknown_message(name)} {_combinations()}")
