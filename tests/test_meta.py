@@ -254,7 +254,7 @@ def test_meta_names_parse_keep_the_path_case_and_fail_early(tmp_path):
     (upper / "linear.json").write_text(path.read_text())
     (upper / "linear.skops").write_bytes((tmp_path / "linear.skops").read_bytes())
     assert parse(f"META:{upper}/linear.json") == f"meta:{upper}/linear.json"
-    assert parse(f"stacked(SNIP, meta:{upper}/linear.json)") == ("snip", f"meta:{upper}/linear.json")
+    assert parse(f"stacked(SNIP, meta:{upper}/linear.json)") == ("snip", f"meta:{upper}/linear.json", False)
     with pytest.raises(FileNotFoundError, match="no fitted meta model"):
         parse(f"meta:{tmp_path}/missing.json")
     with pytest.raises(ValueError, match="malformed"):

@@ -187,6 +187,37 @@ def test_controls_are_trained_beside_each_ticket(tmp_path):
         assert rd.level(1, control).metrics()["start_step"] == rd.level(1).metrics()["start_step"]
 
 
+def winning_flag(row: dict, dense: dict):
+    from ticketlab.methods.context import Job
+
+    job = Job(spec=None, data=None, model=None, init_state={}, run=None, dense=dense)
+    return job.is_winning(row)
+
+
+def test_winning_compares_test_accuracy_at_the_early_stopping_iterations():
+    """003: test accuracy at the ticket's early-stop step vs the dense run's at its early-stop step."""
+    dense = {"level": 0, "control": "", "test_acc": 0.90, "early_stop_test_acc": 0.92, "early_stop_step": 500}
+    ticket = {"level": 1, "control": "", "test_acc": 0.91, "early_stop_test_acc": 0.89, "early_stop_step": 400}
+    assert winning_flag(ticket, dense) is False  # better at the end, worse at early stopping
+    assert winning_flag({**ticket, "test_acc": 0.85, "early_stop_test_acc": 0.92}, dense) is True
+    assert winning_flag({**ticket, "early_stop_test_acc": 0.95, "early_stop_step": 520}, dense) is False  # later
+    assert winning_flag(dense, dense) is None  # the dense run is no candidate
+    assert winning_flag({**ticket, "control": "reinit", "early_stop_test_acc": 0.95}, dense) is None
+    assert winning_flag({**ticket, "early_stop_step": None, "early_stop_test_acc": None}, dense) is None
+    assert winning_flag(ticket, None) is None
+
+
+def test_winning_flag_in_a_run(tmp_path):
+    result, _ = run(tmp_path, spec("lottery", densities=(0.8,), controls=("reinit",)))
+    dense = next(r for r in result.rows if r["level"] == 0)
+    assert dense["winning"] is None
+    for row in result.rows:
+        if row["level"] == 1:
+            at_least = row["early_stop_test_acc"] >= dense["early_stop_test_acc"]
+            expected = None if row["control"] else at_least and row["early_stop_step"] <= dense["early_stop_step"]
+            assert row["winning"] == expected, row["control"]
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_repeated_runs_in_one_process_are_bit_identical(tmp_path, optimizer):
     """Same spec, several runs in one process (momentum or Adam, rewinding, a control): identical weights

@@ -177,6 +177,17 @@ def test_scored_regrowth_swaps_best_pruned_for_smallest_kept():
     assert hooks.update_mask(100, model) is None  # never on the last step
 
 
+def test_scored_pruning_options_say_how_many_move():
+    """The regrow option's description (what a user reads) states the rule test_scored_regrowth_swaps_... checks."""
+    from ticketlab.methods.regrowth.scored import ScoredPruningOptions
+
+    text = ScoredPruningOptions.model_fields["regrow"].description
+    for words in ["floor(regrow * k)", "kept (active) weights", "as in RigL", "s > 0", "smallest |w|"]:
+        assert words in text, words
+    assert ScoredPruningOptions.model_fields["regrow_every"].description
+    assert ScoredPruningOptions.model_fields["positive_only"].description
+
+
 def test_train_hooks_switch_mask_mid_run(synthetic):
     """A mask change mid-run: revived weights take the given values, newly pruned ones are zero."""
     model = initialize(build_model("mlp:784-16-10"), "kaiming_normal", seed=1)

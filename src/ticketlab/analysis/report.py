@@ -148,8 +148,9 @@ def write_report(
     if not wins.empty:
         sections.append(
             "<h2>Winning tickets</h2>"
-            '<p class="note">003: a ticket is winning when its test accuracy is at least the dense run\'s and its '
-            "early-stopping step (minimum validation loss) is no later. Cells: winning seeds / seeds.</p>"
+            '<p class="note">003: a ticket is winning when its test accuracy at its early-stopping step (minimum '
+            "validation loss) is at least the dense run's at the dense run's early-stopping step, and that step is "
+            "no later. Cells: winning seeds / seeds.</p>"
             + _table(wins)
         )
 

@@ -194,8 +194,9 @@ def format_significance(means: pd.DataFrame, significant: pd.DataFrame, scale: f
 
 
 def winning_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """003's winning-ticket flag per ticket kind and density: ``k/n`` of the seeds whose ticket matched
-    the dense test accuracy no later than the dense run's early-stop step (``–``: flag not computable)."""
+    """003's winning-ticket flag per ticket kind and density: ``k/n`` of the seeds whose ticket, at its
+    early-stop step, matched the dense run's test accuracy at the dense run's early-stop step no later than
+    that step (``–``: flag not computable)."""
     t = tidy(frame)
     if "winning" not in t:
         return pd.DataFrame()

@@ -129,12 +129,18 @@ class Job:
         return row
 
     def is_winning(self, row: dict[str, Any]) -> bool | None:
-        """003: a winning ticket reaches the dense test accuracy no later than the dense run stops early."""
-        if self.dense is None or row["test_acc"] is None or row["early_stop_step"] is None:
+        """003: a ticket is winning when its test accuracy at its early-stopping iteration (minimum validation
+        loss) is at least the dense run's test accuracy at the dense run's early-stopping iteration, and it
+        stops early no later than the dense run. The dense run itself (level 0) and controls are no
+        candidates, and without a validation split the flag cannot be computed: None."""
+        dense = self.dense
+        if row["level"] == 0 or row["control"] or dense is None:
             return None
-        if self.dense["early_stop_step"] is None:
+        acc, dense_acc = row.get("early_stop_test_acc"), dense.get("early_stop_test_acc")
+        step, dense_step = row.get("early_stop_step"), dense.get("early_stop_step")
+        if acc is None or dense_acc is None or step is None or dense_step is None:
             return None
-        return bool(row["test_acc"] >= self.dense["test_acc"] and row["early_stop_step"] <= self.dense["early_stop_step"])
+        return bool(acc >= dense_acc and step <= dense_step)
 
     def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
         """The row of a finished level, or None if it must be (re)computed."""

@@ -53,7 +53,7 @@ def options_of(method: MethodSpec) -> Any:
 def check_method(method: MethodSpec) -> None:
     """The method's name, criterion and options against the registries; ``ValueError`` names the field."""
     key, _ = split_name(method.name)
-    if not (key in METHODS or key in CRITERIA or method.name.startswith("stacked(")):
+    if not (key in METHODS or key in CRITERIA or key.startswith("stacked")):  # stacked(...), stacked_signed(...)
         raise ValueError(f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}")
     for name in filter(None, (method.criterion, None if key in METHODS else method.name)):
         try:

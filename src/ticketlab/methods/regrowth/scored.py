@@ -4,11 +4,12 @@ its rewound value: the first-order drop in loss had it been active. Every ``regr
 pruned weights with the highest s replace as many kept weights with the smallest |w|, so the density
 never changes; a returning weight starts from its rewound value with fresh optimiser state.
 
-How many return per event is our reading of "the top `regrow` fraction": floor(regrow · k) of the k kept
-weights (the same meaning of ``regrow`` as in double-pruning; a fraction of the far larger pruned set
-would swap out nearly the whole ticket at high sparsity), and with ``positive_only`` (default) only
-weights with s > 0, whose return would lower the loss to first order. Each level first prunes like the
-``base`` preset (any criterion); ``regrow: 0`` is that preset bit for bit.
+How many move per event (SPEC): floor(regrow · k) with k the number of kept (active) weights, a fraction
+of the active weights as in RigL (per layer with ``scope: layerwise``), not of the far larger pruned set.
+Those are the pruned weights with the highest s, and with ``positive_only`` (default) only weights with
+s > 0, whose return would lower the loss to first order: when fewer than floor(regrow · k) have s > 0,
+only those move, and with none there is no event. As many kept weights with the smallest |w| leave. Each
+level first prunes like the ``base`` preset (any criterion); ``regrow: 0`` is that preset bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ticketlab.config.duration import Duration
@@ -36,11 +38,21 @@ EVENTS = "regrowth.json"
 
 
 class ScoredPruningOptions(RegrowthOptions):
-    """``regrow_every``: steps between regrowth events (``1ep``, ``100it``); ``positive_only``: only weights
-    with s > 0 return."""
+    """``regrow``: per event, floor(regrow · kept) weights move (only those with s > 0 under
+    ``positive_only``); ``regrow_every``: steps between regrowth events (``1ep``, ``100it``);
+    ``positive_only``: only weights with s > 0 return."""
 
-    regrow_every: DurationField = Duration.parse("1ep")
-    positive_only: bool = True
+    regrow: float = Field(
+        0.1, ge=0, le=1,
+        description="per regrowth event, floor(regrow * k) weights move, k = the number of kept (active) weights "
+        "(a fraction of the active weights, as in RigL; per layer with scope layerwise): the pruned weights with "
+        "the highest score s return, with positive_only only those with s > 0 (fewer move when fewer have s > 0), "
+        "and as many kept weights with the smallest |w| leave",
+    )
+    regrow_every: DurationField = Field(
+        Duration.parse("1ep"), description="steps between regrowth events, e.g. '1ep' or '100it'"
+    )
+    positive_only: bool = Field(True, description="only pruned weights with s > 0 return (their return lowers the loss)")
 
 
 OPTIONS.register("scored_pruning")(ScoredPruningOptions)
