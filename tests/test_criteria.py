@@ -57,7 +57,7 @@ def weight_list(model):
 def test_names_and_data_awareness():
     assert set(criterion_names()) == {
         "random", "magnitude", "snip", "grasp", "grasp_abs", "synflow", "large_final", "large_final_same_sign",
-        "magnitude_increase", "movement", "large_init_large_final",
+        "magnitude_increase", "movement", "large_init_large_final", "random_er", "random_erk",
     }  # fmt: skip
     assert criterion_names() == CRITERIA.names()
     assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "snip"]
