@@ -47,7 +47,7 @@ def test_saliency_equals_finite_differences_of_the_output_change():
             b1, b2 = probe[0].bias.detach(), probe[2].bias.detach()
             assert not b1.any() and not b2.any()  # re-initialised: zero biases
 
-            def f(w1, w2):
+            def f(w1, w2, x=x, b1=b1, b2=b2):
                 return F.linear(torch.tanh(F.linear(x, w1 * c["0.weight"], b1)), w2 * c["2.weight"], b2)
 
             moved = f(theta["0.weight"] + 0.05 * delta["0.weight"], theta["2.weight"] + 0.05 * delta["2.weight"])
@@ -95,7 +95,7 @@ def test_draws_are_kaiming_weights_and_standard_normal_noise_and_ignore_the_mode
     model = initialize(build_model("lenet300", input_shape=(1, 28, 28), num_classes=10), seed=0)
     mask = Mask.ones(model)
     ctx = ScoringContext(input_shape=(1, 28, 28), seed=0)
-    probe, theta, delta, x = draw(model, mask, ctx, "kaiming_normal", (100, 1, 28, 28), 0)
+    _, theta, delta, x = draw(model, mask, ctx, "kaiming_normal", (100, 1, 28, 28), 0)
     w = theta["layers.0.weight"]
     assert abs(float(w.std()) / math.sqrt(2 / 784) - 1) < 0.02
     assert not torch.equal(w, model.layers[0].weight)  # re-drawn, not the model's

@@ -137,7 +137,9 @@ class Block(nn.Module):
 
 def test_graph_of_a_residual_net_never_takes_identity_shortcuts():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), Block(4, 4), Block(4, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), Block(4, 4), Block(4, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)
+    )
     graph = walk_graph(model, Mask.ones(model), (1, 8, 8))
     assert graph.order == ["0.weight", "1.conv1.weight", "1.conv2.weight", "2.conv1.weight", "2.conv2.weight",
                            "2.shortcut.weight", "5.weight"]  # fmt: skip
@@ -177,6 +179,17 @@ def test_pruned_weights_are_never_walked():
     assert parse("phew:visits=4") == "phew:visits=4"
     with pytest.raises(ValueError):
         parse("phew:visits=0")
+
+
+def test_layers_the_mask_leaves_dense_are_walked_through_not_scored():
+    model = mlp()
+    mask = Mask({k: v for k, v in Mask.ones(model).items() if k != "2.weight"})  # the middle layer kept dense
+    ctx = ScoringContext(input_shape=(6,))
+    _, (ahead, _) = phew_walks(model, mask, ctx, DEFAULTS)
+    assert torch.equal(ahead["2.weight"][1] % 8, ahead["0.weight"][1] // 6)  # paths run on through it
+    assert torch.equal(ahead["4.weight"][1] % 5, ahead["2.weight"][1] // 8)
+    got = score("phew", model, mask, ctx)
+    assert list(got) == ["0.weight", "4.weight"] and all(bool((s >= 1).any()) for s in got.values())
 
 
 @pytest.mark.parametrize("family", ["lenet5", "conv2", "resnet20"])

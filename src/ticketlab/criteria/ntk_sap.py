@@ -77,7 +77,9 @@ def draw(
     params = prunable_parameters(probe)
     theta = {n: params[n].detach() for n in mask}
     device, dtype = next(iter(theta.values())).device, next(iter(theta.values())).dtype
-    delta = {n: torch.randn(t.shape, generator=generator, dtype=torch.float64).to(device, dtype) for n, t in theta.items()}
+    delta = {
+        n: torch.randn(t.shape, generator=generator, dtype=torch.float64).to(device, dtype) for n, t in theta.items()
+    }
     x = torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
     for module in probe.modules():
         if isinstance(module, _NORMS):

@@ -45,7 +45,7 @@ from torch.func import functional_call
 
 from ticketlab.criteria.base import ScoringContext, Scores, functional_state, masked_weights, mode, register
 from ticketlab.criteria.params import register_settings
-from ticketlab.masks import Mask
+from ticketlab.masks import Mask, prunable_parameters
 from ticketlab.seeding import seed_for
 
 DEFAULTS: dict[str, Any] = {"visits": 1.0}
@@ -72,10 +72,18 @@ def _input_shape(ctx: ScoringContext) -> tuple[int, ...]:
     raise ValueError("phew needs ScoringContext.input_shape (one sample's shape, e.g. (1, 28, 28)) or a batch")
 
 
+def layer_weights(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """|w ⊙ m| in float64 for every Linear and Conv layer, |w| for those the mask leaves out (kept dense by
+    the spec): walks cross those too, but only masked weights are scored."""
+    masked = masked_weights(model, mask)
+    return {n: masked.get(n, p.detach()).abs().to(torch.float64) for n, p in prunable_parameters(model).items()}
+
+
 def _trace(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tuple[list[str], dict, Any, Any]:
     """One forward pass with hooks: (layer call order, layer output node -> name, input leaf, output node)."""
     modules = {f"{n}.weight" if n else "weight": m for n, m in model.named_modules()}
     weights = masked_weights(model, mask)
+    layers = list(prunable_parameters(model))
     first = next(iter(weights.values()))
     x = torch.zeros((1, *input_shape), dtype=first.dtype, device=first.device, requires_grad=True)
     order: list[str] = []
@@ -90,10 +98,10 @@ def _trace(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tuple[
 
         return record
 
-    for name in mask:
+    for name in layers:
         if getattr(modules[name], "groups", 1) != 1:
             raise ValueError(f"phew: grouped convolution {name!r}: its units do not connect channel to channel")
-    handles = [modules[name].register_forward_hook(hook(name)) for name in mask]
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
     try:
         with torch.enable_grad(), mode(model, False):
             out = functional_call(model, functional_state(model, weights), (x,))
@@ -104,7 +112,7 @@ def _trace(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tuple[
 
 
 def _walk_back(start: Any) -> list[Any]:
-    """Every autograd node reachable from ``start`` through ``next_functions``, producers after consumers."""
+    """Every autograd node reachable from ``start`` through ``next_functions`` (in no particular order)."""
     seen, stack, out = {start}, [start], []
     while stack:
         node = stack.pop()
@@ -189,10 +197,14 @@ def walk_graph(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> Wa
     nodes = {name: node for node, name in layer_at.items()}
     ahead = {INPUT: ahead_of[source], **{n: ahead_of[nodes[n]] for n in order}}
     behind = {OUTPUT: behind_of[out_node], **{n: back(nodes[n]) for n in order}}
-    return WalkGraph(order, {k: sorted(v.items()) for k, v in ahead.items()}, {k: sorted(v.items()) for k, v in behind.items()})
+    return WalkGraph(
+        order, {k: sorted(v.items()) for k, v in ahead.items()}, {k: sorted(v.items()) for k, v in behind.items()}
+    )
 
 
-def _pick(rows_by_cols: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _pick(
+    rows_by_cols: torch.Tensor, rows: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For a walk at each of ``rows``: a column drawn ∝ ``rows_by_cols[row]`` (non-negative, float64), by
     inverse CDF on one flat cumulative sum; and whether the row had any mass (else the walk ends)."""
     cols = rows_by_cols.shape[1]
@@ -218,7 +230,9 @@ def _ratio(weights: Mapping[str, torch.Tensor], upstream: str, downstream: str) 
     """Input units of ``downstream`` per output unit of ``upstream``: 1, or a flattened map's size."""
     n_out, n_in = weights[upstream].shape[0], weights[downstream].shape[1]
     if n_in % n_out:
-        raise ValueError(f"phew: cannot map the {n_out} outputs of {upstream!r} to the {n_in} inputs of {downstream!r}")
+        raise ValueError(
+            f"phew: cannot map the {n_out} outputs of {upstream!r} to the {n_in} inputs of {downstream!r}"
+        )
     return n_in // n_out
 
 
@@ -271,9 +285,8 @@ def phew_walks(
     model: nn.Module, mask: Mask, ctx: ScoringContext, settings: Mapping[str, Any]
 ) -> tuple[int, list[dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
     """(walks each way, [forward visits, backward visits]) as :func:`walks` gives them, from ``ctx.seed``."""
-    weights = masked_weights(model, mask)
+    absw = layer_weights(model, mask)
     graph = walk_graph(model, mask, _input_shape(ctx))
-    absw = {name: w.abs().to(torch.float64) for name, w in weights.items()}
     total = sum(w.numel() for w in absw.values())
     n = max(1, math.ceil(float(settings["visits"]) * total / (2 * len(absw))))
     generator = torch.Generator().manual_seed(seed_for(ctx.seed, _TAG))
@@ -287,7 +300,8 @@ def phew_scores(model: nn.Module, mask: Mask, ctx: ScoringContext, settings: Map
     first = {name: torch.full((w.numel(),), never, dtype=torch.long, device=w.device) for name, w in absw.items()}
     for direction in visits:
         for name, (ids, flat) in direction.items():
-            first[name].scatter_reduce_(0, flat, ids, "amin")
+            if name in first:  # layers left dense are walked, not scored
+                first[name].scatter_reduce_(0, flat, ids, "amin")
     largest = max(float(w.max()) for w in absw.values()) or 1.0
     # walk order first (forward and backward walks alternate, as PHEW runs them), then 1/2 |w| / max|w|
     return {
