@@ -284,8 +284,10 @@ def walks(
 def phew_walks(
     model: nn.Module, mask: Mask, ctx: ScoringContext, settings: Mapping[str, Any]
 ) -> tuple[int, list[dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
-    """(walks each way, [forward visits, backward visits]) as :func:`walks` gives them, from ``ctx.seed``."""
-    absw = layer_weights(model, mask)
+    """(walks each way, [forward visits, backward visits]) as :func:`walks` gives them, from ``ctx.seed``.
+    The walks run on the CPU whatever the model's device: a CUDA cumulative sum may round differently and
+    send a walk elsewhere, and the masks must be the same on every device."""
+    absw = {name: w.cpu() for name, w in layer_weights(model, mask).items()}
     graph = walk_graph(model, mask, _input_shape(ctx))
     total = sum(w.numel() for w in absw.values())
     n = max(1, math.ceil(float(settings["visits"]) * total / (2 * len(absw))))
@@ -295,7 +297,8 @@ def phew_walks(
 
 def phew_scores(model: nn.Module, mask: Mask, ctx: ScoringContext, settings: Mapping[str, Any]) -> Scores:
     n, visits = phew_walks(model, mask, ctx, settings)
-    absw = {name: w.abs().to(torch.float64) for name, w in masked_weights(model, mask).items()}
+    absw = {name: w.abs().to(torch.float64).cpu() for name, w in masked_weights(model, mask).items()}
+    device = {name: w.device for name, w in mask.items()}
     never = 2 * n
     first = {name: torch.full((w.numel(),), never, dtype=torch.long, device=w.device) for name, w in absw.items()}
     for direction in visits:
@@ -305,7 +308,7 @@ def phew_scores(model: nn.Module, mask: Mask, ctx: ScoringContext, settings: Map
     largest = max(float(w.max()) for w in absw.values()) or 1.0
     # walk order first (forward and backward walks alternate, as PHEW runs them), then 1/2 |w| / max|w|
     return {
-        name: (never - first[name]).to(torch.float64).reshape(w.shape) + 0.5 * w / largest
+        name: ((never - first[name]).to(torch.float64).reshape(w.shape) + 0.5 * w / largest).to(device[name])
         for name, w in absw.items()
     }
 
