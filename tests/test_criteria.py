@@ -27,7 +27,8 @@ from ticketlab.models import build_model, initialize
 from ticketlab.registry import UnknownNameError
 
 STACKS = ["stacked(grasp,snip)", "stacked(stacked(magnitude,snip),synflow)", "stacked(synflow,large_final_same_sign)"]
-ALL = criterion_names() + STACKS
+SETTINGS = ["prospr:first_order:new_data", "ntk_sap:eps=0.02:draws=2", "phew:visits=0.5"]  # criteria with settings in their names
+ALL = criterion_names() + STACKS + SETTINGS
 
 
 def two_layer(bias: bool = True, dtype=torch.float64) -> nn.Module:
@@ -58,10 +59,11 @@ def weight_list(model):
 def test_names_and_data_awareness():
     assert set(criterion_names()) == {
         "random", "magnitude", "snip", "grasp", "grasp_abs", "synflow", "large_final", "large_final_same_sign",
-        "magnitude_increase", "movement", "large_init_large_final",
+        "magnitude_increase", "movement", "large_init_large_final", "random_er", "random_erk",
+        "prospr", "ntk_sap", "phew",
     }  # fmt: skip
     assert criterion_names() == CRITERIA.names()
-    assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "snip"]
+    assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "prospr", "snip"]
     assert is_data_aware("stacked(magnitude, snip)") and is_data_aware("stacked(stacked(grasp,magnitude),synflow)")
     assert not is_data_aware("stacked(stacked(magnitude,random),synflow)")
     assert parse(" Stacked( SNIP , stacked(magnitude,grasp) ) ") == Stack("snip", "stacked(magnitude,grasp)")

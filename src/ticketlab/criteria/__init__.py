@@ -8,7 +8,9 @@ One file per criterion registers it; ``scoring`` parses names and composes them;
 meta-learned criterion ``meta:<path>``; ``saw`` initialises a model with a criterion's scores.
 """
 
-from ticketlab.criteria import grasp, learned, magnitude, snip, supermask, synflow  # noqa: F401  (register)
+from ticketlab.criteria import (  # noqa: F401  (register)
+    grasp, learned, magnitude, ntk_sap, phew, prospr, random_erk, snip, supermask, synflow,
+)
 from ticketlab.criteria.base import CRITERIA, DATA_AWARE, Criterion, Scores, ScoringContext
 from ticketlab.criteria.scoring import (
     PARAMETRIC, STACKED, STACKED_SIGNED, Parametric, Stack, criterion_names, is_data_aware, parse, score, stacked,
