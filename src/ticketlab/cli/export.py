@@ -23,13 +23,13 @@ def export(
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder, only for runs without data.json (written before it existed).")] = None,
 ) -> None:
     """Write one level of a run (its final weights, mask applied) as a state dict, an ONNX file or a sparse module."""
-    from ticketlab.cli.common import _CliError, _clean_errors, console
+    from ticketlab.cli.common import CliError, clean_errors, console
     from ticketlab.store import RunDir
     from ticketlab.tickets import FORMATS, TicketError, export_ticket, load_ticket
     from ticketlab.tickets.export import check_target
     from ticketlab.tickets.load import read_spec
 
-    with _clean_errors():
+    with clean_errors():
         try:
             if fmt is None:
                 raise TicketError("format", f"give the format: {', '.join(FORMATS)}")
@@ -43,7 +43,7 @@ def export(
             ticket = load_ticket(run, level, control, data_root=data_root)
             done = export_ticket(ticket, fmt, out)
         except TicketError as exc:
-            raise _CliError(f"{_FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
+            raise CliError(f"{_FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
     check = "" if done.max_abs_diff is None else f"; max |difference| to PyTorch {done.max_abs_diff:.2g}"
     console.print(
         f"wrote {done.path} ({done.format}, {done.bytes:,} bytes): level {ticket.level}"
