@@ -145,13 +145,21 @@ def test_baseline_label_errors():
 
 
 def test_winning_table_counts_seeds():
+    losing = rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=False)[2:]  # seed 2
     frame = pd.DataFrame(
-        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2] + rows("lottery", 0.1, [0.9], winning=False)
-        + rows("lottery", 0.5, [0.9, 0.9], winning=None)
+        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2] + losing + rows("lottery", 0.5, [0.9, 0.9], winning=None)
     )
     table = winning_table(frame)
     assert table.loc["lottery", "0.1"] == "2/3"
     assert table.loc["lottery", "0.5"] == "–"
+
+
+def test_winning_table_counts_a_seed_once():
+    # a methods sweep with one run per density: each run records the same seed's dense level
+    dense = [dict(row, run_id=f"run{i}") for i in range(3) for row in rows("oneshot", 1.0, [0.9], winning=True, criterion="snip")]
+    frame = pd.DataFrame(dense + rows("oneshot", 0.1, [0.8], winning=False, criterion="snip"))
+    table = winning_table(frame)
+    assert table.loc["oneshot(snip)", "1"] == "1/1" and table.loc["oneshot(snip)", "0.1"] == "0/1"
 
 
 def test_choose_density_most_tickets_then_sparsest():

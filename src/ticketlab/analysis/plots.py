@@ -83,18 +83,25 @@ def plot_overlap_heatmap(matrix: pd.DataFrame, path: str | os.PathLike, title: s
     cell = min(0.9, max(0.45, 6.0 / n))  # inches: about 1100 pixels wide at most up to 16 kinds
     fig, ax = plt.subplots(figsize=(2.2 + cell * n, 1.2 + cell * n), dpi=120, layout="constrained")
     values = matrix.to_numpy(dtype=float)
-    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    cmap = plt.get_cmap("viridis")
+    image = ax.imshow(values, vmin=0, vmax=1, cmap=cmap)
     ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(matrix.index)), matrix.index, fontsize=8)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if not np.isnan(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8 if cell > 0.5 else 7,
-                        color="black" if values[i, j] > 0.6 else "white")
+                        color="black" if _luminance(cmap(values[i, j])) > 0.179 else "white")
     fig.colorbar(image, ax=ax, label="Jaccard |A∩B| / |A∪B|", shrink=min(1.0, 0.4 + 0.1 * n))
     width_chars = int((2.2 + cell * n) * 72 / 7)  # characters of 11 pt that fit the figure's width
     fig.suptitle(textwrap.fill(title or "mask overlap", max(width_chars, 30)), fontsize=11)
     return _save(fig, path)
+
+
+def _luminance(rgba: tuple[float, float, float, float]) -> float:
+    """Relative luminance (sRGB, BT.709 weights); above 0.179 black text has more contrast than white (WCAG)."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def plot_initial_value_hist(

@@ -92,6 +92,11 @@ class Context:
     def used(self, labels: list[str] | None = None) -> str:
         return self.report.used(labels)
 
+    def at(self, labels: list[str] | None = None) -> str:
+        """``near density 0.05 (levels at 0.0488–0.0512)``: asked and used, for titles and headings."""
+        used = self.used(labels)
+        return f"near density {self.density:g}" + ("" if used == f"{self.density:g}" else f" (levels at {used})")
+
 
 def image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -157,11 +162,13 @@ def significance_section(ctx: Context) -> str:
     """000 figure 5.14: means with Welch's t-test stars against the baseline, and the p-values."""
     means, pvalues, significant = ctx.significance
     base = html.escape(ctx.report.baseline)
+    seeds = ctx.frame["seed"].nunique() if "seed" in ctx.frame else 0
+    one_seed = " <b>One seed in these results: no cell can be tested, so there are no stars.</b>" if seeds == 1 else ""
     return (
         f"<h2>Significance vs {base}</h2>"
         + note(f"Mean {html.escape(ctx.metric)} over seeds per ticket and density (as 000 figure 5.14). "
                f"<b>*</b>: Welch's t-test against <b>{base}</b> at the same density gives p &lt; {ctx.alpha:g} "
-               "(000 §4.3); needs at least two seeds on both sides. Rows sorted by the sparsest column.")
+               "(000 §4.3); needs at least two seeds on both sides. Rows sorted by the sparsest column." + one_seed)
         + table(format_significance(means, significant, ctx.scale))
         + "<details><summary>p-values</summary>"
         + table(pvalues.rename(columns=lambda c: f"{c:g}").map(lambda p: "–" if pd.isna(p) else f"{p:.3g}"))
@@ -215,13 +222,13 @@ def overlap_section(ctx: Context) -> str:
         if matrix.empty:
             continue
         key = _key("overlap", model)
-        title = f"Jaccard overlap{' · ' + model if model else ''} at density {ctx.used(list(matrix.index))}"
+        title = f"Jaccard overlap{' · ' + model if model else ''}, {ctx.at(list(matrix.index))}"
         ctx.report.images[key] = plots.plot_overlap_heatmap(matrix, ctx.out / f"{key}.png", title=title)
         parts.append(_model_heading(model) + image(ctx.report.images[key], f"Jaccard overlap heatmap {model}".strip()))
     if not parts:
         return ""
     return (
-        f"<h2>Mask overlap at density {ctx.used()}</h2>" + "".join(parts)
+        f"<h2>Mask overlap {html.escape(ctx.at())}</h2>" + "".join(parts)
         + note("Jaccard |A∩B| / |A∪B| of the kept weights, per seed (same initial weights), mean over the seeds "
                "both tickets have; each ticket at its level in the table above.")
     )
@@ -235,13 +242,13 @@ def initial_values_section(ctx: Context) -> str:
         if not values:
             continue
         key = _key("initial_values", model)
-        title = f"initial values of kept weights{' · ' + model if model else ''}, density {ctx.used(list(values))}"
+        title = f"initial values of kept weights{' · ' + model if model else ''}, {ctx.at(list(values))}"
         ctx.report.images[key] = plots.plot_initial_value_hist(values, ctx.out / f"{key}.png", title=title, styles=ctx.styles)
         parts.append(_model_heading(model) + image(ctx.report.images[key], f"histogram of initial values {model}".strip()))
     if not parts:
         return ""
     return (
-        "<h2>Initial values of kept weights</h2>" + "".join(parts)
+        f"<h2>Initial values of kept weights {html.escape(ctx.at())}</h2>" + "".join(parts)
         + note("Tickets: the shared initial weights (level 0 start) at the kept positions; controls: the weights "
                "they started from. In brackets: number of weights over all seeds. The x axis spans the central 99% of "
                "each kind's values (layers' initial scales differ by their fan-in; a few of the widest layer's "
@@ -272,13 +279,13 @@ def layer_section(ctx: Context) -> str:
         if layers.empty:
             continue
         key = _key("layer_densities", model)
-        title = f"per-layer density{' · ' + model if model else ''} at density {ctx.used(list(layers.index))}"
+        title = f"per-layer density{' · ' + model if model else ''}, {ctx.at(list(layers.index))}"
         ctx.report.images[key] = plots.plot_layer_densities(layers, ctx.out / f"{key}.png", title=title, styles=ctx.styles)
         parts.append(
             _model_heading(model) + image(ctx.report.images[key], f"per-layer density bars {model}".strip())
             + table(layers.map(lambda v: "–" if pd.isna(v) else f"{v * 100:.2f}%"))
         )
-    return "<h2>Per-layer density</h2>" + "".join(parts) if parts else ""
+    return f"<h2>Per-layer density {html.escape(ctx.at())}</h2>" + "".join(parts) if parts else ""
 
 
 def parameters_section(ctx: Context) -> str:

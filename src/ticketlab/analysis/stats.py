@@ -232,12 +232,16 @@ def format_significance(means: pd.DataFrame, significant: pd.DataFrame, scale: f
 
 def winning_table(frame: pd.DataFrame) -> pd.DataFrame:
     """003's winning-ticket flag per ticket kind and density: ``k/n`` of the seeds whose ticket matched
-    the dense test accuracy no later than the dense run's early-stop step (``–``: flag not computable)."""
+    the dense test accuracy no later than the dense run's early-stop step (``–``: flag not computable).
+    A seed counts once: runs of one set-up that differ only in their densities share the dense level."""
     t = tidy(frame)
     if "winning" not in t:
         return pd.DataFrame()
     columns = sorted(t["density_key"].unique(), reverse=True)
     out = pd.DataFrame("–", index=sorted(t["label"].unique()), columns=[f"{c:g}" for c in columns])
+    t = t[t["winning"].notna()]
+    if "seed" in t:
+        t = t.drop_duplicates(subset=["label", "density_key", "seed"], keep="first")
     for (label, d), g in t.groupby(["label", "density_key"]):
         flags = [bool(v) for v in g["winning"] if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if flags:

@@ -89,10 +89,10 @@ def percent(value: float, _position: object = None) -> str:
     return f"{text}%"
 
 
-def density_ticks(densities: Sequence[float], max_labels: int = 10) -> list[float]:
-    """Tick positions (percent) for the measured ``densities`` (percent): densest first, each at least a
-    tenth of the axis span (in log scale) from the previous one so labels never overlap, and always the
-    densest and the sparsest."""
+def density_ticks(densities: Sequence[float], max_labels: int = 13) -> list[float]:
+    """Tick positions (percent) for the measured ``densities`` (percent): densest first, each at least
+    1/``max_labels`` of the axis span (in log scale, at least 0.3 decades) from the previous one so labels
+    never overlap, and always the densest and the sparsest."""
     values = sorted({float(d) for d in densities if d > 0}, reverse=True)
     if len(values) <= 2:
         return values
