@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -188,27 +187,34 @@ def winning_section(ctx: Context) -> str:
     )
 
 
+def _span(values: pd.Series) -> str:
+    lo, hi = f"{values.min():.4g}", f"{values.max():.4g}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def levels_section(ctx: Context) -> str:
-    """Which level of each ticket kind the mask sections compare, at which density, and which kinds are
-    left out because none of their levels is near the density."""
-    picked = closest_levels(ctx.frame, ctx.density)
-    rows = []
-    for label, g in picked.groupby("label", sort=True):
-        d = g["density"].astype(float)
-        used = f"{d.min():.4g}" if f"{d.min():.4g}" == f"{d.max():.4g}" else f"{d.min():.4g}–{d.max():.4g}"
-        ratio = math.exp(abs(math.log(d.mean() / ctx.density)))
-        rows.append((label, g["seed"].nunique(), ", ".join(map(str, sorted(set(g["level"])))), used, f"×{ratio:.3g}"))
-    for label, d in ctx.report.left_out.items():
-        rows.append((label, 0, "–", f"left out: closest {d:.4g}", f"×{math.exp(abs(math.log(d / ctx.density))):.3g}"))
-    if not rows:
+    """Which level of each ticket kind (and seed) the mask sections compare, at which density, and which
+    seeds or kinds are left out because none of their levels is near the density."""
+    closest = closest_levels(ctx.frame, ctx.density, factor=None)
+    if closest.empty:
         return ""
-    view = pd.DataFrame(rows, columns=["ticket", "seeds", "level", "density used", "off by"])
+    closest = closest.assign(off=(closest["density"].astype(float) / ctx.density).map(lambda r: max(r, 1 / r)))
+    rows = []
+    for label, g in closest.groupby("label", sort=True):
+        near, far = g[g["off"] <= CLOSE * (1 + 1e-9)], g[g["off"] > CLOSE * (1 + 1e-9)]
+        skipped = ", ".join(f"seed {s} (closest {d:.4g})" for s, d in zip(far["seed"], far["density"]))
+        if near.empty:
+            rows.append((label, 0, "–", "–", "–", "all: " + skipped))
+            continue
+        rows.append((label, near["seed"].nunique(), ", ".join(map(str, sorted(set(near["level"])))),
+                     _span(near["density"].astype(float)), f"×{near['off'].max():.3g}", skipped or "–"))
+    view = pd.DataFrame(rows, columns=["ticket", "seeds", "level", "density used", "off by", "left out"])
     reason = html.escape(ctx.report.density_reason)
     return (
         f"<h2>Masks compared near density {ctx.density:g}</h2>"
         + note(f"Density {ctx.density:g} ({reason}). The overlap, initial-value and per-layer sections take each "
-               f"ticket kind (controls in the initial values) at its level closest to it in log density, and only "
-               f"if within a factor {CLOSE:g}; other kinds are left out, not compared at another density. "
+               f"ticket kind (controls in the initial values) and seed at its level closest to it in log density, "
+               f"and only if within a factor {CLOSE:g}; the others are left out, not compared at another density. "
                f"Densities used: {ctx.used()}.")
         + table(view, index=False)
     )
