@@ -147,6 +147,14 @@ def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_ba
     legend = ax.get_legend().get_window_extent(renderer)
     assert not _overlap(legend, ax.get_window_extent(renderer))
     assert len(ax.get_legend().get_texts()) == 16
+    # 40 series: the figure grows taller so the legend stays beside the axes in two columns, not five
+    many = pd.DataFrame(sum((rows(f"method{i:02d}", [1.0, 0.5, 0.2], [0.9, 0.92]) for i in range(40)), []))
+    plots.plot_mean_std(summarize(many), tmp_path / "many.png")
+    fig = figures.figures["many.png"]
+    renderer = fig.canvas.get_renderer()
+    legend, axes = fig.axes[0].get_legend().get_window_extent(renderer), fig.axes[0].get_window_extent(renderer)
+    assert fig.get_figheight() > 4.5 and legend.height <= axes.height * 1.05 and legend.width < 1.2 * axes.width
+    assert not _overlap(legend, axes)
     names = [f"a rather long ticket name number {i}" for i in range(12)]
     matrix = pd.DataFrame(np.eye(12), index=names, columns=names)
     plots.plot_overlap_heatmap(matrix, tmp_path / "heat.png", title="Jaccard overlap · mlp:784-300-100-10, near density 0.05 (levels at 0.0488–0.0512)")

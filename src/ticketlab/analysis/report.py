@@ -35,7 +35,8 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f3; }
-tbody th { position: sticky; left: 0; background: #fff; }
+tbody th, thead th:first-child { position: sticky; left: 0; background: #fff; box-shadow: inset -1px 0 #ccc; }
+thead th:first-child { background: #f3f3f3; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 p.note { color: #555; font-size: 0.9em; }
 """

@@ -103,7 +103,10 @@ def image(path: Path, alt: str) -> str:
 
 
 def table(frame: pd.DataFrame, index: bool = True) -> str:
-    """An HTML table in a box that scrolls sideways when the table is wider than the page."""
+    """An HTML table in a box that scrolls sideways when the table is wider than the page; the index's
+    name heads its column in the one header row."""
+    if index and frame.index.name:
+        frame = frame.rename_axis(index=None, columns=frame.index.name)
     return '<div class="wide">' + frame.to_html(escape=True, na_rep="–", border=0, index=index) + "</div>"
 
 

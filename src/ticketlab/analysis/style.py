@@ -26,6 +26,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":")
 HATCHES = ("", "//", "..", "xx")
 LEGEND_FONTSIZE = 8
+MAX_HEIGHT = 10.0  # inches: how tall a figure may grow to fit its legend beside it
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,19 @@ def styles_for(labels: Iterable[str], styles: dict[str, Style] | None) -> dict[s
 
 def legend_outside(ax: Axes, title: str | None = None) -> None:
     """The axes' legend to the right of the axes, outside them (figures are saved with a tight bounding
-    box, so the image widens instead of the legend covering data); in columns when the entries would be
-    taller than the axes."""
+    box, so the image widens instead of the legend covering data). When the entries are taller than the
+    axes, the figure first grows taller (to two columns' worth, up to :data:`MAX_HEIGHT` inches: many
+    series need the height too), then the legend takes more columns."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
-    height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
-    rows = max(1, int(height_pt // (LEGEND_FONTSIZE * 1.9)))
+    fig = ax.figure
+    row_pt = LEGEND_FONTSIZE * 1.9
+    share = ax.get_position().height  # of the figure's height; stays when the figure grows
+    if len(handles) * row_pt > share * fig.get_figheight() * 72:
+        wanted = math.ceil(len(handles) / 2) * row_pt / 72 / share
+        fig.set_figheight(max(fig.get_figheight(), min(MAX_HEIGHT, wanted)))
+    rows = max(1, int(share * fig.get_figheight() * 72 // row_pt))
     ax.legend(
         handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=LEGEND_FONTSIZE,
         ncol=math.ceil(len(handles) / rows), title=title, title_fontsize=LEGEND_FONTSIZE, frameon=False,
