@@ -5,7 +5,6 @@ where the report reads run files; hand-made result frames elsewhere. Figures are
 artists they draw (captured where they are saved), the page in headless Chromium at a laptop's width."""
 
 import itertools
-import math
 import re
 import shutil
 import tempfile
@@ -16,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.colors import to_hex
 from typer.testing import CliRunner
 
 from ticketlab.analysis import plots
 from ticketlab.analysis.report import write_report
-from ticketlab.analysis.stats import baseline_label, default_baseline, significance_table
+from ticketlab.analysis.stats import baseline_label, default_baseline, significance_table, summarize, welch_p
 from ticketlab.analysis.style import PALETTE, density_ticks, percent, series_styles, styles_for
 from ticketlab.cli import app
 from ticketlab.cli import common as cli_common
@@ -68,14 +68,8 @@ class Figures:
                 artist = handle.patches[0] if hasattr(handle, "patches") else handle
                 colour = artist.get_color() if hasattr(artist, "get_xdata") else (
                     artist.get_facecolor() if artist.get_fill() else artist.get_edgecolor())
-                out[re.sub(r" \(\d+\)$", "", label)] = matplotlib_hex(colour)
+                out[re.sub(r" \(\d+\)$", "", label)] = to_hex(colour)
         return out
-
-
-def matplotlib_hex(colour):
-    from matplotlib.colors import to_hex
-
-    return to_hex(colour)
 
 
 @pytest.fixture
@@ -137,9 +131,7 @@ def _overlap(a, b):
 
 
 def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_bar(tmp_path, figures):
-    frame = pd.DataFrame(sum((rows(f"method{i:02d}", [1.0, 0.5, 0.2, 0.1], [0.9, 0.92]) for i in range(16)), []))
-    from ticketlab.analysis.stats import summarize
-
+    frame = pd.DataFrame(itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2, 0.1], [0.9, 0.92]) for i in range(16)))
     plots.plot_mean_std(summarize(frame), tmp_path / "mean.png")
     fig = figures.figures["mean.png"]
     ax = fig.axes[0]
@@ -148,7 +140,7 @@ def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_ba
     assert not _overlap(legend, ax.get_window_extent(renderer))
     assert len(ax.get_legend().get_texts()) == 16
     # 40 series: the figure grows taller so the legend stays beside the axes in two columns, not five
-    many = pd.DataFrame(sum((rows(f"method{i:02d}", [1.0, 0.5, 0.2], [0.9, 0.92]) for i in range(40)), []))
+    many = pd.DataFrame(itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2], [0.9, 0.92]) for i in range(40)))
     plots.plot_mean_std(summarize(many), tmp_path / "many.png")
     fig = figures.figures["many.png"]
     renderer = fig.canvas.get_renderer()
@@ -170,8 +162,6 @@ def test_density_tick_labels_are_percentages(tmp_path, figures):
     assert [percent(v) for v in (100, 10, 1, 0.1, 51.2, 3.2768, 0.0004)] == [
         "100%", "10%", "1%", "0.1%", "51.2%", "3.28%", "0.0004%"]
     frame = pd.DataFrame(rows("lottery", [1.0, 0.5, 0.25, 0.1, 0.01, 0.001], [0.9, 0.92]))
-    from ticketlab.analysis.stats import summarize
-
     plots.plot_mean_std(summarize(frame), tmp_path / "a.png")
     ax = figures.figures["a.png"].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
@@ -246,8 +236,8 @@ def test_baseline_by_criterion(runs, tmp_path):
     frame = pd.DataFrame(rows("lottery", [0.1], [0.9, 0.91]) + rows("oneshot", [0.1], [0.8, 0.82], criterion="snip"))
     assert baseline_label(frame, "snip") == "oneshot(snip)"
     assert baseline_label(frame, "oneshot") == "oneshot(snip)"
-    assert significance_table(frame, "snip")[1].loc["lottery", 0.1] == pytest.approx(
-        __import__("ticketlab").analysis.stats.welch_p([0.9 - 0.09, 0.91 - 0.09], [0.8 - 0.09, 0.82 - 0.09]))
+    pvalues = significance_table(frame, "snip")[1]  # the stars are tested against SNIP
+    assert pvalues.loc["lottery", 0.1] == pytest.approx(welch_p([0.9 - 0.09, 0.91 - 0.09], [0.8 - 0.09, 0.82 - 0.09]))
     both = pd.DataFrame(rows("oneshot", [0.1], [0.8], criterion="snip") + rows("multishot", [0.1], [0.8], criterion="snip"))
     with pytest.raises(ValueError, match=r"criterion 'snip' names several tickets, pick one of: multishot\(snip\), oneshot\(snip\)"):
         baseline_label(both, "snip")
@@ -307,4 +297,3 @@ def test_page_at_laptop_width_in_headless_chromium(runs, tmp_path):
     assert boxes and all(right <= view_width for right in boxes)
     for right, natural, shown in images:
         assert right <= view_width and shown <= natural and shown > 300
-    assert math.isfinite(page_width)
