@@ -9,7 +9,7 @@ import torch
 from scipy import stats as sps
 
 from ticketlab.analysis import plots
-from ticketlab.analysis.overlap import closest_levels, jaccard
+from ticketlab.analysis.overlap import closest_levels, far_levels, jaccard
 from ticketlab.analysis.report import choose_density
 from ticketlab.analysis.stats import (
     baseline_label, density_key, format_significance, labels, significance_table, summarize, welch_p, winning_table,
@@ -52,9 +52,25 @@ def test_closest_levels_in_log_density():
         rows("lottery", 0.8, [0.9], level=1) + rows("lottery", 0.1, [0.8], level=2) + rows("lottery", 0.01, [0.5], level=3)
     )
     # in log density 0.04 is nearer 0.1 (x2.5) than 0.01 (x4), though linearly nearer 0.01
-    assert closest_levels(frame, 0.04)["level"].tolist() == [2]
-    assert closest_levels(frame, 0.02)["level"].tolist() == [3]
-    assert closest_levels(frame, 0.5)["level"].tolist() == [1]
+    assert closest_levels(frame, 0.04, factor=None)["level"].tolist() == [2]
+    assert closest_levels(frame, 0.02, factor=None)["level"].tolist() == [3]
+    assert closest_levels(frame, 0.5, factor=None)["level"].tolist() == [1]
+
+
+def test_closest_levels_only_within_the_factor():
+    frame = pd.DataFrame(
+        rows("lottery", 0.8, [0.9, 0.9], level=1) + rows("lottery", 0.1, [0.8, 0.8], level=2)
+        + rows("supermask", 0.5, [0.7, 0.7], level=3)
+    )
+    # asked 0.05: lottery's 0.1 is x2 away, supermask's 0.5 x10: nothing is compared, both are left out
+    assert closest_levels(frame, 0.05).empty
+    assert far_levels(frame, 0.05).set_index("label")["density"].to_dict() == {"lottery": 0.1, "supermask": 0.5}
+    # asked 0.07: lottery's 0.1 is within x1.5 (x1.43), for both seeds; supermask is left out
+    near = closest_levels(frame, 0.07)
+    assert near["label"].tolist() == ["lottery", "lottery"] and near["density"].tolist() == [0.1, 0.1]
+    assert far_levels(frame, 0.07)["label"].tolist() == ["supermask"]
+    # exactly x1.5 counts as close
+    assert closest_levels(frame, 0.75)["label"].tolist() == ["lottery", "lottery", "supermask", "supermask"]
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -105,7 +121,7 @@ def test_significance_table_like_figure_5_14():
         + rows("random", 0.01, [0.95, 0.96, 0.955])   # best at the sparsest column: first row
     )
     means, pvalues, significant = significance_table(frame, "snip")
-    assert list(means.columns) == [0.01, 0.1]  # densities ascending, as in 5.14
+    assert list(means.columns) == [0.1, 0.01]  # densest first, as every table of a report
     assert list(means.index) == ["random", "snip", "synflow"]  # sorted by the sparsest column
     assert bool(significant.loc["synflow", 0.01]) and not bool(significant.loc["synflow", 0.1])
     assert math.isnan(pvalues.loc["snip", 0.01])  # the baseline is not tested against itself
@@ -129,13 +145,21 @@ def test_baseline_label_errors():
 
 
 def test_winning_table_counts_seeds():
+    losing = rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=False)[2:]  # seed 2
     frame = pd.DataFrame(
-        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2] + rows("lottery", 0.1, [0.9], winning=False)
-        + rows("lottery", 0.5, [0.9, 0.9], winning=None)
+        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2] + losing + rows("lottery", 0.5, [0.9, 0.9], winning=None)
     )
     table = winning_table(frame)
     assert table.loc["lottery", "0.1"] == "2/3"
     assert table.loc["lottery", "0.5"] == "–"
+
+
+def test_winning_table_counts_a_seed_once():
+    # a methods sweep with one run per density: each run records the same seed's dense level
+    dense = [dict(row, run_id=f"run{i}") for i in range(3) for row in rows("oneshot", 1.0, [0.9], winning=True, criterion="snip")]
+    frame = pd.DataFrame(dense + rows("oneshot", 0.1, [0.8], winning=False, criterion="snip"))
+    table = winning_table(frame)
+    assert table.loc["oneshot(snip)", "1"] == "1/1" and table.loc["oneshot(snip)", "0.1"] == "0/1"
 
 
 def test_choose_density_most_tickets_then_sparsest():

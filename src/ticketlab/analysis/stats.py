@@ -97,12 +97,15 @@ def labels(frame: pd.DataFrame) -> pd.Series:
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control None -> '')."""
+    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control None -> ''). A frame
+    that already has labels keeps them: a part of a tidy frame (e.g. one model's rows) keeps the labels of
+    the whole, which name what differs in the whole (``lottery · lenet5``, not ``lottery``)."""
     out = frame.copy()
     if "control" not in out:
         out["control"] = ""
     out["control"] = out["control"].map(_text)
-    out["label"] = labels(out)
+    if "label" not in out:
+        out["label"] = labels(out)
     out["density_key"] = density_key(out)
     return out
 
@@ -141,33 +144,67 @@ def welch_p(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
 
 
 def baseline_label(frame: pd.DataFrame, baseline: str) -> str:
-    """The label of the baseline: an exact label, or a method name whose ticket (no control) has one
-    label; anything else is a ValueError listing the labels."""
+    """The label of the baseline: an exact label, else the one ticket (no control) whose method, whose
+    ``method(criterion)`` or whose criterion is ``baseline`` (``snip`` finds ``oneshot(snip)``), tried in
+    that order; several tickets matching, or none, is a ValueError listing them or the labels."""
     t = tidy(frame)
     names = sorted(t["label"].unique())
     if baseline in names:
         return baseline
-    matches = sorted(t.loc[(t["method"] == baseline) & (t["control"] == ""), "label"].unique())
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ValueError(f"baseline: method {baseline!r} names several tickets, pick one of: {', '.join(matches)}")
-    raise ValueError(f"baseline: {baseline!r} is not a method or ticket in the results; allowed: {', '.join(names)}")
+    tickets = t[t["control"] == ""]
+    keys = {
+        "method": tickets["method"].map(_text) if "method" in tickets else None,
+        "method(criterion)": tickets.apply(_base, axis=1) if len(tickets) else None,
+        "criterion": tickets["criterion"].map(_text) if "criterion" in tickets else None,
+    }
+    for what, key in keys.items():
+        if key is None:
+            continue
+        matches = sorted(tickets.loc[key == baseline, "label"].unique())
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ValueError(f"baseline: {what} {baseline!r} names several tickets, pick one of: {', '.join(matches)}")
+    raise ValueError(f"baseline: {baseline!r} is not a method, criterion or ticket in the results; allowed: {', '.join(names)}")
+
+
+PREFERRED_BASELINE = "lottery"  # IMP, the lottery ticket hypothesis' own method (003)
+
+
+def default_baseline(frame: pd.DataFrame, metric: str = "test_acc") -> tuple[str, str]:
+    """The baseline when none is given, and why: the lottery ticket (IMP) where the results have one (the
+    label ``lottery`` where several lottery kinds exist, e.g. ``lottery(movement)`` beside it), else the
+    ticket kind (no control) with the most samples (density x seed) of ``metric``, so that most
+    cells can be tested; among equals the first by name. Returns (label, reason)."""
+    t = samples(frame, metric)
+    tickets = t[t["control"] == ""]
+    if tickets.empty:
+        raise ValueError(f"baseline: no ticket has a value of {metric!r}; give --baseline")
+    counts = tickets.groupby("label").size()
+    lottery = sorted(tickets.loc[tickets["method"].map(_text) == PREFERRED_BASELINE, "label"].unique())
+    if PREFERRED_BASELINE in lottery or len(lottery) == 1:  # plain "lottery": IMP with magnitude pruning
+        return (PREFERRED_BASELINE if PREFERRED_BASELINE in lottery else lottery[0]), "the lottery ticket (IMP)"
+    pool = lottery or sorted(counts.index)
+    best = max(pool, key=lambda label: counts[label])  # first of the largest: sorted by name
+    if lottery:
+        return best, "of the lottery tickets, the one with the most samples"
+    return best, "no lottery ticket in the results: the ticket kind with the most samples (density x seed)"
 
 
 def significance_table(
     frame: pd.DataFrame, baseline: str, metric: str = "test_acc", alpha: float = ALPHA
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The table of 000 figure 5.14: one row per ticket kind, one column per density (ascending), cells
-    the mean ``metric`` over seeds, and ``p < alpha`` of Welch's t-test against the baseline at the same
-    density marked. Rows are sorted by the mean at the lowest density, best first, as in 5.14.
+    """The table of 000 figure 5.14: one row per ticket kind, one column per density, cells the mean
+    ``metric`` over seeds, and ``p < alpha`` of Welch's t-test against the baseline at the same density
+    marked. Rows are sorted by the mean at the lowest density, best first, as in 5.14; columns run densest
+    first, as every table and plot of a report (5.14 itself runs sparsest first).
 
     Returns (means, p-values, significant) frames with the same index (label) and columns (density).
     """
     base = baseline_label(frame, baseline)
     t = samples(frame, metric)
     means = t.pivot_table(index="label", columns="density_key", values=metric, aggfunc="mean")
-    means = means.reindex(sorted(means.columns), axis=1)
+    means = means.reindex(sorted(means.columns, reverse=True), axis=1)
     pvalues = pd.DataFrame(np.nan, index=means.index, columns=means.columns)
     groups = {key: g[metric].to_numpy() for key, g in t.groupby(["label", "density_key"])}
     for label in means.index:
@@ -177,7 +214,7 @@ def significance_table(
             if (label, d) in groups and (base, d) in groups:
                 pvalues.loc[label, d] = welch_p(groups[(label, d)], groups[(base, d)])
     significant = pvalues < alpha
-    order = means.iloc[:, 0].sort_values(ascending=False, na_position="last").index if len(means.columns) else means.index
+    order = means.iloc[:, -1].sort_values(ascending=False, na_position="last").index if len(means.columns) else means.index
     return means.loc[order], pvalues.loc[order], significant.loc[order]
 
 
@@ -196,12 +233,16 @@ def format_significance(means: pd.DataFrame, significant: pd.DataFrame, scale: f
 def winning_table(frame: pd.DataFrame) -> pd.DataFrame:
     """003's winning-ticket flag per ticket kind and density: ``k/n`` of the seeds whose ticket, at its
     early-stop step, matched the dense run's test accuracy at the dense run's early-stop step no later than
-    that step (``–``: flag not computable)."""
+    that step (``–``: flag not computable). A seed counts once: runs of one set-up that differ only in their
+    densities share the dense level."""
     t = tidy(frame)
     if "winning" not in t:
         return pd.DataFrame()
     columns = sorted(t["density_key"].unique(), reverse=True)
     out = pd.DataFrame("–", index=sorted(t["label"].unique()), columns=[f"{c:g}" for c in columns])
+    t = t[t["winning"].notna()]
+    if "seed" in t:
+        t = t.drop_duplicates(subset=["label", "density_key", "seed"], keep="first")
     for (label, d), g in t.groupby(["label", "density_key"]):
         flags = [bool(v) for v in g["winning"] if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if flags:
