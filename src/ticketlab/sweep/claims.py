@@ -27,6 +27,7 @@ from ticketlab.files import atomic_write_json
 
 CLAIM_FILE = "claim.json"
 DEFAULT_TTL = 60.0  # seconds a claim lives without renewal
+LOCK_TTL = 10.0  # seconds after which a takeover lock is known to be left by a dead sweep (held for microseconds)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -123,7 +124,7 @@ def try_claim(run_path: str | os.PathLike, ttl: float = DEFAULT_TTL) -> Claim | 
                 continue  # released meanwhile
             if not owner.stale():
                 return None
-            _clear_stale(path, owner, claim.token)
+            _take_over(path, owner, ttl)
             continue
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(claim._content()))
@@ -133,23 +134,27 @@ def try_claim(run_path: str | os.PathLike, ttl: float = DEFAULT_TTL) -> Claim | 
     return None
 
 
-def _clear_stale(path: Path, owner: Owner, token: str) -> None:
-    """Remove a stale claim unless another sweep replaced it first (then its fresh claim is put back)."""
-    aside = path.with_name(f".{CLAIM_FILE}.{token}.stale")
+def _take_over(path: Path, owner: Owner, ttl: float) -> None:
+    """Remove a stale claim, under a takeover lock (``O_EXCL`` too) so that of several sweeps taking it
+    over only one removes it, and only if it is still the claim judged stale; the fresh claim is then
+    created with ``O_EXCL`` like any other. A lock left by a sweep that died taking over is cleared after
+    ``LOCK_TTL`` seconds."""
+    lock = path.with_name(f".{CLAIM_FILE}.lock")
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        try:
+            if time.time() - lock.stat().st_mtime > LOCK_TTL:
+                lock.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
         return
     try:
-        moved = json.loads(aside.read_text()).get("token", "")
-    except (ValueError, OSError):
-        moved = ""
-    if moved != owner.token:  # not the claim judged stale: a contender's fresh one; restore it
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-    aside.unlink(missing_ok=True)
+        current = read_claim(path.parent, ttl)
+        if current is not None and current.token == owner.token and current.stale():
+            path.unlink(missing_ok=True)
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 class ClaimKeeper:
