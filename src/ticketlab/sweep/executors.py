@@ -115,9 +115,9 @@ def run_sweep(
 ) -> SweepReport:
     """Run every unfinished grid point with the sweep's executor. ``on_start(pending, total)`` is called
     once, ``on_submit(run_ids)`` as runs are handed to a worker, ``on_done(outcome)`` as each run ends (in
-    completion order), ``on_wait(held)`` (run id -> its claim's owner) whenever the set of runs skipped
-    because another sweep computes them changes; those are checked every ``poll`` seconds until they are
-    finished (reported with ``elsewhere``) or free to take over."""
+    completion order), ``on_wait(held)`` (run id -> its claim's owner) when a run is first found claimed by
+    another sweep and skipped; such runs are checked every ``poll`` seconds until they are finished
+    (reported with ``elsewhere``) or free to take over."""
     root = str(out if out is not None else sweep.out)
     specs = expand(sweep)
     pending = [s for s in specs if not RunDir(Path(root) / s.run_id()).finished]
@@ -149,10 +149,10 @@ def run_sweep(
     submitted = None if on_submit is None else (lambda batch: on_submit([ExperimentSpec.model_validate(d).run_id() for d in batch]))
     try:
         with _open_pool(sweep, root, pending, kwargs, workers) as pool:
-            queue = pending
+            queue, reported = pending, set()
             while queue:
                 held: dict[str, ExperimentSpec] = {}
-                take = _claimer(root, keeper, done, held, on_wait, claim_ttl)
+                take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl)
                 work, deps = plan(queue, root, make_batches)
                 before = len(report.outcomes)
                 dispatch([[s.model_dump(mode="json") for s in b] for b in work], deps, pool, done, take=take,
@@ -165,10 +165,10 @@ def run_sweep(
     return report
 
 
-def _claimer(root: str, keeper: ClaimKeeper, done: OnDone, held: dict[str, ExperimentSpec],
+def _claimer(root: str, keeper: ClaimKeeper, done: OnDone, held: dict[str, ExperimentSpec], reported: set[str],
              on_wait: Callable[[dict[str, Owner | None]], None] | None, ttl: float) -> Callable[[list[dict]], list[dict]]:
     """``take`` for ``dispatch``: the runs of a batch this sweep claims now. A run another sweep finished
-    meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it)."""
+    meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it the first time)."""
 
     def take(batch: list[dict]) -> list[dict]:
         keep = []
@@ -181,7 +181,8 @@ def _claimer(root: str, keeper: ClaimKeeper, done: OnDone, held: dict[str, Exper
                 keep.append(data)
             else:
                 held[spec.run_id()] = spec
-                if on_wait is not None:
+                if on_wait is not None and spec.run_id() not in reported:
+                    reported.add(spec.run_id())
                     on_wait({run_id: read_claim(Path(root) / run_id, ttl) for run_id in held})
         return keep
 
