@@ -9,6 +9,7 @@ processes), then SIGKILL to whatever is left in that session. Nothing else on th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -62,15 +63,11 @@ def _session(pid: int) -> list[int]:
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
     for pid in _session(proc.pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 

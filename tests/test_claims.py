@@ -82,7 +82,7 @@ def test_of_many_contenders_for_a_stale_claim_exactly_one_wins(tmp_path):
         barrier = threading.Barrier(6)
         won = []
 
-        def contend():
+        def contend(run=run, barrier=barrier, won=won):
             barrier.wait()
             claim = try_claim(run)
             if claim is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from ray_cluster import SRC, two_nodes, usable
+
 from ticketlab.experiment.dense import dense_store
 from ticketlab.experiment.run import run_experiment
 from ticketlab.store import RunDir

@@ -31,7 +31,7 @@ def folder(tmp_path_factory):
     specs = expand(SweepSpec(base=BASE, grid={"seed": [0, 1, 2, 3]}))
     for spec in specs:
         run_experiment(spec, root, device="cpu")
-    finished, running, failed, interrupted = (RunDir(root / s.run_id()) for s in specs)
+    _, running, failed, interrupted = (RunDir(root / s.run_id()) for s in specs)
     for run in (running, failed, interrupted):
         (run.path / "done.json").unlink()
         shutil.rmtree(run.level(2).path)

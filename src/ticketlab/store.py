@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from ticketlab.files import CorruptFileError, atomic_write_bytes, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from ticketlab.files import (
+    CorruptFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    save_tensors,
+)
 from ticketlab.masks import Mask
 
 KEY_FILE = "key.txt"

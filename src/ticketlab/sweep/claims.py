@@ -14,6 +14,7 @@ so the run is computed twice but never damaged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -194,7 +195,5 @@ class ClaimKeeper:
             with self._lock:
                 claims = list(self._claims.values())
             for claim in claims:
-                try:
+                with contextlib.suppress(OSError):  # e.g. the folder was removed; the run fails on its own
                     claim.renew()
-                except OSError:  # e.g. the folder was removed; the run will fail on its own
-                    pass

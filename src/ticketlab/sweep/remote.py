@@ -139,7 +139,7 @@ class RayPool:
             check(files)
         except CorruptFileError as exc:
             return ready[0], lost(batch, f"results damaged on the way back: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a lost task or node fails its batch only
+        except Exception as exc:  # a lost task or node fails its batch only
             return ready[0], lost(batch, f"ray task failed: {type(exc).__name__}: {exc}")
         install(self.root, files)
         return ready[0], outcomes
