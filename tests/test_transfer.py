@@ -87,3 +87,29 @@ def test_shared_entries_are_never_overwritten_and_run_files_are(tmp_path):
     (dense / "extra.json").write_text("{}")
     assert install(tmp_path / "b", bundle(tmp_path / "a", ["dense"])) == []
     assert (tmp_path / "b" / "dense" / "m-seed0-1" / "key.txt").read_text() == "k"
+
+
+def test_a_node_without_the_dataset_gets_the_drivers_files_checked(tmp_path, monkeypatch):
+    from data_fixtures import write_mnist
+
+    from ticketlab.data import load_dataset
+    from ticketlab.sweep.remote import dataset_files, ensure_data
+
+    driver = write_mnist(tmp_path / "driver" / "mnist", n_train=50, n_test=10)
+    files = dataset_files("mnist", str(driver))
+    assert sorted(files) == sorted(p.name for p in driver.iterdir())
+    assert dataset_files("synthetic", None) is None and dataset_files("mnist", str(tmp_path / "nowhere")) is None
+    monkeypatch.setenv("TICKETLAB_DATA", str(tmp_path / "node"))  # the node's empty data cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "node-cache"))
+    rel = sorted(files)[0]
+    damaged = dict(files)
+    damaged[rel] = (files[rel][0], files[rel][1][:-1])
+    with pytest.raises(CorruptFileError, match=rel):
+        ensure_data("mnist", None, lambda: damaged)
+    assert not (tmp_path / "node").exists()  # nothing written from a damaged copy
+    fetched = []
+    assert ensure_data("mnist", None, lambda: fetched.append(1) or files) and fetched == [1]
+    assert sorted(p.name for p in (tmp_path / "node" / "mnist").iterdir()) == sorted(files)
+    here, there = load_dataset("mnist", val_size=10), load_dataset("mnist", root=driver, val_size=10)
+    assert torch.equal(here.x_train, there.x_train) and torch.equal(here.y_test, there.y_test)
+    assert not ensure_data("mnist", None, lambda: fetched.append(2) or files) and fetched == [1]  # found: not fetched

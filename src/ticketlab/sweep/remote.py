@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,13 @@ def dataset_files(name: str, data_root: str | None) -> dict[str, tuple[str, byte
     return out
 
 
-def _ensure_data(name: str, data_root: str | None, ref: list[Any]) -> None:
-    """Make ``name``'s files present on this node, fetching the driver's copy (``ref[0]``) if needed."""
-    import ray
-
+def ensure_data(name: str, data_root: str | None, fetch: Callable[[], dict[str, tuple[str, bytes]]]) -> bool:
+    """Make ``name``'s files present on this node, storing the driver's copy (``fetch()``, called only if
+    needed) in the node's data cache after checking every file's sha256; True if it was fetched."""
     key, _ = split_name(name)
     if locate(key, data_root) is not None:
-        return
-    files: dict[str, tuple[str, bytes]] = ray.get(ref[0])
+        return False
+    files = fetch()
     folder = download_dir(key, None)
     for rel, (digest, data) in files.items():
         if sha256(data) != digest or Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -77,6 +77,7 @@ def _ensure_data(name: str, data_root: str | None, ref: list[Any]) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, target)
+    return True
 
 
 def remote_batch(batch: list[dict[str, Any]], shipped: Bundle, datasets: dict[str, list[Any]],
@@ -91,7 +92,7 @@ def remote_batch(batch: list[dict[str, Any]], shipped: Bundle, datasets: dict[st
     try:
         install(scratch, shipped)
         for name, ref in datasets.items():
-            _ensure_data(name, kwargs.get("data_root"), ref)
+            ensure_data(name, kwargs.get("data_root"), lambda ref=ref: ray.get(ref[0]))
         outcomes = run_batch(batch, str(scratch), **kwargs)
         specs = [ExperimentSpec.model_validate(data) for data in batch]
         files = bundle(scratch, needed(scratch, specs), unchanged=shipped)
