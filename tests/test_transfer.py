@@ -90,10 +90,10 @@ def test_shared_entries_are_never_overwritten_and_run_files_are(tmp_path):
 
 
 def test_a_node_without_the_dataset_gets_the_drivers_files_checked(tmp_path, monkeypatch):
-    from data_fixtures import write_mnist
-
     from ticketlab.data import load_dataset
     from ticketlab.sweep.remote import dataset_files, ensure_data
+
+    from data_fixtures import write_mnist
 
     driver = write_mnist(tmp_path / "driver" / "mnist", n_train=50, n_test=10)
     files = dataset_files("mnist", str(driver))

@@ -177,10 +177,10 @@ class ClaimKeeper:
         return claim is not None
 
     def release(self, run_path: str | os.PathLike) -> None:
-        with self._lock:
+        with self._lock:  # not while the renewing thread rewrites it (that would bring the file back)
             claim = self._claims.pop(Path(run_path), None)
-        if claim is not None:
-            claim.release()
+            if claim is not None:
+                claim.release()
 
     def close(self) -> None:
         self._stop.set()
@@ -195,5 +195,6 @@ class ClaimKeeper:
             with self._lock:
                 claims = list(self._claims.values())
             for claim in claims:
-                with contextlib.suppress(OSError):  # e.g. the folder was removed; the run fails on its own
-                    claim.renew()
+                with self._lock, contextlib.suppress(OSError):  # OSError: the folder was removed; the run fails on its own
+                    if self._claims.get(claim.run_path) is claim:  # not released meanwhile
+                        claim.renew()
