@@ -115,4 +115,4 @@ def test_the_sweep_bar_counts_levels_runs_in_flight_and_failures(tmp_path, monke
     assert seen[0] == (3 + 2, 9, "runs 1/3, 2 in flight")
     assert seen[1] == (3 + 3, 9, "runs 2/3, 0 in flight, 1 failed")
     assert f"failed {c.run_id()} {{}}: ValueError: bad" in err.getvalue()
-    assert "1 runs are being computed by another sweep (?)" in err.getvalue()
+    assert f"{c.run_id()} is being computed by another sweep (?): skipped, waited for at the end" in err.getvalue()

@@ -75,7 +75,7 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
 
     root = Path(spec.out)
     expected = {s.run_id(): expected_levels(s) for s in expand(spec)}
-    state: dict[str, Any] = {"done": set(), "flight": set(), "failed": 0, "total": 0, "levels": 0}
+    state: dict[str, Any] = {"done": set(), "flight": set(), "failed": 0, "total": 0, "levels": 0, "announced": set()}
     stop = threading.Event()
 
     def on_disk(run_id: str) -> int:
@@ -111,9 +111,11 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
             refresh()
 
         def on_wait(held: dict[str, Any]) -> None:
-            owners = sorted({o.describe() for o in held.values() if o is not None}) or ["?"]
-            err.print(f"{len(held)} runs are being computed by another sweep ({', '.join(owners)}): "
-                      "skipping them, and waiting for them at the end", highlight=False)
+            for run_id in sorted(set(held) - state["announced"]):
+                state["announced"].add(run_id)
+                owner = held[run_id].describe() if held[run_id] is not None else "?"
+                err.print(f"{run_id} is being computed by another sweep ({owner}): skipped, waited for at the end",
+                          highlight=False)
 
         def poll() -> None:
             while not stop.wait(1.0):
