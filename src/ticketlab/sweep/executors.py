@@ -112,7 +112,7 @@ def run_sweep(
     on_submit: Callable[[list[str]], None] | None = None,
     claim_ttl: float = DEFAULT_TTL,
     poll: float = 2.0,
-) -> SweepReport:
+) -> SweepReport:  # long: the claim / dispatch rounds share the report and the callbacks
     """Run every unfinished grid point with the sweep's executor. ``on_start(pending, total)`` is called
     once, ``on_submit(run_ids)`` as runs are handed to a worker, ``on_done(outcome)`` as each run ends (in
     completion order), ``on_wait(held)`` (run id -> its claim's owner) when a run is first found claimed by
