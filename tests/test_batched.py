@@ -45,6 +45,8 @@ def compare_trees(left: Path, right: Path) -> int:
     for rel in files:
         if rel.suffix == ".json":
             close(json.loads((left / rel).read_text()), json.loads((right / rel).read_text()), str(rel))
+        elif rel.suffix == ".txt":  # the key of a shared dense level (dense/<name>/key.txt)
+            assert (left / rel).read_text() == (right / rel).read_text(), rel
         elif rel.name == "mask.safetensors" or rel.parts[0] == "inits":
             a, b = load_tensors(left / rel)[0], load_tensors(right / rel)[0]
             assert all(torch.equal(a[k], b[k]) for k in a), rel

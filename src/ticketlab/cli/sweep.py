@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -28,10 +29,9 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid's runs and whether they are finished; run nothing.")] = False,
 ) -> None:
     """Expand the grid and run every unfinished point; a finished sweep does nothing and says so."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ticketlab.cli.common import clean_errors, console, err
+    from ticketlab.cli.common import clean_errors, console
     from ticketlab.store import RunDir
     from ticketlab.sweep import grid_points, load_sweep, run_sweep, set_base
     with clean_errors():
@@ -50,31 +50,82 @@ def sweep(
                 table.add_row(s.run_id(), *(json.dumps(v) for v in point.values()), "yes" if RunDir(Path(spec.out) / s.run_id()).finished else "no")
             console.print(table)
             return
-        progress = Progress(
-            TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=console, transient=True,
-        )
-        state = {"failed": 0}
-        with progress:
-            task = progress.add_task("sweep", total=None, info="")
-
-            def on_start(pending: int, total: int) -> None:
-                progress.update(task, total=pending, info=f"{total - pending} of {total} already finished")
-
-            def on_done(outcome) -> None:
-                if not outcome.ok:
-                    state["failed"] += 1
-                    err.print(f"[red]failed[/red] {outcome.run_id} {outcome.spec}: {outcome.error}", highlight=False)
-                progress.update(task, advance=1, info=f"{state['failed']} failed" if state["failed"] else "")
-
-            report = run_sweep(spec, on_start=on_start, on_done=on_done, data_root=data_root)
+        report = _run_with_progress(spec, run_sweep, data_root)
     if not report.outcomes:
         console.print(f"nothing to do: all {report.total} runs of {sweep_file.name} are finished ({spec.out})")
         return
-    ok = len(report.outcomes) - len(report.failed)
+    ok = len(report.outcomes) - len(report.failed) - len(report.elsewhere)
+    elsewhere = f", {len(report.elsewhere)} finished by another sweep" if report.elsewhere else ""
     console.print(
-        f"{ok} runs finished, {len(report.failed)} failed, {report.skipped} already finished before\n"
+        f"{ok} runs finished, {len(report.failed)} failed, {report.skipped} already finished before{elsewhere}\n"
         f"results: ticketlab results {spec.out}"
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any:  # long: callbacks sharing a bar
+    """Run the sweep under one bar counting levels (finished runs count all their levels; runs in flight
+    the levels already on disk, which for Ray tasks arrive when the task ends), with runs done / total, in
+    flight and failed beside it, and the time left estimated from the levels' pace. Each failure and each
+    run another sweep holds is printed once."""
+    from ticketlab.cli.common import err, progress_bar
+    from ticketlab.sweep import expand
+    from ticketlab.sweep.plan import expected_levels
+
+    root = Path(spec.out)
+    expected = {s.run_id(): expected_levels(s) for s in expand(spec)}
+    state: dict[str, Any] = {"done": set(), "flight": set(), "failed": 0, "total": 0, "levels": 0, "announced": set()}
+    stop = threading.Event()
+
+    def on_disk(run_id: str) -> int:
+        return min(expected[run_id], sum((d / "metrics.json").exists() for d in (root / run_id).glob("level_*")))
+
+    with progress_bar() as bar:
+        task = bar.add_task("sweep", total=None, info="")
+
+        def refresh() -> None:
+            done = sum(expected[r] for r in state["done"]) + sum(on_disk(r) for r in list(state["flight"]))
+            info = f"runs {len(state['done'])}/{state['total']}, {len(state['flight'])} in flight"
+            info += f", {state['failed']} failed" if state["failed"] else ""
+            bar.update(task, completed=done, total=state["levels"], info=info)
+
+        def on_start(pending: int, total: int) -> None:
+            finished = [r for r in expected if (root / r / "done.json").exists()]
+            state.update(total=total, levels=sum(expected.values()), done=set(finished))
+            # the levels finished before this sweep do not count towards its pace (time left)
+            bar.reset(task, total=state["levels"], completed=sum(expected[r] for r in finished))
+            refresh()
+
+        def on_submit(run_ids: list[str]) -> None:
+            state["flight"].update(run_ids)
+            refresh()
+
+        def on_done(outcome: Any) -> None:
+            state["flight"].discard(outcome.run_id)
+            if outcome.ok:
+                state["done"].add(outcome.run_id)
+            else:
+                state["failed"] += 1
+                err.print(f"[red]failed[/red] {outcome.run_id} {outcome.spec}: {outcome.error}", highlight=False)
+            refresh()
+
+        def on_wait(held: dict[str, Any]) -> None:
+            for run_id in sorted(set(held) - state["announced"]):
+                state["announced"].add(run_id)
+                owner = held[run_id].describe() if held[run_id] is not None else "?"
+                err.print(f"{run_id} is being computed by another sweep ({owner}): skipped, waited for at the end",
+                          highlight=False)
+
+        def poll() -> None:
+            while not stop.wait(1.0):
+                refresh()
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            return run_sweep(spec, on_start=on_start, on_done=on_done, on_submit=on_submit, on_wait=on_wait,
+                             data_root=data_root)
+        finally:
+            stop.set()
+            watcher.join()

@@ -15,6 +15,7 @@ other method runs through ``run_experiment``, one spec after another.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -28,6 +29,7 @@ from ticketlab.data import Dataset, load_dataset
 from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
 from ticketlab.experiment.run import RunResult, prepare_run, run_experiment
+from ticketlab.files import tensors_digest
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.config.spec import ExperimentSpec
@@ -223,7 +225,32 @@ def _schedule(workers: list[_Worker], device: torch.device, progress: Progress |
 
 
 def _train_group(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
-    """Train one group of compatible requests: stacked if several, plain ``train`` if one."""
+    """Train one group of compatible requests: stacked if several, plain ``train`` if one; a request
+    identical to another (e.g. the same dense level asked by several methods) is trained once."""
+    group, copies = _identical(group)
+    _train_distinct(group, device, progress)
+    for request, original in copies:
+        request.job.model.load_state_dict(original.job.model.state_dict())
+        request.result = copy.deepcopy(original.result)
+
+
+def _identical(group: list[_Request]) -> tuple[list[_Request], list[tuple[_Request, _Request]]]:
+    """The distinct requests of a group, and each other request with the distinct one it equals (same seed,
+    start weights, mask and snapshot step; the group key already fixes data, architecture, recipe, steps)."""
+    if len(group) == 1:
+        return group, []
+    seen: dict[tuple, _Request] = {}
+    copies = []
+    for request in group:
+        key = (request.job.spec.seed, request.snapshot_at, tensors_digest(dict(request.mask)), tensors_digest(request.start))
+        if key in seen:
+            copies.append((request, seen[key]))
+        else:
+            seen[key] = request
+    return list(seen.values()), copies
+
+
+def _train_distinct(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
     first = group[0]
     spec = first.job.spec
     snapshots = () if first.snapshot_at is None else (first.snapshot_at,)

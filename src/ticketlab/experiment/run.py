@@ -15,6 +15,7 @@ import torch
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
+from ticketlab.experiment.dense import dense_store
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import build_model, initialize
@@ -40,6 +41,12 @@ class RunResult:
         return frame
 
 
+def init_file_prefix(spec: ExperimentSpec) -> str:
+    """How the names of ``spec``'s stored initial weights under ``root/inits/`` begin (a hash follows)."""
+    safe_init = re.sub(r"[^a-z0-9_.-]+", "_", spec.init.lower())
+    return f"{spec.model.replace(':', '_')}-{safe_init}-seed{spec.seed}-"
+
+
 def initial_weights(
     model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path,
     data: Dataset | None = None,
@@ -52,9 +59,7 @@ def initial_weights(
         m = spec.method
         key += (f"|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{m.pruning_batches}|{m.pruning_samples_per_class}"
                 f"|{m.include_bias}|{','.join(spec.exempt)}")
-    safe_init = re.sub(r"[^a-z0-9_.-]+", "_", spec.init.lower())
-    name = f"{spec.model.replace(':', '_')}-{safe_init}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-    path = root / "inits" / f"{name}.safetensors"
+    path = root / "inits" / f"{init_file_prefix(spec)}{hashlib.sha256(key.encode()).hexdigest()[:8]}.safetensors"
     if path.exists():
         tensors, meta = load_tensors(path)
         if meta.get("key") != key:
@@ -78,9 +83,9 @@ def initial_weights(
 def prepare_run(
     spec: ExperimentSpec, data: Dataset, root: str | os.PathLike, device: torch.device
 ) -> tuple[RunDir, torch.nn.Module, dict[str, torch.Tensor]]:
-    """The run directory (spec written), the model on ``device`` with the shared initial weights loaded,
-    and those weights: what every run starts from."""
-    run = RunDir(Path(root) / spec.run_id())
+    """The run directory (spec written; its level 0 shared, see ``ticketlab.experiment.dense``), the model on
+    ``device`` with the shared initial weights loaded, and those weights: what every run starts from."""
+    run = RunDir(Path(root) / spec.run_id(), dense=dense_store(root, spec))
     run.write_spec(spec.model_dump(mode="json"))
     run.write_data_info({
         "dataset": spec.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
