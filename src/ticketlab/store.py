@@ -17,6 +17,8 @@ import torch
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask
 
+ENV_FILE = "env.json"
+
 
 @dataclass(frozen=True)
 class LevelDir:
@@ -56,7 +58,8 @@ class LevelDir:
 
 
 class RunDir:
-    """``<root>/<run_id>/``: spec.json, data.json, level_00/, level_01/, ..., controls under level_XX/<control>/."""
+    """``<root>/<run_id>/``: spec.json, env.json, data.json, level_00/, level_01/, ..., controls under
+    level_XX/<control>/."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -70,6 +73,14 @@ class RunDir:
 
     def spec(self) -> dict[str, Any]:
         return json.loads((self.path / "spec.json").read_text())
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        """The environment the run started under (``env.json``); each level records its own in its metrics."""
+        atomic_write_json(self.path / ENV_FILE, env)
+
+    def env(self) -> dict[str, Any] | None:
+        path = self.path / ENV_FILE
+        return json.loads(path.read_text()) if path.exists() else None
 
     def write_data_info(self, info: dict[str, Any]) -> None:
         """What the model was built for and how its inputs were standardised (``data.json``), so a level's

@@ -14,8 +14,10 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
     """One tidy row per run x level (x control) from every run directory under ``root``.
 
     Columns: ``run_id``; every spec field flattened with dotted names (``method.name``, ``recipe.lr``,
-    ``method.options.regrow``); ``method`` and ``criterion`` as short aliases; then the level's metrics
-    (density, accuracies, losses, early-stop step, ``wall_time`` = training + scoring time, ``winning``,
+    ``method.options.regrow``); ``method`` and ``criterion`` as short aliases; the environment the level
+    ran in (``env.torch``, ``env.device``, ``env.device_name``, ``env.cpu``, ``env.threads``, ``env.blas``,
+    ``env.ticketlab``; empty for levels recorded before it was); then the level's metrics (density,
+    accuracies, losses, early-stop step, ``wall_time`` = training + scoring time, ``winning``,
     ``layer_densities`` as a dict per row) and ``run_finished``.
     """
     rows = []
@@ -27,10 +29,12 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
         for metrics in sorted(run_dir.glob("level_*/**/metrics.json")):
             row = json.loads(metrics.read_text())
             row.pop("history", None)
+            env = row.pop("env", None) or {}
             row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
             rows.append({
                 "run_id": run_dir.name, **fields, "method": spec["method"]["name"],
-                "criterion": spec["method"].get("criterion"), **row, "run_finished": finished,
+                "criterion": spec["method"].get("criterion"), **row,
+                **{f"env.{key}": value for key, value in env.items()}, "run_finished": finished,
             })
     return pd.DataFrame(rows)
 

@@ -40,6 +40,7 @@ class Job:
     log: Log = lambda message: None  # noqa: E731
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
+    env: dict[str, Any] = field(default_factory=dict)  # what can change the numbers here (hardware.environment)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -115,7 +116,7 @@ class Job:
             "start_step": result.start_step, "end_step": result.end_step, "stopped_step": result.stopped_step,
             "train_time": result.wall_time, "score_time": score_time,
             "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
-            "layer_densities": mask.layer_densities(), "history": result.history,
+            "layer_densities": mask.layer_densities(), "history": result.history, "env": self.env,
         }
         if level == 0 and not control:
             self.dense = row
