@@ -1,5 +1,6 @@
-"""What a run records beside its numbers: the environment that can change them (and a warning when a run
-resumes under another). Issue "Results a researcher can trust", item 2."""
+"""What a run records beside its numbers: the method, criterion and rounds it ran as, the environment that can
+change its numbers (and a warning when a run resumes under another) and what done.json counts. Issue
+"Results a researcher can trust", items 2 and 3."""
 
 import json
 import shutil
@@ -9,9 +10,10 @@ import torch
 
 import ticketlab
 from ticketlab.analysis.stats import labels, summarize
-from ticketlab.config.spec import ExperimentSpec
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.experiment.run import EnvironmentChangedWarning, run_experiment
 from ticketlab.hardware.environment import FIELDS, environment
+from ticketlab.methods import Resolved, resolve_method
 from ticketlab.store import RunDir
 
 
@@ -21,6 +23,88 @@ def spec(**kw):
         recipe={"steps": "30it", "eval_every": "10it"}, method={"name": "snip"},
     )
     return ExperimentSpec.model_validate({**base, **kw})
+
+
+# -- rounds: unset = the method's default, explicit 1 = one round ---------------------------------------
+def test_run_ids_of_specs_without_rounds_are_those_of_the_base_commit():
+    # computed with ticketlab at 842d7a4, where MethodSpec.rounds defaulted to 1
+    assert ExperimentSpec().run_id() == "44136fa355b3"
+    assert ExperimentSpec.model_validate({"method": {"name": "synflow"}, "densities": [0.1]}).run_id() == "ca8f968e6b20"
+    snip = {"method": {"name": "snip"}, "recipe": {"steps": "1ep"}, "densities": [0.1]}
+    assert ExperimentSpec.model_validate(snip).run_id() == "db265968bb10"
+    ims = {"method": {"name": "lottery", "criterion": "snip", "rounds": 10}}
+    assert ExperimentSpec.model_validate(ims).run_id() == "872bc140d79a"
+    one_shot_synflow = {"method": {"name": "synflow", "rounds": 1}, "densities": [0.1]}
+    assert ExperimentSpec.model_validate(one_shot_synflow).run_id() != "ca8f968e6b20"  # another computation
+
+
+def test_explicit_one_round_is_one_shot_synflow():
+    assert resolve_method(MethodSpec(name="synflow")) == ("multishot", 100)
+    assert resolve_method(MethodSpec(name="synflow", rounds=1)) == ("oneshot", 1)
+    assert resolve_method(MethodSpec(name="synflow", rounds=7)) == ("multishot", 7)
+    assert resolve_method(MethodSpec(name="snip")) == ("oneshot", 1)
+    assert resolve_method(MethodSpec(name="lottery")) == ("lottery", 1)
+    assert Resolved.of(MethodSpec(name="lottery")) == Resolved("lottery", "magnitude", 1)
+    assert Resolved.of(MethodSpec(name="supermask")).criterion == "large_final_same_sign"
+    assert Resolved.of(MethodSpec(name="tom")).criterion is None
+
+
+@pytest.fixture(scope="module")
+def resolved_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resolved")
+    runs = {
+        "synflow": run_experiment(spec(method={"name": "synflow"}), root, device="cpu"),
+        "synflow1": run_experiment(spec(method={"name": "synflow", "rounds": 1}), root, device="cpu"),
+        "lottery": run_experiment(spec(method={"name": "lottery"}, densities=(0.64,), controls=("reinit",)), root, device="cpu"),
+    }
+    return root, runs
+
+
+def test_levels_record_what_ran_and_the_results_show_it(resolved_runs):
+    root, runs = resolved_runs
+    level = RunDir(runs["synflow"].path).level(1).metrics()
+    assert (level["method_key"], level["criterion"], level["rounds"]) == ("multishot", "synflow", 100)
+    level = RunDir(runs["synflow1"].path).level(1).metrics()
+    assert (level["method_key"], level["criterion"], level["rounds"]) == ("oneshot", "synflow", 1)
+    assert RunDir(runs["synflow"].path).spec()["method"]["rounds"] is None  # the spec as written: unset
+    frame = ticketlab.load_results(root).set_index(["run_id", "level", "control"])
+    for name, rounds, criterion in (("synflow", 100, "synflow"), ("synflow1", 1, "synflow"), ("lottery", 1, "magnitude")):
+        rows = frame.loc[runs[name].path.name]
+        assert set(rows["rounds"]) == {rounds} and set(rows["criterion"]) == {criterion}
+    # one-shot SynFlow is its own kind; the implied criterion is not repeated in the label
+    tickets = ticketlab.load_results(root).query("level == 1 and control == ''")
+    assert sorted(labels(tickets)) == ["lottery", "synflow", "synflow ×100"]
+
+
+def test_done_json_counts_levels_and_controls_apart(resolved_runs):
+    _, runs = resolved_runs
+    done = json.loads((runs["lottery"].path / "done.json").read_text())
+    # levels 0 (dense), 1 (0.8) and 2 (0.64), each pruned level with its reinit control: 5 trainings
+    assert done == {"levels": 3, "controls": 2}
+    assert json.loads((runs["synflow"].path / "done.json").read_text()) == {"levels": 2, "controls": 0}
+
+
+def test_runs_recorded_before_rounds_were_resolved_read_back_as_they_ran(resolved_runs, tmp_path):
+    """A run directory as ticketlab wrote it before: spec rounds 1 for 'the default', no env.json, levels
+    without method_key/criterion/rounds/env. SynFlow's 100 rounds are what the results must say."""
+    _, runs = resolved_runs
+    old = tmp_path / runs["synflow"].path.name
+    shutil.copytree(runs["synflow"].path, old)
+    (old / "env.json").unlink()
+    spec_json = json.loads((old / "spec.json").read_text())
+    spec_json["method"]["rounds"] = 1
+    (old / "spec.json").write_text(json.dumps(spec_json))
+    for metrics in old.glob("level_*/metrics.json"):
+        row = json.loads(metrics.read_text())
+        for key in ("method_key", "criterion", "rounds", "env"):
+            del row[key]
+        metrics.write_text(json.dumps(row))
+    assert RunDir(old).spec()["method"]["rounds"] is None
+    assert ExperimentSpec.model_validate(RunDir(old).spec()).run_id() == old.name
+    frame = ticketlab.load_results(tmp_path)
+    assert set(frame["rounds"]) == {100} and set(frame["method_key"]) == {"multishot"}
+    assert set(frame["criterion"]) == {"synflow"}
+    assert not any(c.startswith("env.") for c in frame.columns)
 
 
 # -- the environment ---------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def prune(
     criterion: str | None = None,
     scope: str = "global",
     K: float = 0.8,
-    rounds: int = 1,
+    rounds: int | None = None,
     controls: tuple[str, ...] = (),
     recipe: Recipe | None = None,
     seed: int = 0,

@@ -72,7 +72,14 @@ class RunDir:
         atomic_write_json(self.path / "spec.json", spec_json)
 
     def spec(self) -> dict[str, Any]:
-        return json.loads((self.path / "spec.json").read_text())
+        """The spec as recorded. A run recorded before ``env.json`` existed wrote ``method.rounds: 1`` where the
+        spec left it unset (then the default, meaning the method's own number: 100 rounds for the synflow
+        shorthand); that is read back as unset, so the spec means what ran and keeps its run id."""
+        spec = json.loads((self.path / "spec.json").read_text())
+        method = spec.get("method")
+        if isinstance(method, dict) and method.get("rounds") == 1 and not (self.path / ENV_FILE).exists():
+            method["rounds"] = None
+        return spec
 
     def write_env(self, env: dict[str, Any]) -> None:
         """The environment the run started under (``env.json``); each level records its own in its metrics."""

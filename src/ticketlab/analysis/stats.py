@@ -1,9 +1,9 @@
 """Statistics over seeds: mean ± std per ticket kind and density, Welch's t-test stars vs a baseline.
 
 A "ticket kind" (``label``) is one set-up: every spec field except the seed and the fields that cannot
-change a level's numbers (:data:`NOT_SETUP`), the environment that can change the numbers (CPU threads,
-device, BLAS, torch ...: the run id stays the spec's, so levels of one spec trained under two environments
-are two set-ups), plus the control. Its label names the method, its criterion
+change a level's numbers (:data:`NOT_SETUP`), the scoring rounds that ran, the environment that can change
+the numbers (CPU threads, device, BLAS, torch ...: the run id stays the spec's, so levels of one spec
+trained under two environments are two set-ups), plus the control. Its label names the method, its criterion
 and control, and every other set-up field on which the results differ (``lottery · lr=0.02``,
 ``synflow on saw:snip``), so runs of different set-ups are never averaged as if they were seeds. Within a
 kind, a seed counts once: the same seed's level recorded by two runs (e.g. one with and one without a
@@ -15,10 +15,14 @@ land on exact counts k = round(d·N), so the measured density differs slightly b
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from ticketlab.config.spec import MethodSpec
+from ticketlab.methods import resolve_criterion
 
 ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
 
@@ -27,11 +31,11 @@ ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
 NOT_SETUP = frozenset({"seed", "densities", "controls", "save_scores"})
 # Fields the label already shows, or that are aliases of shown ones.
 SHOWN = frozenset({"method", "criterion", "method.name", "method.criterion", "control"})
-# Column prefixes of the set-up: the spec's fields (``load_results`` flattens them to dotted names) and the
-# environment that can change the numbers (``env.*``: torch, device, processor, threads, BLAS, ticketlab
-# version; ``ticketlab.hardware.environment``).
+# Column prefixes of the set-up: the spec's fields (``load_results`` flattens them to dotted names), the
+# scoring rounds that ran (``rounds``) and the environment that can change the numbers (``env.*``:
+# torch, device, processor, threads, BLAS, ticketlab version; ``ticketlab.hardware.environment``).
 SPEC_FIELDS = ("model", "dataset", "init", "val_size", "split_seed", "bn_momentum", "bn_eps", "dropout", "exempt",
-               "recipe", "method", "end_on_best", "env")
+               "recipe", "method", "end_on_best", "rounds", "env")
 
 
 def density_key(frame: pd.DataFrame) -> pd.Series:
@@ -51,10 +55,13 @@ def _text(value: object) -> str:
 
 
 def setup_fields(frame: pd.DataFrame) -> list[str]:
-    """The columns of ``frame`` that define a set-up (see :data:`SPEC_FIELDS`)."""
+    """The columns of ``frame`` that define a set-up (see :data:`SPEC_FIELDS`). Where the rounds that ran
+    are known (``rounds``), the spec's ``method.rounds`` (unset = the method's default) is not one: SynFlow
+    left at its default and SynFlow with ``rounds: 100`` ran the same."""
     return [
         c for c in frame.columns
         if c.split(".")[0] in SPEC_FIELDS and c not in NOT_SETUP and c not in SHOWN
+        and not (c == "method.rounds" and "rounds" in frame.columns)
     ]
 
 
@@ -74,19 +81,29 @@ def env_recorded(frame: pd.DataFrame) -> pd.Series:
     return frame[columns].map(_text).ne("").any(axis=1) if columns else pd.Series(False, index=frame.index)
 
 
-GLOBAL = ("method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+GLOBAL = ("rounds", "method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+
+
+@cache
+def _implied_criterion(method: str) -> str | None:
+    """The criterion the method name alone implies (magnitude for iterative methods, the name itself for
+    the criterion shorthand), which the label leaves out; None for methods that need one named."""
+    try:
+        return resolve_criterion(MethodSpec(name=method))
+    except ValueError:
+        return None
 
 
 def _base(row: pd.Series) -> str:
-    criterion = _text(row.get("criterion"))
-    return _text(row.get("method")) + (f"({criterion})" if criterion else "")
+    method, criterion = _text(row.get("method")), _text(row.get("criterion"))
+    return method + (f"({criterion})" if criterion and criterion != _implied_criterion(method) else "")
 
 
 def _field_text(col: str, row: pd.Series) -> str:
     """How a varying set-up field reads in a label."""
     value = _text(row.get(col))
-    if col == "method.rounds":  # e.g. IMS beside ISS
-        return f" ×{int(row[col])}" if int(row.get(col) or 1) > 1 else ""
+    if col in ("rounds", "method.rounds"):  # e.g. IMS beside ISS, one-shot SynFlow beside 100 rounds
+        return f" ×{int(row[col])}" if value and int(row[col]) > 1 else ""
     if col == "init":
         return f" on {value}"
     if col in ("model", "dataset"):

@@ -80,7 +80,7 @@ def prune(
     criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
-    rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
+    rounds: Annotated[Optional[int], typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS); default: the method's (1; 100 for synflow).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
     control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
     steps: Steps = "10ep", batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",

@@ -169,7 +169,7 @@ def run_experiments(
         if worker.error is not None:
             errors[i] = worker.error
             continue
-        worker.job.run.mark_finished({"levels": len(worker.job.rows)})
+        worker.job.run.mark_finished(worker.job.counts())
         results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
 
     for i, spec in enumerate(specs):

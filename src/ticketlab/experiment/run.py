@@ -156,5 +156,5 @@ def run_on(
     job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None), env=env)
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
-    run.mark_finished({"levels": len(job.rows)})
+    run.mark_finished(job.counts())
     return RunResult(spec, run.path, job.rows)

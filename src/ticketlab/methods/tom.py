@@ -52,7 +52,7 @@ from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.config.recipe import DurationField
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
@@ -230,3 +230,4 @@ def _phase_time(job: Job) -> float:
 
 
 METHODS.register("tom")(_tom)
+DEFAULT_CRITERIA["tom"] = None  # the masks are learned (logits), not selected by scores
