@@ -1,6 +1,6 @@
 """What a run records beside its numbers: the method, criterion and rounds it ran as, the environment that can
-change its numbers (and a warning when a run resumes under another) and what done.json counts. Issue
-"Results a researcher can trust", items 2 and 3."""
+change its numbers (and a warning when a run resumes under another), what done.json counts, and the
+evaluation cadence the CLI and API ask for. Issue "Results a researcher can trust", items 2 and 3."""
 
 import json
 import shutil
@@ -10,6 +10,7 @@ import torch
 
 import ticketlab
 from ticketlab.analysis.stats import labels, summarize
+from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.experiment.run import EnvironmentChangedWarning, run_experiment
 from ticketlab.hardware.environment import FIELDS, environment
@@ -193,3 +194,44 @@ def test_labels_of_levels_without_an_environment():
     ])
     assert labels(frame).tolist() == ["snip", "snip · env=?", "snip"]
     assert list(summarize(frame)["n"]) == [2, 1]
+
+
+# -- evaluation cadence -------------------------------------------------------------------------------------
+def test_auto_eval_every_is_at_least_ten_evaluations_and_one_per_epoch():
+    assert Recipe(steps="1ep", eval_every="auto").eval_interval(917) == 91  # 11 evaluations with the last
+    assert Recipe(steps="20ep", eval_every="auto").eval_interval(917) == 917  # one per epoch
+    assert Recipe(steps="5it", eval_every="auto").eval_interval(917) == 1
+    assert Recipe(steps="1ep").eval_interval(917) == 917 and Recipe(eval_every=None).eval_interval(917) == 0
+    assert Recipe(eval_every="auto").model_dump(mode="json")["eval_every"] == "auto"
+    with pytest.raises(ValueError, match="or 'auto'"):
+        Recipe(eval_every="often")
+
+
+def test_recipe_default_keeps_its_run_ids_and_the_api_asks_for_auto(tmp_path):
+    assert Recipe().eval_every is not None and str(Recipe().eval_every) == "1ep"  # what old run ids mean
+    auto = spec(recipe={"steps": "30it", "eval_every": "auto"})
+    assert auto.run_id() != spec(recipe={"steps": "30it"}).run_id()
+    from ticketlab.api import DEFAULT_RECIPE
+
+    assert DEFAULT_RECIPE == Recipe(eval_every="auto")
+    result = ticketlab.prune(
+        "mlp:784-16-10", "synthetic", "snip", 0.5, recipe=Recipe(steps="30it", eval_every="auto"), val_size=200,
+        out=tmp_path, device="cpu",
+    )
+    history = RunDir(result.path).level(0).metrics()["history"]
+    assert [h["step"] for h in history] == list(range(0, 31, 3))  # 10 evaluations after the first
+
+
+def test_cli_prune_evaluates_auto_by_default(tmp_path):
+    from typer.testing import CliRunner
+
+    from ticketlab.cli import app
+
+    result = CliRunner().invoke(app, [
+        "prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--method", "snip", "--density", "0.5",
+        "--steps", "30it", "--val-size", "200", "--out", str(tmp_path), "--device", "cpu",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in tmp_path.iterdir() if p.name != "inits"]
+    assert json.loads((run / "spec.json").read_text())["recipe"]["eval_every"] == "auto"
+    assert len(RunDir(run).level(1).metrics()["history"]) == 11

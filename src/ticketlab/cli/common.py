@@ -33,7 +33,7 @@ L2 = Annotated[float, typer.Option(help="L2 penalty l2*||w||^2 added to the loss
 Schedule = Annotated[str, typer.Option(help="LR schedule: constant, multistep or cosine.")]
 Milestones = Annotated[Optional[list[str]], typer.Option("--milestone", help="Multistep milestone (repeatable), e.g. 80ep.")]
 Warmup = Annotated[str, typer.Option(help="Linear LR warm-up length, e.g. 200it.")]
-EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep.")]
+EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep or 100it; auto: at least 10 times per training and once per epoch.")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation and data order.")]
 Init = Annotated[str, typer.Option(help="Initialisation: kaiming_normal, xavier, signed_constant.")]
 ValSize = Annotated[int, typer.Option(help="Examples held out from the training set for validation.")]

@@ -198,7 +198,7 @@ def _mask_phase(
         return load_tensors(logits_path)[0], _phase_time(job)
     spec, spe = job.spec, job.steps_per_epoch
     steps = options.mask_steps.steps(spe) if options.mask_steps is not None else job.total_steps
-    eval_every = spec.recipe.eval_every.steps(spe) if spec.recipe.eval_every is not None else 0
+    eval_every = spec.recipe.eval_interval(spe)
     job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
     started = time.perf_counter()
     job.model.load_state_dict(pretrained)
