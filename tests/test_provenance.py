@@ -213,7 +213,7 @@ def test_recipe_default_keeps_its_run_ids_and_the_api_asks_for_auto(tmp_path):
     assert auto.run_id() != spec(recipe={"steps": "30it"}).run_id()
     from ticketlab.api import DEFAULT_RECIPE
 
-    assert DEFAULT_RECIPE == Recipe(eval_every="auto")
+    assert Recipe(eval_every="auto") == DEFAULT_RECIPE
     result = ticketlab.prune(
         "mlp:784-16-10", "synthetic", "snip", 0.5, recipe=Recipe(steps="30it", eval_every="auto"), val_size=200,
         out=tmp_path, device="cpu",
