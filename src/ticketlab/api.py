@@ -21,6 +21,12 @@ from ticketlab.tickets import Ticket, load_ticket
 from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
 
 
+# The recipe of ``train_dense`` and ``prune`` when none is given: the Recipe defaults, evaluated at least 10
+# times per training (``eval_every: auto``), so the early-stop step and the winning flag are placed in
+# short runs too. Recipe() itself keeps eval_every 1ep: run ids of specs that leave it out keep their meaning.
+DEFAULT_RECIPE = Recipe(eval_every="auto")
+
+
 @dataclass
 class DenseRun(TrainResult):
     """A dense training written as a run directory (``path``): level 0 of a ``lottery`` spec with target
@@ -48,7 +54,7 @@ def train_dense(
     With ``out``, the training is a run like any other under ``out/<run id>`` (level 0 only; weights, mask and
     metrics written, resumed if already there), so ``load_ticket`` and ``ticketlab export`` work on it; the
     result is then a :class:`DenseRun` whose ``path`` is that directory."""
-    recipe = recipe or Recipe()
+    recipe = recipe or DEFAULT_RECIPE
     device = resolve_device(device)
     data = load_dataset(dataset, root=data_root, val_size=val_size, seed=0, device=device)
     if out is not None:
@@ -85,7 +91,7 @@ def prune(
     criterion: str | None = None,
     scope: str = "global",
     K: float = 0.8,
-    rounds: int = 1,
+    rounds: int | None = None,
     controls: tuple[str, ...] = (),
     recipe: Recipe | None = None,
     seed: int = 0,
@@ -102,7 +108,7 @@ def prune(
     """Find tickets with one method and train them; returns the per-level results (``.table()``)."""
     densities = (density,) if isinstance(density, (int, float)) else tuple(density)
     spec = ExperimentSpec(
-        model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe or Recipe(),
+        model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe or DEFAULT_RECIPE,
         method=MethodSpec(name=method, criterion=criterion, scope=scope, K=K, rounds=rounds, **method_options),
         densities=densities, controls=controls, end_on_best=end_on_best,
     )

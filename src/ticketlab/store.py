@@ -80,6 +80,7 @@ class Shared:
             pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+ENV_FILE = "env.json"
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class LevelDir:
 
 
 class RunDir:
-    """``<root>/<run_id>/``: spec.json, data.json, level_00/, level_01/, ..., controls under level_XX/<control>/.
-    ``dense``: where its level 0 is shared with other runs (None: not shared)."""
+    """``<root>/<run_id>/``: spec.json, env.json, data.json, level_00/, level_01/, ..., controls under
+    level_XX/<control>/. ``dense``: where its level 0 is shared with other runs (None: not shared)."""
 
     def __init__(self, path: str | os.PathLike, dense: Shared | None = None) -> None:
         self.path = Path(path)
@@ -145,7 +146,22 @@ class RunDir:
         atomic_write_json(self.path / "spec.json", spec_json)
 
     def spec(self) -> dict[str, Any]:
-        return json.loads((self.path / "spec.json").read_text())
+        """The spec as recorded. A run recorded before ``env.json`` existed wrote ``method.rounds: 1`` where the
+        spec left it unset (then the default, meaning the method's own number: 100 rounds for the synflow
+        shorthand); that is read back as unset, so the spec means what ran and keeps its run id."""
+        spec = json.loads((self.path / "spec.json").read_text())
+        method = spec.get("method")
+        if isinstance(method, dict) and method.get("rounds") == 1 and not (self.path / ENV_FILE).exists():
+            method["rounds"] = None
+        return spec
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        """The environment the run started under (``env.json``); each level records its own in its metrics."""
+        atomic_write_json(self.path / ENV_FILE, env)
+
+    def env(self) -> dict[str, Any] | None:
+        path = self.path / ENV_FILE
+        return json.loads(path.read_text()) if path.exists() else None
 
     def write_data_info(self, info: dict[str, Any]) -> None:
         """What the model was built for and how its inputs were standardised (``data.json``), so a level's

@@ -1,7 +1,9 @@
 """Statistics over seeds: mean ± std per ticket kind and density, Welch's t-test stars vs a baseline.
 
 A "ticket kind" (``label``) is one set-up: every spec field except the seed and the fields that cannot
-change a level's numbers (:data:`NOT_SETUP`), plus the control. Its label names the method, its criterion
+change a level's numbers (:data:`NOT_SETUP`), the scoring rounds that ran, the environment that can change
+the numbers (CPU threads, device, BLAS, torch ...: the run id stays the spec's, so levels of one spec
+trained under two environments are two set-ups), plus the control. Its label names the method, its criterion
 and control, and every other set-up field on which the results differ (``lottery · lr=0.02``,
 ``synflow on saw:snip``), so runs of different set-ups are never averaged as if they were seeds. Within a
 kind, a seed counts once: the same seed's level recorded by two runs (e.g. one with and one without a
@@ -13,10 +15,14 @@ land on exact counts k = round(d·N), so the measured density differs slightly b
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from ticketlab.config.spec import MethodSpec
+from ticketlab.methods import resolve_criterion
 
 ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
 
@@ -25,8 +31,11 @@ ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
 NOT_SETUP = frozenset({"seed", "densities", "controls", "save_scores"})
 # Fields the label already shows, or that are aliases of shown ones.
 SHOWN = frozenset({"method", "criterion", "method.name", "method.criterion", "control"})
+# Column prefixes of the set-up: the spec's fields (``load_results`` flattens them to dotted names), the
+# scoring rounds that ran (``rounds``) and the environment that can change the numbers (``env.*``:
+# torch, device, processor, threads, BLAS, ticketlab version; ``ticketlab.hardware.environment``).
 SPEC_FIELDS = ("model", "dataset", "init", "val_size", "split_seed", "bn_momentum", "bn_eps", "dropout", "exempt",
-               "recipe", "method", "end_on_best")
+               "recipe", "method", "end_on_best", "rounds", "env")
 
 
 def density_key(frame: pd.DataFrame) -> pd.Series:
@@ -46,54 +55,87 @@ def _text(value: object) -> str:
 
 
 def setup_fields(frame: pd.DataFrame) -> list[str]:
-    """The spec columns of ``frame`` (``load_results`` flattens specs to dotted names) that define a set-up."""
+    """The columns of ``frame`` that define a set-up (see :data:`SPEC_FIELDS`). Where the rounds that ran
+    are known (``rounds``), the spec's ``method.rounds`` (unset = the method's default) is not one: SynFlow
+    left at its default and SynFlow with ``rounds: 100`` ran the same."""
     return [
         c for c in frame.columns
         if c.split(".")[0] in SPEC_FIELDS and c not in NOT_SETUP and c not in SHOWN
+        and not (c == "method.rounds" and "rounds" in frame.columns)
     ]
 
 
 def varying_fields(frame: pd.DataFrame) -> list[str]:
-    """The set-up fields whose value differs between rows."""
-    return [c for c in setup_fields(frame) if frame[c].map(_text).nunique() > 1]
+    """The set-up fields whose value differs between rows; for the environment (``env.*``), between the rows
+    that recorded one (levels recorded before it was have none: their label says ``env=?``)."""
+    recorded = env_recorded(frame)
+    return [
+        c for c in setup_fields(frame)
+        if (frame.loc[recorded, c] if c.startswith("env.") else frame[c]).map(_text).nunique() > 1
+    ]
 
 
-GLOBAL = ("method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+def env_recorded(frame: pd.DataFrame) -> pd.Series:
+    """Whether each row recorded the environment its level ran in."""
+    columns = [c for c in frame.columns if c.startswith("env.")]
+    return frame[columns].map(_text).ne("").any(axis=1) if columns else pd.Series(False, index=frame.index)
+
+
+GLOBAL = ("rounds", "method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+
+
+@cache
+def _implied_criterion(method: str) -> str | None:
+    """The criterion the method name alone implies (magnitude for iterative methods, the name itself for
+    the criterion shorthand), which the label leaves out; None for methods that need one named."""
+    try:
+        return resolve_criterion(MethodSpec(name=method))
+    except ValueError:
+        return None
 
 
 def _base(row: pd.Series) -> str:
-    criterion = _text(row.get("criterion"))
-    return _text(row.get("method")) + (f"({criterion})" if criterion else "")
+    method, criterion = _text(row.get("method")), _text(row.get("criterion"))
+    return method + (f"({criterion})" if criterion and criterion != _implied_criterion(method) else "")
+
+
+def _field_text(col: str, row: pd.Series) -> str:
+    """How a varying set-up field reads in a label."""
+    value = _text(row.get(col))
+    if col in ("rounds", "method.rounds"):  # e.g. IMS beside ISS, one-shot SynFlow beside 100 rounds
+        return f" ×{int(row[col])}" if value and int(row[col]) > 1 else ""
+    if col == "init":
+        return f" on {value}"
+    if col in ("model", "dataset"):
+        return f" · {value}"
+    return f" · {col.removeprefix('recipe.').removeprefix('method.options.').removeprefix('env.')}={value}"
 
 
 def labels(frame: pd.DataFrame) -> pd.Series:
     """One readable name per ticket kind, e.g. ``lottery``, ``multishot(synflow) [reinit]``,
-    ``snip on xavier``, ``lottery · lenet300``, ``lottery(snip) ×10``, ``lottery · lr=0.02``. Init, model,
-    dataset and rounds are named wherever the results mix them; any other set-up field where it differs
-    between rows of the same method and criterion (a field one method ignores, e.g. K for one-shot SNIP,
-    does not split another)."""
+    ``snip on xavier``, ``lottery · lenet300``, ``lottery(snip) ×10``, ``lottery · lr=0.02``,
+    ``snip · threads=2``. Init, model, dataset and rounds are named wherever the results mix them; any
+    other set-up field where it differs between rows of the same method and criterion (a field one method
+    ignores, e.g. K for one-shot SNIP, does not split another). Levels recorded before the environment was
+    read ``env=?`` beside those of the same kind that recorded it."""
     if not len(frame):
         return pd.Series([], dtype=str)
     base = frame.apply(_base, axis=1)
     shared = [c for c in varying_fields(frame) if c in GLOBAL]
     own = {b: [c for c in varying_fields(frame[base == b]) if c not in GLOBAL] for b in base.unique()}
 
-    def one(row: pd.Series, name: str) -> str:
-        text = name
-        for col in [*shared, *own[name]]:
-            value = _text(row.get(col))
-            if col == "method.rounds":  # e.g. IMS beside ISS
-                text += f" ×{int(row[col])}" if int(row.get(col) or 1) > 1 else ""
-            elif col == "init":
-                text += f" on {value}"
-            elif col in ("model", "dataset"):
-                text += f" · {value}"
-            else:
-                text += f" · {col.removeprefix('recipe.').removeprefix('method.options.')}={value}"
+    recorded = env_recorded(frame)
+    mixed = {b: bool(recorded[base == b].any()) for b in base.unique()}  # some of the kind's rows have an env
+
+    def one(row: pd.Series, name: str, has_env: bool) -> str:
+        text = name + "".join(_field_text(col, row) for col in [*shared, *own[name]] if has_env or not col.startswith("env."))
+        text += " · env=?" if mixed[name] and not has_env else ""
         control = _text(row.get("control"))
         return text + (f" [{control}]" if control else "")
 
-    return pd.Series([one(row, name) for (_, row), name in zip(frame.iterrows(), base)], index=frame.index)
+    return pd.Series(
+        [one(row, name, has) for (_, row), name, has in zip(frame.iterrows(), base, recorded)], index=frame.index
+    )
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:

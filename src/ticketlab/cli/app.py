@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find, train and study lottery tickets.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are found.")
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, fmt_count, method_options, print_table, progress_bar, make_recipe, console,
 )
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
@@ -22,7 +21,7 @@ def train(
     model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = "20ep",
     batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
     nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0, schedule: Schedule = "constant",
-    milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
+    milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "auto", seed: Seed = 0,
     init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False, patience: Patience = None,
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write it as a run directory under this root (level 0 only), for load_ticket and export.")] = None,
@@ -49,15 +48,11 @@ def train(
                 model=model, dataset=dataset, recipe=recipe, seed=seed, init=init, val_size=val_size,
                 end_on_best=end_on_best, device=device, data_root=data_root, progress=report, out=out,
             )
-    table = Table(title=f"{model} on {dataset}")
-    for col in ("step", "epoch", "train loss", "val loss", "val acc", "test acc"):
-        table.add_column(col, justify="right")
-    for row in result.history:
-        table.add_row(
-            str(row["step"]), f"{row['epoch']:.2f}", fmt(row["train_loss"]), fmt(row["val_loss"]),
-            fmt(row["val_acc"]), fmt(row["test_acc"]),
-        )
-    console.print(table)
+    print_table(
+        f"{model} on {dataset}", ("step", "epoch", "train loss", "val loss", "val acc", "test acc"),
+        [[str(row["step"]), f"{row['epoch']:.2f}", fmt(row["train_loss"]), fmt(row["val_loss"]), fmt(row["val_acc"]),
+          fmt(row["test_acc"])] for row in result.history],
+    )
     epochs = max((result.stopped_step - result.start_step) / result.steps_per_epoch, 1e-9)
     console.print(
         f"final test acc [bold]{result.final['test_acc']:.4f}[/bold]; early-stop step {result.early_stop_step} "
@@ -80,13 +75,13 @@ def prune(
     criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
-    rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
+    rounds: Annotated[Optional[int], typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS); default: the method's (1; 100 for synflow).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
     control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
     steps: Steps = "10ep", batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
     momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
     schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
-    eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
+    eval_every: EvalEvery = "auto", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
     end_on_best: EndOnBest = False, patience: Patience = None,
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
@@ -136,16 +131,13 @@ def prune(
 
 
 def _print_levels(frame, title: str) -> None:
-    table = Table(title=title)
-    for col in ("level", "control", "density", "sparsity", "test acc", "early-stop step", "winning", "collapsed", "time (s)"):
-        table.add_column(col, justify="right")
-    for _, row in frame.iterrows():
-        table.add_row(
-            str(row["level"]), row["control"] or "ticket", f"{row['density']:.4f}", f"{row['sparsity']:.4f}",
-            fmt(row["test_acc"]), fmt(row["early_stop_step"]), fmt(row["winning"]), fmt(bool(row["collapsed"])),
-            f"{row['train_time'] + row['score_time']:.1f}",
-        )
-    console.print(table)
+    header = ("level", "control", "density", "sparsity", "test acc", "early-stop step", "winning", "collapsed", "time (s)")
+    print_table(title, header, [
+        [str(row["level"]), row["control"] or "ticket", f"{row['density']:.4f}", f"{row['sparsity']:.4f}",
+         fmt(row["test_acc"]), fmt_count(row["early_stop_step"]), fmt(row["winning"]), fmt(bool(row["collapsed"])),
+         f"{row['train_time'] + row['score_time']:.1f}"]
+        for _, row in frame.iterrows()
+    ])
 
 
 # -- run a spec file --------------------------------------------------------------------------------
@@ -190,12 +182,10 @@ def data_list() -> None:
     """Show which datasets are available, and where."""
     from ticketlab.data import dataset_status
 
-    table = Table(title="datasets")
-    for col in ("dataset", "found", "where", "source"):
-        table.add_column(col)
-    for row in dataset_status():
-        table.add_row(row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-"))
-    console.print(table)
+    print_table("datasets", ("dataset", "found", "where", "source"), [
+        [row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-")]
+        for row in dataset_status()
+    ])
 
 
 def _register_commands() -> None:

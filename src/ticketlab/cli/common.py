@@ -3,15 +3,21 @@ one clear line (exit code 2), progress bars and number formatting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from ticketlab.config.recipe import Recipe
@@ -33,7 +39,7 @@ L2 = Annotated[float, typer.Option(help="L2 penalty l2*||w||^2 added to the loss
 Schedule = Annotated[str, typer.Option(help="LR schedule: constant, multistep or cosine.")]
 Milestones = Annotated[Optional[list[str]], typer.Option("--milestone", help="Multistep milestone (repeatable), e.g. 80ep.")]
 Warmup = Annotated[str, typer.Option(help="Linear LR warm-up length, e.g. 200it.")]
-EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep.")]
+EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep or 100it; auto: at least 10 times per training and once per epoch.")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation and data order.")]
 Init = Annotated[str, typer.Option(help="Initialisation: kaiming_normal, xavier, signed_constant.")]
 ValSize = Annotated[int, typer.Option(help="Examples held out from the training set for validation.")]
@@ -95,13 +101,86 @@ def progress_bar() -> Progress:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A table cell: ``-`` for None, yes/no for booleans, floats to ``digits`` decimals."""
-    if value is None:
+    """A table cell: ``-`` for None or NaN, yes/no for booleans, floats to ``digits`` decimals, integers whole."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's, without importing numpy
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
 
 
+def fmt_count(value: Any) -> str:
+    """A step or count cell: whole numbers without decimals (``916``, not ``916.0000``; pandas keeps a column
+    with a missing value as floats), a mean of them to one decimal, ``-`` for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.1f}"
+
+
+# -- tables -----------------------------------------------------------------------------------------
+_FOLD = 8  # the narrowest a text column is folded to on a narrow terminal
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?%?$|^-$")
+
+
+def is_number(cell: str) -> bool:
+    """Whether a formatted cell is a number (or ``-``, a missing one): such columns align right and are never
+    broken."""
+    return bool(_NUMBER.match(cell))
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], out: Console | None = None) -> None:
+    """Print formatted cells as a table without ever cutting one to ``…``.
+
+    Not on a terminal (a pipe, a file), the table is printed at its full width: every cell whole on one line.
+    On a terminal narrower than that, text and headers wrap (:func:`column_widths`) while every number stays
+    on one line; if even that does not fit, the table is printed wider than the terminal (which wraps its
+    lines) rather than losing digits.
+    """
+    out = out or console
+    numeric = [bool(rows) and all(is_number(row[j]) for row in rows) for j in range(len(header))]
+    table = Table(title=Text(title))
+    for j, name in enumerate(header):
+        table.add_column(Text(name), justify="right" if numeric[j] else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*map(Text, row))  # plain text: a label's "[reinit]" is no markup
+    natural = [max(cell_len(cell) for cell in [name, *(row[j] for row in rows)]) for j, name in enumerate(header)]
+    frame = Measurement.get(out, out.options.update_width(1 << 20), table).maximum - sum(natural)  # borders, padding
+    width = max(sum(natural) + frame, cell_len(title))  # the title on one line too
+    if out.is_terminal and width > out.width:
+        widths = column_widths(header, rows, numeric, out.width - frame)
+        for column, w in zip(table.columns, widths):
+            column.width = w
+        width = max(out.width, sum(widths) + frame)
+    previous = out.width
+    out.width = width
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = previous
+
+
+def column_widths(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool], budget: int) -> list[int]:
+    """Column widths that fit ``budget`` characters if they can: from each column's natural width (all on one
+    line), the widest column above its floor gives a character until the sum fits. The floors come in three
+    steps: headers of numbers wrap at their spaces (a header costs one line, a row's text one line per row);
+    then text folds down to :data:`_FOLD` characters a line; then headers of numbers fold too. A number is
+    never split: its column is never narrower than it."""
+    natural = [max(cell_len(cell) for cell in [name, *(row[j] for row in rows)]) for j, name in enumerate(header)]
+    widest = [max((cell_len(row[j]) for row in rows), default=1) for j in range(len(header))]
+    words = [max(cell_len(word) for word in name.split() or [""]) for name in header]
+    widths = list(natural)
+    for floors in (
+        [max(widest[j], words[j]) if numeric[j] else natural[j] for j in range(len(header))],
+        [max(widest[j], words[j]) if numeric[j] else min(natural[j], _FOLD) for j in range(len(header))],
+        [widest[j] if numeric[j] else min(natural[j], _FOLD) for j in range(len(header))],
+    ):
+        while sum(widths) > budget:
+            slack = [w - max(f, 1) for w, f in zip(widths, floors)]
+            j = max(range(len(widths)), key=lambda k: (slack[k], widths[k]))
+            if slack[j] <= 0:
+                break
+            widths[j] -= 1
+    return widths

@@ -35,7 +35,9 @@ class MethodSpec(_Frozen):
     criterion: str | None = None  # default: magnitude for iterative methods; required for upfront ones
     scope: Literal["global", "layerwise"] = "global"
     K: float = Field(0.8, gt=0, lt=1, description="per-level keep fraction of iterative pruning")
-    rounds: int = Field(1, ge=1, description="scoring rounds: upfront multi-shot, or per level (IMS)")
+    # None: the method's own number (1; 100 for the synflow shorthand), so an explicit 1 is one round. A spec
+    # that leaves it out keeps the run id it had when the default was 1 (unset fields are not hashed).
+    rounds: int | None = Field(None, ge=1, description="scoring rounds: upfront multi-shot, or per level (IMS)")
     round_schedule: Literal["exponential", "linear"] = "exponential"
     train: DurationField | None = None  # gimp: dense training length (default: the recipe's)
     retrain: DurationField | None = None

@@ -28,7 +28,7 @@ import torch
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
-from ticketlab.experiment.run import RunResult, prepare_run, run_experiment
+from ticketlab.experiment.run import RunResult, prepare_run, record_environment, run_experiment
 from ticketlab.files import tensors_digest
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
@@ -144,13 +144,14 @@ def run_experiments(
     at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
     """
     device = resolve_device(device)
-    shared_log = log or (lambda message: None)
 
-    def spec_log(spec: ExperimentSpec) -> Callable[[str], None]:
+    def spec_log(spec: ExperimentSpec) -> Callable[[str], None] | None:
         if log_for is not None:
             return log_for(spec)
+        if log is None:
+            return None  # nobody listens: warnings are raised as warnings (experiment.run.record_environment)
         tag = f"[{spec.run_id()}] "
-        return lambda message: shared_log(tag + message)
+        return lambda message: log(tag + message)
 
     results: dict[int, RunResult] = {}
     datasets: dict[tuple, Dataset] = {}
@@ -170,7 +171,7 @@ def run_experiments(
         if worker.error is not None:
             errors[i] = worker.error
             continue
-        worker.job.run.mark_finished({"levels": len(worker.job.rows)})
+        worker.job.run.mark_finished(worker.job.counts())
         results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
 
     for i, spec in enumerate(specs):
@@ -187,7 +188,7 @@ def run_experiments(
 
 def _start_worker(
     spec: ExperimentSpec, datasets: dict[tuple, Dataset], root: str | os.PathLike, data_root: str | os.PathLike | None,
-    device: torch.device, log: Callable[[str], None],
+    device: torch.device, log: Callable[[str], None] | None,
 ) -> _Worker:
     """Prepare the spec's run (loading its data once per split into ``datasets``) and start its method."""
     check_spec(spec)
@@ -196,7 +197,8 @@ def _start_worker(
         datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
     data = datasets[data_key]
     run, model, init_state = prepare_run(spec, data, root, device)
-    job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=log)
+    env = record_environment(run, device, log)
+    job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=log or (lambda message: None), env=env)
     key, _ = resolve_method(spec.method)
     worker = _Worker(METHODS.get(key), job)
     job.worker = worker

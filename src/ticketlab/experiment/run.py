@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import torch
 
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.hardware.device import resolve_device
+from ticketlab.hardware.environment import differences, environment
 from ticketlab.experiment.check import check_spec
 from ticketlab.experiment.dense import dense_store
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
@@ -101,6 +104,29 @@ def prepare_run(
     return run, model, init_state
 
 
+class EnvironmentChangedWarning(UserWarning):
+    """A run resumed under another environment than it started in (its new levels record the new one)."""
+
+
+def record_environment(run: RunDir, device: torch.device, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """This process's environment (``hardware.environment``), written as the run's ``env.json`` when the run
+    has none. Resuming an unfinished run under another environment says so in one line, to ``log`` (else as
+    an :class:`EnvironmentChangedWarning`); the run id stays the spec's and the levels written from now on
+    record the new environment, so the results tell them apart."""
+    env = environment(device)
+    first = run.env()
+    if first is None:
+        run.write_env(env)
+    elif not run.finished and (changed := differences(first, env)):
+        message = (f"warning: run {run.path.name} started under another environment ({'; '.join(changed)}); "
+                   "the levels trained now record this one")
+        if log is None:
+            warnings.warn(message, EnvironmentChangedWarning, stacklevel=3)
+        else:
+            log(message)
+    return env
+
+
 def run_experiment(
     spec: ExperimentSpec,
     root: str | os.PathLike = "runs",
@@ -131,8 +157,9 @@ def run_on(
     device = resolve_device(device)
     data = data.to(device)
     run, model, init_state = prepare_run(spec, data, root, device)
-    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
+    env = record_environment(run, device, log)
+    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None), env=env)
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
-    run.mark_finished({"levels": len(job.rows)})
+    run.mark_finished(job.counts())
     return RunResult(spec, run.path, job.rows)

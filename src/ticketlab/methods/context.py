@@ -6,6 +6,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from ticketlab.data import Dataset
 from ticketlab.data.batches import pruning_batches
 from ticketlab.masks import LayerCollapseError, Mask, layer_collapse, select
 from ticketlab.methods.controls import CONTROLS
-from ticketlab.methods.registry import resolve_criterion
+from ticketlab.methods.registry import Resolved
 from ticketlab.models import initialize
 from ticketlab.schedules import multishot_densities
 from ticketlab.config.spec import ExperimentSpec
@@ -40,6 +41,7 @@ class Job:
     log: Log = lambda message: None  # noqa: E731
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
+    env: dict[str, Any] = field(default_factory=dict)  # what can change the numbers here (hardware.environment)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -68,9 +70,17 @@ class Job:
     def criterion_is_data_aware(self) -> bool:
         return is_data_aware(self.criterion)
 
+    @cached_property
+    def resolved(self) -> Resolved:
+        """The method, criterion and rounds the spec runs as (each level records them)."""
+        return Resolved.of(self.spec.method)
+
     @property
     def criterion(self) -> str:
-        return resolve_criterion(self.spec.method)
+        """The criterion the method scores with (an error for a method that uses none)."""
+        if self.resolved.criterion is None:
+            raise ValueError(f"method {self.spec.method.name!r} selects its masks by no criterion")
+        return self.resolved.criterion
 
     def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
         """Score the model as it stands and select ``density``, in ``rounds`` re-scored steps from the
@@ -116,6 +126,8 @@ class Job:
             "train_time": result.wall_time, "score_time": score_time,
             "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
             "layer_densities": mask.layer_densities(), "history": result.history,
+            "method_key": self.resolved.method_key, "criterion": self.resolved.criterion,
+            "rounds": self.resolved.rounds, "env": self.env,
         }
         if level == 0 and not control:
             self.dense = row
@@ -153,6 +165,10 @@ class Job:
         self.rows.append(row)
         self.log(self._describe(row) + " (already done)")
         return row
+
+    def counts(self) -> dict[str, int]:
+        """What ``done.json`` records: the run's levels (level 0 included) and, apart, its control trainings."""
+        return {"levels": len({row["level"] for row in self.rows}), "controls": sum(bool(row.get("control")) for row in self.rows)}
 
     def check_collapse(self, mask: Mask, level: int) -> None:
         if self.spec.method.fail_on_collapse:

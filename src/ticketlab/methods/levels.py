@@ -134,7 +134,7 @@ class Gimp:
     def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
         """The level's mask, the scores it was selected by, and the seconds that took."""
         self.job.model.load_state_dict(previous.final)
-        return self.job.prune(previous.mask, density, self.job.spec.method.rounds, index)
+        return self.job.prune(previous.mask, density, self.job.resolved.rounds, index)
 
     def start(self, previous: Level, mask: Mask) -> StateDict:
         """The weights the level trains from: the previous level's rewind snapshot, pruned."""

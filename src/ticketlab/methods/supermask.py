@@ -42,7 +42,7 @@ from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.schedules import iterative_densities
 from ticketlab.models import StateDict
 from ticketlab.training.loop import TrainResult
@@ -118,7 +118,7 @@ def best_point(rows: list[dict[str, Any]]) -> int:
 def _supermask(job: Job) -> None:
     spec, method = job.spec, job.spec.method
     options: SupermaskOptions = options_of(method)
-    criterion = method.criterion or DEFAULT_CRITERION
+    criterion = job.criterion
     if options.thresholds is not None and method.scope != "global":
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
 
@@ -191,3 +191,4 @@ def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: 
 
 
 METHODS.register("supermask")(_supermask)
+DEFAULT_CRITERIA["supermask"] = DEFAULT_CRITERION

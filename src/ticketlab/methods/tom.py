@@ -52,7 +52,7 @@ from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.config.recipe import DurationField
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
@@ -198,7 +198,7 @@ def _mask_phase(
         return load_tensors(logits_path)[0], _phase_time(job)
     spec, spe = job.spec, job.steps_per_epoch
     steps = options.mask_steps.steps(spe) if options.mask_steps is not None else job.total_steps
-    eval_every = spec.recipe.eval_every.steps(spe) if spec.recipe.eval_every is not None else 0
+    eval_every = spec.recipe.eval_interval(spe)
     job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
     started = time.perf_counter()
     job.model.load_state_dict(pretrained)
@@ -230,3 +230,4 @@ def _phase_time(job: Job) -> float:
 
 
 METHODS.register("tom")(_tom)
+DEFAULT_CRITERIA["tom"] = None  # the masks are learned (logits), not selected by scores

@@ -12,12 +12,12 @@ from functools import partial
 from ticketlab.masks import Mask
 from ticketlab.methods.context import Job
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, resolve_method
+from ticketlab.methods.registry import METHODS
 
 
 def _upfront(job: Job) -> None:
     dense_level(job, job.total_steps)
-    _, rounds = resolve_method(job.spec.method)
+    rounds = job.resolved.rounds
     for level, density in enumerate(job.spec.densities, start=1):
         pruned_level(job, level, density, job.init_state, partial(_at_init, job, level, density, rounds))
 

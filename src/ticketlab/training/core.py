@@ -68,8 +68,7 @@ def plan_steps(
         raise ValueError("end_on_best needs a validation split (val_size > 0)")
     if recipe.early_stop is not None and len(data.x_val) == 0:
         raise ValueError("early_stop needs a validation split (val_size > 0)")
-    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
-    return spe, end_step, eval_every
+    return spe, end_step, recipe.eval_interval(spe)
 
 
 def is_eval_step(done: int, end_step: int, eval_every: int) -> bool:

@@ -78,7 +78,7 @@ class DoublePruning(Regrowing):
             raise ValueError(
                 f"double_pruning scores by magnitude (|w_T| and |u_T|); criterion {job.criterion!r} is not allowed"
             )
-        if job.spec.method.rounds != 1:
+        if job.resolved.rounds != 1:
             raise ValueError("double_pruning prunes in one round per level; rounds must be 1")
         super().__init__(job, self.options.base)
         self.complement: StateDict | None = None
