@@ -27,7 +27,9 @@ TARGET = 0.49  # K = 0.7: levels 1.0 -> 0.7 -> 0.49, and 0.49 * N is not a whole
 SMALLEST: dict[str, dict] = {
     "double_pruning": {},
     "finetune": {},
+    "force": {"options": {"steps": 3}},
     "gimp": {},
+    "iter_snip": {"options": {"steps": 3}},
     "late_rewind": {"name": "late_rewind:2it"},  # the rewind step is required
     "lottery": {},
     "lr_rewind": {},
