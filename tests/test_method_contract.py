@@ -29,6 +29,7 @@ SMALLEST: dict[str, dict] = {
     "edge_popup": {"options": {"steps": "4it"}},
     "finetune": {},
     "force": {"options": {"steps": 3}},
+    "gem_miner": {"options": {"steps": "4it", "period": "2it"}},
     "gimp": {},
     "iter_snip": {"options": {"steps": 3}},
     "late_rewind": {"name": "late_rewind:2it"},  # the rewind step is required

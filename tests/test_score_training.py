@@ -1,6 +1,7 @@
-"""edge-popup (Ramanujan et al. 2020): the straight-through score update on a hand-computed example, exact
-densities, the untrained supermask as the level's result, determinism, cost, weights untouched and every
-model family."""
+"""edge-popup (Ramanujan et al. 2020) and Gem-Miner (Sreenivasan et al. 2022): the straight-through score
+update on hand-computed examples, the freezing schedule, exact densities, the untrained supermask as
+edge-popup's result, the trained ticket (and mask-only accuracy) as Gem-Miner's, determinism, cost, weights
+untouched and every model family."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.experiment import run_experiment
 from ticketlab.masks import Mask
 from ticketlab.methods.edge_popup import EdgePopup, layer_counts
+from ticketlab.methods.gem_miner import GemMiner, freezing_events
 from ticketlab.methods.scoretrain import score_step, signed_kaiming_constant
 from ticketlab.store import RunDir
 
@@ -46,6 +48,43 @@ def test_edge_popup_step_is_the_straight_through_gradient_by_hand():
     assert loss == pytest.approx(float(torch.logsumexp(z, 0) - z[0]), rel=1e-6)
     expected = s - 0.5 * torch.sign(s) * W * hand_gradient(W * m)  # every score moves, kept or not
     assert torch.allclose(scores["0.weight"].detach(), expected, atol=1e-6)
+
+
+def test_gem_miner_step_rounds_freezes_penalises_and_clips_by_hand():
+    model, state = linear()
+    s = torch.tensor([[0.9, 0.45, 0.6], [0.55, 0.02, 0.98]])
+    kept = Mask({"0.weight": torch.tensor([[True, True, True], [False, True, True]])})
+    rule = GemMiner(kept, events={}, penalty=0.1, scope="global", seed=0)
+    scores = {"0.weight": s.clone().requires_grad_()}
+    optimizer = torch.optim.SGD(list(scores.values()), lr=1.0)
+    score_step(model, state, scores, rule, X, Y, optimizer, lr=1.0)
+    with torch.no_grad():
+        rule.after_step(1, scores)
+
+    f = kept["0.weight"].float()
+    m = (s > 0.5).float() * f  # [[1, 0, 1], [0, 0, 1]]: 0.55 is rounded up but frozen out
+    grad = f * W * hand_gradient(W * m) + 2 * 0.1 * s  # the frozen weight gets the penalty only
+    expected = (s - grad).clamp(0, 1)
+    assert torch.allclose(scores["0.weight"].detach(), expected, atol=1e-6)
+    assert (s - grad)[0, 0] > 1 and (s - grad)[0, 1] < 0  # the clip was needed on both sides
+    assert expected[0, 0] == 1.0 and expected[0, 1] == 0.0 and 0 < expected[1, 0] < 1
+
+
+def test_gem_miner_freezes_the_lowest_scores_among_those_kept():
+    kept = Mask({"a": torch.tensor([True, True, True, False])})
+    rule = GemMiner(kept, events={2: 0.5}, penalty=0.0, scope="global", seed=0)
+    scores = {"a": torch.tensor([0.2, 0.9, 0.7, 1.0])}
+    rule.after_step(1, scores)
+    assert rule.kept == kept  # no event at step 1
+    rule.after_step(2, scores)
+    assert rule.kept == Mask({"a": torch.tensor([False, True, True, False])})  # 0.2 frozen; 1.0 stays out
+
+
+def test_freezing_events_follow_the_exponential_schedule():
+    assert freezing_events(0.1, steps=150, period=5) == pytest.approx(
+        {5 * j: 0.1 ** (j / 29) for j in range(1, 30)})  # their 150 epochs / iter_period 5: 29 events
+    assert freezing_events(0.1, steps=20, period=10) == {10: 0.1}
+    assert freezing_events(0.1, steps=10, period=10) == {}
 
 
 def test_layer_counts_add_up_to_the_exact_total():
@@ -92,7 +131,21 @@ def test_edge_popup_level_is_the_untrained_supermask_on_signed_constants(tmp_pat
     assert all(RunDir(second.path).level(k).mask() == run.level(k).mask() for k in (1, 2))
 
 
-@pytest.mark.parametrize("name", ["edge_popup"])
+def test_gem_miner_trains_the_ticket_and_records_the_mask_only_accuracy(tmp_path):
+    s = spec("gem_miner", densities=(0.2,), steps="8it", period="2it", lr=5.0)
+    result = run_experiment(s, tmp_path / "a", device="cpu")
+    d = RunDir(result.path).level(1)
+    mask, start, final = d.mask(), d.weights("start"), d.weights("final")
+    assert mask.kept() == round(0.2 * mask.total())
+    assert any(not torch.equal(final[n][mask[n]], start[n][mask[n]]) for n in mask)  # the weights trained
+    row = next(r for r in result.rows if r["level"] == 1)
+    assert row["end_step"] == 6 and row["mask_cost_passes"] == 8
+    assert 0 <= row["mask_only_val_acc"] <= 1 and 0 < row["gem_miner_rounded_density"] <= row["density"]
+    again = run_experiment(s, tmp_path / "b", device="cpu")
+    assert RunDir(again.path).level(1).mask() == mask
+
+
+@pytest.mark.parametrize("name", ["edge_popup", "gem_miner"])
 def test_learned_masks_take_no_criterion(tmp_path, name):
     bad = spec(name).model_copy(update={"method": MethodSpec(name=name, criterion="snip")})
     with pytest.raises(ValueError, match="criterion"):
@@ -100,7 +153,7 @@ def test_learned_masks_take_no_criterion(tmp_path, name):
 
 
 @pytest.mark.parametrize("family", ["lenet5", "conv2", "resnet20"])
-@pytest.mark.parametrize("name", ["edge_popup"])
+@pytest.mark.parametrize("name", ["edge_popup", "gem_miner"])
 def test_every_model_family(tmp_path, family, name):
     s = spec(name, model=family, densities=(0.2,), steps="2it", batch_size=8, **({"period": "1it"} if name == "gem_miner" else {}))
     s = s.model_copy(update={"recipe": Recipe(steps="1it", batch_size=8, eval_every=None)})
