@@ -102,6 +102,7 @@ def kaiming_uniform_scores(weights: StateDict, names: list[str], seed: int, devi
 
 
 def _edge_popup(job: Job) -> None:
+    """edge-popup (Ramanujan et al. 2020): per-layer top-k of learned scores, a supermask of frozen weights, untrained."""
     spec = job.spec
     if spec.method.criterion:
         raise ValueError("method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); give no criterion")

@@ -110,6 +110,7 @@ def uniform_scores(names: list[str], weights: StateDict, seed: int, device: torc
 
 
 def _gem_miner(job: Job) -> None:
+    """Gem-Miner (Sreenivasan et al. 2022): scores in [0, 1], frozen out to the target, then the weights trained."""
     spec = job.spec
     if spec.method.criterion:
         raise ValueError("method.criterion: gem_miner learns its scores (Sreenivasan et al. 2022); give no criterion")

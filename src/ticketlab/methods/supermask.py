@@ -61,8 +61,10 @@ class SupermaskOptions(BaseModel):
     thresholds: tuple[float, ...] | None = Field(
         None, description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities"
     )
-    eval_weights: Literal["init", "signed_constant"] = "init"
-    train_best: bool = True
+    eval_weights: Literal["init", "signed_constant"] = Field(
+        "init", description="weights of the untrained masks: w_0 (004) or sign(w_0)·RMS(w_0) per layer (Zhou et al.)"
+    )
+    train_best: bool = Field(True, description="train the best untrained mask with its zeros frozen (004 §2.3)")
 
     @field_validator("thresholds")
     @classmethod

@@ -68,13 +68,13 @@ class TomOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pretrain: float = Field(0.1, ge=0, lt=1, description="fraction of the run trained dense before the weights freeze")
-    mask_steps: DurationField | None = None  # default: the recipe's length T
+    mask_steps: DurationField | None = Field(None, description="length of the mask phase (default: the recipe's T)")
     mask_lr: float = Field(20.0, gt=0, description="step size α of the logit update")
-    logit_init: float = 3.0
-    grad_clip: float = Field(0.1, gt=0)
-    logit_clip: float = Field(15.0, gt=0)
-    penalty: Literal["l1", "l2"] = "l1"
-    penalty_weight: float = Field(3e-4, ge=0)
+    logit_init: float = Field(3.0, description="initial logit b of every weight (sigmoid(3) = 0.95)")
+    grad_clip: float = Field(0.1, gt=0, description="clip of dL/dc before the step (002: [-0.1, 0.1])")
+    logit_clip: float = Field(15.0, gt=0, description="clip of the logits (002: [-15, 15])")
+    penalty: Literal["l1", "l2"] = Field("l1", description="penalty on sigmoid(b): l1 sum or l2 sum of squares")
+    penalty_weight: float = Field(3e-4, ge=0, description="weight lambda of the penalty, per weight")
 
 
 def penalty_grad(logits: torch.Tensor, kind: str, weight: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ticketlab.config.duration import Duration
@@ -39,8 +40,8 @@ class ScoredPruningOptions(RegrowthOptions):
     """``regrow_every``: steps between regrowth events (``1ep``, ``100it``); ``positive_only``: only weights
     with s > 0 return."""
 
-    regrow_every: DurationField = Duration.parse("1ep")
-    positive_only: bool = True
+    regrow_every: DurationField = Field(Duration.parse("1ep"), description="steps between regrowth events (1ep, 100it)")
+    positive_only: bool = Field(True, description="only pruned weights with s > 0 (a first-order loss drop) return")
 
 
 OPTIONS.register("scored_pruning")(ScoredPruningOptions)
