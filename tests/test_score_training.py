@@ -184,3 +184,12 @@ def test_score_training_leaves_the_model_untouched(synthetic, family):
     assert all(torch.equal(state[n], weights[n]) for n in names)  # the weights stay frozen
     moved = [k for k in state if "running_mean" in k and not torch.equal(state[k], before[k])]
     assert bool(moved) == (family == "resnet20")  # BatchNorm statistics follow the masked networks
+
+
+def test_the_score_curve_is_written_beside_the_level(tmp_path):
+    import json
+
+    result = run_experiment(spec("edge_popup", steps="6it"), tmp_path, device="cpu")
+    curve = json.loads((result.path / "level_01" / "score_curve.json").read_text())
+    assert [row["step"] for row in curve] == [3, 6] and all(row["train_loss"] > 0 for row in curve)
+    assert "score_curve" not in result.rows[1]  # the metrics stay flat

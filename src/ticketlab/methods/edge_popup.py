@@ -41,7 +41,13 @@ from ticketlab.methods.cost import measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.scoretrain import (
-    ScoreTrainingOptions, Scores, frozen_weights, score_recipe, straight_through, train_scores,
+    Scores,
+    ScoreTrainingOptions,
+    frozen_weights,
+    score_recipe,
+    straight_through,
+    train_scores,
+    write_curve,
 )
 from ticketlab.models import StateDict
 from ticketlab.models.init import fans
@@ -131,7 +137,8 @@ def _supermask(job: Job, options: EdgePopupOptions, level: int, density: float) 
     start = masked_state(state, mask)
     cost = meter.cost()
     result = job.train(mask, start, 0, 0, None)  # no step: the supermask evaluated as it is
-    return Trained(mask, start, result, cost.seconds, final, cost=cost, extra={"score_curve": curve})
+    write_curve(job.run.level(level).path, curve)
+    return Trained(mask, start, result, cost.seconds, final, cost=cost)
 
 
 METHODS.register("edge_popup")(_edge_popup)

@@ -45,7 +45,15 @@ from ticketlab.methods.context import Job
 from ticketlab.methods.cost import measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import METHODS, OPTIONS, options_of
-from ticketlab.methods.scoretrain import ScoreTrainingOptions, Scores, frozen_weights, score_recipe, straight_through, train_scores
+from ticketlab.methods.scoretrain import (
+    Scores,
+    ScoreTrainingOptions,
+    frozen_weights,
+    score_recipe,
+    straight_through,
+    train_scores,
+    write_curve,
+)
 from ticketlab.models import StateDict
 from ticketlab.schedules import multishot_densities
 from ticketlab.seeding import seed_for
@@ -125,7 +133,7 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
     spec = job.spec
     names = sorted(Mask.ones(job.model, spec.exempt))
     weights = frozen_weights(job.init_state, names, options.weights)
-    scores = uniform_scores(names, weights, seed_for(spec.seed, level), next(job.model.parameters()).device)
+    scores = uniform_scores(names, weights, spec.seed, next(job.model.parameters()).device)
     recipe = score_recipe(options, spec.recipe)
     spe = steps_per_epoch(len(job.data.x_train), recipe.batch_size)
     events = freezing_events(density, recipe.total_steps(spe), options.period.steps(spe))
@@ -136,7 +144,8 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
     kept = {n: rule.kept[n].cpu() for n in names}
     mask = select(final, density, spec.method.scope, previous=kept, seed=seed_for(spec.seed, level))
     rounded = sum(int(((final[n] > THRESHOLD) & mask[n]).sum()) for n in names) / mask.total()
-    extra = {"gem_miner_rounded_density": rounded, "score_curve": curve, **_mask_only(job, masked_state(state, mask))}
+    extra = {"gem_miner_rounded_density": rounded, **_mask_only(job, masked_state(state, mask))}
+    write_curve(job.run.level(level).path, curve)
     job.check_collapse(mask, level)
     start = masked_state(weights, mask)
     cost = meter.cost()

@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ticketlab.criteria import ScoringContext, Scores, score
+from ticketlab.criteria import Scores, ScoringContext, score
 from ticketlab.criteria.base import masked_weights
 from ticketlab.criteria.snip import loss_gradient
 from ticketlab.data.batches import pruning_batches

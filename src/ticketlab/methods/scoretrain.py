@@ -18,6 +18,7 @@ BatchNorm layers run in train mode: their running statistics follow the masked n
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -29,6 +30,7 @@ from torch.func import functional_call
 from ticketlab.config.duration import Duration
 from ticketlab.config.recipe import DurationField, Recipe
 from ticketlab.data import Dataset
+from ticketlab.files import atomic_write_json
 from ticketlab.models import StateDict
 from ticketlab.models.init import kaiming_std
 from ticketlab.seeding import seed_for
@@ -36,6 +38,7 @@ from ticketlab.training.core import Batches, steps_per_epoch
 
 Scores = dict[str, torch.Tensor]
 SCORE_SALT = 43  # the score phase's data order and augmentation: a stream of its own
+CURVE_FILE = "score_curve.json"
 
 
 class ScoreTrainingOptions(BaseModel):
@@ -140,6 +143,13 @@ def train_scores(
     finally:
         model.train(was_training)
     return {k: v.detach().cpu() for k, v in state.items()}, curve
+
+
+def write_curve(level_dir: Path, curve: list[dict[str, Any]]) -> None:
+    """The score phase's learning curve beside the level's files (``score_curve.json``), not in its metrics,
+    which stay flat for the results table."""
+    level_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(level_dir / CURVE_FILE, curve)
 
 
 def score_recipe(options: ScoreTrainingOptions, recipe: Recipe) -> Recipe:
