@@ -14,7 +14,7 @@ from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 RECIPE = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
-TIMING = {"train_time", "score_time"}
+TIMING = {"train_time", "score_time", "mask_cost_seconds"}
 
 
 def spec(**kw) -> ExperimentSpec:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,9 +14,11 @@ from torch import nn
 from ticketlab.criteria import ScoringContext, is_data_aware, score
 from ticketlab.data import Dataset
 from ticketlab.data.batches import pruning_batches
+from ticketlab.files import atomic_write_json
 from ticketlab.masks import LayerCollapseError, Mask, layer_collapse, select
 from ticketlab.methods.controls import CONTROLS
 from ticketlab.methods.registry import Resolved
+from ticketlab.methods.cost import Cost, measure
 from ticketlab.models import initialize
 from ticketlab.schedules import multishot_densities
 from ticketlab.config.spec import ExperimentSpec
@@ -82,19 +83,26 @@ class Job:
             raise ValueError(f"method {self.spec.method.name!r} selects its masks by no criterion")
         return self.resolved.criterion
 
-    def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
+    def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], Cost]:
         """Score the model as it stands and select ``density``, in ``rounds`` re-scored steps from the
-        mask's density (multi-shot: UMS at initialisation, IMS inside iterative pruning)."""
-        started = time.perf_counter()
-        ctx = self.context()
-        method = self.spec.method
-        scores: dict[str, torch.Tensor] = {}
-        for r, d in enumerate(multishot_densities(density, rounds, method.round_schedule, start=mask.density())):
+        mask's density (multi-shot: UMS at initialisation, IMS inside iterative pruning). Returns the mask,
+        the last scores and what scoring cost (forward passes and seconds, ``methods.cost``)."""
+        with measure(self.model) as meter:
+            ctx = self.context()
+            method = self.spec.method
+            scores: dict[str, torch.Tensor] = {}
+            for r, d in enumerate(multishot_densities(density, rounds, method.round_schedule, start=mask.density())):
+                mask.apply(self.model)
+                scores = score(self.criterion, self.model, mask, ctx)
+                mask = select(scores, d, method.scope, previous=mask, seed=seed_for(self.spec.seed, level, r))
             mask.apply(self.model)
-            scores = score(self.criterion, self.model, mask, ctx)
-            mask = select(scores, d, method.scope, previous=mask, seed=seed_for(self.spec.seed, level, r))
-        mask.apply(self.model)
-        return mask, scores, time.perf_counter() - started
+        return mask, scores, meter.cost()
+
+    def training_cost(self, row: Mapping[str, Any]) -> Cost:
+        """The weight training a recorded level did (its steps, to where it stopped, and its seconds)."""
+        stopped = row.get("stopped_step")
+        steps = (row["end_step"] if stopped is None else stopped) - row["start_step"]
+        return Cost.of_training(steps, self.spec.recipe.batch_size, row.get("train_time") or 0.0)
 
     # -- training and recording ----------------------------------------------------------------------
     def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
@@ -109,9 +117,10 @@ class Job:
     def record(
         self, level: int, mask: Mask, result: TrainResult, start: StateDict, *, target: float,
         score_time: float = 0.0, control: str | None = None, rewind: StateDict | None = None,
-        scores: dict[str, torch.Tensor] | None = None,
+        scores: dict[str, torch.Tensor] | None = None, cost: Cost | None = None, extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a finished level (mask, start and final weights, metrics) and return its row."""
+        """Write a finished level (mask, start and final weights, metrics) and return its row. ``cost``: what
+        its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics."""
         collapse = layer_collapse(self.model, mask, self.data.input_shape)
         final = result.final
         es = result.early_stop_step
@@ -128,6 +137,7 @@ class Job:
             "layer_densities": mask.layer_densities(), "history": result.history,
             "method_key": self.resolved.method_key, "criterion": self.resolved.criterion,
             "rounds": self.resolved.rounds, "env": self.env,
+            **(cost or Cost()).metrics(len(self.data.x_train)), **(extra or {}),
         }
         if level == 0 and not control:
             self.dense = row
@@ -161,6 +171,11 @@ class Job:
             return None
         row = d.metrics()
         if level == 0 and not control:
+            own = {"method_key": self.resolved.method_key, "criterion": self.resolved.criterion,
+                   "rounds": self.resolved.rounds}
+            if any(row.get(k) != v for k, v in own.items()):  # a dense level shared by another method's run
+                row.update(own)
+                atomic_write_json(d.path / "metrics.json", row)
             self.dense = row
         self.rows.append(row)
         self.log(self._describe(row) + " (already done)")
@@ -182,10 +197,10 @@ class Job:
     # -- controls ------------------------------------------------------------------------------------
     def run_controls(
         self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, start_step: int, end_step: int,
-        target: float,
+        target: float, cost: Cost | None = None,
     ) -> None:
         """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
-        like it); finished controls are read back."""
+        like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``."""
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
                 continue
@@ -195,7 +210,7 @@ class Job:
             fresh = snapshot(self.model)
             c_mask, c_start = CONTROLS.get(name)(mask, start, dense_start, fresh, g)
             c_result = self.train(c_mask, c_start, start_step, end_step, None)
-            self.record(level, c_mask, c_result, c_start, target=target, control=name)
+            self.record(level, c_mask, c_result, c_start, target=target, control=name, cost=cost)
 
     @staticmethod
     def _describe(row: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ change how the mask is picked, where pruned weights restart and what happens dur
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from ticketlab.masks import Mask, masked_state
 from ticketlab.methods.context import Job
+from ticketlab.methods.cost import Cost
 from ticketlab.models import StateDict
 from ticketlab.schedules import iterative_densities
 from ticketlab.store import LevelDir
@@ -65,7 +66,8 @@ class Level:
 @dataclass
 class Trained:
     """A level just trained, as ``Job.record`` writes it. ``rewind_at``: the step whose snapshot is kept as
-    the level's ``rewind`` weights (None: no rewind weights)."""
+    the level's ``rewind`` weights (None: no rewind weights). ``cost``: what its mask cost to find, all of it
+    (``methods.cost``); ``score_time``: the seconds of this level's own scoring."""
 
     mask: Mask
     start: StateDict
@@ -73,6 +75,8 @@ class Trained:
     score_time: float = 0.0
     scores: dict[str, torch.Tensor] | None = None
     rewind_at: int | None = None
+    cost: Cost = field(default_factory=Cost)
+    extra: dict[str, Any] | None = None
 
 
 def record(job: Job, index: int, target: float, trained: Trained) -> dict[str, Any]:
@@ -80,6 +84,7 @@ def record(job: Job, index: int, target: float, trained: Trained) -> dict[str, A
     rewind = None if t.rewind_at is None else t.result.snapshots[t.rewind_at]
     return job.record(
         index, t.mask, t.result, t.start, target=target, score_time=t.score_time, rewind=rewind, scores=t.scores,
+        cost=t.cost, extra=t.extra,
     )
 
 
@@ -107,7 +112,8 @@ def pruned_level(job: Job, index: int, target: float, dense_start: StateDict, bu
     level = Level(job.run.level(index), row)
     # the controls start from the ticket's mask and weights: in memory when just trained, else as stored
     mask, start = (trained.mask, trained.start) if trained is not None else (level.mask, level.start)
-    job.run_controls(index, mask, start, dense_start, level.row["start_step"], level.end_step, target)
+    cost = Cost.recorded(level.row)
+    job.run_controls(index, mask, start, dense_start, level.row["start_step"], level.end_step, target, cost)
     return level
 
 
@@ -131,8 +137,9 @@ class Gimp:
     def __init__(self, job: Job, steps: GimpSteps) -> None:
         self.job, self.steps = job, steps
 
-    def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
-        """The level's mask, the scores it was selected by, and the seconds that took."""
+    def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], Cost]:
+        """The level's mask, the scores it was selected by, and what that cost beyond the previous level's
+        training (``run_levels`` adds that: the mask derives from it)."""
         self.job.model.load_state_dict(previous.final)
         return self.job.prune(previous.mask, density, self.job.resolved.rounds, index)
 
@@ -166,11 +173,13 @@ def run_levels(job: Job, method: Gimp) -> None:
 
 def _gimp_level(method: Gimp, previous: Level, density: float, index: int) -> Trained:
     s, job = method.steps, method.job
-    mask, scores, score_time = method.prune(previous, density, index)
+    mask, scores, own = method.prune(previous, density, index)
+    # the mask derives from the previous level's training, and that level's mask from the ones before
+    cost = Cost.recorded(previous.row) + job.training_cost(previous.row) + own
     job.check_collapse(mask, index)
     start = method.start(previous, mask)
     begin = previous.end_step - s.rewind_lr
     stop = begin + s.retrain
     snap = stop - s.rewind_params
     result, mask = method.train(index, mask, start, begin, stop, snap)
-    return Trained(mask, start, result, score_time, scores, rewind_at=snap)
+    return Trained(mask, start, result, own.seconds, scores, rewind_at=snap, cost=cost)

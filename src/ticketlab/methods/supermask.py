@@ -29,7 +29,6 @@ Ties of the untrained validation accuracy go to the sparser network, the point o
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import Any, Literal
 
@@ -41,6 +40,7 @@ from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
 from ticketlab.methods.context import Job
+from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.schedules import iterative_densities
@@ -61,8 +61,10 @@ class SupermaskOptions(BaseModel):
     thresholds: tuple[float, ...] | None = Field(
         None, description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities"
     )
-    eval_weights: Literal["init", "signed_constant"] = "init"
-    train_best: bool = True
+    eval_weights: Literal["init", "signed_constant"] = Field(
+        "init", description="weights of the untrained masks: w_0 (004) or sign(w_0)·RMS(w_0) per layer (Zhou et al.)"
+    )
+    train_best: bool = Field(True, description="train the best untrained mask with its zeros frozen (004 §2.3)")
 
     @field_validator("thresholds")
     @classmethod
@@ -123,13 +125,16 @@ def _supermask(job: Job) -> None:
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
 
     # 1. dense training (004 §2.3 steps 1-2)
-    trained = dense_level(job, job.total_steps).final
+    dense = dense_level(job, job.total_steps)
+    trained = dense.final
 
     # 2. scores of w_T against w_0 (the criterion reads w_0 from ctx.initial)
-    started = time.perf_counter()
     job.model.load_state_dict(trained)
-    scores = score(criterion, job.model, Mask.ones(job.model, spec.exempt), job.context())
-    score_time = time.perf_counter() - started
+    with measure(job.model) as meter:
+        scores = score(criterion, job.model, Mask.ones(job.model, spec.exempt), job.context())
+    score_time = meter.seconds
+    # every mask of the sweep derives from the dense run and the scores; the best one also from the sweep
+    cost = job.training_cost(dense.row) + meter.cost()
 
     # 3. the untrained sweep (004 §2.2): one level per density or threshold
     points: list[tuple[str, float]] = (
@@ -148,11 +153,12 @@ def _supermask(job: Job) -> None:
         start = masked_state(weights, mask)
         row = job.resume(level, UNTRAINED)
         if row is None:
-            began = time.perf_counter()
-            result = untrained_result(job, start, mask)
+            with measure(job.model) as evaluation:
+                result = untrained_result(job, start, mask)
             row = job.record(
                 level, mask, result, start, target=mask.density() if kind == "threshold" else value,
-                score_time=score_time / len(points) + time.perf_counter() - began, control=UNTRAINED, scores=scores,
+                score_time=score_time / len(points) + evaluation.seconds, control=UNTRAINED, scores=scores,
+                cost=cost + evaluation.cost(),
             )
         row = {**row, kind: value}
         rows.append(row)
@@ -166,7 +172,9 @@ def _supermask(job: Job) -> None:
     if not options.train_best:
         return
     level, mask, start = rows[best]["level"], masks[best], starts[best]
-    train_best = partial(_train_best, job, level, mask, start, score_time)
+    # M_* was chosen by evaluating every point of the sweep: those evaluations are part of its cost
+    evaluations = sum((Cost.recorded(r) - cost for r in rows), Cost())
+    train_best = partial(_train_best, job, level, mask, start, score_time, cost + evaluations)
     pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
 
 
@@ -185,9 +193,9 @@ def _write_curve(job: Job, criterion: str, options: SupermaskOptions, rows: list
         job.log(f"  density {r['density']:.4f}{t}: val acc {r['val_acc']:.4f}, test acc {r['test_acc']:.4f}{mark}")
 
 
-def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float) -> Trained:
+def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float, cost: Cost) -> Trained:
     job.check_collapse(mask, level)
-    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time)
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time, cost=cost)
 
 
 METHODS.register("supermask")(_supermask)

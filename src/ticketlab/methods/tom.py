@@ -35,8 +35,7 @@ of the top-k mask on w_p at every target density, mean σ(b)), so a resumed run 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -51,6 +50,7 @@ from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
 from ticketlab.methods.context import Job
+from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.config.recipe import DurationField
@@ -68,13 +68,13 @@ class TomOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pretrain: float = Field(0.1, ge=0, lt=1, description="fraction of the run trained dense before the weights freeze")
-    mask_steps: DurationField | None = None  # default: the recipe's length T
+    mask_steps: DurationField | None = Field(None, description="length of the mask phase (default: the recipe's T)")
     mask_lr: float = Field(20.0, gt=0, description="step size α of the logit update")
-    logit_init: float = 3.0
-    grad_clip: float = Field(0.1, gt=0)
-    logit_clip: float = Field(15.0, gt=0)
-    penalty: Literal["l1", "l2"] = "l1"
-    penalty_weight: float = Field(3e-4, ge=0)
+    logit_init: float = Field(3.0, description="initial logit b of every weight (sigmoid(3) = 0.95)")
+    grad_clip: float = Field(0.1, gt=0, description="clip of dL/dc before the step (002: [-0.1, 0.1])")
+    logit_clip: float = Field(15.0, gt=0, description="clip of the logits (002: [-15, 15])")
+    penalty: Literal["l1", "l2"] = Field("l1", description="penalty on sigmoid(b): l1 sum or l2 sum of squares")
+    penalty_weight: float = Field(3e-4, ge=0, description="weight lambda of the penalty, per weight")
 
 
 def penalty_grad(logits: torch.Tensor, kind: str, weight: float) -> torch.Tensor:
@@ -180,53 +180,60 @@ def _tom(job: Job) -> None:
     pretrain = int(round(options.pretrain * total))
 
     # level 0: the dense run; its step-`pretrain` snapshot is the pretrained point w_p (002: 10% of the run)
-    pretrained = dense_level(job, total, pretrain).rewind
-    logits, mask_time = _mask_phase(job, options, pretrained, pretrain)
+    dense = dense_level(job, total, pretrain)
+    pretrained = dense.rewind
+    logits, phase = _mask_phase(job, options, pretrained, pretrain)
+    # what the masks cost: the pretraining steps (their share of level 0's seconds) and the mask phase
+    seconds = (dense.row.get("train_time") or 0.0) * pretrain / max(total, 1)
+    cost = Cost.of_training(pretrain, spec.recipe.batch_size, seconds) + phase
 
     # one level per target density: fix the top-k mask, train w_p ⊙ mask for the full run
     for level, density in enumerate(spec.densities, start=1):
-        ticket = partial(_ticket, job, logits, mask_time, pretrained, level, density)
+        ticket = partial(_ticket, job, logits, cost, phase.seconds, pretrained, level, density)
         pruned_level(job, level, density, pretrained, ticket)
 
 
 def _mask_phase(
     job: Job, options: TomOptions, pretrained: StateDict, pretrain: int
-) -> tuple[dict[str, torch.Tensor], float]:
-    """The learned logits and the seconds they took: once for every density (read back when on disk)."""
+) -> tuple[dict[str, torch.Tensor], Cost]:
+    """The learned logits and what they cost (``methods.cost``): once for every density (read back when on
+    disk)."""
     logits_path = job.run.path / LOGITS_FILE
     if logits_path.exists():
-        return load_tensors(logits_path)[0], _phase_time(job)
+        return load_tensors(logits_path)[0], _phase_cost(job)
     spec, spe = job.spec, job.steps_per_epoch
     steps = options.mask_steps.steps(spe) if options.mask_steps is not None else job.total_steps
     eval_every = spec.recipe.eval_interval(spe)
     job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
-    started = time.perf_counter()
     job.model.load_state_dict(pretrained)
-    logits, curve = train_logits(
-        job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
-        seed=spec.seed, densities=spec.densities, scope=spec.method.scope, eval_every=eval_every, log=job.log,
-    )
-    mask_time = time.perf_counter() - started
-    phase = {"pretrain_steps": pretrain, "mask_steps": steps, "time": mask_time, "curve": curve}
+    with measure(job.model) as meter:
+        logits, curve = train_logits(
+            job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
+            seed=spec.seed, densities=spec.densities, scope=spec.method.scope, eval_every=eval_every, log=job.log,
+        )
+    cost = meter.cost()
+    phase = {"pretrain_steps": pretrain, "mask_steps": steps, "time": cost.seconds, "cost": asdict(cost), "curve": curve}
     atomic_write_json(job.run.path / PHASE_FILE, phase)
     save_tensors(logits_path, logits, {"kind": "tom_logits"})
-    return logits, mask_time
+    return logits, cost
 
 
 def _ticket(
-    job: Job, logits: dict[str, torch.Tensor], mask_time: float, pretrained: StateDict, level: int, density: float
+    job: Job, logits: dict[str, torch.Tensor], cost: Cost, mask_time: float, pretrained: StateDict, level: int,
+    density: float,
 ) -> Trained:
     mask = topk_mask(logits, density, job.spec.method.scope, seed_for(job.spec.seed, level))
     job.check_collapse(mask, level)
     start = masked_state(pretrained, mask)
-    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), mask_time, logits)
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), mask_time, logits, cost=cost)
 
 
-def _phase_time(job: Job) -> float:
+def _phase_cost(job: Job) -> Cost:
     import json
 
     path = job.run.path / PHASE_FILE
-    return float(json.loads(path.read_text())["time"]) if path.exists() else 0.0
+    phase = json.loads(path.read_text()) if path.exists() else {}
+    return Cost(**phase["cost"]) if "cost" in phase else Cost(seconds=float(phase.get("time", 0.0)))
 
 
 METHODS.register("tom")(_tom)

@@ -25,10 +25,10 @@ def _upfront(job: Job) -> None:
 def _at_init(job: Job, level: int, density: float, rounds: int) -> Trained:
     """Prune the initialisation to ``density`` and train the ticket for the whole recipe."""
     job.model.load_state_dict(job.init_state)
-    mask, scores, score_time = job.prune(Mask.ones(job.model, job.spec.exempt), density, rounds, level)
+    mask, scores, cost = job.prune(Mask.ones(job.model, job.spec.exempt), density, rounds, level)
     job.check_collapse(mask, level)
     start = {k: v.clone() for k, v in job.model.state_dict().items()}
-    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time, scores)
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), cost.seconds, scores, cost=cost)
 
 
 METHODS.register("oneshot")(_upfront)

@@ -31,8 +31,8 @@ class RegrowthOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    regrow: float = Field(0.1, ge=0, le=1)
-    base: str = "lottery"
+    regrow: float = Field(0.1, ge=0, le=1, description="most returning weights per event, as a fraction of those kept")
+    base: str = Field("lottery", description="rewinding preset of the levels: lottery, lr_rewind, sgimp:75% ...")
 
     @field_validator("base")
     @classmethod

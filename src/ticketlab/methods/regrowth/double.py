@@ -13,12 +13,12 @@ preset bit for bit.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from ticketlab.masks import Mask, masked_state, select, top_k
 from ticketlab.methods.context import Job
+from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.levels import Level, run_levels
 from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.regrowth.common import Regrowing, RegrowthOptions
@@ -83,15 +83,19 @@ class DoublePruning(Regrowing):
         super().__init__(job, self.options.base)
         self.complement: StateDict | None = None
 
-    def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
-        started = time.perf_counter()
-        method = self.job.spec.method
-        # the same density as job.prune computes for one round (bit-identical to the base preset)
-        d = multishot_densities(density, 1, method.round_schedule, start=previous.mask.density())[0]
-        scores = double_pruning_scores(previous.final, self.complement, previous.mask)
-        seed = seed_for(self.job.spec.seed, index, 0)
-        mask = regrow_select(scores, previous.mask, d, self.options.regrow, method.scope, seed)
-        return mask, scores, time.perf_counter() - started
+    def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], Cost]:
+        job = self.job
+        with measure(job.model) as meter:
+            method = job.spec.method
+            # the same density as job.prune computes for one round (bit-identical to the base preset)
+            d = multishot_densities(density, 1, method.round_schedule, start=previous.mask.density())[0]
+            scores = double_pruning_scores(previous.final, self.complement, previous.mask)
+            seed = seed_for(job.spec.seed, index, 0)
+            mask = regrow_select(scores, previous.mask, d, self.options.regrow, method.scope, seed)
+        # the complement run that scored the pruned weights is part of what this mask cost
+        complement = job.run.level(previous.index, COMPLEMENT)
+        trained = job.training_cost(complement.metrics()) if self.complement is not None and complement.done else Cost()
+        return mask, scores, meter.cost() + trained
 
     def finished(self, level: Level, last: bool) -> None:
         if self.options.regrow > 0 and level.index > 0 and not last:
