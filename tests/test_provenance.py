@@ -232,6 +232,6 @@ def test_cli_prune_evaluates_auto_by_default(tmp_path):
         "--steps", "30it", "--val-size", "200", "--out", str(tmp_path), "--device", "cpu",
     ], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    (run,) = [p for p in tmp_path.iterdir() if p.name != "inits"]
+    (run,) = [p for p in tmp_path.iterdir() if p.name not in ("inits", "dense")]
     assert json.loads((run / "spec.json").read_text())["recipe"]["eval_every"] == "auto"
     assert len(RunDir(run).level(1).metrics()["history"]) == 11
