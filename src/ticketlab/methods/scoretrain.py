@@ -121,7 +121,7 @@ def train_scores(
     data = data.to(device)
     spe = steps_per_epoch(len(data.x_train), recipe.batch_size)
     steps = recipe.total_steps(spe)
-    every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else steps
+    every = recipe.eval_interval(spe) or steps
     batches = Batches(data, recipe.batch_size, [seed_for(seed, SCORE_SALT)], augment_seeds=[seed], salt=SCORE_SALT)
     optimizer = recipe.make_optimizer(list(scores.values()))
     curve: list[dict[str, Any]] = []
