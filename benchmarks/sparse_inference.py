@@ -94,9 +94,15 @@ def measure(name: str, density: float, batch: int, rounds: int) -> dict:
             times[m].append(per_call(f, x, calls[m]))
     ratios = [d / s for d, s in zip(times["dense"], times["sparse"])]
     return {
-        "model": name, "density": mask.density(), "batch": batch, "kept": mask.kept(),
-        "dense_ms": 1e3 * statistics.median(times["dense"]), "sparse_ms": 1e3 * statistics.median(times["sparse"]),
-        "speedup": statistics.median(ratios), "speedup_range": (min(ratios), max(ratios)), "max_abs_diff": err,
+        "model": name,
+        "density": mask.density(),
+        "batch": batch,
+        "kept": mask.kept(),
+        "dense_ms": 1e3 * statistics.median(times["dense"]),
+        "sparse_ms": 1e3 * statistics.median(times["sparse"]),
+        "speedup": statistics.median(ratios),
+        "speedup_range": (min(ratios), max(ratios)),
+        "max_abs_diff": err,
     }
 
 
@@ -113,15 +119,23 @@ def markdown(rows: list[dict], threads: int, rounds: int, seconds: float, load: 
     lines = [
         f"# Sparse inference on CPU ({_dt.date.today().isoformat()})",
         "",
-        (f"- CPU: {cpu_model()} (`/proc/cpuinfo`), {torch.get_num_threads()} torch thread(s) "
-         f"(`--threads {threads}`), {torch.backends.cpu.get_cpu_capability()} kernels, {os.cpu_count()} CPUs visible; "
-         f"load average {load} (1, 5, 15 min) before the run"),
-        (f"- torch {torch.__version__}, MKL {'yes' if torch.backends.mkl.is_available() else 'no'}; dense Linear "
-         f"through {blas.backend().name} ({blas.backend().reason})"),
-        ("- every Linear/Conv2d layer keeps the stated fraction of its weights at random (Kaiming-normal values); "
-         "sparse = `ticketlab.tickets.sparsify` (Linear: CSR `addmm`; Conv2d: im2col + CSR product)"),
-        (f"- time per forward call, median of {rounds} rounds alternating dense and sparse; speed-up = median of the "
-         f"per-round ratios dense/sparse (range); whole run {seconds:.0f} s"),
+        (
+            f"- CPU: {cpu_model()} (`/proc/cpuinfo`), {torch.get_num_threads()} torch thread(s) "
+            f"(`--threads {threads}`), {torch.backends.cpu.get_cpu_capability()} kernels, {os.cpu_count()} CPUs visible; "
+            f"load average {load} (1, 5, 15 min) before the run"
+        ),
+        (
+            f"- torch {torch.__version__}, MKL {'yes' if torch.backends.mkl.is_available() else 'no'}; dense Linear "
+            f"through {blas.backend().name} ({blas.backend().reason})"
+        ),
+        (
+            "- every Linear/Conv2d layer keeps the stated fraction of its weights at random (Kaiming-normal values); "
+            "sparse = `ticketlab.tickets.sparsify` (Linear: CSR `addmm`; Conv2d: im2col + CSR product)"
+        ),
+        (
+            f"- time per forward call, median of {rounds} rounds alternating dense and sparse; speed-up = median of the "
+            f"per-round ratios dense/sparse (range); whole run {seconds:.0f} s"
+        ),
         "",
         "| model | density | weights kept | batch | dense (ms) | sparse (ms) | speed-up (range) | max abs diff |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -150,8 +164,11 @@ def main(argv: list[str] | None = None) -> Path:
             for batch in BATCHES:
                 rows.append(measure(name, density, batch, args.rounds))
                 r = rows[-1]
-                print(f"{name} {100 * density:g}% batch {batch}: dense {r['dense_ms']:.3f} ms, sparse {r['sparse_ms']:.3f} ms, "
-                      f"{r['speedup']:.2f}x", flush=True)
+                print(
+                    f"{name} {100 * density:g}% batch {batch}: dense {r['dense_ms']:.3f} ms, sparse {r['sparse_ms']:.3f} ms, "
+                    f"{r['speedup']:.2f}x",
+                    flush=True,
+                )
     text = markdown(rows, args.threads, args.rounds, time.perf_counter() - started, load)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"sparse_inference-{_dt.date.today().isoformat()}.md"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ticketlab.hardware import blas as gemm
 from ticketlab.data import load_dataset
+from ticketlab.hardware import blas as gemm
 
 
 @pytest.fixture(scope="session")

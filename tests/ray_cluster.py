@@ -83,8 +83,14 @@ def _wait_started(log: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextmanager
-def two_nodes(private: Sequence[Path], env: dict[str, str], node2_env: dict[str, str], check: str,
-              head_cpus: int = 1, node2_cpus: int = 1) -> Iterator[str]:
+def two_nodes(
+    private: Sequence[Path],
+    env: dict[str, str],
+    node2_env: dict[str, str],
+    check: str,
+    head_cpus: int = 1,
+    node2_cpus: int = 1,
+) -> Iterator[str]:
     """Yield the head's address while a head node and a second node run. The second node has a tmpfs over
     each folder of ``private``, ``node2_env`` on top of ``env``, and starts only if the shell command
     ``check`` succeeds inside its namespace (e.g. that a dataset cannot be found there)."""
@@ -94,23 +100,46 @@ def two_nodes(private: Sequence[Path], env: dict[str, str], node2_env: dict[str,
     procs: list[subprocess.Popen] = []
     try:
         head_log = temp / "head.log"
-        procs.append(subprocess.Popen(
-            [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus}",
-             f"--temp-dir={temp}", "--include-dashboard=false", f"--dashboard-port={dash}",
-             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent1}", "--disable-usage-stats",
-             "--block"],
-            stdout=head_log.open("w"), stderr=subprocess.STDOUT, env=base, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={head_cpus}",
+                    f"--temp-dir={temp}",
+                    "--include-dashboard=false",
+                    f"--dashboard-port={dash}",
+                    f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={agent1}",
+                    "--disable-usage-stats",
+                    "--block",
+                ],
+                stdout=head_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env=base,
+                start_new_session=True,
+            )
+        )
         _wait_started(head_log, procs[0], 300)
         mounts = "".join(f"mount -t tmpfs tmpfs {shlex.quote(str(p))} || exit 3\n" for p in private)
-        script = (f"{mounts}{check} || exit 5\n"
-                  f"exec {RAY} start --address=127.0.0.1:{port} --num-cpus={node2_cpus} --temp-dir={temp} "
-                  f"--dashboard-agent-listen-port={agent2} --disable-usage-stats --block")
+        script = (
+            f"{mounts}{check} || exit 5\n"
+            f"exec {RAY} start --address=127.0.0.1:{port} --num-cpus={node2_cpus} --temp-dir={temp} "
+            f"--dashboard-agent-listen-port={agent2} --disable-usage-stats --block"
+        )
         node_log = temp / "node2.log"
-        procs.append(subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-            stdout=node_log.open("w"), stderr=subprocess.STDOUT, env={**base, **node2_env}, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdout=node_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env={**base, **node2_env},
+                start_new_session=True,
+            )
+        )
         _wait_started(node_log, procs[1], 300)
         yield f"127.0.0.1:{port}"
     finally:

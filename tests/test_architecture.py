@@ -107,7 +107,9 @@ def test_imports_run_down_the_flow():
     unplaced = sorted({top(m) for m in graph if top(m) and top(m) not in LAYER})
     assert not unplaced, f"place these in LAYERS (and in docs/architecture.md): {unplaced}"
     upward = [
-        f"{m} -> {t}" for m, targets in graph.items() for t in targets
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        for t in targets
         if top(m) and top(t) and LAYER[top(t)] > LAYER[top(m)]
     ]
     assert not upward, "imports running back up the flow:\n" + "\n".join(sorted(upward))

@@ -30,11 +30,23 @@ def invoke(*args: str):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return prune("mlp:784-32-10", "synthetic", "lottery", 0.8, recipe=RECIPE, val_size=200, out=root, device="cpu",
-                 controls=("reinit",)).path
+    return prune(
+        "mlp:784-32-10",
+        "synthetic",
+        "lottery",
+        0.8,
+        recipe=RECIPE,
+        val_size=200,
+        out=root,
+        device="cpu",
+        controls=("reinit",),
+    ).path
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("state_dict", "t.safetensors"), ("state_dict", "t.pt"), ("sparse", "t.safetensors"), ("onnx", "t.onnx")])
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("state_dict", "t.safetensors"), ("state_dict", "t.pt"), ("sparse", "t.safetensors"), ("onnx", "t.onnx")],
+)
 def test_export_writes_each_format(run, synthetic, tmp_path, fmt, name):
     if fmt == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
@@ -64,22 +76,39 @@ def test_export_writes_each_format(run, synthetic, tmp_path, fmt, name):
 
 
 def test_export_a_control(run, tmp_path):
-    result = invoke("export", run, "--level", "1", "--control", "reinit", "--format", "state_dict", "--out", tmp_path / "c.pt")
+    result = invoke(
+        "export", run, "--level", "1", "--control", "reinit", "--format", "state_dict", "--out", tmp_path / "c.pt"
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "c.pt", weights_only=True)
     assert torch.equal(state["layers.0.weight"], load_ticket(run, 1, "reinit").model.layers[0].weight)
 
 
 BAD = [
-    (["--level", "1", "--format", "zip", "--out", "t.zip"], "--format: must be one of state_dict, onnx, sparse; got 'zip'"),
+    (
+        ["--level", "1", "--format", "zip", "--out", "t.zip"],
+        "--format: must be one of state_dict, onnx, sparse; got 'zip'",
+    ),
     (["--level", "1", "--out", "t.pt"], "--format: give the format"),
     (["--level", "1", "--format", "onnx", "--out", "t.pt"], "--out: format onnx is written to a .onnx file"),
     (["--level", "1", "--format", "state_dict"], "--out: give the file to write"),
-    (["--level", "9", "--format", "state_dict", "--out", "t.pt"], "--level: run {run} has no finished level 9 (finished: 0, 1)"),
+    (
+        ["--level", "9", "--format", "state_dict", "--out", "t.pt"],
+        "--level: run {run} has no finished level 9 (finished: 0, 1)",
+    ),
     (["--format", "state_dict", "--out", "t.pt"], "--level: give the level to export (finished levels of {run}: 0, 1)"),
-    (["--level", "1", "--control", "shuffle", "--format", "sparse", "--out", "t.safetensors"], "--control: level 1 of run {run} has no finished control 'shuffle' (controls: reinit)"),
-    (["--level", "1", "--format", "state_dict", "--out", "."], "--out: format state_dict is written to a .safetensors or .pt or .pth file"),
-    (["--level", "1", "--format", "state_dict", "--out", "folder.pt"], "--out: {out}/folder.pt is a folder; give a file name"),
+    (
+        ["--level", "1", "--control", "shuffle", "--format", "sparse", "--out", "t.safetensors"],
+        "--control: level 1 of run {run} has no finished control 'shuffle' (controls: reinit)",
+    ),
+    (
+        ["--level", "1", "--format", "state_dict", "--out", "."],
+        "--out: format state_dict is written to a .safetensors or .pt or .pth file",
+    ),
+    (
+        ["--level", "1", "--format", "state_dict", "--out", "folder.pt"],
+        "--out: {out}/folder.pt is a folder; give a file name",
+    ),
 ]
 
 
@@ -120,14 +149,35 @@ def test_export_of_a_damaged_run_names_the_file(run, tmp_path):
 
 
 def test_train_out_writes_a_run_that_loads(tmp_path, synthetic):
-    result = invoke("train", "--model", "mlp:784-32-10", "--dataset", "synthetic", "--steps", "30it", "--lr", "0.05",
-                    "--batch-size", "50", "--eval-every", "10it", "--val-size", "200", "--device", "cpu", "--out", tmp_path)
+    result = invoke(
+        "train",
+        "--model",
+        "mlp:784-32-10",
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "30it",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "50",
+        "--eval-every",
+        "10it",
+        "--val-size",
+        "200",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     path = re.search(r"run directory: (\S+)", result.output).group(1)
     ticket = load_ticket(path)
     assert ticket.level == 0 and ticket.density == 1.0 and ticket.spec.densities == (1.0,)
     printed = float(re.search(r"final test acc (\S+);", result.output).group(1))
     assert printed == pytest.approx(ticket.metrics["test_acc"], abs=1e-4)
-    assert evaluate(ticket.model, synthetic.x_test, synthetic.y_test)["acc"] == pytest.approx(ticket.metrics["test_acc"], abs=1e-6)
+    assert evaluate(ticket.model, synthetic.x_test, synthetic.y_test)["acc"] == pytest.approx(
+        ticket.metrics["test_acc"], abs=1e-6
+    )
     result = invoke("export", path, "--level", "0", "--format", "state_dict", "--out", tmp_path / "dense.safetensors")
     assert result.exit_code == 0, result.output

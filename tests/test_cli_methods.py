@@ -46,16 +46,35 @@ def test_methods_help_and_mistakes():
     assert result.exit_code == 2 and "Did you mean 'lottery'" in result.output
 
 
-@pytest.mark.parametrize("method, options", [
-    ("iter_snip", ["-o", "steps=3"]),
-    ("force", ["-o", "steps=3", "-o", "batches=2"]),
-    ("edge_popup", ["-o", "steps=4it", "-o", "lr=0.2"]),
-    ("gem_miner", ["-o", "steps=4it", "-o", "period=2it", "-o", "penalty=0.001"]),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("iter_snip", ["-o", "steps=3"]),
+        ("force", ["-o", "steps=3", "-o", "batches=2"]),
+        ("edge_popup", ["-o", "steps=4it", "-o", "lr=0.2"]),
+        ("gem_miner", ["-o", "steps=4it", "-o", "period=2it", "-o", "penalty=0.001"]),
+    ],
+)
 def test_prune_runs_each_method_from_the_command_line(tmp_path, method, options):
     result = invoke(
-        "prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--method", method, "--density", "0.2",
-        *options, "--steps", "4it", "--val-size", "100", "--device", "cpu", "--out", str(tmp_path),
+        "prune",
+        "--model",
+        "mlp:784-16-10",
+        "--dataset",
+        "synthetic",
+        "--method",
+        method,
+        "--density",
+        "0.2",
+        *options,
+        "--steps",
+        "4it",
+        "--val-size",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(next(tmp_path.glob("*/level_01/metrics.json")).read_text())

@@ -28,7 +28,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     base = dict(model="mlp:784-16-10", dataset="synthetic", val_size=200, recipe={"steps": "30it", "eval_every": "3it"})
-    for method, extra in (("lottery", {"densities": (0.64,), "controls": ("shuffle_mask_reinit",)}), ("snip", {"densities": (0.5, 0.1)})):
+    for method, extra in (
+        ("lottery", {"densities": (0.64,), "controls": ("shuffle_mask_reinit",)}),
+        ("snip", {"densities": (0.5, 0.1)}),
+    ):
         run_experiment(ExperimentSpec.model_validate({**base, "method": {"name": method}, **extra}), root, device="cpu")
     return root
 
@@ -65,15 +68,21 @@ def test_piped_results_print_every_digit_and_label(root, narrow):
 def test_results_in_a_subprocess_whose_stdout_is_a_pipe(root):
     env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "50"}
     done = subprocess.run(
-        [sys.executable, "-m", "ticketlab.cli", "results", str(root)], capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-m", "ticketlab.cli", "results", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert_whole(done.stdout, expected_cells(root))
 
 
 def test_on_a_narrow_terminal_headers_wrap_and_numbers_stay_whole():
-    rows = [["0", "shuffle_mask_reinit", "0.6400", "0.3600", "0.8442", "916", "yes"],
-            ["12", "ticket", "0.0512", "0.9488", "0.8456", "10250", "-"]]
+    rows = [
+        ["0", "shuffle_mask_reinit", "0.6400", "0.3600", "0.8442", "916", "yes"],
+        ["12", "ticket", "0.0512", "0.9488", "0.8456", "10250", "-"],
+    ]
     header = ("level", "control", "density", "sparsity", "test acc", "early-stop step", "winning")
     numbers = [c for row in rows for c in row if c not in ("shuffle_mask_reinit", "ticket", "yes")]
     for width in (80, 70):  # the table is 84 wide on one line
@@ -97,10 +106,31 @@ def test_a_table_wider_than_the_terminal_is_printed_whole_rather_than_cropped():
 
 
 def test_prune_table_headers_and_integer_steps(tmp_path, narrow):
-    result = CliRunner().invoke(app, [
-        "prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--method", "lottery", "--density", "0.8",
-        "--steps", "30it", "--val-size", "200", "--out", str(tmp_path), "--device", "cpu", "--control", "reinit",
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            "--model",
+            "mlp:784-16-10",
+            "--dataset",
+            "synthetic",
+            "--method",
+            "lottery",
+            "--density",
+            "0.8",
+            "--steps",
+            "30it",
+            "--val-size",
+            "200",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--control",
+            "reinit",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     for header in ("control", "early-stop step", "winning", "collapsed", "time (s)"):
         assert header in result.output

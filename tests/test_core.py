@@ -25,7 +25,9 @@ def test_split_name():
     assert split_name("Snip") == ("snip", None)
 
 
-@pytest.mark.parametrize(("text", "spe", "steps"), [("40ep", 100, 4000), ("1500it", 7, 1500), ("0.5ep", 10, 5), (12, 3, 12)])
+@pytest.mark.parametrize(
+    ("text", "spe", "steps"), [("40ep", 100, 4000), ("1500it", 7, 1500), ("0.5ep", 10, 5), (12, 3, 12)]
+)
 def test_duration(text, spe, steps):
     assert Duration.parse(text).steps(spe) == steps
 

@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ticketlab
-
 from ticketlab.criteria import (
     CRITERIA,
     ScoringContext,
@@ -27,7 +26,11 @@ from ticketlab.models import build_model, initialize
 from ticketlab.registry import UnknownNameError
 
 STACKS = ["stacked(grasp,snip)", "stacked(stacked(magnitude,snip),synflow)", "stacked(synflow,large_final_same_sign)"]
-SETTINGS = ["prospr:first_order:new_data", "ntk_sap:eps=0.02:draws=2", "phew:visits=0.5"]  # criteria with settings in their names
+SETTINGS = [
+    "prospr:first_order:new_data",
+    "ntk_sap:eps=0.02:draws=2",
+    "phew:visits=0.5",
+]  # criteria with settings in their names
 ALL = criterion_names() + STACKS + SETTINGS
 
 
@@ -245,7 +248,9 @@ def test_grasp_temperature_is_a_parameter_default_200_and_the_mask_follows_the_f
         expected = dict(zip(names, masked_hg_reference(model, mask, data, t)))
         masks[name] = select(score(name, model, mask, ctx), 0.2, previous=mask, seed=3)
         assert masks[name] == select(expected, 0.2, previous=mask, seed=3), name
-        absolute = select(score(name.lower().replace("grasp", "grasp_abs"), model, mask, ctx), 0.2, previous=mask, seed=3)
+        absolute = select(
+            score(name.lower().replace("grasp", "grasp_abs"), model, mask, ctx), 0.2, previous=mask, seed=3
+        )
         assert absolute == select({n: e.abs() for n, e in expected.items()}, 0.2, previous=mask, seed=3), name
     assert masks["grasp"] == masks["grasp:T=200"]  # the default is T = 200
     assert masks["grasp:T=1"] != masks["grasp"]  # ... and the temperature changes which weights are kept
@@ -273,7 +278,9 @@ def test_synflow_closed_form_on_two_layers():
     assert got["0.weight"].dtype == torch.float64
     # include_bias (the Synaptic-Flow code): hidden = |W1|1 + |b1|, so only W2's scores change.
     b1 = model[0].bias.detach().abs()
-    with_bias = score("synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,), options={"include_bias": True}))
+    with_bias = score(
+        "synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,), options={"include_bias": True})
+    )
     torch.testing.assert_close(with_bias["0.weight"], got["0.weight"])
     torch.testing.assert_close(with_bias["2.weight"], w2 * (w1.sum(1) + b1)[None, :])
     # The input shape may come from a batch instead.
@@ -403,7 +410,10 @@ def small_bn_net() -> nn.Module:
 
 def context_for(model: nn.Module, input_shape, classes: int, batch: int = 4, n: int = 2) -> ScoringContext:
     g = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(batch, *input_shape, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+    batches = [
+        (torch.randn(batch, *input_shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
     initial = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                for k, v in model.state_dict().items()}  # fmt: skip
     return ScoringContext(batches=batches, input_shape=tuple(input_shape), initial=initial, seed=1)
@@ -557,8 +567,15 @@ class _CountOps(TorchDispatchMode):
 def _work(name: str, width: int) -> tuple[int, int]:
     """(tensor ops dispatched, lines of ticketlab code run) while scoring a masked conv+MLP of ``width``."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(width * 6 * 6, width), nn.ReLU(), nn.Linear(width, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, width, 3),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * 6 * 6, width),
+        nn.ReLU(),
+        nn.Linear(width, 3),
+    )
     ctx, mask = context_for(model, (1, 8, 8), 3), half_mask(model)
     package = str(Path(ticketlab.__file__).parent)
     lines = 0

@@ -17,10 +17,19 @@ from ticketlab.files import load_tensors
 from ticketlab.methods import METHODS
 from ticketlab.store import RunDir
 
-BASE = dict(model="mlp:784-16-10", dataset="synthetic", val_size=200, recipe={"steps": "20it", "eval_every": "10it"},
-            densities=(0.5,))
-UPFRONT = [{"name": "oneshot", "criterion": "magnitude"}, {"name": "oneshot", "criterion": "snip"},
-           {"name": "oneshot", "criterion": "random"}, {"name": "multishot", "criterion": "synflow", "rounds": 3}]
+BASE = dict(
+    model="mlp:784-16-10",
+    dataset="synthetic",
+    val_size=200,
+    recipe={"steps": "20it", "eval_every": "10it"},
+    densities=(0.5,),
+)
+UPFRONT = [
+    {"name": "oneshot", "criterion": "magnitude"},
+    {"name": "oneshot", "criterion": "snip"},
+    {"name": "oneshot", "criterion": "random"},
+    {"name": "multishot", "criterion": "synflow", "rounds": 3},
+]
 
 
 def spec(method, **kw) -> ExperimentSpec:
@@ -36,12 +45,14 @@ def trained(monkeypatch):
         def wrapper(model, data, recipe, *, mask, **kw):
             seen.append((kw.get("start_step", 0), mask.density()))
             return real(model, data, recipe, mask=mask, **kw)
+
         return wrapper
 
     def count_many(real):
         def wrapper(models, data, recipe, *, masks, **kw):
             seen.extend((kw.get("start_step", 0), m.density()) for m in masks)
             return real(models, data, recipe, masks=masks, **kw)
+
         return wrapper
 
     monkeypatch.setattr(lockstep, "train", count_one(lockstep.train))
@@ -103,6 +114,7 @@ def test_a_run_from_before_sharing_publishes_its_dense_level_on_resume(tmp_path,
     first = run_experiment(spec(UPFRONT[0]), tmp_path, device="cpu")
     shared = dense_store(tmp_path, spec(UPFRONT[0]))
     import shutil
+
     shutil.rmtree(shared.path)
     (first.path / "done.json").unlink()
     run_experiment(spec(UPFRONT[0]), tmp_path, device="cpu")  # resumes: level 0 read back and published
@@ -114,21 +126,40 @@ def test_iterative_rewind_points_are_part_of_the_key(tmp_path, trained):
     assert dense_key(lottery) == dense_key(spec({"name": "lottery", "K": 0.8, "criterion": "snip"}))
     assert dense_key(lottery) == dense_key(spec({"name": "gimp"}))
     assert dense_key(lottery) == dense_key(spec({"name": "double_pruning", "options": {"regrow": 0.1}}))
-    keys = {dense_key(s) for s in (lottery, spec({"name": "finetune"}), spec({"name": "sgimp:50%"}),
-                                    spec({"name": "late_rewind:5it"}), spec({"name": "lottery", "rewind_params": "5it"}),
-                                    spec({"name": "lottery", "train": "10it"}), spec(UPFRONT[0]),
-                                    spec({"name": "tom"}), spec({"name": "tom", "options": {"pretrain": 0.2}}),
-                                    spec({"name": "scored_pruning", "options": {"base": "finetune"}}))}
+    keys = {
+        dense_key(s)
+        for s in (
+            lottery,
+            spec({"name": "finetune"}),
+            spec({"name": "sgimp:50%"}),
+            spec({"name": "late_rewind:5it"}),
+            spec({"name": "lottery", "rewind_params": "5it"}),
+            spec({"name": "lottery", "train": "10it"}),
+            spec(UPFRONT[0]),
+            spec({"name": "tom"}),
+            spec({"name": "tom", "options": {"pretrain": 0.2}}),
+            spec({"name": "scored_pruning", "options": {"base": "finetune"}}),
+        )
+    }
     assert len(keys) == 9  # scored_pruning on finetune = finetune; all others differ
     # every field that changes the dense network changes the key; densities and controls do not
-    for change in ({"seed": 1}, {"init": "xavier"}, {"val_size": 100}, {"split_seed": 1}, {"dropout": 0.1},
-                   {"end_on_best": True}, {"exempt": ("0.weight",)}, {"model": "mlp:784-8-10"},
-                   {"init": "saw:snip"}):
+    for change in (
+        {"seed": 1},
+        {"init": "xavier"},
+        {"val_size": 100},
+        {"split_seed": 1},
+        {"dropout": 0.1},
+        {"end_on_best": True},
+        {"exempt": ("0.weight",)},
+        {"model": "mlp:784-8-10"},
+        {"init": "saw:snip"},
+    ):
         assert dense_key(spec(UPFRONT[0], **change)) != dense_key(spec(UPFRONT[0])), change
     assert dense_key(spec(UPFRONT[0], densities=(0.1, 0.2), controls=("reinit",))) == dense_key(spec(UPFRONT[0]))
     saw = spec({"name": "multishot", "criterion": "synflow", "rounds": 3}, init="saw:snip")
-    assert dense_key(saw) != dense_key(spec({"name": "multishot", "criterion": "synflow", "rounds": 3, "pruning_batches": 2},
-                                            init="saw:snip"))
+    assert dense_key(saw) != dense_key(
+        spec({"name": "multishot", "criterion": "synflow", "rounds": 3, "pruning_batches": 2}, init="saw:snip")
+    )
 
     # lottery keeps its rewind snapshot at step 0 (the init), finetune at the end: never mixed up
     fine = RunDir(run_experiment(spec({"name": "finetune", "K": 0.5}), tmp_path, device="cpu").path)

@@ -20,7 +20,12 @@ RECIPE = Recipe(steps="8it", batch_size=50, lr=0.05, eval_every="4it")
 
 def spec(name: str, densities=(0.5,), controls=(), **method) -> ExperimentSpec:
     return ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, densities=densities, controls=controls,
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=densities,
+        controls=controls,
         method=MethodSpec(name=name, **method),
     )
 
@@ -49,16 +54,24 @@ def test_cost_arithmetic_and_metrics():
     assert a == Cost(passes=13, examples=630, train_steps=10, seconds=2.5)
     assert a - Cost.of_training(10, 60, 2.0) == Cost(passes=3, examples=30, seconds=0.5)
     m = a.metrics(train_size=6300)
-    assert m == {"mask_cost_passes": 13, "mask_cost_examples": 630, "mask_cost_epochs": 0.1,
-                 "mask_cost_train_steps": 10, "mask_cost_seconds": 2.5}
+    assert m == {
+        "mask_cost_passes": 13,
+        "mask_cost_examples": 630,
+        "mask_cost_epochs": 0.1,
+        "mask_cost_train_steps": 10,
+        "mask_cost_seconds": 2.5,
+    }
     assert Cost.recorded(m) == a and Cost.recorded({}) == Cost()
 
 
-@pytest.mark.parametrize("criterion, rounds, passes, examples", [
-    ("magnitude", 1, 0, 0),          # no forward pass
-    ("snip", 1, 10, 10 * 100),       # one pass per pruning batch (10 batches x 10 classes x 10 per class)
-    ("synflow", 3, 3, 3),            # one all-ones input per round
-])
+@pytest.mark.parametrize(
+    "criterion, rounds, passes, examples",
+    [
+        ("magnitude", 1, 0, 0),  # no forward pass
+        ("snip", 1, 10, 10 * 100),  # one pass per pruning batch (10 batches x 10 classes x 10 per class)
+        ("synflow", 3, 3, 3),  # one all-ones input per round
+    ],
+)
 def test_upfront_cost_is_the_scoring_passes(tmp_path, synthetic, criterion, rounds, passes, examples):
     s = spec("multishot" if rounds > 1 else "oneshot", criterion=criterion, rounds=rounds)
     rows = rows_by(run_experiment(s, tmp_path, device="cpu"))
@@ -86,7 +99,9 @@ def test_iterative_cost_is_the_training_of_the_levels_before(tmp_path):
 
 
 def test_ims_adds_the_scoring_rounds_to_the_training(tmp_path):
-    rows = rows_by(run_experiment(spec("lottery", densities=(0.8,), criterion="snip", rounds=2), tmp_path, device="cpu"))
+    rows = rows_by(
+        run_experiment(spec("lottery", densities=(0.8,), criterion="snip", rounds=2), tmp_path, device="cpu")
+    )
     assert cost_of(rows[(1, "")]) == (8 + 2 * 10, 8 * 50 + 2 * 10 * 100, 8)
 
 

@@ -137,7 +137,11 @@ def test_layer_collapse_detects_empty_layer_and_disconnection():
 def test_layer_collapse_sees_paths_through_batchnorm_without_running_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(1, 2, 3),
+        nn.BatchNorm2d(2, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
     dense = Mask.ones(model)
     assert not layer_collapse(model, dense, (1, 4, 4)).collapsed
@@ -176,7 +180,10 @@ def test_top_k_by_hand():
     allowed = {"a": torch.tensor([False, True, True]), "b": torch.tensor([[True, False], [True, True]])}
     assert top_k(scores, 3, allowed) == {"a": torch.tensor([0, 0, 1]), "b": torch.tensor([[1, 0], [0, 1]])}
     # per layer: 1 of a, 2 of b
-    assert top_k(scores, {"a": 1, "b": 2}, allowed) == {"a": torch.tensor([0, 0, 1]), "b": torch.tensor([[1, 0], [0, 1]])}
+    assert top_k(scores, {"a": 1, "b": 2}, allowed) == {
+        "a": torch.tensor([0, 0, 1]),
+        "b": torch.tensor([[1, 0], [0, 1]]),
+    }
     with pytest.raises(ValueError, match="asked for 6 weights of the model but only 5 are allowed"):
         top_k(scores, 6, allowed)
     with pytest.raises(ValueError, match="only 2 are allowed"):

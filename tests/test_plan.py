@@ -8,9 +8,17 @@ from ticketlab.experiment.run import run_experiment
 from ticketlab.sweep import SweepSpec, batches, expand
 from ticketlab.sweep.plan import dispatch, expected_levels, plan
 
-BASE = {"model": "mlp:784-16-10", "dataset": "synthetic", "val_size": 200, "recipe": {"steps": "20it", "eval_every": "10it"},
-        "densities": [0.5]}
-GRID = {"method": [{"name": "oneshot", "criterion": c} for c in ("magnitude", "snip", "random", "synflow")], "seed": [0, 1, 2]}
+BASE = {
+    "model": "mlp:784-16-10",
+    "dataset": "synthetic",
+    "val_size": 200,
+    "recipe": {"steps": "20it", "eval_every": "10it"},
+    "densities": [0.5],
+}
+GRID = {
+    "method": [{"name": "oneshot", "criterion": c} for c in ("magnitude", "snip", "random", "synflow")],
+    "seed": [0, 1, 2],
+}
 
 
 def test_followers_wait_for_the_batch_training_their_dense_baseline(tmp_path):
@@ -65,6 +73,8 @@ def test_dispatch_respects_waits_capacity_and_take():
 
 
 def test_expected_levels_follow_the_schedule():
-    one = expand(SweepSpec(base={**BASE, "densities": [0.5, 0.1], "method": {"name": "oneshot", "criterion": "snip"}}))[0]
+    one = expand(SweepSpec(base={**BASE, "densities": [0.5, 0.1], "method": {"name": "oneshot", "criterion": "snip"}}))[
+        0
+    ]
     imp = expand(SweepSpec(base={**BASE, "densities": [0.25], "method": {"name": "lottery", "K": 0.5}}))[0]
     assert expected_levels(one) == 3 and expected_levels(imp) == 3  # dense + 0.5 + 0.25

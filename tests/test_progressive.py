@@ -33,7 +33,12 @@ def batch(n: int = 5, features: int = 4, classes: int = 2, seed: int = 0) -> tup
 
 def test_force_scores_are_theta_times_the_pruned_networks_gradient_for_all_weights():
     model = tiny_mlp()
-    mask = Mask({"0.weight": torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1]]), "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]])})
+    mask = Mask(
+        {
+            "0.weight": torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 1]]),
+            "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]]),
+        }
+    )
     x, y = batch()
     before = snapshot(model)
     got = force_scores(model, mask, ScoringContext(batches=[(x, y)]))
@@ -56,8 +61,19 @@ def mlp_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def one_step(model, mask, density, force, t):
-    return skeletonize(model, mask, density, lambda _: mlp_batches(t), steps=1, schedule="exponential", force=force,
-                       scope="global", seed=0, level=1, train_mode=False)[0]
+    return skeletonize(
+        model,
+        mask,
+        density,
+        lambda _: mlp_batches(t),
+        steps=1,
+        schedule="exponential",
+        force=force,
+        scope="global",
+        seed=0,
+        level=1,
+        train_mode=False,
+    )[0]
 
 
 def test_force_lets_a_pruned_weight_return_and_iterative_snip_never_does():
@@ -83,20 +99,39 @@ def test_steps_follow_the_exponential_schedule_and_score_once_per_batch():
         return mlp_batches(t) * 2
 
     with measure(model) as meter:
-        mask, _ = skeletonize(model, Mask.ones(model), 0.1, batches, steps=4, schedule="exponential", force=True,
-                              scope="layerwise", seed=0, level=1, train_mode=True)
+        mask, _ = skeletonize(
+            model,
+            Mask.ones(model),
+            0.1,
+            batches,
+            steps=4,
+            schedule="exponential",
+            force=True,
+            scope="layerwise",
+            seed=0,
+            level=1,
+            train_mode=True,
+        )
     assert seen == [0, 1, 2, 3] and meter.passes == 8
     sizes = {k: v.numel() for k, v in mask.items()}
     assert {k: int(v.sum()) for k, v in mask.items()} == {k: round(0.1 * n) for k, n in sizes.items()}
 
 
 def spec(name: str, densities=(0.3,), **options) -> ExperimentSpec:
-    return ExperimentSpec(model="mlp:784-32-10", dataset="synthetic", val_size=200, recipe=RECIPE,
-                          densities=densities, method=MethodSpec(name=name, **options))
+    return ExperimentSpec(
+        model="mlp:784-32-10",
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=densities,
+        method=MethodSpec(name=name, **options),
+    )
 
 
 def test_iter_snip_on_the_pruning_batches_is_multishot_snip(tmp_path):
-    ours = run_experiment(spec("iter_snip", options={"steps": 5, "fresh_batches": False, "train_mode": False}), tmp_path, device="cpu")
+    ours = run_experiment(
+        spec("iter_snip", options={"steps": 5, "fresh_batches": False, "train_mode": False}), tmp_path, device="cpu"
+    )
     theirs = run_experiment(spec("multishot", criterion="snip", rounds=5), tmp_path, device="cpu")
     a, b = RunDir(ours.path).level(1), RunDir(theirs.path).level(1)
     assert a.mask() == b.mask()
@@ -129,8 +164,19 @@ def test_every_model_family(family, force):
     before = snapshot(model)
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g))]
-    mask, scores = skeletonize(model, Mask.ones(model), 0.2, lambda t: data, steps=2, schedule="exponential",
-                               force=force, scope="global", seed=0, level=1, train_mode=True)
+    mask, scores = skeletonize(
+        model,
+        Mask.ones(model),
+        0.2,
+        lambda t: data,
+        steps=2,
+        schedule="exponential",
+        force=force,
+        scope="global",
+        seed=0,
+        level=1,
+        train_mode=True,
+    )
     assert mask.kept() == round(0.2 * mask.total()) and set(mask) == set(prunable_parameters(model))
     assert all(torch.isfinite(s).all() for s in scores.values())
     assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())  # BN statistics too

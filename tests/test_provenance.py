@@ -20,8 +20,12 @@ from ticketlab.store import RunDir
 
 def spec(**kw):
     base = dict(
-        model="mlp:784-16-10", dataset="synthetic", val_size=200, densities=(0.5,),
-        recipe={"steps": "30it", "eval_every": "10it"}, method={"name": "snip"},
+        model="mlp:784-16-10",
+        dataset="synthetic",
+        val_size=200,
+        densities=(0.5,),
+        recipe={"steps": "30it", "eval_every": "10it"},
+        method={"name": "snip"},
     )
     return ExperimentSpec.model_validate({**base, **kw})
 
@@ -56,7 +60,9 @@ def resolved_runs(tmp_path_factory):
     runs = {
         "synflow": run_experiment(spec(method={"name": "synflow"}), root, device="cpu"),
         "synflow1": run_experiment(spec(method={"name": "synflow", "rounds": 1}), root, device="cpu"),
-        "lottery": run_experiment(spec(method={"name": "lottery"}, densities=(0.64,), controls=("reinit",)), root, device="cpu"),
+        "lottery": run_experiment(
+            spec(method={"name": "lottery"}, densities=(0.64,), controls=("reinit",)), root, device="cpu"
+        ),
     }
     return root, runs
 
@@ -69,7 +75,11 @@ def test_levels_record_what_ran_and_the_results_show_it(resolved_runs):
     assert (level["method_key"], level["criterion"], level["rounds"]) == ("oneshot", "synflow", 1)
     assert RunDir(runs["synflow"].path).spec()["method"]["rounds"] is None  # the spec as written: unset
     frame = ticketlab.load_results(root).set_index(["run_id", "level", "control"])
-    for name, rounds, criterion in (("synflow", 100, "synflow"), ("synflow1", 1, "synflow"), ("lottery", 1, "magnitude")):
+    for name, rounds, criterion in (
+        ("synflow", 100, "synflow"),
+        ("synflow1", 1, "synflow"),
+        ("lottery", 1, "magnitude"),
+    ):
         rows = frame.loc[runs[name].path.name]
         assert set(rows["rounds"]) == {rounds} and set(rows["criterion"]) == {criterion}
     # one-shot SynFlow is its own kind; the implied criterion is not repeated in the label
@@ -187,11 +197,13 @@ def test_resume_warning_without_a_log_is_a_python_warning(tmp_path):
 def test_labels_of_levels_without_an_environment():
     import pandas as pd
 
-    frame = pd.DataFrame([
-        {"method": "snip", "density": 0.1, "test_acc": 0.9, "seed": 0, "env.threads": 1, "env.torch": "2"},
-        {"method": "snip", "density": 0.1, "test_acc": 0.8, "seed": 0, "env.threads": None, "env.torch": None},
-        {"method": "snip", "density": 0.1, "test_acc": 0.7, "seed": 1, "env.threads": 1, "env.torch": "2"},
-    ])
+    frame = pd.DataFrame(
+        [
+            {"method": "snip", "density": 0.1, "test_acc": 0.9, "seed": 0, "env.threads": 1, "env.torch": "2"},
+            {"method": "snip", "density": 0.1, "test_acc": 0.8, "seed": 0, "env.threads": None, "env.torch": None},
+            {"method": "snip", "density": 0.1, "test_acc": 0.7, "seed": 1, "env.threads": 1, "env.torch": "2"},
+        ]
+    )
     assert labels(frame).tolist() == ["snip", "snip · env=?", "snip"]
     assert list(summarize(frame)["n"]) == [2, 1]
 
@@ -215,8 +227,14 @@ def test_recipe_default_keeps_its_run_ids_and_the_api_asks_for_auto(tmp_path):
 
     assert Recipe(eval_every="auto") == DEFAULT_RECIPE
     result = ticketlab.prune(
-        "mlp:784-16-10", "synthetic", "snip", 0.5, recipe=Recipe(steps="30it", eval_every="auto"), val_size=200,
-        out=tmp_path, device="cpu",
+        "mlp:784-16-10",
+        "synthetic",
+        "snip",
+        0.5,
+        recipe=Recipe(steps="30it", eval_every="auto"),
+        val_size=200,
+        out=tmp_path,
+        device="cpu",
     )
     history = RunDir(result.path).level(0).metrics()["history"]
     assert [h["step"] for h in history] == list(range(0, 31, 3))  # 10 evaluations after the first
@@ -227,10 +245,29 @@ def test_cli_prune_evaluates_auto_by_default(tmp_path):
 
     from ticketlab.cli import app
 
-    result = CliRunner().invoke(app, [
-        "prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--method", "snip", "--density", "0.5",
-        "--steps", "30it", "--val-size", "200", "--out", str(tmp_path), "--device", "cpu",
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            "--model",
+            "mlp:784-16-10",
+            "--dataset",
+            "synthetic",
+            "--method",
+            "snip",
+            "--density",
+            "0.5",
+            "--steps",
+            "30it",
+            "--val-size",
+            "200",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     (run,) = [p for p in tmp_path.iterdir() if p.name not in ("inits", "dense")]
     assert json.loads((run / "spec.json").read_text())["recipe"]["eval_every"] == "auto"

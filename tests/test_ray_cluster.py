@@ -27,8 +27,12 @@ from ticketlab.sweep import SweepSpec, expand
 
 SYSTEM_DATA = Path("/usr/share/datasets/fashion-mnist")
 BASE = {
-    "model": "mlp:784-16-10", "dataset": "fashion-mnist", "val_size": 1000,
-    "recipe": {"steps": "30it", "eval_every": "15it"}, "method": {"name": "oneshot"}, "densities": [0.5],
+    "model": "mlp:784-16-10",
+    "dataset": "fashion-mnist",
+    "val_size": 1000,
+    "recipe": {"steps": "30it", "eval_every": "15it"},
+    "method": {"name": "oneshot"},
+    "densities": [0.5],
 }
 
 
@@ -41,8 +45,13 @@ def test_a_sweep_on_nodes_without_a_shared_filesystem_brings_every_run_home(tmp_
     out, node2 = tmp_path / "runs", tmp_path / "node2"
     out.mkdir()
     node2.mkdir()
-    sweep = {"base": BASE, "grid": {"method.criterion": ["magnitude", "random"], "seed": [0, 1]}, "batch": 1,
-             "executor": "ray", "out": str(out)}
+    sweep = {
+        "base": BASE,
+        "grid": {"method.criterion": ["magnitude", "random"], "seed": [0, 1]},
+        "batch": 1,
+        "executor": "ray",
+        "out": str(out),
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     specs = expand(SweepSpec.model_validate(sweep))
@@ -59,8 +68,15 @@ def test_a_sweep_on_nodes_without_a_shared_filesystem_brings_every_run_home(tmp_
     with two_nodes([out, SYSTEM_DATA, node2], {}, node2_env, check=hidden, head_cpus=0) as address:
         driver = subprocess.run(
             [sys.executable, "-m", "ticketlab.cli", "sweep", str(path), "--address", address],
-            capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC), "RAY_AUTH_MODE": "disabled",
-                                      "COLUMNS": "200", "HOME": str(Path.home())}, timeout=900,
+            capture_output=True,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(SRC),
+                "RAY_AUTH_MODE": "disabled",
+                "COLUMNS": "200",
+                "HOME": str(Path.home()),
+            },
+            timeout=900,
         )
     output = driver.stdout.decode() + driver.stderr.decode()
     assert driver.returncode == 0, output[-4000:]

@@ -43,8 +43,13 @@ def runs(tmp_path_factory):
     for model, seed in itertools.product(MODELS, (0, 1)):
         common = dict(model=model, dataset="synthetic", val_size=200, seed=seed, recipe=recipe)
         run_experiment(ExperimentSpec(**common, method=MethodSpec(name="lottery", K=0.5), densities=(0.25,)), root)
-        run_experiment(ExperimentSpec(**common, method=MethodSpec(name="oneshot", criterion="snip"), densities=(0.5, 0.25, 0.06)), root)
-        run_experiment(ExperimentSpec(**common, method=MethodSpec(name="oneshot", criterion="random"), densities=(0.5,)), root)
+        run_experiment(
+            ExperimentSpec(**common, method=MethodSpec(name="oneshot", criterion="snip"), densities=(0.5, 0.25, 0.06)),
+            root,
+        )
+        run_experiment(
+            ExperimentSpec(**common, method=MethodSpec(name="oneshot", criterion="random"), densities=(0.5,)), root
+        )
     return root
 
 
@@ -66,8 +71,11 @@ class Figures:
         for ax in self.figures[name].axes:
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 artist = handle.patches[0] if hasattr(handle, "patches") else handle
-                colour = artist.get_color() if hasattr(artist, "get_xdata") else (
-                    artist.get_facecolor() if artist.get_fill() else artist.get_edgecolor())
+                colour = (
+                    artist.get_color()
+                    if hasattr(artist, "get_xdata")
+                    else (artist.get_facecolor() if artist.get_fill() else artist.get_edgecolor())
+                )
                 out[re.sub(r" \(\d+\)$", "", label)] = to_hex(colour)
         return out
 
@@ -82,16 +90,29 @@ def figures(monkeypatch):
 
 def rows(method, densities, accs, *, criterion=None, model="mlp", control=""):
     return [
-        dict(method=method, criterion=criterion, control=control, density=d, target_density=d, test_acc=acc - (1 - d) / 10,
-             seed=seed, level=i, kept=int(d * 1000), model=model, dataset="synthetic", run_id=f"{method}{criterion}{model}{seed}")
-        for i, d in enumerate(densities) for seed, acc in enumerate(accs)
+        dict(
+            method=method,
+            criterion=criterion,
+            control=control,
+            density=d,
+            target_density=d,
+            test_acc=acc - (1 - d) / 10,
+            seed=seed,
+            level=i,
+            kept=int(d * 1000),
+            model=model,
+            dataset="synthetic",
+            run_id=f"{method}{criterion}{model}{seed}",
+        )
+        for i, d in enumerate(densities)
+        for seed, acc in enumerate(accs)
     ]
 
 
 # -- styles -----------------------------------------------------------------------------------------
 def lab(colour):
     """CIE L*a*b* (D65) of a hex colour, straight from the sRGB and CIE formulas."""
-    c = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    c = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
     c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
     f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz / np.array([0.95047, 1.0, 1.08883])]
@@ -131,7 +152,9 @@ def _overlap(a, b):
 
 
 def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_bar(tmp_path, figures):
-    frame = pd.DataFrame(itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2, 0.1], [0.9, 0.92]) for i in range(16)))
+    frame = pd.DataFrame(
+        itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2, 0.1], [0.9, 0.92]) for i in range(16))
+    )
     plots.plot_mean_std(summarize(frame), tmp_path / "mean.png")
     fig = figures.figures["mean.png"]
     ax = fig.axes[0]
@@ -140,7 +163,9 @@ def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_ba
     assert not _overlap(legend, ax.get_window_extent(renderer))
     assert len(ax.get_legend().get_texts()) == 16
     # 40 series: the figure grows taller so the legend stays beside the axes in two columns, not five
-    many = pd.DataFrame(itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2], [0.9, 0.92]) for i in range(40)))
+    many = pd.DataFrame(
+        itertools.chain.from_iterable(rows(f"method{i:02d}", [1.0, 0.5, 0.2], [0.9, 0.92]) for i in range(40))
+    )
     plots.plot_mean_std(summarize(many), tmp_path / "many.png")
     fig = figures.figures["many.png"]
     renderer = fig.canvas.get_renderer()
@@ -149,7 +174,11 @@ def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_ba
     assert not _overlap(legend, axes)
     names = [f"a rather long ticket name number {i}" for i in range(12)]
     matrix = pd.DataFrame(np.eye(12), index=names, columns=names)
-    plots.plot_overlap_heatmap(matrix, tmp_path / "heat.png", title="Jaccard overlap · mlp:784-300-100-10, near density 0.05 (levels at 0.0488–0.0512)")
+    plots.plot_overlap_heatmap(
+        matrix,
+        tmp_path / "heat.png",
+        title="Jaccard overlap · mlp:784-300-100-10, near density 0.05 (levels at 0.0488–0.0512)",
+    )
     fig = figures.figures["heat.png"]
     renderer = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(renderer)
@@ -160,7 +189,14 @@ def test_legends_sit_outside_the_axes_and_the_heatmap_title_clears_its_colour_ba
 
 def test_density_tick_labels_are_percentages(tmp_path, figures):
     assert [percent(v) for v in (100, 10, 1, 0.1, 51.2, 3.2768, 0.0004)] == [
-        "100%", "10%", "1%", "0.1%", "51.2%", "3.28%", "0.0004%"]
+        "100%",
+        "10%",
+        "1%",
+        "0.1%",
+        "51.2%",
+        "3.28%",
+        "0.0004%",
+    ]
     frame = pd.DataFrame(rows("lottery", [1.0, 0.5, 0.25, 0.1, 0.01, 0.001], [0.9, 0.92]))
     plots.plot_mean_std(summarize(frame), tmp_path / "a.png")
     ax = figures.figures["a.png"].axes[0]
@@ -171,7 +207,17 @@ def test_density_tick_labels_are_percentages(tmp_path, figures):
     labels = [t.get_text() for t in figures.figures["b.png"].axes[0].get_xticklabels() if t.get_text()]
     assert labels and all(re.fullmatch(r"[0-9.]+%", text) for text in labels)
     # measured densities closer than the labels' width are thinned, the densest and sparsest kept
-    assert density_ticks([100, 80, 64, 51.2, 50, 40.96, 32.77, 30, 25, 12.5, 10]) == [100, 80, 64, 51.2, 40.96, 32.77, 25, 12.5, 10]
+    assert density_ticks([100, 80, 64, 51.2, 50, 40.96, 32.77, 30, 25, 12.5, 10]) == [
+        100,
+        80,
+        64,
+        51.2,
+        40.96,
+        32.77,
+        25,
+        12.5,
+        10,
+    ]
 
 
 # -- per model --------------------------------------------------------------------------------------
@@ -227,8 +273,11 @@ def test_default_baseline_without_lottery(runs, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Significance vs oneshot(snip) · mlp:784-16-10" in page and "no lottery ticket in the results" in page
     # with lottery present the default is the lottery ticket, as before
-    frame = pd.DataFrame(rows("lottery", [1.0, 0.1], [0.9, 0.9]) + rows("oneshot", [1.0, 0.5, 0.1], [0.9, 0.9], criterion="snip")
-                         + rows("lottery", [1.0, 0.5, 0.1], [0.9, 0.9], criterion="movement"))
+    frame = pd.DataFrame(
+        rows("lottery", [1.0, 0.1], [0.9, 0.9])
+        + rows("oneshot", [1.0, 0.5, 0.1], [0.9, 0.9], criterion="snip")
+        + rows("lottery", [1.0, 0.5, 0.1], [0.9, 0.9], criterion="movement")
+    )
     assert default_baseline(frame) == ("lottery", "the lottery ticket (IMP)")
 
 
@@ -238,13 +287,19 @@ def test_baseline_by_criterion(runs, tmp_path):
     assert baseline_label(frame, "oneshot") == "oneshot(snip)"
     pvalues = significance_table(frame, "snip")[1]  # the stars are tested against SNIP
     assert pvalues.loc["lottery", 0.1] == pytest.approx(welch_p([0.9 - 0.09, 0.91 - 0.09], [0.8 - 0.09, 0.82 - 0.09]))
-    both = pd.DataFrame(rows("oneshot", [0.1], [0.8], criterion="snip") + rows("multishot", [0.1], [0.8], criterion="snip"))
-    with pytest.raises(ValueError, match=r"criterion 'snip' names several tickets, pick one of: multishot\(snip\), oneshot\(snip\)"):
+    both = pd.DataFrame(
+        rows("oneshot", [0.1], [0.8], criterion="snip") + rows("multishot", [0.1], [0.8], criterion="snip")
+    )
+    with pytest.raises(
+        ValueError, match=r"criterion 'snip' names several tickets, pick one of: multishot\(snip\), oneshot\(snip\)"
+    ):
         baseline_label(both, "snip")
     assert baseline_label(both, "multishot(snip)") == "multishot(snip)"
     result = runner.invoke(app, ["report", str(runs), "--baseline", "random", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "criterion 'random' names several tickets" in result.output  # one per model
-    result = runner.invoke(app, ["report", str(runs), "--baseline", f"oneshot(random) · {MODELS[1]}", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["report", str(runs), "--baseline", f"oneshot(random) · {MODELS[1]}", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0 and f"baseline oneshot(random) · {MODELS[1]};" in result.output
 
 
@@ -279,8 +334,14 @@ def test_page_at_laptop_width_in_headless_chromium(runs, tmp_path):
     report = write_report(runs, tmp_path)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1366,768",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='ticketlab-chromium-')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1366,768",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='ticketlab-chromium-')}",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(driver), options=options)
     try:

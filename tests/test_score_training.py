@@ -82,7 +82,8 @@ def test_gem_miner_freezes_the_lowest_scores_among_those_kept():
 
 def test_freezing_events_follow_the_exponential_schedule():
     assert freezing_events(0.1, steps=150, period=5) == pytest.approx(
-        {5 * j: 0.1 ** (j / 29) for j in range(1, 30)})  # their 150 epochs / iter_period 5: 29 events
+        {5 * j: 0.1 ** (j / 29) for j in range(1, 30)}
+    )  # their 150 epochs / iter_period 5: 29 events
     assert freezing_events(0.1, steps=20, period=10) == {10: 0.1}
     assert freezing_events(0.1, steps=10, period=10) == {}
 
@@ -106,8 +107,14 @@ RECIPE = Recipe(steps="6it", batch_size=50, lr=0.05, eval_every="3it")
 
 
 def spec(name: str, model: str = "mlp:784-32-10", densities=(0.3,), **options) -> ExperimentSpec:
-    return ExperimentSpec(model=model, dataset="synthetic", val_size=200, recipe=RECIPE, densities=densities,
-                          method=MethodSpec(name=name, options=options))
+    return ExperimentSpec(
+        model=model,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=densities,
+        method=MethodSpec(name=name, options=options),
+    )
 
 
 def test_edge_popup_level_is_the_untrained_supermask_on_signed_constants(tmp_path):
@@ -155,7 +162,14 @@ def test_learned_masks_take_no_criterion(tmp_path, name):
 @pytest.mark.parametrize("family", ["lenet5", "conv2", "resnet20"])
 @pytest.mark.parametrize("name", ["edge_popup", "gem_miner"])
 def test_every_model_family(tmp_path, family, name):
-    s = spec(name, model=family, densities=(0.2,), steps="2it", batch_size=8, **({"period": "1it"} if name == "gem_miner" else {}))
+    s = spec(
+        name,
+        model=family,
+        densities=(0.2,),
+        steps="2it",
+        batch_size=8,
+        **({"period": "1it"} if name == "gem_miner" else {}),
+    )
     s = s.model_copy(update={"recipe": Recipe(steps="1it", batch_size=8, eval_every=None)})
     result = run_experiment(s, tmp_path, device="cpu")
     run = RunDir(result.path)

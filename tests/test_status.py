@@ -20,8 +20,14 @@ from ticketlab.sweep.claims import ClaimKeeper
 from ticketlab.sweep.status import folder_status
 
 cli_common.console.width = cli_common.err.width = 200
-BASE = {"model": "mlp:784-16-10", "dataset": "synthetic", "val_size": 200, "recipe": {"steps": "20it", "eval_every": "10it"},
-        "method": {"name": "lottery", "K": 0.5}, "densities": [0.25]}
+BASE = {
+    "model": "mlp:784-16-10",
+    "dataset": "synthetic",
+    "val_size": 200,
+    "recipe": {"steps": "20it", "eval_every": "10it"},
+    "method": {"name": "lottery", "K": 0.5},
+    "densities": [0.25],
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,9 @@ def folder(tmp_path_factory):
     for run in (running, failed, interrupted):
         (run.path / "done.json").unlink()
         shutil.rmtree(run.level(2).path)
-    (failed.path / "failed.json").write_text(json.dumps({"error": "ValueError: boom", "host": "h1", "time": time.time()}))
+    (failed.path / "failed.json").write_text(
+        json.dumps({"error": "ValueError: boom", "host": "h1", "time": time.time()})
+    )
     return root, specs
 
 
@@ -71,7 +79,10 @@ def test_status_command_summarises_and_names_damaged_files(folder, tmp_path):
     (copy / specs[3].run_id() / "level_00" / "metrics.json").write_text("{trunc")
     result = CliRunner().invoke(app, ["status", str(copy)])
     assert result.exit_code == 1
-    assert "2 damaged files" in result.output and f"{specs[0].run_id()}/level_01/final.safetensors: checksum mismatch" in result.output
+    assert (
+        "2 damaged files" in result.output
+        and f"{specs[0].run_id()}/level_01/final.safetensors: checksum mismatch" in result.output
+    )
     assert f"{specs[3].run_id()}/level_00/metrics.json" in result.output
     assert CliRunner().invoke(app, ["status", str(copy), "--no-verify"]).exit_code == 0
     assert CliRunner().invoke(app, ["status", str(tmp_path / "none")]).exit_code == 2

@@ -24,11 +24,15 @@ from ticketlab.sweep.claims import CLAIM_FILE, ClaimKeeper, read_claim
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BASE = {
-    "model": "mlp:784-32-10", "dataset": "synthetic", "val_size": 200,
-    "recipe": {"steps": "200it", "eval_every": "100it"}, "method": {"name": "lottery", "K": 0.5}, "densities": [0.25],
+    "model": "mlp:784-32-10",
+    "dataset": "synthetic",
+    "val_size": 200,
+    "recipe": {"steps": "200it", "eval_every": "100it"},
+    "method": {"name": "lottery", "K": 0.5},
+    "densities": [0.25],
 }
 # Counts level writes in every process of a sweep (its spawned workers too): a line per finished level.
-COUNTER = '''
+COUNTER = """
 import os
 if os.environ.get("TICKETLAB_TEST_COUNT"):
     import ticketlab.store as _store
@@ -38,7 +42,7 @@ if os.environ.get("TICKETLAB_TEST_COUNT"):
         with open(os.environ["TICKETLAB_TEST_COUNT"], "a") as handle:
             handle.write(f"{os.getpid()} {self.path}\\n")
     _store.LevelDir.write = _counted
-'''
+"""
 
 
 class InlinePool:
@@ -68,7 +72,9 @@ def test_runs_another_sweep_holds_are_skipped_reported_and_waited_for(tmp_path, 
     keeper = ClaimKeeper(ttl=30)  # "another sweep": this test holds seed 0's run
     assert keeper.claim(tmp_path / held.run_id())
     waits, report = [], {}
-    thread = threading.Thread(target=lambda: report.update(r=run_sweep(sweep, out=tmp_path, on_wait=waits.append, poll=0.1)))
+    thread = threading.Thread(
+        target=lambda: report.update(r=run_sweep(sweep, out=tmp_path, on_wait=waits.append, poll=0.1))
+    )
     thread.start()
     deadline = time.time() + 120
     while not (waits and RunDir(tmp_path / free.run_id()).finished) and time.time() < deadline:
@@ -87,21 +93,34 @@ def test_runs_another_sweep_holds_are_skipped_reported_and_waited_for(tmp_path, 
 
 def test_a_dead_owners_run_is_taken_over_and_a_failure_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(executors, "LocalPool", InlinePool)
-    sweep = SweepSpec(base={**BASE, "recipe": {"steps": "20it", "eval_every": "10it"}},
-                      grid={"recipe.batch_size": [60, 5000]})  # 5000 > the training split: fails
+    sweep = SweepSpec(
+        base={**BASE, "recipe": {"steps": "20it", "eval_every": "10it"}}, grid={"recipe.batch_size": [60, 5000]}
+    )  # 5000 > the training split: fails
     good, bad = expand(sweep)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for spec in (good, bad):
         (tmp_path / spec.run_id()).mkdir(parents=True)
-        (tmp_path / spec.run_id() / CLAIM_FILE).write_text(json.dumps(
-            {"host": socket.gethostname(), "pid": dead.pid, "started": 0, "expires": time.time() + 600, "token": "x"}))
+        (tmp_path / spec.run_id() / CLAIM_FILE).write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": dead.pid,
+                    "started": 0,
+                    "expires": time.time() + 600,
+                    "token": "x",
+                }
+            )
+        )
     waits = []
     report = run_sweep(sweep, out=tmp_path, on_wait=waits.append)
     assert not waits and [o.ok for o in report.outcomes if o.run_id == good.run_id()] == [True]
     assert RunDir(tmp_path / good.run_id()).finished and read_claim(tmp_path / good.run_id()) is None
     failure = json.loads((tmp_path / bad.run_id() / "failed.json").read_text())
-    assert "batch_size 5000 is larger than the training split" in failure["error"] and failure["host"] == socket.gethostname()
+    assert (
+        "batch_size 5000 is larger than the training split" in failure["error"]
+        and failure["host"] == socket.gethostname()
+    )
     # the failure is forgotten once the run succeeds
     executors._record_failure(tmp_path / bad.run_id(), report.outcomes[0].__class__(bad.run_id(), {}, True))
     assert not (tmp_path / bad.run_id() / "failed.json").exists()
@@ -111,7 +130,12 @@ def _start(tmp_path: Path, sweep_file: Path, counter: Path) -> subprocess.Popen:
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(COUNTER)
-    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{SRC}", "TICKETLAB_TEST_COUNT": str(counter), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{hook}{os.pathsep}{SRC}",
+        "TICKETLAB_TEST_COUNT": str(counter),
+        "COLUMNS": "200",
+    }
     cmd = [sys.executable, "-m", "ticketlab.cli", "sweep", str(sweep_file), "--out", str(tmp_path / "runs")]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

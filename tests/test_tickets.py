@@ -25,9 +25,20 @@ MLP = "mlp:784-32-10"
 def runs(tmp_path_factory):
     """A lottery run of a tiny MLP (levels 0-2, a reinit control on each pruned level) and a one-shot LeNet-5."""
     root = tmp_path_factory.mktemp("tickets")
-    mlp = prune(MLP, "synthetic", "lottery", 0.64, recipe=RECIPE, val_size=200, out=root, device="cpu", controls=("reinit",))
-    conv = prune("lenet5", "synthetic", "oneshot", 0.2, criterion="magnitude", recipe=RECIPE, val_size=200, out=root,
-                 device="cpu")
+    mlp = prune(
+        MLP, "synthetic", "lottery", 0.64, recipe=RECIPE, val_size=200, out=root, device="cpu", controls=("reinit",)
+    )
+    conv = prune(
+        "lenet5",
+        "synthetic",
+        "oneshot",
+        0.2,
+        criterion="magnitude",
+        recipe=RECIPE,
+        val_size=200,
+        out=root,
+        device="cpu",
+    )
     return {"mlp": mlp.path, "conv": conv.path}
 
 
@@ -58,7 +69,11 @@ def test_ticket_holds_its_mask_start_and_rewind(runs):
     ticket = load_ticket(runs["mlp"], 2)
     level_dir = runs["mlp"] / "level_02"
     assert ticket.spec.model == MLP and ticket.level == 2 and ticket.control is None
-    assert ticket.density == pytest.approx(0.64, abs=1e-3) and ticket.input_shape == (1, 28, 28) and ticket.num_classes == 10
+    assert (
+        ticket.density == pytest.approx(0.64, abs=1e-3)
+        and ticket.input_shape == (1, 28, 28)
+        and ticket.num_classes == 10
+    )
     assert len(ticket.mean) == len(ticket.std) == 1
     params = dict(ticket.model.named_parameters())
     for name, keep in ticket.mask.items():

@@ -25,8 +25,13 @@ def make_run(root, name="run1"):
 def test_a_bundle_round_trips_and_leaves_out_claims_and_temporary_files(tmp_path):
     make_run(tmp_path / "a")
     files = bundle(tmp_path / "a", ["run1", "inits/mlp-seed0-aa.safetensors", "missing"])
-    assert sorted(files) == ["inits/mlp-seed0-aa.safetensors", "run1/done.json", "run1/level_00/final.safetensors",
-                             "run1/level_00/metrics.json", "run1/spec.json"]
+    assert sorted(files) == [
+        "inits/mlp-seed0-aa.safetensors",
+        "run1/done.json",
+        "run1/level_00/final.safetensors",
+        "run1/level_00/metrics.json",
+        "run1/spec.json",
+    ]
     assert all(digest == sha256(data) for digest, data in files.values())
     written = install(tmp_path / "b", files)
     assert sorted(written) == sorted(files)

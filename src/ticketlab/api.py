@@ -10,16 +10,15 @@ from typing import Any
 
 import torch
 
-from ticketlab.data import load_dataset
-from ticketlab.hardware.device import resolve_device
-from ticketlab.experiment.run import RunResult, run_experiment, run_on
-from ticketlab.models import build_model, initialize
 from ticketlab.analysis.results import load_results
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.data import load_dataset
+from ticketlab.experiment.run import RunResult, run_experiment, run_on
+from ticketlab.hardware.device import resolve_device
+from ticketlab.models import build_model, initialize
 from ticketlab.tickets import Ticket, load_ticket
 from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
-
 
 # The recipe of ``train_dense`` and ``prune`` when none is given: the Recipe defaults, evaluated at least 10
 # times per training (``eval_every: auto``), so the early-stop step and the winning flag are placed in
@@ -59,8 +58,15 @@ def train_dense(
     data = load_dataset(dataset, root=data_root, val_size=val_size, seed=0, device=device)
     if out is not None:
         spec = ExperimentSpec(
-            model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe,
-            method=MethodSpec(name="lottery"), densities=(1.0,), end_on_best=end_on_best,
+            model=model,
+            dataset=dataset,
+            init=init,
+            seed=seed,
+            val_size=val_size,
+            recipe=recipe,
+            method=MethodSpec(name="lottery"),
+            densities=(1.0,),
+            end_on_best=end_on_best,
         )
         run = run_on(spec, data, out, device=device, progress=progress)
         return _dense_run(run, steps_per_epoch(len(data.x_train), recipe.batch_size))
@@ -74,11 +80,18 @@ def _dense_run(run: RunResult, spe: int) -> DenseRun:
     history = row["history"]
     es = row["early_stop_step"]
     es = None if es is None else es + row["start_step"]
-    early = next((h for h in history if h["step"] == es), {}) if es is not None else {}
+    early: dict[str, Any] = next((h for h in history if h["step"] == es), {}) if es is not None else {}
     final = dict(early) if run.spec.end_on_best and early else dict(history[-1]) if history else {}
     return DenseRun(
-        start_step=row["start_step"], end_step=row["end_step"], history=history, early_stop_step=es,
-        early_stop=dict(early), final=final, wall_time=row["train_time"], steps_per_epoch=spe, path=run.path,
+        start_step=row["start_step"],
+        end_step=row["end_step"],
+        history=history,
+        early_stop_step=es,
+        early_stop=dict(early),
+        final=final,
+        wall_time=row["train_time"],
+        steps_per_epoch=spe,
+        path=run.path,
     )
 
 
@@ -108,9 +121,16 @@ def prune(
     """Find tickets with one method and train them; returns the per-level results (``.table()``)."""
     densities = (density,) if isinstance(density, (int, float)) else tuple(density)
     spec = ExperimentSpec(
-        model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe or DEFAULT_RECIPE,
+        model=model,
+        dataset=dataset,
+        init=init,
+        seed=seed,
+        val_size=val_size,
+        recipe=recipe or DEFAULT_RECIPE,
         method=MethodSpec(name=method, criterion=criterion, scope=scope, K=K, rounds=rounds, **method_options),
-        densities=densities, controls=controls, end_on_best=end_on_best,
+        densities=densities,
+        controls=controls,
+        end_on_best=end_on_best,
     )
     return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log)
 

@@ -141,7 +141,9 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        return save_tensors(path, {k: v.to(torch.uint8) for k, v in self.items()}, {"kind": "mask", "model": self.fingerprint()})
+        return save_tensors(
+            path, {k: v.to(torch.uint8) for k, v in self.items()}, {"kind": "mask", "model": self.fingerprint()}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Mask:
@@ -155,9 +157,7 @@ class Mask(Mapping[str, torch.Tensor]):
         if model is not None:
             expected = {k: p.shape for k, p in prunable_parameters(model).items() if k in mask}
             if set(mask) - set(expected) or model_fingerprint(expected) != mask.fingerprint():
-                raise ValueError(
-                    f"{path}: mask was made for another model (its prunable layers or shapes differ)"
-                )
+                raise ValueError(f"{path}: mask was made for another model (its prunable layers or shapes differ)")
         return mask
 
 
@@ -246,7 +246,7 @@ def select(
             raise ValueError(f"scores for {name!r} contain NaN")
 
     def budget(names: list[str], what: str) -> int:
-        k = int(round(density * sum(scores[n].numel() for n in names)))
+        k = round(density * sum(scores[n].numel() for n in names))
         available = sum(scores[n].numel() if previous is None else int(previous[n].sum()) for n in names)
         if k > available:
             raise ValueError(f"density {density} keeps {k} weights of {what} but only {available} are still unpruned")

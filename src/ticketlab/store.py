@@ -80,6 +80,8 @@ class Shared:
             pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
 ENV_FILE = "env.json"
 
 

@@ -8,6 +8,7 @@ same initial weights (000 appendix A.1), and the heatmap cell is the mean over t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -70,7 +71,9 @@ def far_levels(frame: pd.DataFrame, density: float, factor: float = CLOSE) -> pd
     return far.groupby("label", sort=True)["density"].first().reset_index()
 
 
-def overlap_matrix(frame: pd.DataFrame, root: str | os.PathLike, density: float, factor: float | None = CLOSE) -> pd.DataFrame:
+def overlap_matrix(
+    frame: pd.DataFrame, root: str | os.PathLike, density: float, factor: float | None = CLOSE
+) -> pd.DataFrame:
     """Mean Jaccard overlap (over shared seeds) between the tickets of every pair of ticket kinds at the
     level closest to ``density`` (within ``factor``); NaN where two kinds share no seed or their masks
     differ in shape."""
@@ -88,10 +91,8 @@ def overlap_matrix(frame: pd.DataFrame, root: str | os.PathLike, density: float,
             for (label, seed), mask in masks.items():
                 other = masks.get((b, seed))
                 if label == a and other is not None:
-                    try:
+                    with contextlib.suppress(ValueError):  # different models: no overlap defined
                         values.append(jaccard(mask, other))
-                    except ValueError:
-                        pass  # different models: no overlap defined
             if values:
                 out.loc[a, b] = out.loc[b, a] = float(np.mean(values))
     return out

@@ -15,11 +15,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import torch
 
 from ticketlab.analysis.style import Style, density_axis, legend_outside, styles_for
 
@@ -52,8 +52,12 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_mean_std(
-    summary: pd.DataFrame, path: str | os.PathLike, ylabel: str = "test accuracy (%)", title: str = "",
-    scale: float = 100.0, styles: dict[str, Style] | None = None,
+    summary: pd.DataFrame,
+    path: str | os.PathLike,
+    ylabel: str = "test accuracy (%)",
+    title: str = "",
+    scale: float = 100.0,
+    styles: dict[str, Style] | None = None,
 ) -> Path:
     """Mean ± std over seeds vs density (log x, densest left), one line and band per ticket kind; takes
     the output of :func:`ticketlab.analysis.stats.summarize`; values are multiplied by ``scale``."""
@@ -67,7 +71,9 @@ def plot_mean_std(
         mean = group["mean"].to_numpy() * scale
         std = np.nan_to_num(group["std"].to_numpy(dtype=float)) * scale
         ax.plot(x, mean, ms=3, linewidth=1.2, label=label, **styles[label].line())
-        ax.fill_between(x, mean - std, mean + std, color=styles[label].color, alpha=0.2 if kinds <= 6 else 0.1, linewidth=0)
+        ax.fill_between(
+            x, mean - std, mean + std, color=styles[label].color, alpha=0.2 if kinds <= 6 else 0.1, linewidth=0
+        )
     density_axis(ax, list(summary["density_key"] * 100))
     ax.set_ylabel(ylabel)
     legend_outside(ax)
@@ -90,8 +96,15 @@ def plot_overlap_heatmap(matrix: pd.DataFrame, path: str | os.PathLike, title: s
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8 if cell > 0.5 else 7,
-                        color="black" if _luminance(cmap(values[i, j])) > 0.179 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{values[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8 if cell > 0.5 else 7,
+                    color="black" if _luminance(cmap(values[i, j])) > 0.179 else "white",
+                )
     fig.colorbar(image, ax=ax, label="Jaccard |A∩B| / |A∪B|", shrink=min(1.0, 0.4 + 0.1 * n))
     width_chars = int((2.2 + cell * n) * 72 / 7)  # characters of 11 pt that fit the figure's width
     fig.suptitle(textwrap.fill(title or "mask overlap", max(width_chars, 30)), fontsize=11)
@@ -129,8 +142,16 @@ def plot_initial_value_hist(
         for i, (label, v) in enumerate(nonempty.items()):
             ax = axes.flat[i] if panels else axes[0, 0]
             style = styles[label]
-            ax.hist(v, bins=bins, density=True, histtype="step", linewidth=1.3, color=style.color,
-                    linestyle=style.linestyle, label=f"{label} ({len(v)})")
+            ax.hist(
+                v,
+                bins=bins,
+                density=True,
+                histtype="step",
+                linewidth=1.3,
+                color=style.color,
+                linestyle=style.linestyle,
+                label=f"{label} ({len(v)})",
+            )
             if panels:
                 ax.set_title(f"{label} ({len(v)})", fontsize=8, color=style.color)
                 ax.tick_params(labelsize=7)
@@ -172,9 +193,16 @@ def plot_layer_densities(
     styles = styles_for(map(str, table.index), styles)
     for i, (label, row) in enumerate(table.iterrows()):
         style = styles[str(label)]
-        ax.bar(x + (i - (kinds - 1) / 2) * width, row.to_numpy(dtype=float) * 100, width, label=label,
-               color=style.color, hatch=style.hatch or None, edgecolor="white" if not style.hatch else "black",
-               linewidth=0.3)
+        ax.bar(
+            x + (i - (kinds - 1) / 2) * width,
+            row.to_numpy(dtype=float) * 100,
+            width,
+            label=label,
+            color=style.color,
+            hatch=style.hatch or None,
+            edgecolor="white" if not style.hatch else "black",
+            linewidth=0.3,
+        )
     ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("density of layer (% kept)")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
@@ -185,8 +213,12 @@ def plot_layer_densities(
 
 
 def plot_accuracy_vs_parameters(
-    summary: pd.DataFrame, path: str | os.PathLike, title: str = "", ylabel: str = "test accuracy (%)",
-    scale: float = 100.0, styles: dict[str, Style] | None = None,
+    summary: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str = "",
+    ylabel: str = "test accuracy (%)",
+    scale: float = 100.0,
+    styles: dict[str, Style] | None = None,
 ) -> Path:
     """002 figure 1.1: accuracy vs remaining prunable weights (log x) across models, one connected line
     per model and ticket kind, so a sparse large model can be read against a dense small one."""

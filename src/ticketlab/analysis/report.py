@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -95,8 +95,15 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     percent = metric.endswith("acc")
     ctx = Context(
-        root=root, out=out, frame=frame, tickets=tickets, metric=metric, alpha=alpha, report=report,
-        scale=100.0 if percent else 1.0, ylabel=f"{metric.replace('_', ' ')}{' (%)' if percent else ''}",
+        root=root,
+        out=out,
+        frame=frame,
+        tickets=tickets,
+        metric=metric,
+        alpha=alpha,
+        report=report,
+        scale=100.0 if percent else 1.0,
+        ylabel=f"{metric.replace('_', ' ')}{' (%)' if percent else ''}",
         styles=series_styles(frame["label"]),
     )
     sections = [section(ctx) for section in SECTIONS]
@@ -172,8 +179,12 @@ def _page(ctx: Context, sections: list[str]) -> str:
     def values(col: str) -> str:
         return html.escape(", ".join(sorted(map(str, frame[col].unique()))) if col in frame else "")
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    chosen = f" ({html.escape(report.baseline_reason)}; <code>--baseline</code> picks another)" if report.baseline_reason else ""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    chosen = (
+        f" ({html.escape(report.baseline_reason)}; <code>--baseline</code> picks another)"
+        if report.baseline_reason
+        else ""
+    )
     head = (
         f"<p>Results root <code>{html.escape(str(ctx.root))}</code>: {count('run_id')} runs, {len(frame)} levels, "
         f"{count('seed')} seeds; models {values('model')}; datasets {values('dataset')}. "
@@ -182,7 +193,7 @@ def _page(ctx: Context, sections: list[str]) -> str:
         f"Written {stamp}.</p>"
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'  # no favicon request: the page makes no network access at all
         f"<title>ticketlab report: {html.escape(ctx.root.name or str(ctx.root))}</title><style>{_CSS}</style></head>"

@@ -37,10 +37,17 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
             row.pop("history", None)
             env = row.pop("env", None) or {}
             row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
-            rows.append({
-                "run_id": run.path.name, **fields, "method": spec["method"]["name"], **resolved, **row,
-                **{f"env.{key}": value for key, value in env.items()}, "run_finished": finished,
-            })
+            rows.append(
+                {
+                    "run_id": run.path.name,
+                    **fields,
+                    "method": spec["method"]["name"],
+                    **resolved,
+                    **row,
+                    **{f"env.{key}": value for key, value in env.items()},
+                    "run_finished": finished,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -147,15 +147,18 @@ def _model_heading(model: str) -> str:
 # -- sections ---------------------------------------------------------------------------------------
 def accuracy_section(ctx: Context) -> str:
     """Mean ± std over seeds vs density: the plot and the table."""
-    path = plots.plot_mean_std(ctx.summary, ctx.out / "accuracy_vs_density.png", ylabel=ctx.ylabel, scale=ctx.scale,
-                               styles=ctx.styles)
+    path = plots.plot_mean_std(
+        ctx.summary, ctx.out / "accuracy_vs_density.png", ylabel=ctx.ylabel, scale=ctx.scale, styles=ctx.styles
+    )
     ctx.report.images["accuracy_vs_density"] = path
     percent = ", percent" if ctx.scale == 100 else ""
     return (
         "<h2>Accuracy vs density</h2>"
         + image(path, f"{ctx.metric} vs density, mean ± std over seeds")
-        + note("Mean ± std over seeds (std with one degree of freedom; bands absent for one seed). "
-               f"Cells: mean ± std (number of seeds){percent}; columns: density (fraction of weights kept).")
+        + note(
+            "Mean ± std over seeds (std with one degree of freedom; bands absent for one seed). "
+            f"Cells: mean ± std (number of seeds){percent}; columns: density (fraction of weights kept)."
+        )
         + table(summary_cells(ctx.summary, ctx.scale))
     )
 
@@ -168,9 +171,11 @@ def significance_section(ctx: Context) -> str:
     one_seed = " <b>One seed in these results: no cell can be tested, so there are no stars.</b>" if seeds == 1 else ""
     return (
         f"<h2>Significance vs {base}</h2>"
-        + note(f"Mean {html.escape(ctx.metric)} over seeds per ticket and density (as 000 figure 5.14). "
-               f"<b>*</b>: Welch's t-test against <b>{base}</b> at the same density gives p &lt; {ctx.alpha:g} "
-               "(000 §4.3); needs at least two seeds on both sides. Rows sorted by the sparsest column." + one_seed)
+        + note(
+            f"Mean {html.escape(ctx.metric)} over seeds per ticket and density (as 000 figure 5.14). "
+            f"<b>*</b>: Welch's t-test against <b>{base}</b> at the same density gives p &lt; {ctx.alpha:g} "
+            "(000 §4.3); needs at least two seeds on both sides. Rows sorted by the sparsest column." + one_seed
+        )
         + table(format_significance(means, significant, ctx.scale))
         + "<details><summary>p-values</summary>"
         + table(pvalues.rename(columns=lambda c: f"{c:g}").map(lambda p: "–" if pd.isna(p) else f"{p:.3g}"))
@@ -184,9 +189,11 @@ def winning_section(ctx: Context) -> str:
         return ""
     return (
         "<h2>Winning tickets</h2>"
-        + note("003: a ticket is winning when its test accuracy at its early-stopping step (minimum validation "
-               "loss) is at least the dense run's at the dense run's early-stopping step, and that step is no "
-               "later. Cells: winning seeds / seeds.")
+        + note(
+            "003: a ticket is winning when its test accuracy at its early-stopping step (minimum validation "
+            "loss) is at least the dense run's at the dense run's early-stopping step, and that step is no "
+            "later. Cells: winning seeds / seeds."
+        )
         + table(ctx.wins)
     )
 
@@ -210,16 +217,26 @@ def levels_section(ctx: Context) -> str:
         if near.empty:
             rows.append((label, 0, "–", "–", "–", "all: " + skipped))
             continue
-        rows.append((label, near["seed"].nunique(), ", ".join(map(str, sorted(set(near["level"])))),
-                     _span(near["density"].astype(float)), f"×{near['off'].max():.3g}", skipped or "–"))
+        rows.append(
+            (
+                label,
+                near["seed"].nunique(),
+                ", ".join(map(str, sorted(set(near["level"])))),
+                _span(near["density"].astype(float)),
+                f"×{near['off'].max():.3g}",
+                skipped or "–",
+            )
+        )
     view = pd.DataFrame(rows, columns=["ticket", "seeds", "level", "density used", "off by", "left out"])
     reason = html.escape(ctx.report.density_reason)
     return (
         f"<h2>Masks compared near density {ctx.density:g}</h2>"
-        + note(f"Density {ctx.density:g} ({reason}). The overlap, initial-value and per-layer sections take each "
-               f"ticket kind (controls in the initial values) and seed at its level closest to it in log density, "
-               f"and only if within a factor {CLOSE:g}; the others are left out, not compared at another density. "
-               f"Densities used: {ctx.used()}.")
+        + note(
+            f"Density {ctx.density:g} ({reason}). The overlap, initial-value and per-layer sections take each "
+            f"ticket kind (controls in the initial values) and seed at its level closest to it in log density, "
+            f"and only if within a factor {CLOSE:g}; the others are left out, not compared at another density. "
+            f"Densities used: {ctx.used()}."
+        )
         + table(view, index=False)
     )
 
@@ -238,9 +255,12 @@ def overlap_section(ctx: Context) -> str:
     if not parts:
         return ""
     return (
-        f"<h2>Mask overlap {html.escape(ctx.at())}</h2>" + "".join(parts)
-        + note("Jaccard |A∩B| / |A∪B| of the kept weights, per seed (same initial weights), mean over the seeds "
-               "both tickets have; each ticket at its level in the table above.")
+        f"<h2>Mask overlap {html.escape(ctx.at())}</h2>"
+        + "".join(parts)
+        + note(
+            "Jaccard |A∩B| / |A∪B| of the kept weights, per seed (same initial weights), mean over the seeds "
+            "both tickets have; each ticket at its level in the table above."
+        )
     )
 
 
@@ -253,16 +273,23 @@ def initial_values_section(ctx: Context) -> str:
             continue
         key = _key("initial_values", model)
         title = f"initial values of kept weights{' · ' + model if model else ''}, {ctx.at(list(values))}"
-        ctx.report.images[key] = plots.plot_initial_value_hist(values, ctx.out / f"{key}.png", title=title, styles=ctx.styles)
-        parts.append(_model_heading(model) + image(ctx.report.images[key], f"histogram of initial values {model}".strip()))
+        ctx.report.images[key] = plots.plot_initial_value_hist(
+            values, ctx.out / f"{key}.png", title=title, styles=ctx.styles
+        )
+        parts.append(
+            _model_heading(model) + image(ctx.report.images[key], f"histogram of initial values {model}".strip())
+        )
     if not parts:
         return ""
     return (
-        f"<h2>Initial values of kept weights {html.escape(ctx.at())}</h2>" + "".join(parts)
-        + note("Tickets: the shared initial weights (level 0 start) at the kept positions; controls: the weights "
-               "they started from. In brackets: number of weights over all seeds. The x axis spans the central 99% of "
-               "each kind's values (layers' initial scales differ by their fan-in; a few of the widest layer's "
-               "values fall outside).")
+        f"<h2>Initial values of kept weights {html.escape(ctx.at())}</h2>"
+        + "".join(parts)
+        + note(
+            "Tickets: the shared initial weights (level 0 start) at the kept positions; controls: the weights "
+            "they started from. In brackets: number of weights over all seeds. The x axis spans the central 99% of "
+            "each kind's values (layers' initial scales differ by their fan-in; a few of the widest layer's "
+            "values fall outside)."
+        )
     )
 
 
@@ -290,9 +317,12 @@ def layer_section(ctx: Context) -> str:
             continue
         key = _key("layer_densities", model)
         title = f"per-layer density{' · ' + model if model else ''}, {ctx.at(list(layers.index))}"
-        ctx.report.images[key] = plots.plot_layer_densities(layers, ctx.out / f"{key}.png", title=title, styles=ctx.styles)
+        ctx.report.images[key] = plots.plot_layer_densities(
+            layers, ctx.out / f"{key}.png", title=title, styles=ctx.styles
+        )
         parts.append(
-            _model_heading(model) + image(ctx.report.images[key], f"per-layer density bars {model}".strip())
+            _model_heading(model)
+            + image(ctx.report.images[key], f"per-layer density bars {model}".strip())
             + table(layers.map(lambda v: "–" if pd.isna(v) else f"{v * 100:.2f}%"))
         )
     return f"<h2>Per-layer density {html.escape(ctx.at())}</h2>" + "".join(parts) if parts else ""
@@ -303,19 +333,30 @@ def parameters_section(ctx: Context) -> str:
     if "kept" not in ctx.frame:
         return ""
     path = plots.plot_accuracy_vs_parameters(
-        summarize(ctx.tickets, ctx.metric), ctx.out / "accuracy_vs_parameters.png", ylabel=ctx.ylabel,
-        scale=ctx.scale, styles=ctx.styles,
+        summarize(ctx.tickets, ctx.metric),
+        ctx.out / "accuracy_vs_parameters.png",
+        ylabel=ctx.ylabel,
+        scale=ctx.scale,
+        styles=ctx.styles,
     )
     ctx.report.images["accuracy_vs_parameters"] = path
     return (
         "<h2>Accuracy vs remaining parameters</h2>"
         + image(path, "accuracy vs remaining prunable weights")
-        + note("As 002 figure 1.1: each point a ticket (mean over seeds), connected along its pruning levels; "
-               "models compared at equal parameter count. Counts are prunable weights kept.")
+        + note(
+            "As 002 figure 1.1: each point a ticket (mean over seeds), connected along its pruning levels; "
+            "models compared at equal parameter count. Counts are prunable weights kept."
+        )
     )
 
 
 SECTIONS: tuple[Callable[[Context], str], ...] = (
-    accuracy_section, significance_section, winning_section, levels_section, overlap_section,
-    initial_values_section, layer_section, parameters_section,
+    accuracy_section,
+    significance_section,
+    winning_section,
+    levels_section,
+    overlap_section,
+    initial_values_section,
+    layer_section,
+    parameters_section,
 )

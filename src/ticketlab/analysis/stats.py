@@ -34,8 +34,22 @@ SHOWN = frozenset({"method", "criterion", "method.name", "method.criterion", "co
 # Column prefixes of the set-up: the spec's fields (``load_results`` flattens them to dotted names), the
 # scoring rounds that ran (``rounds``) and the environment that can change the numbers (``env.*``:
 # torch, device, processor, threads, BLAS, ticketlab version; ``ticketlab.hardware.environment``).
-SPEC_FIELDS = ("model", "dataset", "init", "val_size", "split_seed", "bn_momentum", "bn_eps", "dropout", "exempt",
-               "recipe", "method", "end_on_best", "rounds", "env")
+SPEC_FIELDS = (
+    "model",
+    "dataset",
+    "init",
+    "val_size",
+    "split_seed",
+    "bn_momentum",
+    "bn_eps",
+    "dropout",
+    "exempt",
+    "recipe",
+    "method",
+    "end_on_best",
+    "rounds",
+    "env",
+)
 
 
 def density_key(frame: pd.DataFrame) -> pd.Series:
@@ -59,8 +73,11 @@ def setup_fields(frame: pd.DataFrame) -> list[str]:
     are known (``rounds``), the spec's ``method.rounds`` (unset = the method's default) is not one: SynFlow
     left at its default and SynFlow with ``rounds: 100`` ran the same."""
     return [
-        c for c in frame.columns
-        if c.split(".")[0] in SPEC_FIELDS and c not in NOT_SETUP and c not in SHOWN
+        c
+        for c in frame.columns
+        if c.split(".")[0] in SPEC_FIELDS
+        and c not in NOT_SETUP
+        and c not in SHOWN
         and not (c == "method.rounds" and "rounds" in frame.columns)
     ]
 
@@ -70,7 +87,8 @@ def varying_fields(frame: pd.DataFrame) -> list[str]:
     that recorded one (levels recorded before it was have none: their label says ``env=?``)."""
     recorded = env_recorded(frame)
     return [
-        c for c in setup_fields(frame)
+        c
+        for c in setup_fields(frame)
         if (frame.loc[recorded, c] if c.startswith("env.") else frame[c]).map(_text).nunique() > 1
     ]
 
@@ -128,7 +146,9 @@ def labels(frame: pd.DataFrame) -> pd.Series:
     mixed = {b: bool(recorded[base == b].any()) for b in base.unique()}  # some of the kind's rows have an env
 
     def one(row: pd.Series, name: str, has_env: bool) -> str:
-        text = name + "".join(_field_text(col, row) for col in [*shared, *own[name]] if has_env or not col.startswith("env."))
+        text = name + "".join(
+            _field_text(col, row) for col in [*shared, *own[name]] if has_env or not col.startswith("env.")
+        )
         text += " · env=?" if mixed[name] and not has_env else ""
         control = _text(row.get("control"))
         return text + (f" [{control}]" if control else "")
@@ -207,7 +227,9 @@ def baseline_label(frame: pd.DataFrame, baseline: str) -> str:
             return matches[0]
         if len(matches) > 1:
             raise ValueError(f"baseline: {what} {baseline!r} names several tickets, pick one of: {', '.join(matches)}")
-    raise ValueError(f"baseline: {baseline!r} is not a method, criterion or ticket in the results; allowed: {', '.join(names)}")
+    raise ValueError(
+        f"baseline: {baseline!r} is not a method, criterion or ticket in the results; allowed: {', '.join(names)}"
+    )
 
 
 PREFERRED_BASELINE = "lottery"  # IMP, the lottery ticket hypothesis' own method (003)
@@ -256,15 +278,17 @@ def significance_table(
             if (label, d) in groups and (base, d) in groups:
                 pvalues.loc[label, d] = welch_p(groups[(label, d)], groups[(base, d)])
     significant = pvalues < alpha
-    order = means.iloc[:, -1].sort_values(ascending=False, na_position="last").index if len(means.columns) else means.index
+    order = (
+        means.iloc[:, -1].sort_values(ascending=False, na_position="last").index if len(means.columns) else means.index
+    )
     return means.loc[order], pvalues.loc[order], significant.loc[order]
 
 
 def format_significance(means: pd.DataFrame, significant: pd.DataFrame, scale: float = 100.0) -> pd.DataFrame:
     """Cells as 5.14 prints them: ``91.86*`` (percent, two decimals, ``*`` = significant), ``–`` if absent."""
     out = pd.DataFrame("–", index=means.index, columns=[f"{c:g}" for c in means.columns])
-    for i, label in enumerate(means.index):
-        for j, d in enumerate(means.columns):
+    for i, _label in enumerate(means.index):
+        for j, _d in enumerate(means.columns):
             value = means.iat[i, j]
             if pd.notna(value):
                 out.iat[i, j] = f"{value * scale:.2f}" + ("*" if bool(significant.iat[i, j]) else "")

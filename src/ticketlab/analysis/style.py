@@ -19,8 +19,26 @@ import numpy as np
 from matplotlib.axes import Axes
 
 PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#0000ff", "#ff00ff", "#000000", "#a6761d", "#f0027f", "#004d00", "#911eb4", "#1b9e77", "#fb9a99", "#005f5f",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#0000ff",
+    "#ff00ff",
+    "#000000",
+    "#a6761d",
+    "#f0027f",
+    "#004d00",
+    "#911eb4",
+    "#1b9e77",
+    "#fb9a99",
+    "#005f5f",
 )
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":")
@@ -80,8 +98,16 @@ def legend_outside(ax: Axes, title: str | None = None) -> None:
         fig.set_figheight(max(fig.get_figheight(), min(MAX_HEIGHT, wanted)))
     rows = max(1, int(share * fig.get_figheight() * 72 // row_pt))
     ax.legend(
-        handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=LEGEND_FONTSIZE,
-        ncol=math.ceil(len(handles) / rows), title=title, title_fontsize=LEGEND_FONTSIZE, frameon=False,
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize=LEGEND_FONTSIZE,
+        ncol=math.ceil(len(handles) / rows),
+        title=title,
+        title_fontsize=LEGEND_FONTSIZE,
+        frameon=False,
     )
 
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -37,18 +37,32 @@ Nesterov = Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay (added to the gradient).")]
 L2 = Annotated[float, typer.Option(help="L2 penalty l2*||w||^2 added to the loss.")]
 Schedule = Annotated[str, typer.Option(help="LR schedule: constant, multistep or cosine.")]
-Milestones = Annotated[Optional[list[str]], typer.Option("--milestone", help="Multistep milestone (repeatable), e.g. 80ep.")]
+Milestones = Annotated[
+    list[str] | None, typer.Option("--milestone", help="Multistep milestone (repeatable), e.g. 80ep.")
+]
 Warmup = Annotated[str, typer.Option(help="Linear LR warm-up length, e.g. 200it.")]
-EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep or 100it; auto: at least 10 times per training and once per epoch.")]
+EvalEvery = Annotated[
+    str,
+    typer.Option(
+        help="Evaluate every this long, e.g. 1ep or 100it; auto: at least 10 times per training and once per epoch."
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation and data order.")]
 Init = Annotated[str, typer.Option(help="Initialisation: kaiming_normal, xavier, signed_constant.")]
 ValSize = Annotated[int, typer.Option(help="Examples held out from the training set for validation.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
-DataRoot = Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder holding the dataset files (else the usual lookup).")]
 EndOnBest = Annotated[bool, typer.Option(help="End on the weights of minimum validation loss (003's early stopping).")]
-Patience = Annotated[Optional[int], typer.Option(help="Early stopping: end training once the validation loss has not improved for this many evaluations (--eval-every); off by default.")]
-TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help="Early stopping: end training once the validation loss has not improved for this many evaluations (--eval-every); off by default."
+    ),
+]
+TensorBoard = Annotated[
+    bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")
+]
 
 
 class CliError(Exception):
@@ -95,8 +109,14 @@ def method_options(pairs: list[str] | None) -> dict[str, Any]:
 def progress_bar() -> Progress:
     """The bar every long command shows (description, done/total, an info field, elapsed and remaining)."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     )
 
 
@@ -162,7 +182,9 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
         out.width = previous
 
 
-def column_widths(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool], budget: int) -> list[int]:
+def column_widths(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool], budget: int
+) -> list[int]:
     """Column widths that fit ``budget`` characters if they can: from each column's natural width (all on one
     line), the widest column above its floor gives a character until the sum fits. The floors come in three
     steps: headers of numbers wrap at their spaces (a header costs one line, a row's text one line per row);

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,11 +16,20 @@ def register(app: typer.Typer) -> None:
 
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory (runs/<run id>).")],
-    level: Annotated[Optional[int], typer.Option(help="Level to export (0 = the dense network).")] = None,
-    control: Annotated[Optional[str], typer.Option(help="Export this control of the level instead of its ticket.")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="state_dict (dense, zeros baked in; .safetensors or .pt), onnx (checked with onnxruntime) or sparse (CSR layers; .safetensors).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder, only for runs without data.json (written before it existed).")] = None,
+    level: Annotated[int | None, typer.Option(help="Level to export (0 = the dense network).")] = None,
+    control: Annotated[str | None, typer.Option(help="Export this control of the level instead of its ticket.")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="state_dict (dense, zeros baked in; .safetensors or .pt), onnx (checked with onnxruntime) or sparse (CSR layers; .safetensors).",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="File to write.")] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder, only for runs without data.json (written before it existed)."),
+    ] = None,
 ) -> None:
     """Write one level of a run (its final weights, mask applied) as a state dict, an ONNX file or a sparse module."""
     from ticketlab.cli.common import CliError, clean_errors, console
@@ -48,5 +57,7 @@ def export(
     console.print(
         f"wrote {done.path} ({done.format}, {done.bytes:,} bytes): level {ticket.level}"
         f"{f' [{control}]' if control else ''}, density {ticket.density:.4g}, "
-        f"test acc {ticket.metrics.get('test_acc')}{check}", highlight=False, markup=False,
+        f"test acc {ticket.metrics.get('test_acc')}{check}",
+        highlight=False,
+        markup=False,
     )

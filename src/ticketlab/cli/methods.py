@@ -8,7 +8,7 @@ import re
 import sys
 import types
 import typing
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def methods(
-    name: Annotated[Optional[str], typer.Argument(help="A method: show its options in full.")] = None,
+    name: Annotated[str | None, typer.Argument(help="A method: show its options in full.")] = None,
 ) -> None:
     """List the methods of --method and the options each takes as -o key=value (type, default, meaning)."""
     from ticketlab.cli.common import clean_errors, console
@@ -67,7 +67,9 @@ def options_table(key: str) -> Table:
         table.add_column(col)
     for field, info in model.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        table.add_row(field, type_name(info.annotation), "-" if default is None else str(default), info.description or "-")
+        table.add_row(
+            field, type_name(info.annotation), "-" if default is None else str(default), info.description or "-"
+        )
     return table
 
 

@@ -40,7 +40,9 @@ def status(
             table.add_row(r.run_id, r.state, levels, r.detail + (f" [{len(r.damaged)} damaged]" if r.damaged else ""))
         console.print(table)
     if found.damaged:
-        console.print(f"[red]{len(found.damaged)} damaged files[/red] (delete the level folders holding them and run the sweep again to recompute those levels):")
+        console.print(
+            f"[red]{len(found.damaged)} damaged files[/red] (delete the level folders holding them and run the sweep again to recompute those levels):"
+        )
         for line in found.damaged:
             console.print(f"  {line}", highlight=False, markup=False)
         raise typer.Exit(1)

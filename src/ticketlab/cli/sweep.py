@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,18 +15,47 @@ def register(app: typer.Typer) -> None:
 
 
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="YAML sweep: 'base' spec + 'grid' of dotted field paths to value lists.")],
-    executor: Annotated[Optional[str], typer.Option(help="local (worker processes) or ray (default: the file's, else local).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address, e.g. auto or 10.0.0.1:6379 (default: a local instance).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Local worker processes (default: cores // threads per worker).")] = None,
-    threads_per_worker: Annotated[Optional[int], typer.Option(help="torch threads per worker / CPUs per Ray task.")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Runs per worker task, trained stacked (default: stacked on CUDA and for MLPs on OpenBLAS CPUs, else 1 on CPU).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Root folder of run directories (default: the file's, else runs).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under each run directory.")] = False,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid's runs and whether they are finished; run nothing.")] = False,
+    sweep_file: Annotated[
+        Path, typer.Argument(help="YAML sweep: 'base' spec + 'grid' of dotted field paths to value lists.")
+    ],
+    executor: Annotated[
+        str | None, typer.Option(help="local (worker processes) or ray (default: the file's, else local).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. auto or 10.0.0.1:6379 (default: a local instance).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: cores // threads per worker).")
+    ] = None,
+    threads_per_worker: Annotated[
+        int | None, typer.Option(help="torch threads per worker / CPUs per Ray task.")
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Runs per worker task, trained stacked (default: stacked on CUDA and for MLPs on OpenBLAS CPUs, else 1 on CPU)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Root folder of run directories (default: the file's, else runs).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Write TensorBoard curves under each run directory.")
+    ] = False,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder holding the dataset files (else the usual lookup).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the grid's runs and whether they are finished; run nothing.")
+    ] = False,
 ) -> None:
     """Expand the grid and run every unfinished point; a finished sweep does nothing and says so."""
     from rich.table import Table
@@ -34,11 +63,18 @@ def sweep(
     from ticketlab.cli.common import clean_errors, console
     from ticketlab.store import RunDir
     from ticketlab.sweep import grid_points, load_sweep, run_sweep, set_base
+
     with clean_errors():
         spec = set_base(load_sweep(sweep_file), set_ or ())
         overrides = {
-            "executor": executor, "address": address, "workers": workers, "threads_per_worker": threads_per_worker,
-            "batch": batch, "out": None if out is None else str(out), "device": device, "tensorboard": tensorboard or None,
+            "executor": executor,
+            "address": address,
+            "workers": workers,
+            "threads_per_worker": threads_per_worker,
+            "batch": batch,
+            "out": None if out is None else str(out),
+            "device": device,
+            "tensorboard": tensorboard or None,
         }
         spec = spec.model_validate({**spec.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
         if dry_run:
@@ -47,7 +83,11 @@ def sweep(
             for col in ("run id", *spec.grid, "finished"):
                 table.add_column(col)
             for point, s in points:
-                table.add_row(s.run_id(), *(json.dumps(v) for v in point.values()), "yes" if RunDir(Path(spec.out) / s.run_id()).finished else "no")
+                table.add_row(
+                    s.run_id(),
+                    *(json.dumps(v) for v in point.values()),
+                    "yes" if RunDir(Path(spec.out) / s.run_id()).finished else "no",
+                )
             console.print(table)
             return
         report = _run_with_progress(spec, run_sweep, data_root)
@@ -114,8 +154,10 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
             for run_id in sorted(set(held) - state["announced"]):
                 state["announced"].add(run_id)
                 owner = held[run_id].describe() if held[run_id] is not None else "?"
-                err.print(f"{run_id} is being computed by another sweep ({owner}): skipped, waited for at the end",
-                          highlight=False)
+                err.print(
+                    f"{run_id} is being computed by another sweep ({owner}): skipped, waited for at the end",
+                    highlight=False,
+                )
 
         def poll() -> None:
             while not stop.wait(1.0):
@@ -124,8 +166,9 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
         try:
-            return run_sweep(spec, on_start=on_start, on_done=on_done, on_submit=on_submit, on_wait=on_wait,
-                             data_root=data_root)
+            return run_sweep(
+                spec, on_start=on_start, on_done=on_done, on_submit=on_submit, on_wait=on_wait, data_root=data_root
+            )
         finally:
             stop.set()
             watcher.join()

@@ -26,7 +26,9 @@ def _eval_every(value: object) -> object:
         raise ValueError(f"{exc}, or 'auto' (at least {AUTO_EVALS} evaluations per training, one per epoch)") from None
 
 
-EvalEveryField = Annotated[Duration | Literal["auto"], BeforeValidator(_eval_every), PlainSerializer(str, return_type=str)]
+EvalEveryField = Annotated[
+    Duration | Literal["auto"], BeforeValidator(_eval_every), PlainSerializer(str, return_type=str)
+]
 
 
 class EarlyStop(BaseModel):
@@ -129,7 +131,11 @@ class Recipe(BaseModel):
         """
         if self.optimizer == "sgd":
             return torch.optim.SGD(
-                params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-                weight_decay=self.weight_decay, foreach=True,
+                params,
+                lr=self.lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+                foreach=True,
             )
         return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=True)

@@ -47,7 +47,9 @@ class MethodSpec(_Frozen):
     pruning_samples_per_class: int = Field(10, ge=1)
     include_bias: bool = False  # synflow: keep |b| in the linearised pass (Synaptic-Flow code)
     fail_on_collapse: bool = False
-    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options, validated by the method")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="method-specific options, validated by the method"
+    )
 
     @field_validator("name")
     @classmethod

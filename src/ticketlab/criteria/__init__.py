@@ -9,11 +9,29 @@ meta-learned criterion ``meta:<path>``; ``saw`` initialises a model with a crite
 """
 
 from ticketlab.criteria import (  # noqa: F401  (register)
-    grasp, learned, magnitude, ntk_sap, phew, prospr, random_erk, snip, supermask, synflow,
+    grasp,
+    learned,
+    magnitude,
+    ntk_sap,
+    phew,
+    prospr,
+    random_erk,
+    snip,
+    supermask,
+    synflow,
 )
 from ticketlab.criteria.base import CRITERIA, DATA_AWARE, Criterion, Scores, ScoringContext
 from ticketlab.criteria.scoring import (
-    PARAMETRIC, STACKED, STACKED_SIGNED, Parametric, Stack, criterion_names, is_data_aware, parse, score, stacked,
+    PARAMETRIC,
+    STACKED,
+    STACKED_SIGNED,
+    Parametric,
+    Stack,
+    criterion_names,
+    is_data_aware,
+    parse,
+    score,
+    stacked,
 )
 
 __all__ = [

@@ -27,8 +27,8 @@ from torch import nn
 
 from ticketlab.criteria.base import (
     Criterion,
-    ScoringContext,
     Scores,
+    ScoringContext,
     batch_loss,
     data_mode,
     functional_state,
@@ -92,7 +92,11 @@ def hessian_gradient_product(
 
 
 def grasp_scores(
-    model: nn.Module, mask: Mask, ctx: ScoringContext, *, temperature: float = DEFAULT_TEMPERATURE,
+    model: nn.Module,
+    mask: Mask,
+    ctx: ScoringContext,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
     absolute: bool = False,
 ) -> Scores:
     """w ⊙ Hg (= −(GraSP's removal score −w ⊙ Hg)), or its magnitude with ``absolute``."""
@@ -121,8 +125,11 @@ def _build(absolute: bool) -> Callable[[str], Criterion]:
 
 def _parametric(name: str, absolute: bool) -> Parametric:
     return Parametric(
-        _build(absolute), data_aware=True, usage=f"{name}:T=<softmax temperature, default {DEFAULT_TEMPERATURE:g}>",
-        check=parse_temperature, canonical=canonical_temperature,
+        _build(absolute),
+        data_aware=True,
+        usage=f"{name}:T=<softmax temperature, default {DEFAULT_TEMPERATURE:g}>",
+        check=parse_temperature,
+        canonical=canonical_temperature,
     )
 
 

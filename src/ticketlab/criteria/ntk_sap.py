@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ticketlab.criteria.base import ScoringContext, Scores, masked_weights, register
+from ticketlab.criteria.base import Scores, ScoringContext, masked_weights, register
 from ticketlab.criteria.params import register_settings
 from ticketlab.masks import Mask, prunable_parameters
 from ticketlab.models import INITS

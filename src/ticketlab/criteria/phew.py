@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ticketlab.criteria.base import ScoringContext, Scores, functional_state, masked_weights, mode, register
+from ticketlab.criteria.base import Scores, ScoringContext, functional_state, masked_weights, mode, register
 from ticketlab.criteria.params import register_settings
 from ticketlab.masks import Mask, prunable_parameters
 from ticketlab.seeding import seed_for
@@ -180,8 +180,10 @@ def walk_graph(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> Wa
     ahead_of: dict[Any, dict[str, float]] = {}
     for node in reversed(topo):  # consumers first
         uses = [c for c in consumers[node] if weighted_ahead[c]] or consumers[node]
-        ahead_of[node] = {OUTPUT: 1.0} if node is out_node else _merge(
-            [{layer_at[c]: 1.0} if c in layer_at else ahead_of[c] for c in uses]
+        ahead_of[node] = (
+            {OUTPUT: 1.0}
+            if node is out_node
+            else _merge([{layer_at[c]: 1.0} if c in layer_at else ahead_of[c] for c in uses])
         )
     behind_of: dict[Any, dict[str, float]] = {}
 
@@ -230,9 +232,7 @@ def _ratio(weights: Mapping[str, torch.Tensor], upstream: str, downstream: str) 
     """Input units of ``downstream`` per output unit of ``upstream``: 1, or a flattened map's size."""
     n_out, n_in = weights[upstream].shape[0], weights[downstream].shape[1]
     if n_in % n_out:
-        raise ValueError(
-            f"phew: cannot map the {n_out} outputs of {upstream!r} to the {n_in} inputs of {downstream!r}"
-        )
+        raise ValueError(f"phew: cannot map the {n_out} outputs of {upstream!r} to the {n_in} inputs of {downstream!r}")
     return n_in // n_out
 
 

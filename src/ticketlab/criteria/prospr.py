@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ticketlab.criteria.base import (
-    ScoringContext,
     Scores,
+    ScoringContext,
     batch_loss,
     functional_state,
     masked_weights,

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from ticketlab.criteria.base import ScoringContext, Scores, masked_weights, register
+from ticketlab.criteria.base import Scores, ScoringContext, masked_weights, register
 from ticketlab.masks import Mask
 
 

@@ -63,8 +63,20 @@ def dense_key(spec: ExperimentSpec) -> str | None:
     plan = level0(spec)
     if plan is None:
         return None
-    fields = ("model", "dataset", "val_size", "split_seed", "init", "seed", "bn_momentum", "bn_eps", "dropout",
-              "exempt", "recipe", "end_on_best")
+    fields = (
+        "model",
+        "dataset",
+        "val_size",
+        "split_seed",
+        "init",
+        "seed",
+        "bn_momentum",
+        "bn_eps",
+        "dropout",
+        "exempt",
+        "recipe",
+        "end_on_best",
+    )
     key: dict[str, Any] = {"level0": plan, **spec.model_dump(mode="json", include=set(fields))}
     if is_saw(spec.init):  # scores as initial weights depend on the pruning batches
         m = spec.method

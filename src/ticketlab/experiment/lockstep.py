@@ -25,30 +25,43 @@ from typing import Any
 
 import torch
 
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.data import Dataset, load_dataset
-from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
 from ticketlab.experiment.run import RunResult, prepare_run, record_environment, run_experiment
 from ticketlab.files import tensors_digest
+from ticketlab.hardware.device import resolve_device
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
-from ticketlab.config.spec import ExperimentSpec
-from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.models import StateDict
+from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.training.stacked import train_many
 
 # Methods that train only through ``job.train`` and whose batched runs are tested equal to sequential ones.
-BATCHED_METHODS = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"})
+BATCHED_METHODS = frozenset(
+    {"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"}
+)
 
 
 def stack_key(spec: ExperimentSpec) -> str:
     """Runs with equal keys can train stacked (``train_many``): the same data split, architecture and recipe.
     Seeds, initialisations, masks and methods may differ. Used to group training requests here and runs
     into a sweep's batches (``ticketlab.sweep.executors.batches``)."""
-    return json.dumps([
-        spec.dataset, spec.val_size, spec.split_seed, spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
-        spec.recipe.model_dump(mode="json"), spec.end_on_best,
-    ], sort_keys=True, default=str)
+    return json.dumps(
+        [
+            spec.dataset,
+            spec.val_size,
+            spec.split_seed,
+            spec.model,
+            spec.bn_momentum,
+            spec.bn_eps,
+            spec.dropout,
+            spec.recipe.model_dump(mode="json"),
+            spec.end_on_best,
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 @dataclass
@@ -114,7 +127,9 @@ class _Worker(threading.Thread):
 class _BatchedJob(Job):
     worker: _Worker | None = None
 
-    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+    def train(
+        self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None
+    ) -> TrainResult:
         assert self.worker is not None
         return self.worker.submit(_Request(self, mask, start, start_step, end_step, snapshot_at))
 
@@ -177,8 +192,9 @@ def run_experiments(
     for i, spec in enumerate(specs):
         if i not in workers and i not in errors:
             try:
-                results[i] = run_experiment(spec, root, device=device, data_root=data_root, progress=progress,
-                                            log=spec_log(spec))
+                results[i] = run_experiment(
+                    spec, root, device=device, data_root=data_root, progress=progress, log=spec_log(spec)
+                )
             except Exception as error:  # the other specs still run
                 errors[i] = error
     if errors and not return_exceptions:
@@ -187,14 +203,20 @@ def run_experiments(
 
 
 def _start_worker(
-    spec: ExperimentSpec, datasets: dict[tuple, Dataset], root: str | os.PathLike, data_root: str | os.PathLike | None,
-    device: torch.device, log: Callable[[str], None] | None,
+    spec: ExperimentSpec,
+    datasets: dict[tuple, Dataset],
+    root: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    device: torch.device,
+    log: Callable[[str], None] | None,
 ) -> _Worker:
     """Prepare the spec's run (loading its data once per split into ``datasets``) and start its method."""
     check_spec(spec)
     data_key = (spec.dataset, spec.val_size, spec.split_seed)
     if data_key not in datasets:
-        datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
+        datasets[data_key] = load_dataset(
+            spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device
+        )
     data = datasets[data_key]
     run, model, init_state = prepare_run(spec, data, root, device)
     env = record_environment(run, device, log)
@@ -244,7 +266,12 @@ def _identical(group: list[_Request]) -> tuple[list[_Request], list[tuple[_Reque
     seen: dict[tuple, _Request] = {}
     copies = []
     for request in group:
-        key = (request.job.spec.seed, request.snapshot_at, tensors_digest(dict(request.mask)), tensors_digest(request.start))
+        key = (
+            request.job.spec.seed,
+            request.snapshot_at,
+            tensors_digest(dict(request.mask)),
+            tensors_digest(request.start),
+        )
         if key in seen:
             copies.append((request, seen[key]))
         else:
@@ -260,16 +287,31 @@ def _train_distinct(group: list[_Request], device: torch.device, progress: Progr
         request.job.model.load_state_dict(request.start)
     if len(group) == 1:
         first.result = train(
-            first.job.model, first.job.data, spec.recipe, mask=first.mask, seed=spec.seed,
-            start_step=first.start_step, end_step=first.end_step, snapshot_steps=snapshots,
-            end_on_best=spec.end_on_best, device=device, progress=progress,
+            first.job.model,
+            first.job.data,
+            spec.recipe,
+            mask=first.mask,
+            seed=spec.seed,
+            start_step=first.start_step,
+            end_step=first.end_step,
+            snapshot_steps=snapshots,
+            end_on_best=spec.end_on_best,
+            device=device,
+            progress=progress,
         )
         return
     outcomes = train_many(
-        [r.job.model for r in group], first.job.data, spec.recipe, masks=[r.mask for r in group],
-        seeds=[r.job.spec.seed for r in group], start_step=first.start_step, end_step=first.end_step,
-        snapshot_steps={r.snapshot_at for r in group if r.snapshot_at is not None}, end_on_best=spec.end_on_best,
-        device=device, progress=progress,
+        [r.job.model for r in group],
+        first.job.data,
+        spec.recipe,
+        masks=[r.mask for r in group],
+        seeds=[r.job.spec.seed for r in group],
+        start_step=first.start_step,
+        end_step=first.end_step,
+        snapshot_steps={r.snapshot_at for r in group if r.snapshot_at is not None},
+        end_on_best=spec.end_on_best,
+        device=device,
+        progress=progress,
     )
     for request, outcome in zip(group, outcomes):
         outcome.snapshots = {s: v for s, v in outcome.snapshots.items() if s == request.snapshot_at}

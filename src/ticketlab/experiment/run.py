@@ -14,19 +14,18 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.criteria.saw import is_saw, saw_criterion, saw_initialize
 from ticketlab.data import Dataset, load_dataset
-from ticketlab.hardware.device import resolve_device
-from ticketlab.hardware.environment import differences, environment
 from ticketlab.experiment.check import check_spec
 from ticketlab.experiment.dense import dense_store
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
+from ticketlab.hardware.device import resolve_device
+from ticketlab.hardware.environment import differences, environment
 from ticketlab.methods import METHODS, Job, resolve_method
-from ticketlab.models import build_model, initialize
-from ticketlab.criteria.saw import is_saw, saw_criterion, saw_initialize
-from ticketlab.config.spec import ExperimentSpec
+from ticketlab.models import build_model, initialize, snapshot
 from ticketlab.store import RunDir
 from ticketlab.training.loop import Progress
-from ticketlab.models import snapshot
 
 
 @dataclass
@@ -51,7 +50,11 @@ def init_file_prefix(spec: ExperimentSpec) -> str:
 
 
 def initial_weights(
-    model: torch.nn.Module, spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int, root: Path,
+    model: torch.nn.Module,
+    spec: ExperimentSpec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    root: Path,
     data: Dataset | None = None,
 ) -> dict[str, torch.Tensor]:
     """The initial weights of (model, init, seed), stored once under ``root/inits/`` and shared by every
@@ -60,8 +63,10 @@ def initial_weights(
     key = f"{spec.model}|{spec.init}|{spec.seed}|{tuple(input_shape)}|{num_classes}|{spec.bn_momentum}|{spec.bn_eps}"
     if is_saw(spec.init):
         m = spec.method
-        key += (f"|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{m.pruning_batches}|{m.pruning_samples_per_class}"
-                f"|{m.include_bias}|{','.join(spec.exempt)}")
+        key += (
+            f"|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{m.pruning_batches}|{m.pruning_samples_per_class}"
+            f"|{m.include_bias}|{','.join(spec.exempt)}"
+        )
     path = root / "inits" / f"{init_file_prefix(spec)}{hashlib.sha256(key.encode()).hexdigest()[:8]}.safetensors"
     if path.exists():
         tensors, meta = load_tensors(path)
@@ -73,8 +78,14 @@ def initial_weights(
             raise ValueError(f"init {spec.init!r} scores the model on data: pass data= to initial_weights")
         m = spec.method
         saw_initialize(
-            model, saw_criterion(spec.init), data, seed=spec.seed, exempt=spec.exempt,
-            pruning_batches=m.pruning_batches, samples_per_class=m.pruning_samples_per_class, include_bias=m.include_bias,
+            model,
+            saw_criterion(spec.init),
+            data,
+            seed=spec.seed,
+            exempt=spec.exempt,
+            pruning_batches=m.pruning_batches,
+            samples_per_class=m.pruning_samples_per_class,
+            include_bias=m.include_bias,
         )
     else:
         initialize(model, spec.init, seed=spec.seed)
@@ -90,13 +101,22 @@ def prepare_run(
     ``device`` with the shared initial weights loaded, and those weights: what every run starts from."""
     run = RunDir(Path(root) / spec.run_id(), dense=dense_store(root, spec))
     run.write_spec(spec.model_dump(mode="json"))
-    run.write_data_info({
-        "dataset": spec.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "mean": list(data.mean), "std": list(data.std),
-    })
+    run.write_data_info(
+        {
+            "dataset": spec.dataset,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "mean": list(data.mean),
+            "std": list(data.std),
+        }
+    )
     model = build_model(
-        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
-        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
+        spec.model,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum,
+        bn_eps=spec.bn_eps,
+        dropout=spec.dropout,
     )
     init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
     model.load_state_dict(init_state)
@@ -118,8 +138,10 @@ def record_environment(run: RunDir, device: torch.device, log: Callable[[str], N
     if first is None:
         run.write_env(env)
     elif not run.finished and (changed := differences(first, env)):
-        message = (f"warning: run {run.path.name} started under another environment ({'; '.join(changed)}); "
-                   "the levels trained now record this one")
+        message = (
+            f"warning: run {run.path.name} started under another environment ({'; '.join(changed)}); "
+            "the levels trained now record this one"
+        )
         if log is None:
             warnings.warn(message, EnvironmentChangedWarning, stacklevel=3)
         else:

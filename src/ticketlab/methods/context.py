@@ -11,21 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.criteria import ScoringContext, is_data_aware, score
 from ticketlab.data import Dataset
 from ticketlab.data.batches import pruning_batches
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import LayerCollapseError, Mask, layer_collapse, select
 from ticketlab.methods.controls import CONTROLS
-from ticketlab.methods.registry import Resolved
 from ticketlab.methods.cost import Cost, measure
-from ticketlab.models import initialize
+from ticketlab.methods.registry import Resolved
+from ticketlab.models import StateDict, initialize, snapshot
 from ticketlab.schedules import multishot_densities
-from ticketlab.config.spec import ExperimentSpec
+from ticketlab.seeding import seed_for
 from ticketlab.store import LevelDir, RunDir
 from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
-from ticketlab.models import StateDict, snapshot
-from ticketlab.seeding import seed_for
+
 Log = Callable[[str], None]
 
 
@@ -39,7 +39,7 @@ class Job:
     init_state: StateDict
     run: RunDir
     progress: Progress | None = None
-    log: Log = lambda message: None  # noqa: E731
+    log: Log = lambda message: None
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
     env: dict[str, Any] = field(default_factory=dict)  # what can change the numbers here (hardware.environment)
@@ -59,7 +59,9 @@ class Job:
         method = self.spec.method
         batches: list = []
         if self.criterion_is_data_aware():
-            batches = pruning_batches(self.data, method.pruning_batches, method.pruning_samples_per_class, self.spec.seed)
+            batches = pruning_batches(
+                self.data, method.pruning_batches, method.pruning_samples_per_class, self.spec.seed
+            )
         return ScoringContext(
             batches=batches,
             input_shape=self.data.input_shape,
@@ -105,19 +107,37 @@ class Job:
         return Cost.of_training(steps, self.spec.recipe.batch_size, row.get("train_time") or 0.0)
 
     # -- training and recording ----------------------------------------------------------------------
-    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+    def train(
+        self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None
+    ) -> TrainResult:
         self.model.load_state_dict(start)
         return train(
-            self.model, self.data, self.spec.recipe, mask=mask, seed=self.spec.seed,
-            start_step=start_step, end_step=end_step,
+            self.model,
+            self.data,
+            self.spec.recipe,
+            mask=mask,
+            seed=self.spec.seed,
+            start_step=start_step,
+            end_step=end_step,
             snapshot_steps=() if snapshot_at is None else (snapshot_at,),
-            end_on_best=self.spec.end_on_best, progress=self.progress,
+            end_on_best=self.spec.end_on_best,
+            progress=self.progress,
         )
 
     def record(
-        self, level: int, mask: Mask, result: TrainResult, start: StateDict, *, target: float,
-        score_time: float = 0.0, control: str | None = None, rewind: StateDict | None = None,
-        scores: dict[str, torch.Tensor] | None = None, cost: Cost | None = None, extra: Mapping[str, Any] | None = None,
+        self,
+        level: int,
+        mask: Mask,
+        result: TrainResult,
+        start: StateDict,
+        *,
+        target: float,
+        score_time: float = 0.0,
+        control: str | None = None,
+        rewind: StateDict | None = None,
+        scores: dict[str, torch.Tensor] | None = None,
+        cost: Cost | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a finished level (mask, start and final weights, metrics) and return its row. ``cost``: what
         its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics."""
@@ -125,19 +145,34 @@ class Job:
         final = result.final
         es = result.early_stop_step
         row: dict[str, Any] = {
-            "level": level, "control": control or "", "target_density": target,
-            "density": mask.density(), "sparsity": mask.sparsity(), "kept": mask.kept(), "total": mask.total(),
-            "test_acc": final.get("test_acc"), "test_loss": final.get("test_loss"),
-            "val_acc": final.get("val_acc"), "val_loss": final.get("val_loss"),
+            "level": level,
+            "control": control or "",
+            "target_density": target,
+            "density": mask.density(),
+            "sparsity": mask.sparsity(),
+            "kept": mask.kept(),
+            "total": mask.total(),
+            "test_acc": final.get("test_acc"),
+            "test_loss": final.get("test_loss"),
+            "val_acc": final.get("val_acc"),
+            "val_loss": final.get("val_loss"),
             "early_stop_step": None if es is None else es - result.start_step,
             "early_stop_test_acc": result.early_stop.get("test_acc"),
-            "start_step": result.start_step, "end_step": result.end_step, "stopped_step": result.stopped_step,
-            "train_time": result.wall_time, "score_time": score_time,
-            "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
-            "layer_densities": mask.layer_densities(), "history": result.history,
-            "method_key": self.resolved.method_key, "criterion": self.resolved.criterion,
-            "rounds": self.resolved.rounds, "env": self.env,
-            **(cost or Cost()).metrics(len(self.data.x_train)), **(extra or {}),
+            "start_step": result.start_step,
+            "end_step": result.end_step,
+            "stopped_step": result.stopped_step,
+            "train_time": result.wall_time,
+            "score_time": score_time,
+            "collapsed": collapse.collapsed,
+            "empty_layers": collapse.empty_layers,
+            "layer_densities": mask.layer_densities(),
+            "history": result.history,
+            "method_key": self.resolved.method_key,
+            "criterion": self.resolved.criterion,
+            "rounds": self.resolved.rounds,
+            "env": self.env,
+            **(cost or Cost()).metrics(len(self.data.x_train)),
+            **(extra or {}),
         }
         if level == 0 and not control:
             self.dense = row
@@ -171,8 +206,11 @@ class Job:
             return None
         row = d.metrics()
         if level == 0 and not control:
-            own = {"method_key": self.resolved.method_key, "criterion": self.resolved.criterion,
-                   "rounds": self.resolved.rounds}
+            own = {
+                "method_key": self.resolved.method_key,
+                "criterion": self.resolved.criterion,
+                "rounds": self.resolved.rounds,
+            }
             if any(row.get(k) != v for k, v in own.items()):  # a dense level shared by another method's run
                 row.update(own)
                 atomic_write_json(d.path / "metrics.json", row)
@@ -183,7 +221,10 @@ class Job:
 
     def counts(self) -> dict[str, int]:
         """What ``done.json`` records: the run's levels (level 0 included) and, apart, its control trainings."""
-        return {"levels": len({row["level"] for row in self.rows}), "controls": sum(bool(row.get("control")) for row in self.rows)}
+        return {
+            "levels": len({row["level"] for row in self.rows}),
+            "controls": sum(bool(row.get("control")) for row in self.rows),
+        }
 
     def check_collapse(self, mask: Mask, level: int) -> None:
         if self.spec.method.fail_on_collapse:
@@ -196,8 +237,15 @@ class Job:
 
     # -- controls ------------------------------------------------------------------------------------
     def run_controls(
-        self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, start_step: int, end_step: int,
-        target: float, cost: Cost | None = None,
+        self,
+        level: int,
+        mask: Mask,
+        start: StateDict,
+        dense_start: StateDict,
+        start_step: int,
+        end_step: int,
+        target: float,
+        cost: Cost | None = None,
     ) -> None:
         """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
         like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``."""
@@ -216,4 +264,8 @@ class Job:
     def _describe(row: dict[str, Any]) -> str:
         ctl = f" [{row['control']}]" if row.get("control") else ""
         acc = row.get("test_acc")
-        return f"level {row['level']}{ctl}: density {row['density']:.4f}, test acc {acc:.4f}" if acc is not None else f"level {row['level']}{ctl}"
+        return (
+            f"level {row['level']}{ctl}: density {row['density']:.4f}, test acc {acc:.4f}"
+            if acc is not None
+            else f"level {row['level']}{ctl}"
+        )

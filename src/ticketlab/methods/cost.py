@@ -43,13 +43,17 @@ class Cost:
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(
-            self.passes + other.passes, self.examples + other.examples, self.train_steps + other.train_steps,
+            self.passes + other.passes,
+            self.examples + other.examples,
+            self.train_steps + other.train_steps,
             self.seconds + other.seconds,
         )
 
     def __sub__(self, other: Cost) -> Cost:
         return Cost(
-            self.passes - other.passes, self.examples - other.examples, self.train_steps - other.train_steps,
+            self.passes - other.passes,
+            self.examples - other.examples,
+            self.train_steps - other.train_steps,
             self.seconds - other.seconds,
         )
 
@@ -66,9 +70,11 @@ class Cost:
     def metrics(self, train_size: int) -> dict[str, Any]:
         """The ``mask_cost_*`` entries of a level's metrics."""
         return {
-            PREFIX + "passes": self.passes, PREFIX + "examples": self.examples,
+            PREFIX + "passes": self.passes,
+            PREFIX + "examples": self.examples,
             PREFIX + "epochs": self.examples / train_size if train_size else 0.0,
-            PREFIX + "train_steps": self.train_steps, PREFIX + "seconds": self.seconds,
+            PREFIX + "train_steps": self.train_steps,
+            PREFIX + "seconds": self.seconds,
         }
 
 

@@ -113,7 +113,9 @@ def _edge_popup(job: Job) -> None:
     if spec.method.criterion:
         raise ValueError("method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); give no criterion")
     if spec.method.scope != "global":
-        raise ValueError("method.scope: edge_popup ranks the scores within each layer (Ramanujan et al. 2020); leave scope at its default")
+        raise ValueError(
+            "method.scope: edge_popup ranks the scores within each layer (Ramanujan et al. 2020); leave scope at its default"
+        )
     options: EdgePopupOptions = options_of(spec.method)
     dense_level(job, job.total_steps)
     for level, density in enumerate(spec.densities, start=1):
@@ -129,7 +131,14 @@ def _supermask(job: Job, options: EdgePopupOptions, level: int, density: float) 
     counts = layer_counts({n: weights[n].numel() for n in names}, density)
     with measure(job.model) as meter:
         state, curve = train_scores(
-            job.model, weights, scores, EdgePopup(counts), job.data, score_recipe(options, spec.recipe), spec.seed, job.log,
+            job.model,
+            weights,
+            scores,
+            EdgePopup(counts),
+            job.data,
+            score_recipe(options, spec.recipe),
+            spec.seed,
+            job.log,
         )
     final = {n: s.detach().cpu() for n, s in scores.items()}
     mask = top_k({n: final[n].abs() for n in names}, counts, seed=seed_for(spec.seed, level))

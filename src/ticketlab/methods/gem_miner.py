@@ -69,14 +69,20 @@ class GemMinerOptions(ScoreTrainingOptions):
     """Options of ``gem_miner`` (Sreenivasan et al. 2022): the mask phase's optimiser, penalty and freezing."""
 
     penalty: float = Field(1e-4, ge=0, description="λ of the L2 penalty λ·Σs² on the scores (their configs: 1e-4)")
-    period: DurationField = Field(Duration.parse("5ep"), description="steps between freezing events (their iter_period: 5 epochs)")
+    period: DurationField = Field(
+        Duration.parse("5ep"), description="steps between freezing events (their iter_period: 5 epochs)"
+    )
 
 
 class GemMiner:
     """Rounded, straight-through masks of the scores, the L2 penalty, the clip to [0, 1] and the freezing."""
 
     def __init__(
-        self, kept: Mask, events: dict[int, float], penalty: float, scope: Literal["global", "layerwise"],
+        self,
+        kept: Mask,
+        events: dict[int, float],
+        penalty: float,
+        scope: Literal["global", "layerwise"],
         seed: int,
     ) -> None:
         self.kept, self.events, self.weight, self.scope, self.seed = kept, events, penalty, scope, seed
@@ -99,7 +105,9 @@ class GemMiner:
         if done in self.events:
             # BottomK: the lowest scores among the weights not yet frozen out are frozen out
             current = {name: s.detach() for name, s in scores.items()}
-            self.kept = select(current, self.events[done], self.scope, previous=self.kept, seed=seed_for(self.seed, done))
+            self.kept = select(
+                current, self.events[done], self.scope, previous=self.kept, seed=seed_for(self.seed, done)
+            )
 
 
 def freezing_events(target: float, steps: int, period: int) -> dict[int, float]:
@@ -137,7 +145,9 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
     recipe = score_recipe(options, spec.recipe)
     spe = steps_per_epoch(len(job.data.x_train), recipe.batch_size)
     events = freezing_events(density, recipe.total_steps(spe), options.period.steps(spe))
-    rule = GemMiner(Mask.ones(job.model, spec.exempt), events, options.penalty, spec.method.scope, seed_for(spec.seed, level))
+    rule = GemMiner(
+        Mask.ones(job.model, spec.exempt), events, options.penalty, spec.method.scope, seed_for(spec.seed, level)
+    )
     with measure(job.model) as meter:
         state, curve = train_scores(job.model, weights, scores, rule, job.data, recipe, spec.seed, job.log)
     final = {n: s.detach().cpu() for n, s in scores.items()}
@@ -149,7 +159,9 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
     job.check_collapse(mask, level)
     start = masked_state(weights, mask)
     cost = meter.cost()
-    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), cost.seconds, final, cost=cost, extra=extra)
+    return Trained(
+        mask, start, job.train(mask, start, 0, job.total_steps, None), cost.seconds, final, cost=cost, extra=extra
+    )
 
 
 def _mask_only(job: Job, state: StateDict) -> dict[str, float]:

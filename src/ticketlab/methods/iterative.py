@@ -51,7 +51,7 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
             raise ValueError(f"sgimp takes a percentage of training to rewind, e.g. sgimp:75%, got {arg!r}") from None
         if not 0 <= x <= 1:
             raise ValueError(f"sgimp percentage must be within 0% and 100%, got {arg!r}")
-        base = GimpSteps(T, T, int(round(x * T)), T)
+        base = GimpSteps(T, T, round(x * T), T)
     else:
         raise ValueError(f"{method.name!r} is not an iterative method")
 
@@ -59,7 +59,9 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
         return default if value is None else value.steps(spe)
 
     steps = GimpSteps(
-        base.train, pick(method.retrain, base.retrain), pick(method.rewind_params, base.rewind_params),
+        base.train,
+        pick(method.retrain, base.retrain),
+        pick(method.rewind_params, base.rewind_params),
         pick(method.rewind_lr, base.rewind_lr),
     )
     if steps.rewind_params > min(steps.train, steps.retrain):

@@ -83,8 +83,16 @@ def record(job: Job, index: int, target: float, trained: Trained) -> dict[str, A
     t = trained
     rewind = None if t.rewind_at is None else t.result.snapshots[t.rewind_at]
     return job.record(
-        index, t.mask, t.result, t.start, target=target, score_time=t.score_time, rewind=rewind, scores=t.scores,
-        cost=t.cost, extra=t.extra,
+        index,
+        t.mask,
+        t.result,
+        t.start,
+        target=target,
+        score_time=t.score_time,
+        rewind=rewind,
+        scores=t.scores,
+        cost=t.cost,
+        extra=t.extra,
     )
 
 
@@ -167,7 +175,9 @@ def run_levels(job: Job, method: Gimp) -> None:
     method.finished(previous, last=False)
     densities = iterative_densities(job.spec.densities, job.spec.method.K)
     for index, density in enumerate(densities, start=1):
-        previous = pruned_level(job, index, density, dense_start, partial(_gimp_level, method, previous, density, index))
+        previous = pruned_level(
+            job, index, density, dense_start, partial(_gimp_level, method, previous, density, index)
+        )
         method.finished(previous, last=index == len(densities))
 
 

@@ -69,7 +69,8 @@ class ProgressiveOptions(BaseModel):
     batches: int = Field(1, ge=1, description="batches per step whose mean-loss gradients are summed")
     batch_size: int | None = Field(None, ge=1, description="examples per batch (default: the recipe's batch size)")
     fresh_batches: bool = Field(
-        True, description="new training batches every step (augmented, as the authors' loader); false: the "
+        True,
+        description="new training batches every step (augmented, as the authors' loader); false: the "
         "spec's class-balanced pruning batches at every step",
     )
     train_mode: bool = Field(True, description="score in train mode (BatchNorm on batch statistics), as their code")
@@ -94,9 +95,18 @@ def force_scores(model: torch.nn.Module, mask: Mask, ctx: ScoringContext) -> Sco
 
 
 def skeletonize(
-    model: torch.nn.Module, mask: Mask, density: float, batches: Callable[[int], Sequence[Batch]], *,
-    steps: int, schedule: Literal["exponential", "linear"], force: bool, scope: Literal["global", "layerwise"],
-    seed: int, level: int, train_mode: bool,
+    model: torch.nn.Module,
+    mask: Mask,
+    density: float,
+    batches: Callable[[int], Sequence[Batch]],
+    *,
+    steps: int,
+    schedule: Literal["exponential", "linear"],
+    force: bool,
+    scope: Literal["global", "layerwise"],
+    seed: int,
+    level: int,
+    train_mode: bool,
 ) -> tuple[Mask, Scores]:
     """Prune ``model`` (its weights are θ; never written to) from ``mask`` to ``density`` in ``steps`` steps;
     step t scores on ``batches(t)``. FORCE selects among all weights, Iterative SNIP among those still kept.
@@ -122,7 +132,9 @@ def step_batches(job: Job, options: ProgressiveOptions) -> Callable[[int], list[
         fixed = pruning_batches(job.data, method.pruning_batches, method.pruning_samples_per_class, job.spec.seed)
         return lambda t: fixed
     size = options.batch_size or job.spec.recipe.batch_size
-    stream = Batches(job.data, size, [seed_for(job.spec.seed, BATCH_SALT)], augment_seeds=[job.spec.seed], salt=BATCH_SALT)
+    stream = Batches(
+        job.data, size, [seed_for(job.spec.seed, BATCH_SALT)], augment_seeds=[job.spec.seed], salt=BATCH_SALT
+    )
 
     def draw(t: int) -> list[Batch]:
         out = []
@@ -138,7 +150,9 @@ def _progressive(job: Job, force: bool) -> None:
     spec = job.spec
     name = "force" if force else "iter_snip"
     if spec.method.criterion:
-        raise ValueError(f"method.criterion: {name} scores by connection sensitivity (de Jorge et al. 2021); give no criterion")
+        raise ValueError(
+            f"method.criterion: {name} scores by connection sensitivity (de Jorge et al. 2021); give no criterion"
+        )
     options: ProgressiveOptions = options_of(spec.method)
     dense_level(job, job.total_steps)
     for level, density in enumerate(spec.densities, start=1):
@@ -151,8 +165,16 @@ def _at_init(job: Job, options: ProgressiveOptions, force: bool, level: int, den
     job.model.load_state_dict(job.init_state)
     with measure(job.model) as meter:
         mask, scores = skeletonize(
-            job.model, Mask.ones(job.model, spec.exempt), density, step_batches(job, options), steps=options.steps,
-            schedule=options.schedule, force=force, scope=spec.method.scope, seed=spec.seed, level=level,
+            job.model,
+            Mask.ones(job.model, spec.exempt),
+            density,
+            step_batches(job, options),
+            steps=options.steps,
+            schedule=options.schedule,
+            force=force,
+            scope=spec.method.scope,
+            seed=spec.seed,
+            level=level,
             train_mode=options.train_mode,
         )
     job.check_collapse(mask, level)

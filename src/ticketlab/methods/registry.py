@@ -77,7 +77,9 @@ def check_method(method: MethodSpec) -> None:
     """The method's name, criterion and options against the registries; ``ValueError`` names the field."""
     key, _ = split_name(method.name)
     if not (key in METHODS or key in CRITERIA or key.startswith("stacked")):  # stacked(...), stacked_signed(...)
-        raise ValueError(f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}")
+        raise ValueError(
+            f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}"
+        )
     for name in filter(None, (method.criterion, None if key in METHODS else method.name)):
         try:
             parse(name)
@@ -89,7 +91,8 @@ def check_method(method: MethodSpec) -> None:
         except ValidationError as exc:
             problems = "; ".join(
                 f"method.options.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                if e["loc"] else f"method.options: {e['msg'].removeprefix('Value error, ')}"
+                if e["loc"]
+                else f"method.options: {e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
             )
             raise ValueError(problems) from None

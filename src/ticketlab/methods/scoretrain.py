@@ -87,12 +87,22 @@ def signed_kaiming_constant(initial: StateDict, names: list[str]) -> StateDict:
 
 
 def frozen_weights(initial: StateDict, names: list[str], kind: str) -> StateDict:
-    return signed_kaiming_constant(initial, names) if kind == "signed_constant" else {k: v.clone() for k, v in initial.items()}
+    return (
+        signed_kaiming_constant(initial, names)
+        if kind == "signed_constant"
+        else {k: v.clone() for k, v in initial.items()}
+    )
 
 
 def score_step(
-    model: nn.Module, state: StateDict, scores: Scores, rule: ScoreRule, x: torch.Tensor, y: torch.Tensor,
-    optimizer: torch.optim.Optimizer, lr: float,
+    model: nn.Module,
+    state: StateDict,
+    scores: Scores,
+    rule: ScoreRule,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    lr: float,
 ) -> float:
     """One update of the scores in place (see the module docstring); returns the batch's cross-entropy."""
     masks = rule.masks(scores)
@@ -110,8 +120,14 @@ def score_step(
 
 
 def train_scores(
-    model: nn.Module, weights: StateDict, scores: Scores, rule: ScoreRule, data: Dataset, recipe: Recipe,
-    seed: int, log: Callable[[str], None] | None = None,
+    model: nn.Module,
+    weights: StateDict,
+    scores: Scores,
+    rule: ScoreRule,
+    data: Dataset,
+    recipe: Recipe,
+    seed: int,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[StateDict, list[dict[str, Any]]]:
     """Train ``scores`` (leaf tensors on the model's device) for ``recipe``'s steps on the frozen ``weights``.
     Returns the state the network ends with (``weights`` with the BatchNorm statistics of the score phase)
@@ -154,10 +170,19 @@ def write_curve(level_dir: Path, curve: list[dict[str, Any]]) -> None:
 
 def score_recipe(options: ScoreTrainingOptions, recipe: Recipe) -> Recipe:
     """The recipe of the score phase: the spec's recipe with the options' optimiser, schedule and length."""
-    return recipe.model_copy(update={
-        "steps": options.steps if options.steps is not None else recipe.steps,
-        "batch_size": options.batch_size or recipe.batch_size, "optimizer": "sgd", "lr": options.lr,
-        "momentum": options.momentum, "nesterov": False, "weight_decay": options.weight_decay, "l2": 0.0,
-        "lr_schedule": options.lr_schedule, "milestones": (), "warmup": Duration.parse("0it"), "early_stop": None,
-    })
-
+    return recipe.model_copy(
+        update={
+            "steps": options.steps if options.steps is not None else recipe.steps,
+            "batch_size": options.batch_size or recipe.batch_size,
+            "optimizer": "sgd",
+            "lr": options.lr,
+            "momentum": options.momentum,
+            "nesterov": False,
+            "weight_decay": options.weight_decay,
+            "l2": 0.0,
+            "lr_schedule": options.lr_schedule,
+            "milestones": (),
+            "warmup": Duration.parse("0it"),
+            "early_stop": None,
+        }
+    )

@@ -36,17 +36,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ticketlab.criteria import score
-from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
-from ticketlab.schedules import iterative_densities
 from ticketlab.models import StateDict
-from ticketlab.training.loop import TrainResult
+from ticketlab.schedules import iterative_densities
 from ticketlab.seeding import seed_for
+from ticketlab.training.evaluate import evaluate
+from ticketlab.training.loop import TrainResult
+
 DEFAULT_CRITERION = "large_final_same_sign"  # 004 §2.1
 UNTRAINED = "untrained"  # control name of the untrained sweep points
 CURVE_FILE = "supermask_curve.json"
@@ -59,7 +60,8 @@ class SupermaskOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     thresholds: tuple[float, ...] | None = Field(
-        None, description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities"
+        None,
+        description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities",
     )
     eval_weights: Literal["init", "signed_constant"] = Field(
         "init", description="weights of the untrained masks: w_0 (004) or sign(w_0)·RMS(w_0) per layer (Zhou et al.)"
@@ -110,6 +112,7 @@ def untrained_result(job: Job, weights: StateDict, mask: Mask) -> TrainResult:
 
 def best_point(rows: list[dict[str, Any]]) -> int:
     """Index of the highest untrained validation accuracy; ties go to the sparser network."""
+
     def key(i: int) -> tuple[float, float]:
         acc = rows[i]["val_acc"]
         return (float("-inf") if acc is None or acc != acc else acc, -rows[i]["density"])
@@ -138,7 +141,8 @@ def _supermask(job: Job) -> None:
 
     # 3. the untrained sweep (004 §2.2): one level per density or threshold
     points: list[tuple[str, float]] = (
-        [("threshold", t) for t in options.thresholds] if options.thresholds is not None
+        [("threshold", t) for t in options.thresholds]
+        if options.thresholds is not None
         else [("density", d) for d in sweep_densities(spec.densities, method.K)]
     )
     rows: list[dict[str, Any]] = []
@@ -156,8 +160,14 @@ def _supermask(job: Job) -> None:
             with measure(job.model) as evaluation:
                 result = untrained_result(job, start, mask)
             row = job.record(
-                level, mask, result, start, target=mask.density() if kind == "threshold" else value,
-                score_time=score_time / len(points) + evaluation.seconds, control=UNTRAINED, scores=scores,
+                level,
+                mask,
+                result,
+                start,
+                target=mask.density() if kind == "threshold" else value,
+                score_time=score_time / len(points) + evaluation.seconds,
+                control=UNTRAINED,
+                scores=scores,
                 cost=cost + evaluation.cost(),
             )
         row = {**row, kind: value}
@@ -184,7 +194,12 @@ def _write_curve(job: Job, criterion: str, options: SupermaskOptions, rows: list
         {k: r.get(k) for k in ("level", "density", "kept", "threshold", "val_acc", "val_loss", "test_acc", "test_loss")}
         for r in rows
     ]
-    summary = {"criterion": criterion, "eval_weights": options.eval_weights, "best_level": rows[best]["level"], "curve": curve}
+    summary = {
+        "criterion": criterion,
+        "eval_weights": options.eval_weights,
+        "best_level": rows[best]["level"],
+        "curve": curve,
+    }
     atomic_write_json(job.run.path / CURVE_FILE, summary)
     job.log(f"supermask curve ({criterion}, untrained, weights={options.eval_weights}):")
     for r in curve:

@@ -45,18 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
+from ticketlab.config.recipe import DurationField
 from ticketlab.data import Dataset
-from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
 from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
-from ticketlab.config.recipe import DurationField
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
-from ticketlab.training.core import Batches, is_eval_step, steps_per_epoch
+from ticketlab.training.core import Batches, is_eval_step
+from ticketlab.training.evaluate import evaluate
+
 LOGITS_FILE = "tom_logits.safetensors"
 PHASE_FILE = "tom_mask_phase.json"
 
@@ -98,8 +99,13 @@ class MaskStep:
 
 
 def mask_step(
-    model: nn.Module, state: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], x: torch.Tensor,
-    y: torch.Tensor, generator: torch.Generator, options: TomOptions,
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    logits: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    options: TomOptions,
 ) -> MaskStep:
     """One update of the logits in place (002 §3.3.1): sample c, straight-through ∂L/∂c, clip, step, clip b.
 
@@ -113,7 +119,7 @@ def mask_step(
     loss = F.cross_entropy(functional_call(model, inputs, (x,)), y)
     grads = torch.autograd.grad(loss, list(sample.values()))
     with torch.no_grad():
-        for (name, b), g in zip(logits.items(), grads):
+        for (_name, b), g in zip(logits.items(), grads):
             step = g.clamp(-options.grad_clip, options.grad_clip)
             if options.penalty_weight:
                 step = step + penalty_grad(b, options.penalty, options.penalty_weight)
@@ -127,8 +133,17 @@ def topk_mask(logits: dict[str, torch.Tensor], density: float, scope: Scope, see
 
 
 def train_logits(
-    model: nn.Module, weights: StateDict, data: Dataset, *, batch_size: int, steps: int, options: TomOptions,
-    seed: int, densities: tuple[float, ...], scope: Scope, eval_every: int = 0,
+    model: nn.Module,
+    weights: StateDict,
+    data: Dataset,
+    *,
+    batch_size: int,
+    steps: int,
+    options: TomOptions,
+    seed: int,
+    densities: tuple[float, ...],
+    scope: Scope,
+    eval_every: int = 0,
     log: Any = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """The mask phase: ``steps`` logit updates on the frozen ``weights``; returns (logits, learning curve).
@@ -157,7 +172,9 @@ def train_logits(
             curve.append(row)
             if log is not None:
                 accs = ", ".join(f"{k[8:]}: {v:.4f}" for k, v in row.items() if k.startswith("val_acc@"))
-                log(f"  mask step {done}/{steps}: loss {out.loss:.4f}, mean σ(b) {row['mean_sigmoid']:.4f}, val acc of top-k {accs}")
+                log(
+                    f"  mask step {done}/{steps}: loss {out.loss:.4f}, mean σ(b) {row['mean_sigmoid']:.4f}, val acc of top-k {accs}"
+                )
     model.train(was_training)
     return {n: b.cpu() for n, b in logits.items()}, curve
 
@@ -167,7 +184,15 @@ def _mean_sigmoid(logits: dict[str, torch.Tensor]) -> float:
     return total / sum(b.numel() for b in logits.values())
 
 
-def _eval_mask(model: nn.Module, state: StateDict, logits: dict[str, torch.Tensor], density: float, scope: Scope, seed: int, data: Dataset) -> float:
+def _eval_mask(
+    model: nn.Module,
+    state: StateDict,
+    logits: dict[str, torch.Tensor],
+    density: float,
+    scope: Scope,
+    seed: int,
+    data: Dataset,
+) -> float:
     mask = topk_mask(logits, density, scope, seed)
     model.load_state_dict(masked_state(state, mask))
     return evaluate(model, data.x_val, data.y_val)["acc"]
@@ -177,7 +202,7 @@ def _tom(job: Job) -> None:
     spec, method = job.spec, job.spec.method
     options: TomOptions = options_of(method)
     total = job.total_steps
-    pretrain = int(round(options.pretrain * total))
+    pretrain = round(options.pretrain * total)
 
     # level 0: the dense run; its step-`pretrain` snapshot is the pretrained point w_p (002: 10% of the run)
     dense = dense_level(job, total, pretrain)
@@ -208,18 +233,38 @@ def _mask_phase(
     job.model.load_state_dict(pretrained)
     with measure(job.model) as meter:
         logits, curve = train_logits(
-            job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
-            seed=spec.seed, densities=spec.densities, scope=spec.method.scope, eval_every=eval_every, log=job.log,
+            job.model,
+            pretrained,
+            job.data,
+            batch_size=spec.recipe.batch_size,
+            steps=steps,
+            options=options,
+            seed=spec.seed,
+            densities=spec.densities,
+            scope=spec.method.scope,
+            eval_every=eval_every,
+            log=job.log,
         )
     cost = meter.cost()
-    phase = {"pretrain_steps": pretrain, "mask_steps": steps, "time": cost.seconds, "cost": asdict(cost), "curve": curve}
+    phase = {
+        "pretrain_steps": pretrain,
+        "mask_steps": steps,
+        "time": cost.seconds,
+        "cost": asdict(cost),
+        "curve": curve,
+    }
     atomic_write_json(job.run.path / PHASE_FILE, phase)
     save_tensors(logits_path, logits, {"kind": "tom_logits"})
     return logits, cost
 
 
 def _ticket(
-    job: Job, logits: dict[str, torch.Tensor], cost: Cost, mask_time: float, pretrained: StateDict, level: int,
+    job: Job,
+    logits: dict[str, torch.Tensor],
+    cost: Cost,
+    mask_time: float,
+    pretrained: StateDict,
+    level: int,
     density: float,
 ) -> Trained:
     mask = topk_mask(logits, density, job.spec.method.scope, seed_for(job.spec.seed, level))

@@ -75,7 +75,9 @@ def read_claim(run_path: str | os.PathLike, ttl: float = DEFAULT_TTL) -> Owner |
         return None
     try:
         data = json.loads(text)
-        return Owner(str(data["host"]), int(data["pid"]), float(data["started"]), float(data["expires"]), str(data["token"]))
+        return Owner(
+            str(data["host"]), int(data["pid"]), float(data["started"]), float(data["expires"]), str(data["token"])
+        )
     except (ValueError, KeyError, TypeError):
         return Owner("?", 0, stamp, stamp + ttl, "")
 
@@ -91,8 +93,13 @@ class Claim:
         return self.run_path / CLAIM_FILE
 
     def _content(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
-                "expires": time.time() + self.ttl, "token": self.token}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "expires": time.time() + self.ttl,
+            "token": self.token,
+        }
 
     def held(self) -> bool:
         owner = read_claim(self.run_path, self.ttl)
@@ -195,6 +202,9 @@ class ClaimKeeper:
             with self._lock:
                 claims = list(self._claims.values())
             for claim in claims:
-                with self._lock, contextlib.suppress(OSError):  # OSError: the folder was removed; the run fails on its own
+                with (
+                    self._lock,
+                    contextlib.suppress(OSError),
+                ):  # OSError: the folder was removed; the run fails on its own
                     if self._claims.get(claim.run_path) is claim:  # not released meanwhile
                         claim.renew()

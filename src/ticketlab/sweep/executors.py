@@ -19,18 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.lockstep import stack_key
 from ticketlab.files import atomic_write_json
 from ticketlab.store import RunDir
-
 from ticketlab.sweep.batch import Outcome, lost, run_batch
 from ticketlab.sweep.claims import DEFAULT_TTL, ClaimKeeper, Owner, read_claim
 from ticketlab.sweep.grid import SweepSpec, expand
 from ticketlab.sweep.plan import Pool, dispatch, plan
 
-__all__ = ["MAX_STACK", "Outcome", "SweepReport", "batches", "default_batch", "default_workers", "run_batch", "run_sweep"]
+__all__ = [
+    "MAX_STACK",
+    "Outcome",
+    "SweepReport",
+    "batches",
+    "default_batch",
+    "default_workers",
+    "run_batch",
+    "run_sweep",
+]
 FAILED_FILE = "failed.json"  # the last failure of an unfinished run: its one-line reason, host and time
 
 MAX_STACK = 16  # runs per task at most when stacking by default (CUDA; MLPs on OpenBLAS CPUs)
@@ -60,7 +67,7 @@ def default_batch(device: str, model: str | None = None) -> int | None:
 
 
 def batches(
-    specs: Sequence[ExperimentSpec], size: int | None | Callable[[ExperimentSpec], int | None], workers: int = 1
+    specs: Sequence[ExperimentSpec], size: int | Callable[[ExperimentSpec], int | None] | None, workers: int = 1
 ) -> list[list[ExperimentSpec]]:
     """Group runs that can train stacked (``stack_key``: data, architecture, recipe) into batches of at most
     ``size``: the unit a worker receives. ``size=None`` shares each group evenly among ``workers`` in
@@ -142,10 +149,16 @@ def run_sweep(
         return batches(chosen, size, workers)
 
     kwargs = dict(
-        device=sweep.device, threads=sweep.threads_per_worker, tensorboard=sweep.tensorboard,
+        device=sweep.device,
+        threads=sweep.threads_per_worker,
+        tensorboard=sweep.tensorboard,
         data_root=None if data_root is None else str(data_root),
     )
-    submitted = None if on_submit is None else (lambda batch: on_submit([ExperimentSpec.model_validate(d).run_id() for d in batch]))
+    submitted = (
+        None
+        if on_submit is None
+        else (lambda batch: on_submit([ExperimentSpec.model_validate(d).run_id() for d in batch]))
+    )
     try:
         with _open_pool(sweep, root, pending, kwargs, workers) as pool:
             queue, reported = pending, set()
@@ -154,8 +167,14 @@ def run_sweep(
                 take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl)
                 work, deps = plan(queue, root, make_batches)
                 before = len(report.outcomes)
-                dispatch([[s.model_dump(mode="json") for s in b] for b in work], deps, pool, done, take=take,
-                         submitted=submitted)
+                dispatch(
+                    [[s.model_dump(mode="json") for s in b] for b in work],
+                    deps,
+                    pool,
+                    done,
+                    take=take,
+                    submitted=submitted,
+                )
                 if held and len(report.outcomes) == before:  # nothing ended here: the others' runs are running
                     time.sleep(poll)
                 queue = list(held.values())
@@ -164,8 +183,15 @@ def run_sweep(
     return report
 
 
-def _claimer(root: str, keeper: ClaimKeeper, done: OnDone, held: dict[str, ExperimentSpec], reported: set[str],
-             on_wait: Callable[[dict[str, Owner | None]], None] | None, ttl: float) -> Callable[[list[dict]], list[dict]]:
+def _claimer(
+    root: str,
+    keeper: ClaimKeeper,
+    done: OnDone,
+    held: dict[str, ExperimentSpec],
+    reported: set[str],
+    on_wait: Callable[[dict[str, Owner | None]], None] | None,
+    ttl: float,
+) -> Callable[[list[dict]], list[dict]]:
     """``take`` for ``dispatch``: the runs of a batch this sweep claims now. A run another sweep finished
     meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it the first time)."""
 
@@ -193,12 +219,16 @@ def _record_failure(run: Path, outcome: Outcome) -> None:
     if outcome.ok:
         (run / FAILED_FILE).unlink(missing_ok=True)
     elif run.is_dir():
-        atomic_write_json(run / FAILED_FILE, {"error": outcome.error, "host": socket.gethostname(),
-                                              "node": outcome.node, "time": time.time()})
+        atomic_write_json(
+            run / FAILED_FILE,
+            {"error": outcome.error, "host": socket.gethostname(), "node": outcome.node, "time": time.time()},
+        )
 
 
 @contextmanager
-def _open_pool(sweep: SweepSpec, root: str, pending: list[ExperimentSpec], kwargs: dict, workers: int) -> Iterator[Pool]:
+def _open_pool(
+    sweep: SweepSpec, root: str, pending: list[ExperimentSpec], kwargs: dict, workers: int
+) -> Iterator[Pool]:
     if sweep.executor != "ray":
         pool = LocalPool(workers, root, kwargs)
         try:

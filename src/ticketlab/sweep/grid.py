@@ -36,14 +36,19 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     executor: Literal["local", "ray"] = "local"
-    workers: int | None = Field(None, ge=1, description="local: worker processes (default: cores // threads); "
-                                "ray: tasks an architecture's runs are spread over (default 8)")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="local: worker processes (default: cores // threads); "
+        "ray: tasks an architecture's runs are spread over (default 8)",
+    )
     threads_per_worker: int = Field(1, ge=1)
     address: str | None = None  # ray: cluster address (default: a local instance)
     out: str = "runs"
     device: str = "cpu"
     batch: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="runs handed to one worker task, trained stacked (default: an architecture's runs shared "
         "evenly among the workers, at most 16 per task, on CUDA and for MLPs where ticketlab.hardware.blas uses "
         "OpenBLAS on the machine expanding the sweep; else 1 on CPU; see benchmarks/README.md)",
@@ -162,9 +167,7 @@ def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
                 _set_path(data, key, value)
         return check_spec(ExperimentSpec.model_validate(data))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"grid point ({where}): {problems}") from None
     except ValueError as exc:
         raise ValueError(f"grid point ({where}): {exc}") from None

@@ -63,8 +63,15 @@ class Pool(Protocol):
 Json = list[dict[str, Any]]
 
 
-def dispatch(work: list[Json], deps: list[set[int]], pool: Pool, done: Callable[[Any], None], *,
-             take: Callable[[Json], Json] | None = None, submitted: Callable[[Json], None] | None = None) -> None:
+def dispatch(
+    work: list[Json],
+    deps: list[set[int]],
+    pool: Pool,
+    done: Callable[[Any], None],
+    *,
+    take: Callable[[Json], Json] | None = None,
+    submitted: Callable[[Json], None] | None = None,
+) -> None:
     """Run every batch once the batches it waits for have ended, at most ``pool.capacity`` at a time, and
     call ``done(outcome)`` as each run ends. ``take(batch)`` is asked, just before a batch starts, which of
     its runs to run now (a sweep claims them then, so that sweeps sharing a folder share its runs); a

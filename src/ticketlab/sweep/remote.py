@@ -80,8 +80,9 @@ def ensure_data(name: str, data_root: str | None, fetch: Callable[[], dict[str, 
     return True
 
 
-def remote_batch(batch: list[dict[str, Any]], shipped: Bundle, datasets: dict[str, list[Any]],
-                 kwargs: dict[str, Any]) -> tuple[list[Any], Bundle]:
+def remote_batch(
+    batch: list[dict[str, Any]], shipped: Bundle, datasets: dict[str, list[Any]], kwargs: dict[str, Any]
+) -> tuple[list[Any], Bundle]:
     """The Ray task: install ``shipped`` in a scratch folder, fetch missing datasets, run the batch there
     and return its outcomes and every file it wrote or changed."""
     import ray
@@ -105,8 +106,9 @@ def remote_batch(batch: list[dict[str, Any]], shipped: Bundle, datasets: dict[st
 class RayPool:
     """Batches as Ray tasks; results installed under ``root`` as each task ends."""
 
-    def __init__(self, root: str, specs: list[ExperimentSpec], cpus: int, kwargs: dict[str, Any],
-                 data_root: str | None) -> None:
+    def __init__(
+        self, root: str, specs: list[ExperimentSpec], cpus: int, kwargs: dict[str, Any], data_root: str | None
+    ) -> None:
         import ray
 
         self.root = Path(root)

@@ -83,10 +83,16 @@ def folder_status(root: str | os.PathLike, verify: bool = True) -> FolderStatus:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such run folder")
-    runs = [run_state(p, root, verify) for p in sorted(root.iterdir())
-            if p.is_dir() and any((p / name).exists() for name in ("spec.json", CLAIM_FILE, FAILED_FILE))]
-    shared = {name: sum(1 for p in (root / name).iterdir() if not p.name.startswith("."))
-              for name in ("inits", "dense") if (root / name).is_dir()}
+    runs = [
+        run_state(p, root, verify)
+        for p in sorted(root.iterdir())
+        if p.is_dir() and any((p / name).exists() for name in ("spec.json", CLAIM_FILE, FAILED_FILE))
+    ]
+    shared = {
+        name: sum(1 for p in (root / name).iterdir() if not p.name.startswith("."))
+        for name in ("inits", "dense")
+        if (root / name).is_dir()
+    }
     damaged = [d for r in runs for d in r.damaged]
     if verify:
         for name in shared:

@@ -74,14 +74,21 @@ def install(root: str | os.PathLike, files: Bundle) -> list[str]:
     there, and shared entries that already exist, are left alone)."""
     check(files)
     root = Path(root)
-    complete = {rel.split("/")[1] for rel in files if rel.startswith("dense/") and rel.count("/") >= 2
-                and (root / "dense" / rel.split("/")[1] / "metrics.json").exists()}
+    complete = {
+        rel.split("/")[1]
+        for rel in files
+        if rel.startswith("dense/")
+        and rel.count("/") >= 2
+        and (root / "dense" / rel.split("/")[1] / "metrics.json").exists()
+    }
     written = []
     for rel in sorted(files, key=_order):
         digest, data = files[rel]
         target = root / _safe(rel)
         parts = PurePosixPath(rel).parts
-        if parts[0] in SHARED and (target.exists() or (parts[0] == "dense" and len(parts) > 2 and parts[1] in complete)):
+        if parts[0] in SHARED and (
+            target.exists() or (parts[0] == "dense" and len(parts) > 2 and parts[1] in complete)
+        ):
             continue
         if target.exists() and sha256(target.read_bytes()) == digest:
             continue

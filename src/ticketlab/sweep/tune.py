@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
+
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}  # trials are chosen on validation; test is only reported
 
 
@@ -145,9 +146,12 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (
         optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
-        if spec.pruner == "successive_halving" else optuna.pruners.NopPruner()
+        if spec.pruner == "successive_halving"
+        else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner)
+    study = optuna.create_study(
+        direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner
+    )
     result = TuneResult(spec.direction, spec.objective)
 
     def objective(trial: optuna.Trial) -> float:
@@ -171,8 +175,14 @@ def tune(
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
-        trial = Trial(frozen.number, dict(frozen.params), state, frozen.value, frozen.user_attrs.get("run_id"),
-                      frozen.user_attrs.get("evaluations", 0))
+        trial = Trial(
+            frozen.number,
+            dict(frozen.params),
+            state,
+            frozen.value,
+            frozen.user_attrs.get("run_id"),
+            frozen.user_attrs.get("evaluations", 0),
+        )
         result.trials.append(trial)
         if on_trial is not None:
             on_trial(trial)

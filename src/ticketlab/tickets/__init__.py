@@ -6,6 +6,14 @@ from ticketlab.tickets.load import Ticket, TicketError, load_ticket
 from ticketlab.tickets.sparse import SparseConv2d, SparseLinear, load_sparse, sparsify
 
 __all__ = [
-    "FORMATS", "Exported", "SparseConv2d", "SparseLinear", "Ticket", "TicketError", "export_ticket", "load_sparse",
-    "load_ticket", "sparsify",
+    "FORMATS",
+    "Exported",
+    "SparseConv2d",
+    "SparseLinear",
+    "Ticket",
+    "TicketError",
+    "export_ticket",
+    "load_sparse",
+    "load_ticket",
+    "sparsify",
 ]

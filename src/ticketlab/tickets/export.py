@@ -114,8 +114,14 @@ def export_onnx(ticket: Ticket, out: Path) -> Exported:
     with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
         path = Path(tmp) / "ticket.onnx"
         torch.onnx.export(
-            model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
         )
         proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, ticket.describe())
@@ -128,8 +134,10 @@ def export_onnx(ticket: Ticket, out: Path) -> Exported:
             got = torch.from_numpy(session.run(None, {"input": batch.numpy()})[0])
             diff = max(diff, float((got - expected).abs().max()))
     if not diff <= ONNX_TOLERANCE:
-        raise TicketError("format", f"onnx: onnxruntime's logits differ from PyTorch's by {diff:.3g} > "
-                                    f"{ONNX_TOLERANCE:g}; nothing written")
+        raise TicketError(
+            "format",
+            f"onnx: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {ONNX_TOLERANCE:g}; nothing written",
+        )
     atomic_write_bytes(out, data)
     return Exported(out, "onnx", len(data), diff)
 
@@ -143,8 +151,9 @@ def export_sparse(ticket: Ticket, out: Path) -> Exported:
     with torch.inference_mode():
         diff = float((sparse(x) - dense(x.to(_device(dense))).cpu()).abs().max())
     if not diff <= SPARSE_TOLERANCE:
-        raise TicketError("format", f"sparse: the sparse module's logits differ from the dense ones by {diff:.3g}; "
-                                    "nothing written")
+        raise TicketError(
+            "format", f"sparse: the sparse module's logits differ from the dense ones by {diff:.3g}; nothing written"
+        )
     save_sparse(sparse, out, ticket.describe())
     return Exported(out, "sparse", out.stat().st_size, diff)
 

@@ -102,10 +102,14 @@ def pick_level(run: RunDir, level: int | None, control: str | None) -> int:
     if level is None:
         level = finished[-1]
     if level not in finished:
-        raise TicketError("level", f"run {run.path} has no finished level {level} (finished: {', '.join(map(str, finished))})")
+        raise TicketError(
+            "level", f"run {run.path} has no finished level {level} (finished: {', '.join(map(str, finished))})"
+        )
     if control is not None and control not in run.controls(level):
         have = ", ".join(run.controls(level)) or "none"
-        raise TicketError("control", f"level {level} of run {run.path} has no finished control {control!r} (controls: {have})")
+        raise TicketError(
+            "control", f"level {level} of run {run.path} has no finished control {control!r} (controls: {have})"
+        )
     return level
 
 
@@ -117,19 +121,32 @@ def data_info(run: RunDir, spec: ExperimentSpec, data_root: str | os.PathLike | 
         from ticketlab.data import load_dataset
 
         data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed)
-        info = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "mean": list(data.mean),
-                "std": list(data.std)}
+        info = {
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "mean": list(data.mean),
+            "std": list(data.std),
+        }
     return info
 
 
 def build_for(spec: ExperimentSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The spec's network as ``prepare_run`` builds it (same BatchNorm settings and dropout)."""
-    return build_model(spec.model, input_shape=tuple(input_shape), num_classes=num_classes,
-                       bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout)
+    return build_model(
+        spec.model,
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        bn_momentum=spec.bn_momentum,
+        bn_eps=spec.bn_eps,
+        dropout=spec.dropout,
+    )
 
 
 def load_ticket(
-    run_dir: str | os.PathLike, level: int | None = None, control: str | None = None, *,
+    run_dir: str | os.PathLike,
+    level: int | None = None,
+    control: str | None = None,
+    *,
     data_root: str | os.PathLike | None = None,
 ) -> Ticket:
     """Level ``level`` of the run in ``run_dir`` (default: its last finished level), or the control named
@@ -151,14 +168,25 @@ def load_ticket(
         model.load_state_dict(final)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise CorruptFileError(f"{d.path / 'final.safetensors'}: the weights do not fit {spec.model} for input "
-                               f"{shape} and {classes} classes ({first})") from None
+        raise CorruptFileError(
+            f"{d.path / 'final.safetensors'}: the weights do not fit {spec.model} for input "
+            f"{shape} and {classes} classes ({first})"
+        ) from None
     mask = Mask.load(d.path / "mask.safetensors", model)
     mask.apply(model)
     model.eval()
     return Ticket(
-        model=model, mask=mask, start=d.weights("start"), rewind=d.weights("rewind") if d.has("rewind") else None,
-        spec=spec, metrics=d.metrics(), level=level, control=control, path=d.path, input_shape=shape,
-        num_classes=classes, mean=tuple(info.get("mean") or ()), std=tuple(info.get("std") or ()),
+        model=model,
+        mask=mask,
+        start=d.weights("start"),
+        rewind=d.weights("rewind") if d.has("rewind") else None,
+        spec=spec,
+        metrics=d.metrics(),
+        level=level,
+        control=control,
+        path=d.path,
+        input_shape=shape,
+        num_classes=classes,
+        mean=tuple(info.get("mean") or ()),
+        std=tuple(info.get("std") or ()),
     )
-

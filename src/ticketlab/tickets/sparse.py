@@ -40,7 +40,10 @@ def to_csr(weight: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         csr = weight.detach().to_sparse_csr()
         return torch.sparse_csr_tensor(
-            csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape,
+            csr.crow_indices().to(torch.int32),
+            csr.col_indices().to(torch.int32),
+            csr.values(),
+            csr.shape,
             check_invariants=True,
         )
 
@@ -77,8 +80,10 @@ class SparseConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if not supports_conv(conv):
-            raise ValueError(f"SparseConv2d: groups={conv.groups}, padding={conv.padding!r}, "
-                             f"padding_mode={conv.padding_mode!r} are not supported")
+            raise ValueError(
+                f"SparseConv2d: groups={conv.groups}, padding={conv.padding!r}, "
+                f"padding_mode={conv.padding_mode!r} are not supported"
+            )
         self.out_channels = conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation = conv.padding, conv.dilation
@@ -95,12 +100,18 @@ class SparseConv2d(nn.Module):
         return out.reshape(self.out_channels, n, out_h, out_w).transpose(0, 1)
 
     def extra_repr(self) -> str:
-        return (f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, nnz={self.weight._nnz()}")
+        return (
+            f"out_channels={self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, nnz={self.weight._nnz()}"
+        )
 
 
 def im2col(
-    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+    x: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
 ) -> tuple[torch.Tensor, int, int]:
     """The input patches of (N, C, H, W) ``x`` as a (C*kh*kw, N*out_h*out_w) matrix, rows in the order of a
     flattened (C, kh, kw) kernel: one strided copy (several times faster here than ``F.unfold`` + transpose)."""
@@ -116,7 +127,9 @@ def im2col(
 
 def supports_conv(conv: nn.Module) -> bool:
     return (
-        type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros"
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)  # padding="same"/"valid" stays dense
     )
 
@@ -180,13 +193,17 @@ def read_sparse(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     """The dense state dict stored in a sparse file (zeros where nothing is stored), and its metadata."""
     tensors, meta = load_tensors(path)
     if meta.get("ticketlab.format") != FORMAT:
-        raise CorruptFileError(f"{path}: not a ticketlab sparse file (format {meta.get('ticketlab.format')!r}, expected {FORMAT!r})")
+        raise CorruptFileError(
+            f"{path}: not a ticketlab sparse file (format {meta.get('ticketlab.format')!r}, expected {FORMAT!r})"
+        )
     state = dict(tensors)
     for key, shape in json.loads(meta["ticketlab.sparse_weights"]).items():
         parts = [state.pop(f"{key}.{part}") for part in _PARTS]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            csr = torch.sparse_csr_tensor(*parts, size=(shape[0], int(torch.tensor(shape[1:]).prod())), check_invariants=True)
+            csr = torch.sparse_csr_tensor(
+                *parts, size=(shape[0], int(torch.tensor(shape[1:]).prod())), check_invariants=True
+            )
         state[key] = csr.to_dense().reshape(shape)
     return state, meta
 
@@ -195,9 +212,12 @@ def load_sparse(path: str | os.PathLike) -> nn.Module:
     """The sparse module written by ``save_sparse`` (or ``ticketlab export --format sparse``)."""
     state, meta = read_sparse(path)
     model = build_model(
-        meta["ticketlab.model"], input_shape=tuple(json.loads(meta["ticketlab.input_shape"])),
-        num_classes=int(meta["ticketlab.num_classes"]), bn_momentum=float(meta["ticketlab.bn_momentum"]),
-        bn_eps=float(meta["ticketlab.bn_eps"]), dropout=float(meta["ticketlab.dropout"]),
+        meta["ticketlab.model"],
+        input_shape=tuple(json.loads(meta["ticketlab.input_shape"])),
+        num_classes=int(meta["ticketlab.num_classes"]),
+        bn_momentum=float(meta["ticketlab.bn_momentum"]),
+        bn_eps=float(meta["ticketlab.bn_eps"]),
+        dropout=float(meta["ticketlab.dropout"]),
     )
     model.load_state_dict(state)
     return sparsify(model, json.loads(meta["ticketlab.sparse_weights"]))

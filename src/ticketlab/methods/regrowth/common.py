@@ -62,6 +62,7 @@ def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mappi
 
 def budget(mask: Mapping[str, torch.Tensor], fraction: float, scope: str) -> int | dict[str, int]:
     """floor(fraction * kept): over the whole mask (global scope) or per layer (layerwise)."""
+
     def floor(kept: int) -> int:
         return math.floor(fraction * kept + 1e-9)  # 0.29 * 100 is 28.999...: not a reason to lose one
 

@@ -56,11 +56,11 @@ def regrow_select(
     if regrow > 0:
         pruned = Mask({n: ~m for n, m in mask.items()})
         if scope == "global":
-            k = int(round(density * mask.total()))
+            k = round(density * mask.total())
             cap: int | dict[str, int] = min(math.floor(regrow * k + 1e-9), pruned.kept())
         else:
             cap = {
-                n: min(math.floor(regrow * int(round(density * m.numel())) + 1e-9), int(pruned[n].sum()))
+                n: min(math.floor(regrow * round(density * m.numel()) + 1e-9), int(pruned[n].sum()))
                 for n, m in mask.items()
             }
         candidates = top_k(scores, cap, pruned, seed_for(seed, 1))
@@ -111,7 +111,9 @@ class DoublePruning(Regrowing):
             inverse = Mask({n: ~m for n, m in level.mask.items()})
             start = masked_state(self.reference, inverse)
             result = job.train(inverse, start, level.row["start_step"], level.end_step, None)
-            job.record(level.index, inverse, result, start, target=1.0 - level.row["target_density"], control=COMPLEMENT)
+            job.record(
+                level.index, inverse, result, start, target=1.0 - level.row["target_density"], control=COMPLEMENT
+            )
         return job.run.level(level.index, COMPLEMENT).weights("final")
 
 

@@ -43,7 +43,9 @@ class ScoredPruningOptions(RegrowthOptions):
     ``positive_only``: only weights with s > 0 return."""
 
     regrow: float = Field(
-        0.1, ge=0, le=1,
+        0.1,
+        ge=0,
+        le=1,
         description="per regrowth event, floor(regrow * k) weights move, k = the number of kept (active) weights "
         "(a fraction of the active weights, as in RigL; per layer with scope layerwise): the pruned weights with "
         "the highest score s return, with positive_only only those with s > 0 (fewer move when fewer have s > 0), "
@@ -52,7 +54,9 @@ class ScoredPruningOptions(RegrowthOptions):
     regrow_every: DurationField = Field(
         Duration.parse("1ep"), description="steps between regrowth events, e.g. '1ep' or '100it'"
     )
-    positive_only: bool = Field(True, description="only pruned weights with s > 0 return (their return lowers the loss)")
+    positive_only: bool = Field(
+        True, description="only pruned weights with s > 0 return (their return lowers the loss)"
+    )
 
 
 OPTIONS.register("scored_pruning")(ScoredPruningOptions)
@@ -62,8 +66,17 @@ class ScoredRegrowth:
     """The :class:`ticketlab.training.loop.TrainHooks` of one scored-pruning run from ``start`` to ``end``."""
 
     def __init__(
-        self, mask: Mask, reference: Mapping[str, torch.Tensor], *, regrow: float, every: int, start: int, end: int,
-        scope: str = "global", positive_only: bool = True, seed: int = 0,
+        self,
+        mask: Mask,
+        reference: Mapping[str, torch.Tensor],
+        *,
+        regrow: float,
+        every: int,
+        start: int,
+        end: int,
+        scope: str = "global",
+        positive_only: bool = True,
+        seed: int = 0,
     ) -> None:
         self.mask = mask.clone()
         self.reference = {n: reference[n] for n in mask}
@@ -103,7 +116,8 @@ class ScoredRegrowth:
         mask = self.mask
         cap = budget(mask, self.regrow, self.scope)
         candidates = {
-            n: (~m.to(self.s[n].device)) & ((self.s[n] > 0) if self.positive_only else torch.ones_like(m, device=self.s[n].device))
+            n: (~m.to(self.s[n].device))
+            & ((self.s[n] > 0) if self.positive_only else torch.ones_like(m, device=self.s[n].device))
             for n, m in mask.items()
         }
         if isinstance(cap, int):
@@ -154,8 +168,14 @@ class ScoredPruning(Regrowing):
             return super().train(index, mask, start, begin, stop, snap)
         job = self.job
         hooks = ScoredRegrowth(
-            mask, self.reference, regrow=self.options.regrow, every=self.every, start=begin, end=stop,
-            scope=job.spec.method.scope, positive_only=self.options.positive_only,
+            mask,
+            self.reference,
+            regrow=self.options.regrow,
+            every=self.every,
+            start=begin,
+            end=stop,
+            scope=job.spec.method.scope,
+            positive_only=self.options.positive_only,
             seed=seed_for(job.spec.seed, index, 3),
         )
         result = _train_with(job, mask, start, begin, stop, snap, hooks)
@@ -174,8 +194,17 @@ def _train_with(
     """``job.train`` with hooks: the same arguments, through the one training loop that runs them."""
     job.model.load_state_dict(start)
     return train(
-        job.model, job.data, job.spec.recipe, mask=mask, seed=job.spec.seed, start_step=begin, end_step=stop,
-        snapshot_steps=(snap,), end_on_best=job.spec.end_on_best, progress=job.progress, hooks=hooks,
+        job.model,
+        job.data,
+        job.spec.recipe,
+        mask=mask,
+        seed=job.spec.seed,
+        start_step=begin,
+        end_step=stop,
+        snapshot_steps=(snap,),
+        end_on_best=job.spec.end_on_best,
+        progress=job.progress,
+        hooks=hooks,
     )
 
 
