@@ -138,3 +138,20 @@ def test_module_names_of_the_first_release_still_import():
     # the alias is the same module, still known by its own name
     assert ticketlab.training.__spec__.name == "ticketlab.training"
     assert ticketlab.training.stacked.__spec__.name == "ticketlab.training.stacked"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_long_functions_say_why(module):
+    """A function over 60 lines carries a ``# long: <reason>`` comment; otherwise it is split."""
+    source = modules()[module].read_text()
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            span = lines[node.lineno - 1 : node.end_lineno]
+            if len(span) > MAX_FUNCTION_LINES:
+                assert any("# long:" in line for line in span), (
+                    f"{module}.{node.name}: {len(span)} lines without a '# long: <reason>' comment (or split it)"
+                )

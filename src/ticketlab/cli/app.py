@@ -81,6 +81,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one dense network and print its learning curve."""
+    # long: one typer option per parameter, then the table it prints
     from ticketlab.api import train_dense
     from ticketlab.hardware.device import set_threads
 
@@ -211,6 +212,7 @@ def prune(
     tensorboard: TensorBoard = False,
 ) -> None:
     """Find tickets with one method; write mask + weights per level and print a per-level table."""
+    # long: one typer option per parameter (the spec's fields), then the run and its table
     from ticketlab.api import prune as api_prune
     from ticketlab.hardware.device import set_threads
 

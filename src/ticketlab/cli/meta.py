@@ -65,6 +65,7 @@ def build(
     data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset files.")] = None,
 ) -> None:
     """Run the reference ticket per seed, then tabulate features at initialisation against its target."""
+    # long: one typer option per parameter
     from ticketlab.cli.common import clean_errors, console, progress_bar
     from ticketlab.config.recipe import Recipe
     from ticketlab.config.spec import MethodSpec
@@ -137,6 +138,7 @@ def fit(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
     """Fit the regressors; print R² and MSE on train and held-out rows (000 tables 5.1-5.3)."""
+    # long: one typer option per parameter
     from rich.table import Table
 
     from ticketlab.cli.common import CliError, clean_errors, console

@@ -58,6 +58,7 @@ def sweep(
     ] = False,
 ) -> None:
     """Expand the grid and run every unfinished point; a finished sweep does nothing and says so."""
+    # long: one typer option per parameter
     from rich.table import Table
 
     from ticketlab.cli.common import clean_errors, console

@@ -31,6 +31,7 @@ def tune(
     ] = None,
 ) -> None:
     """Run the study and print every trial and the best one."""
+    # long: one typer option per parameter
     from rich.table import Table
 
     from ticketlab.cli.common import clean_errors, console

@@ -121,6 +121,7 @@ def best_point(rows: list[dict[str, Any]]) -> int:
 
 
 def _supermask(job: Job) -> None:
+    # long: 004 §2.3's steps in order: dense level, threshold sweep, the chosen mask trained
     spec, method = job.spec, job.spec.method
     options: SupermaskOptions = options_of(method)
     criterion = job.criterion

@@ -124,6 +124,7 @@ def run_sweep(
     completion order), ``on_wait(held)`` (run id -> its claim's owner) when a run is first found claimed by
     another sweep and skipped; such runs are checked every ``poll`` seconds until they are finished
     (reported with ``elsewhere``) or free to take over."""
+    # long: the sweep's stages in order: expand, plan, claim, run, wait for held runs
     root = str(out if out is not None else sweep.out)
     specs = expand(sweep)
     pending = [s for s in specs if not RunDir(Path(root) / s.run_id()).finished]

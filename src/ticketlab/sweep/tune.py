@@ -134,6 +134,7 @@ def tune(
     """Run an Optuna study over ``spec.search``: each trial instantiates the base spec with the sampled
     values and runs it; the objective's metric at every evaluation is reported so the successive-halving
     pruner can stop trials that fall behind at a rung."""
+    # long: Optuna's study, objective and pruning in one place
     import optuna
 
     from ticketlab.experiment.run import run_experiment

@@ -231,6 +231,7 @@ def fit(
     ``snapshot_steps`` (those are needed for rewinding). In a stack the others go on; a stopped run's weights
     are restored to those of its stop (or best, with ``end_on_best``) at the end, so each equals its single run.
     """
+    # long: the one training loop of every trainer: its steps read in order
     spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
     wanted = {int(s) for s in snapshot_steps}
     stopping = None

@@ -231,6 +231,7 @@ def train_many(
     per model. ``wall_time`` of each result is the shared wall time divided by K (the cost per model).
     ``progress`` receives the mean over models of each evaluation row.
     """
+    # long: argument checks and the stack's set-up before the shared loop
     models = list(models)
     k_models = len(models)
     if k_models == 0:
