@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from ticketlab.hardware.environment import cpu_model
 from ticketlab.masks import Mask, prunable_parameters
 from ticketlab.models import build_model, initialize
 from ticketlab.tickets import sparsify
@@ -36,16 +36,6 @@ DENSITIES = (0.10, 0.02, 0.01, 0.005)
 BATCHES = (1, 256)
 MODELS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28)}
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "bench"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def masked_model(name: str, density: float, seed: int = 0) -> tuple[torch.nn.Module, Mask]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-import platform
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from speed.workload import FLOP_FORMULA, build, load_data, macs_per_example, wit
 from ticketlab.data.dataset import Dataset
 from ticketlab.hardware import blas as gemm
 from ticketlab.hardware.device import resolve_device, set_threads
+from ticketlab.hardware.environment import cpu_model
 from ticketlab.training.loop import steps_per_epoch
 
 Log = Callable[[str], object]
@@ -150,15 +150,8 @@ def run_benchmark(
 
 
 def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (``ticketlab.hardware.environment.cpu_model``)."""
+    return cpu_model()
 
 
 def table_rows(

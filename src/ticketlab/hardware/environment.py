@@ -34,7 +34,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": f"{_cpu_model()} ({torch.backends.cpu.get_cpu_capability()})",
+        "cpu": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})",
         "threads": torch.get_num_threads(),
         "blas": _blas(),
         "ticketlab": _version(),
@@ -54,7 +54,8 @@ def _blas() -> str:
 
 
 @cache
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
