@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ticketlab.data import load_dataset
 from ticketlab.hardware.device import resolve_device
+from ticketlab.experiment.progress import RunStatus
 from ticketlab.experiment.run import RunResult, run_experiment
 from ticketlab.models import build_model, initialize
 from ticketlab.analysis.results import load_results
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.training.loop import Progress, TrainResult, train
+def to_stderr(message: str) -> None:
+    """The default ``log`` of :func:`prune`: each line (one per finished level, with the time so far and an
+    estimate of the time left) to stderr, unless the environment sets ``TICKETLAB_QUIET``; ``log=None`` is quiet."""
+    if not os.environ.get("TICKETLAB_QUIET"):
+        print(message, file=sys.stderr, flush=True)
+
+
 def train_dense(
     model: str = "lenet300",
     dataset: str = "fashion-mnist",
@@ -56,17 +66,21 @@ def prune(
     device: str | torch.device | None = None,
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    log: Any = None,
+    log: Callable[[str], None] | None = to_stderr,
+    status: RunStatus | None = None,
     **method_options: Any,
 ) -> RunResult:
-    """Find tickets with one method and train them; returns the per-level results (``.table()``)."""
+    """Find tickets with one method and train them; returns the per-level results (``.table()``).
+
+    ``log`` gets one line per finished level (default: stderr, see :func:`to_stderr`); ``progress`` gets
+    every training step (``progress(step, end_step, row)``); ``status`` follows the run for a live display."""
     densities = (density,) if isinstance(density, (int, float)) else tuple(density)
     spec = ExperimentSpec(
         model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe or Recipe(),
         method=MethodSpec(name=method, criterion=criterion, scope=scope, K=K, rounds=rounds, **method_options),
         densities=densities, controls=controls, end_on_best=end_on_best,
     )
-    return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log)
+    return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log, status=status)
 
 
 __all__ = ["load_results", "prune", "train_dense"]

@@ -103,23 +103,14 @@ def prune(
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
             eval_every=eval_every, patience=patience,
         )
-        with progress_bar() as bar:
-            task = bar.add_task("level 0", total=None, info="")
-            state = {"levels": 0}
+        from ticketlab.cli.live import run_display
 
-            def report(step: int, total: int, row: dict | None) -> None:
-                bar.update(task, completed=step, total=total)
-
-            def log(message: str) -> None:
-                state["levels"] += 1
-                bar.console.print(message, markup=False, highlight=False)
-                bar.update(task, description=f"after {state['levels']} trainings")
-
+        with run_display() as (status, log):
             result = api_prune(
                 model=model, dataset=dataset, method=method, density=tuple(density or (0.05,)), criterion=criterion,
                 scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
                 val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
-                progress=report, log=log, options=method_options(option),
+                log=log, status=status, options=method_options(option),
             )
     if tensorboard:
         from ticketlab.analysis.tensorboard import export_tensorboard
@@ -160,15 +151,11 @@ def run(
     with clean_errors():
         set_threads(threads)
         spec = load_spec(spec_file)
-        with progress_bar() as bar:
-            task = bar.add_task("training", total=None, info="")
+        from ticketlab.cli.live import run_display
 
-            def show(message: str) -> None:
-                bar.console.print(message, markup=False, highlight=False)
-
+        with run_display() as (status, show):
             result = run_experiment(
-                spec, out, device=device, data_root=data_root,
-                progress=lambda step, total, row: bar.update(task, completed=step, total=total),
+                spec, out, device=device, data_root=data_root, status=status,
                 log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
             )
     _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
@@ -203,7 +190,7 @@ def _register_commands() -> None:
     from ticketlab import cli
 
     for module in pkgutil.iter_modules(cli.__path__):
-        if module.name not in ("__main__", "app", "common"):
+        if module.name not in ("__main__", "app", "common", "live"):
             importlib.import_module(f"ticketlab.cli.{module.name}").register(app)
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 
 def register(app: typer.Typer) -> None:
@@ -28,8 +32,10 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the grid's runs and whether they are finished; run nothing.")] = False,
 ) -> None:
     """Expand the grid and run every unfinished point; a finished sweep does nothing and says so."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
+
+    from ticketlab.experiment.progress import clock
 
     from ticketlab.cli.common import clean_errors, console, err
     from ticketlab.store import RunDir
@@ -50,24 +56,49 @@ def sweep(
                 table.add_row(s.run_id(), *(json.dumps(v) for v in point.values()), "yes" if RunDir(Path(spec.out) / s.run_id()).finished else "no")
             console.print(table)
             return
+        points = {s.run_id(): point for point, s in grid_points(spec)}  # to name each run by its grid values
+        started = time.monotonic()
+        state = {"failed": 0, "done": 0, "pending": 0}
+
+        def clock_text() -> str:
+            elapsed = time.monotonic() - started
+            done, pending = state["done"], state["pending"]
+            left = f", ~{clock(elapsed / done * (pending - done))} left" if done and pending else ""
+            return f"{clock(elapsed)} elapsed{left}"
+
         progress = Progress(
             TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=console, transient=True,
+            _SweepClock(clock_text), console=console, transient=True,
         )
-        state = {"failed": 0}
-        with progress:
-            task = progress.add_task("sweep", total=None, info="")
+        try:
+            with progress:
+                task = progress.add_task("sweep", total=None, info="")
 
-            def on_start(pending: int, total: int) -> None:
-                progress.update(task, total=pending, info=f"{total - pending} of {total} already finished")
+                def on_start(pending: int, total: int) -> None:
+                    state["pending"] = pending
+                    progress.update(task, total=pending, info=f"{total - pending} of {total} already finished")
 
-            def on_done(outcome) -> None:
-                if not outcome.ok:
-                    state["failed"] += 1
-                    err.print(f"[red]failed[/red] {outcome.run_id} {outcome.spec}: {outcome.error}", highlight=False)
-                progress.update(task, advance=1, info=f"{state['failed']} failed" if state["failed"] else "")
+                def on_done(outcome) -> None:
+                    state["done"] += 1
+                    point = " ".join(f"{k}={json.dumps(v)}" for k, v in points.get(outcome.run_id, {}).items())
+                    head = f"run {state['done']}/{state['pending']} {outcome.run_id}"
+                    if outcome.ok:
+                        progress.console.print(f"{head} finished ({outcome.wall_time:.1f} s) {point} · {clock_text()}",
+                                               markup=False, highlight=False, soft_wrap=True)
+                    else:
+                        state["failed"] += 1
+                        err.print(f"{head} failed: {outcome.error} ({point})", style="red", markup=False,
+                                  highlight=False, soft_wrap=True)
+                    progress.update(task, advance=1, info=f"{state['failed']} failed" if state["failed"] else "")
 
-            report = run_sweep(spec, on_start=on_start, on_done=on_done, data_root=data_root)
+                report = run_sweep(spec, on_start=on_start, on_done=on_done, data_root=data_root)
+        except KeyboardInterrupt:
+            err.print(
+                f"interrupted after {state['done']} of {state['pending']} runs; run the same command again to resume "
+                "(finished runs are skipped, an unfinished one resumes from its last finished level)",
+                style="red", markup=False, highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
     if not report.outcomes:
         console.print(f"nothing to do: all {report.total} runs of {sweep_file.name} are finished ({spec.out})")
         return
@@ -78,3 +109,14 @@ def sweep(
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+class _SweepClock(ProgressColumn):
+    """Elapsed time and the estimate of the time left, computed when drawn (so they move between runs)."""
+
+    def __init__(self, text: Callable[[], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, task: Task) -> Text:
+        return Text(self.text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
+from ticketlab.experiment.progress import RunStatus
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import build_model, initialize
@@ -23,6 +24,39 @@ from ticketlab.config.spec import ExperimentSpec
 from ticketlab.store import RunDir
 from ticketlab.training.loop import Progress
 from ticketlab.models import snapshot
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class _WatchedJob(Job):
+    """A job that tells its :class:`RunStatus` about every finished level and logs the status's line for it
+    (level k/N, time so far and left) instead of the job's own."""
+
+    status: RunStatus = field(default_factory=RunStatus)
+
+    def record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        log, self.log = self.log, _quiet
+        try:
+            row = super().record(*args, **kwargs)
+        finally:
+            self.log = log
+        self.status.finished(row, resumed=False)
+        self.log(self.status.line(row))
+        return row
+
+    def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
+        log, self.log = self.log, _quiet
+        try:
+            row = super().resume(level, control)
+        finally:
+            self.log = log
+        if row is not None:
+            self.status.finished(row, resumed=True)
+            self.log(self.status.line(row, resumed=True))
+        return row
 
 
 @dataclass
@@ -100,13 +134,25 @@ def run_experiment(
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
     log: Any = None,
+    status: RunStatus | None = None,
 ) -> RunResult:
-    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone."""
+    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone.
+
+    ``log`` receives one line per finished level (``level 3/14: density ..., test acc ... · elapsed, ~left``)
+    and the method's own messages; ``status`` (a :class:`RunStatus`) follows the run for a live display."""
     check_spec(spec)
+    status = status or RunStatus()
     device = resolve_device(device)
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
     run, model, init_state = prepare_run(spec, data, root, device)
-    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None))
+    status.begin(spec, run.path)
+
+    def watched(step: int, total: int, row: dict | None) -> None:
+        status.step(step, total, row)
+        if progress is not None:
+            progress(step, total, row)
+
+    job = _WatchedJob(spec, data, model, init_state, run, progress=watched, log=log or _quiet, status=status)
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
     run.mark_finished({"levels": len(job.rows)})
