@@ -55,6 +55,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def load_json(path: str | os.PathLike) -> Any:
+    """A JSON file ticketlab wrote; one cut short or altered is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(
+            f"{path}: not valid JSON ({exc}); the file was cut short or altered: delete it, or the level folder "
+            "holding it, and run again to redo that part"
+        ) from None
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

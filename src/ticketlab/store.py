@@ -6,7 +6,6 @@ and weights, so a crash at any moment leaves either a finished level or one that
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ticketlab.files import atomic_write_json, load_tensors, save_tensors
+from ticketlab.files import atomic_write_json, load_json, load_tensors, save_tensors
 from ticketlab.masks import Mask
 
 
@@ -27,7 +26,7 @@ class LevelDir:
         return (self.path / "metrics.json").exists()
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads((self.path / "metrics.json").read_text())
+        return load_json(self.path / "metrics.json")
 
     def mask(self) -> Mask:
         return Mask.load(self.path / "mask.safetensors")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ticketlab.files import load_json
 
 
 def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
@@ -21,11 +22,11 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
     rows = []
     for spec_file in sorted(Path(root).glob("*/spec.json")):
         run_dir = spec_file.parent
-        spec = json.loads(spec_file.read_text())
+        spec = load_json(spec_file)
         fields = _flatten(spec)
         finished = (run_dir / "done.json").exists()
         for metrics in sorted(run_dir.glob("level_*/**/metrics.json")):
-            row = json.loads(metrics.read_text())
+            row = load_json(metrics)
             row.pop("history", None)
             row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
             rows.append({

@@ -147,10 +147,15 @@ def run(
     from ticketlab.hardware.device import set_threads
     from ticketlab.experiment.run import run_experiment
     from ticketlab.config.spec import load_spec
+    from ticketlab.experiment.check import check_spec
 
     with clean_errors():
         set_threads(threads)
         spec = load_spec(spec_file)
+        try:  # names checked before anything is written: a wrong one is a mistake in the file
+            check_spec(spec)
+        except ValueError as exc:
+            raise CliError(f"{spec_file}: {exc}") from None
         from ticketlab.cli.live import run_display
 
         with run_display() as (status, show):

@@ -51,7 +51,9 @@ class CliError(Exception):
 
 @contextmanager
 def clean_errors() -> Iterator[None]:
-    """Turn a user's mistake into one clear line and exit code 2; bugs keep their traceback."""
+    """Turn a user's mistake into one clear line per problem (``error: ...``) and exit code 2; bugs keep
+    their traceback."""
+    from ticketlab.data import DownloadError
     from ticketlab.files import CorruptFileError
 
     try:
@@ -59,12 +61,16 @@ def clean_errors() -> Iterator[None]:
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "spec"
-            message = error["msg"].removeprefix("Value error, ")
-            err.print(f"error: {where}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
+            _error(f"{where}: {error['msg'].removeprefix('Value error, ')}")
         raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError, CorruptFileError, CliError) as exc:
-        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+    except (ValueError, FileNotFoundError, CorruptFileError, DownloadError, CliError) as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            _error(line)
         raise typer.Exit(2) from None
+
+
+def _error(line: str) -> None:
+    err.print(f"error: {line}", style="red", highlight=False, markup=False, soft_wrap=True)
 
 
 def make_recipe(**kw: Any) -> Recipe:

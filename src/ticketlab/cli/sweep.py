@@ -37,7 +37,7 @@ def sweep(
 
     from ticketlab.experiment.progress import clock
 
-    from ticketlab.cli.common import clean_errors, console, err
+    from ticketlab.cli.common import CliError, clean_errors, console, err
     from ticketlab.store import RunDir
     from ticketlab.sweep import grid_points, load_sweep, run_sweep, set_base
     with clean_errors():
@@ -47,8 +47,12 @@ def sweep(
             "batch": batch, "out": None if out is None else str(out), "device": device, "tensorboard": tensorboard or None,
         }
         spec = spec.model_validate({**spec.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+        try:  # a bad grid value is a mistake in the file
+            grid = grid_points(spec)
+        except ValueError as exc:
+            raise CliError(f"{sweep_file}: {exc}") from None
         if dry_run:
-            points = grid_points(spec)
+            points = grid
             table = Table(title=f"{sweep_file.name}: {len(points)} runs")
             for col in ("run id", *spec.grid, "finished"):
                 table.add_column(col)
@@ -56,7 +60,7 @@ def sweep(
                 table.add_row(s.run_id(), *(json.dumps(v) for v in point.values()), "yes" if RunDir(Path(spec.out) / s.run_id()).finished else "no")
             console.print(table)
             return
-        points = {s.run_id(): point for point, s in grid_points(spec)}  # to name each run by its grid values
+        points = {s.run_id(): point for point, s in grid}  # to name each run by its grid values
         started = time.monotonic()
         state = {"failed": 0, "done": 0, "pending": 0}
 

@@ -37,7 +37,9 @@ def tune(
 
         def on_trial(trial) -> None:
             value = "-" if trial.value is None else f"{trial.value:.4f}"
-            console.print(f"trial {trial.number}: {trial.state} {json.dumps(trial.params)} {spec.objective} {value}", highlight=False)
+            why = f" ({trial.error})" if trial.error else ""
+            console.print(f"trial {trial.number}: {trial.state} {json.dumps(trial.params)} {spec.objective} {value}{why}",
+                          highlight=False, markup=False, soft_wrap=True)
 
         with console.status(f"tuning {', '.join(spec.search)} ({spec.trials} trials)"):
             result = run_tune(spec, on_trial=on_trial, data_root=data_root)

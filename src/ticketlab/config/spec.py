@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ticketlab.config.recipe import DurationField, Recipe
 from ticketlab.config.recipes import expand_recipe
@@ -138,11 +137,12 @@ def _non_default(obj: BaseModel) -> dict[str, Any]:
 
 
 def load_spec(path: str | os.PathLike) -> ExperimentSpec:
-    """Read a YAML spec; unknown keys, wrong types and impossible values are rejected by field name."""
-    import yaml
+    """Read a YAML spec; unknown keys, wrong types and impossible values are rejected by field name, each
+    problem one line naming the file (an empty file too: it would run the all-defaults experiment)."""
+    from ticketlab.config.yamlfile import field_problems, load_mapping
 
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a spec is a mapping of fields, got {type(data).__name__}")
-    return ExperimentSpec.model_validate(data)
+    data = load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(field_problems(exc, f"{path}: ")) from None

@@ -63,12 +63,12 @@ def download_file(
             os.replace(tmp, dest_dir / file.name)
             return dest_dir / file.name
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            failures.append(f"  - {url}: {exc}")
+            failures.append(f"{url}: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
     expected = f"sha256 {file.sha256}" if file.sha256 else f"md5 {file.md5}"
     raise DownloadError(
-        f"could not download {file.name} (expected {expected}); nothing was saved. Tried:\n" + "\n".join(failures)
+        f"could not download {file.name} (expected {expected}); nothing was saved. Tried " + "; ".join(failures)
     )
 
 

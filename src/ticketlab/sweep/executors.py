@@ -208,7 +208,13 @@ def _run_ray(work: list[list[dict]], root: str, sweep: SweepSpec, kwargs: dict, 
 
     started_here = False
     if not ray.is_initialized():
-        ray.init(address=sweep.address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=sweep.address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:  # no cluster there: a user's setting, not a bug
+            raise ValueError(
+                f"executor ray: could not connect to Ray at address {sweep.address!r} ({exc}); start a cluster "
+                "(ray start --head) or leave out the address to start a local instance"
+            ) from None
         started_here = True
     try:
         task = ray.remote(num_cpus=sweep.threads_per_worker)(run_batch)

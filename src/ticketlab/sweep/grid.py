@@ -16,7 +16,6 @@ import itertools
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,13 +59,15 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read a sweep YAML file (``base``, ``grid`` and executor settings)."""
-    import yaml
+    """Read a sweep YAML file (``base``, ``grid`` and executor settings); each problem is one line naming the
+    file (an empty file too: it would run the all-defaults experiment)."""
+    from ticketlab.config.yamlfile import field_problems, load_mapping
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a sweep is a mapping with 'base' and 'grid', got {type(data).__name__}")
-    return SweepSpec.model_validate(data)
+    data = load_mapping(path, "sweep", "a 'base' spec and a 'grid', e.g. 'grid: {seed: [0, 1]}'")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(field_problems(exc, f"{path}: ")) from None
 
 
 def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
@@ -82,13 +82,14 @@ class TuneSpec(BaseModel):
 
 
 def load_tune(path: str | os.PathLike) -> TuneSpec:
-    """Read a tune YAML file."""
-    import yaml
+    """Read a tune YAML file; each problem is one line naming the file."""
+    from ticketlab.config.yamlfile import field_problems, load_mapping
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a tune file is a mapping with 'base' and 'search', got {type(data).__name__}")
-    return TuneSpec.model_validate(data)
+    data = load_mapping(path, "tune file", "a 'base' spec and a 'search', e.g. 'search: {recipe.lr: {float: [0.01, 0.1]}}'")
+    try:
+        return TuneSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(field_problems(exc, f"{path}: ")) from None
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Trial:
     value: float | None
     run_id: str | None
     evaluations: int = 0  # intermediate values reported before it ended
+    error: str = ""  # why a failed trial failed (one line)
 
 
 @dataclass
@@ -142,7 +144,8 @@ def tune(
     probe = {name: _any_value(dist) for name, dist in spec.search.items()}
     instantiate(spec.base, probe)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is reported through on_trial with its error in one line; optuna would log a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = (
         optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
         if spec.pruner == "successive_halving" else optuna.pruners.NopPruner()
@@ -166,13 +169,17 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        run = run_experiment(run_spec, root, device=spec.device, data_root=data_root, progress=progress)
+        try:
+            run = run_experiment(run_spec, root, device=spec.device, data_root=data_root, progress=progress, log=None)
+        except (RuntimeError, ValueError) as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            raise
         return objective_value(run.rows, spec.objective)
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
         trial = Trial(frozen.number, dict(frozen.params), state, frozen.value, frozen.user_attrs.get("run_id"),
-                      frozen.user_attrs.get("evaluations", 0))
+                      frozen.user_attrs.get("evaluations", 0), frozen.user_attrs.get("error", ""))
         result.trials.append(trial)
         if on_trial is not None:
             on_trial(trial)
