@@ -111,3 +111,62 @@ def test_truncated_metrics_json_names_the_file(tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert len(errors) == 1 and errors[0].startswith(f"error: {metrics}: not valid JSON"), result.output
+
+
+# -- messages in the user's terms -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--method", "lotery"], "error: --method: unknown method 'lotery'. Did you mean 'lottery'? Allowed: double_pruning,"),
+        (["--criterion", "snipp"], "error: --criterion: unknown criterion 'snipp'. Did you mean 'snip'?"),
+        (["--density", "0"], "error: --density: 0.0 is not in (0, 1] (density = fraction of weights kept; sparsity = 1 - density)"),
+        (["--K", "1.5"], "error: --K: Input should be less than 1"),
+        (["--steps", "0.5it"], "error: --steps: invalid duration '0.5it'"),
+        (["--method", "scored_pruning", "-o", "regrow_everyy=1ep"],
+         "error: -o regrow_everyy=...: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'? "
+         "Allowed: regrow, base, regrow_every, positive_only"),
+        (["--method", "supermask", "-o", "thresholds=[]"],
+         "error: -o thresholds=...: give at least one threshold, or leave it out to sweep densities"),
+        (["--method", "scored_pruning", "-o", "regrow_every=2ep", "--steps", "1ep"],
+         "set -o regrow_every=..., e.g. '0.25ep'"),
+        (["--density", "0.1", "--sparsity", "0.9"], "error: --density and --sparsity: give one of them (sparsity = 1 - density), not both"),
+        (["--sparsity", "1"], "error: --sparsity: 1.0 is not in [0, 1) (sparsity = fraction of weights pruned)"),
+    ],
+)
+def test_prune_names_the_flag_that_was_typed(tmp_path, args, expected):
+    line = one_error_line(invoke("prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", *args, "--out", tmp_path))
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"K": 0.5}, "K: unknown field; K belongs under method (method: {K: ...}). Allowed here: model, dataset,"),
+        ({"steps": "2ep"}, "steps: unknown field; steps belongs under recipe (recipe: {steps: ...})."),
+        ({"recipe": {"stpes": "5it"}}, "recipe.stpes: unknown field; did you mean 'steps'. Allowed here: steps, batch_size,"),
+        ({"densities": [0.0]}, "densities: 0.0 is not in (0, 1] (density = fraction of weights kept"),
+        ({"method": {"name": "scored_pruning", "options": {"regrow_everyy": "1ep"}}},
+         "method.options.regrow_everyy: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'?"),
+        ({"sparsity": 0.9, "densities": [0.1]}, "densities and sparsity: give one of densities, density or sparsity"),
+    ],
+)
+def test_spec_problems_say_where_a_field_belongs_and_what_is_allowed(tmp_path, fields, expected):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, **fields}))
+    line = one_error_line(invoke("run", path, "--out", tmp_path / "runs"))
+    assert line.startswith(f"error: {path}: ") and expected in line, line
+    assert "densities: densities" not in line
+
+
+def test_sparsity_is_one_minus_density_in_specs_and_at_the_cli(tmp_path):
+    from ticketlab.config import ExperimentSpec
+
+    base = ExperimentSpec(densities=(0.05, 0.2))
+    assert ExperimentSpec(sparsity=[0.95, 0.8]).run_id() == base.run_id()  # 1 - 0.95 is 0.05 exactly here
+    assert ExperimentSpec(density=[0.2, 0.05]).run_id() == base.run_id()
+    assert ExperimentSpec(sparsity=0.9).densities == (0.1,)
+    common = ["prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", "--method", "snip", "--steps", "3it",
+              "--val-size", "100", "--out", tmp_path]
+    assert invoke(*common, "--sparsity", "0.9").exit_code == 0
+    assert invoke(*common, "--density", "0.1").exit_code == 0
+    assert len([p for p in tmp_path.iterdir() if p.name != "inits"]) == 1  # one run: the same spec

@@ -14,7 +14,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are foun
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, PRUNE_FLAGS, RUN_FLAGS, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
@@ -30,7 +30,7 @@ def train(
     from ticketlab.api import train_dense
     from ticketlab.hardware.device import set_threads
 
-    with clean_errors():
+    with clean_errors(RUN_FLAGS):
         set_threads(threads)
         recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
@@ -73,7 +73,7 @@ def prune(
     model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist",
     method: Annotated[str, typer.Option(help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, or a criterion (snip, synflow, ...).")] = "lottery",
     density: Annotated[Optional[list[float]], typer.Option(help="Target density (repeatable for upfront methods).")] = None,
-    sparsity: Annotated[Optional[float], typer.Option(help="Target sparsity = 1 - density (instead of --density).")] = None,
+    sparsity: Annotated[Optional[list[float]], typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable).")] = None,
     criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
@@ -90,14 +90,18 @@ def prune(
 ) -> None:
     """Find tickets with one method; write mask + weights per level and print a per-level table."""
     from ticketlab.api import prune as api_prune
+    from ticketlab.config.spec import sparsity_to_density
     from ticketlab.hardware.device import set_threads
 
-    with clean_errors():
+    with clean_errors(PRUNE_FLAGS):
         set_threads(threads)
-        if sparsity is not None:
+        if sparsity:
             if density:
-                raise CliError("give --density or --sparsity, not both")
-            density = [1.0 - sparsity]
+                raise CliError("--density and --sparsity: give one of them (sparsity = 1 - density), not both")
+            for s in sparsity:
+                if not 0 <= s < 1:
+                    raise CliError(f"--sparsity: {s} is not in [0, 1) (sparsity = fraction of weights pruned)")
+            density = [sparsity_to_density(s) for s in sparsity]
         recipe = make_recipe(
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,

@@ -3,6 +3,7 @@ one clear line (exit code 2), progress bars and number formatting."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,28 +46,66 @@ Patience = Annotated[Optional[int], typer.Option(help="Early stopping: end train
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under the run directory (<run>/tensorboard).")]
 
 
+# spec fields -> the flags that set them (clean_errors(flags=...)): a problem is said with what was typed
+RECIPE_FLAGS = {
+    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
+    "momentum": "--momentum", "nesterov": "--nesterov", "weight_decay": "--weight-decay", "l2": "--l2",
+    "lr_schedule": "--schedule", "milestones": "--milestone", "warmup": "--warmup", "eval_every": "--eval-every",
+    "patience": "--patience", "early_stop": "--patience",
+}
+RUN_FLAGS = {
+    **RECIPE_FLAGS, "model": "--model", "dataset": "--dataset", "init": "--init", "seed": "--seed",
+    "val_size": "--val-size", "end_on_best": "--end-on-best", "device": "--device",
+}
+PRUNE_FLAGS = {
+    **RUN_FLAGS, "densities": "--density", "controls": "--control", "method": "--method", "name": "--method",
+    "method.name": "--method", "method.criterion": "--criterion", "criterion": "--criterion", "scope": "--scope",
+    "K": "--K", "rounds": "--rounds", "method.options": "-o",
+}
+
+
 class CliError(Exception):
     """A mistake in the command line that no lower layer can see (e.g. two flags that exclude each other)."""
 
 
 @contextmanager
-def clean_errors() -> Iterator[None]:
+def clean_errors(flags: dict[str, str] | None = None) -> Iterator[None]:
     """Turn a user's mistake into one clear line per problem (``error: ...``) and exit code 2; bugs keep
-    their traceback."""
+    their traceback. ``flags`` maps spec fields to the command's flags (``{"densities": "--density"}``), so a
+    problem with a value given on the command line names the flag that gave it."""
+    from ticketlab.config import EarlyStop, ExperimentSpec, MethodSpec, Recipe
+    from ticketlab.config.problems import problem
     from ticketlab.data import DownloadError
     from ticketlab.files import CorruptFileError
 
+    roots = {cls.__name__: cls for cls in (ExperimentSpec, MethodSpec, Recipe, EarlyStop)}
     try:
         yield
     except ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "spec"
-            _error(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+            _error(in_flags(problem(error, roots.get(exc.title)), flags))
         raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError, CorruptFileError, DownloadError, CliError) as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            _error(line)
+            _error(in_flags(line, flags))
         raise typer.Exit(2) from None
+
+
+def in_flags(line: str, flags: dict[str, str] | None) -> str:
+    """``method.options.regrow_every: ...`` -> ``-o regrow_every=...: ...`` and ``densities: ...`` ->
+    ``--density: ...`` where ``flags`` knows the field: a problem said with what the user typed."""
+    if not flags:
+        return line
+    field, sep, rest = line.partition(": ")
+    if sep and " " not in field:
+        if field.startswith("method.options.") and "method.options" in flags:
+            field = f"{flags['method.options']} {field.removeprefix('method.options.')}=..."
+        else:
+            field = next((flags[k] for k in (field, field.rpartition(".")[2]) if k in flags), field)
+        line = f"{field}: {rest}"
+    if "method.options" in flags:  # "set method.options.regrow_every" inside a message
+        line = re.sub(r"\bmethod\.options\.(\w+)", lambda m: f"{flags['method.options']} {m.group(1)}=...", line)
+    return line
 
 
 def _error(line: str) -> None:

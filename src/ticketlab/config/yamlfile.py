@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 
 def load_mapping(path: str | os.PathLike, kind: str, example: str) -> dict[str, Any]:
     """The mapping a YAML ``kind`` file (spec, sweep, tune file) holds; ``example`` is what a minimal one
@@ -37,12 +35,3 @@ def load_mapping(path: str | os.PathLike, kind: str, example: str) -> dict[str, 
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a {kind} is a mapping of fields, e.g. {example}; got a {type(data).__name__}")
     return data
-
-
-def field_problems(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, ``<prefix><field>: <message>`` (``prefix`` e.g. the file's name and ': ')."""
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "spec"
-        lines.append(f"{prefix}{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "\n".join(lines)

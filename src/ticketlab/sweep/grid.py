@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ticketlab.config.keyvalue import parse_key_value
+from ticketlab.config.problems import problem
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.check import check_spec
 
@@ -61,13 +62,14 @@ class SweepSpec(BaseModel):
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read a sweep YAML file (``base``, ``grid`` and executor settings); each problem is one line naming the
     file (an empty file too: it would run the all-defaults experiment)."""
-    from ticketlab.config.yamlfile import field_problems, load_mapping
+    from ticketlab.config.problems import field_problems
+    from ticketlab.config.yamlfile import load_mapping
 
     data = load_mapping(path, "sweep", "a 'base' spec and a 'grid', e.g. 'grid: {seed: [0, 1]}'")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(field_problems(exc, f"{path}: ")) from None
+        raise ValueError(field_problems(exc, f"{path}: ", SweepSpec)) from None
 
 
 def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
@@ -163,9 +165,7 @@ def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
                 _set_path(data, key, value)
         return check_spec(ExperimentSpec.model_validate(data))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(problem(e, ExperimentSpec) for e in exc.errors())
         raise ValueError(f"grid point ({where}): {problems}") from None
     except ValueError as exc:
         raise ValueError(f"grid point ({where}): {exc}") from None

@@ -83,13 +83,14 @@ class TuneSpec(BaseModel):
 
 def load_tune(path: str | os.PathLike) -> TuneSpec:
     """Read a tune YAML file; each problem is one line naming the file."""
-    from ticketlab.config.yamlfile import field_problems, load_mapping
+    from ticketlab.config.problems import field_problems
+    from ticketlab.config.yamlfile import load_mapping
 
     data = load_mapping(path, "tune file", "a 'base' spec and a 'search', e.g. 'search: {recipe.lr: {float: [0.01, 0.1]}}'")
     try:
         return TuneSpec.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(field_problems(exc, f"{path}: ")) from None
+        raise ValueError(field_problems(exc, f"{path}: ", TuneSpec)) from None
 
 
 @dataclass
