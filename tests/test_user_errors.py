@@ -134,7 +134,8 @@ def test_truncated_metrics_json_names_the_file(tmp_path):
     ],
 )
 def test_prune_names_the_flag_that_was_typed(tmp_path, args, expected):
-    line = one_error_line(invoke("prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", *args, "--out", tmp_path))
+    target = [] if {"--density", "--sparsity"} & set(args) else ["--density", "0.5"]
+    line = one_error_line(invoke("prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", *target, *args, "--out", tmp_path))
     assert expected in line
 
 

@@ -14,14 +14,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from ticketlab.analysis.results import TICKET, is_ticket  # noqa: E402
+
 
 def plot_accuracy_vs_density(frame: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
     """Test accuracy vs density (log x, densest on the left as in 003), one line per ticket/control."""
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for control, group in frame.groupby(frame["control"].fillna("")):
+    for control, group in frame.groupby(frame["control"].map(lambda c: TICKET if is_ticket(c) else c)):
         group = group.sort_values("density", ascending=False)
-        ax.plot(group["density"] * 100, group["test_acc"] * 100, marker="o", ms=3, label=control or "ticket")
+        ax.plot(group["density"] * 100, group["test_acc"] * 100, marker="o", ms=3, label=control)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("density (% of weights kept, log scale)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ticketlab.analysis import plots
+from ticketlab.analysis.results import TICKET
 from ticketlab.analysis.overlap import closest_levels, kept_initial_values, overlap_matrix
 from ticketlab.analysis.stats import (
     ALPHA, baseline_label, format_significance, significance_table, summarize, tidy, winning_table,
@@ -51,7 +52,7 @@ class Report:
 def choose_density(frame: pd.DataFrame) -> float:
     """The pruned density (< 1) reached by the most ticket kinds; among equals the sparsest."""
     t = tidy(frame)
-    t = t[(t["control"] == "") & (t["density_key"] < 1)]
+    t = t[(t["control"] == TICKET) & (t["density_key"] < 1)]
     if t.empty:
         return 1.0
     counts = t.groupby("density_key")["label"].nunique()
@@ -110,7 +111,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out / "report.html", density=density, baseline=base)
     tickets = tidy(frame)
-    tickets = frame[tickets["control"] == ""]
+    tickets = frame[tickets["control"] == TICKET]
     percent = metric.endswith("acc")
     ylabel = f"{metric.replace('_', ' ')}{' (%)' if percent else ''}"
     scale = 100.0 if percent else 1.0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ticketlab.experiment.run import TICKET
 from ticketlab.files import load_json
 
 
@@ -17,7 +18,7 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
     Columns: ``run_id``; every spec field flattened with dotted names (``method.name``, ``recipe.lr``,
     ``method.options.regrow``); ``method`` and ``criterion`` as short aliases; then the level's metrics
     (density, accuracies, losses, early-stop step, ``wall_time`` = training + scoring time, ``winning``,
-    ``layer_densities`` as a dict per row) and ``run_finished``.
+    ``layer_densities`` as a dict per row) and ``run_finished``. ``control`` is ``"ticket"`` for the ticket.
     """
     rows = []
     for spec_file in sorted(Path(root).glob("*/spec.json")):
@@ -27,6 +28,7 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
         finished = (run_dir / "done.json").exists()
         for metrics in sorted(run_dir.glob("level_*/**/metrics.json")):
             row = load_json(metrics)
+            row["control"] = row.get("control") or TICKET
             row.pop("history", None)
             row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
             rows.append({
@@ -46,3 +48,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def is_ticket(control: object) -> bool:
+    """Whether a ``control`` cell names the ticket itself: ``"ticket"``, or empty in tables of older versions."""
+    return control is None or control in ("", TICKET) or (isinstance(control, float) and control != control)

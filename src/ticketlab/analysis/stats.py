@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ticketlab.analysis.results import TICKET, is_ticket
+
 ALPHA = 0.05  # 000 §4.3: significance threshold, as Tanaka et al. 2020
 
 # Spec fields that do not change a level's numbers: the seed (what seeds are for), which other densities
@@ -90,18 +92,19 @@ def labels(frame: pd.DataFrame) -> pd.Series:
                 text += f" · {value}"
             else:
                 text += f" · {col.removeprefix('recipe.').removeprefix('method.options.')}={value}"
-        control = _text(row.get("control"))
-        return text + (f" [{control}]" if control else "")
+        control = row.get("control")
+        return text + ("" if is_ticket(control) else f" [{control}]")
 
     return pd.Series([one(row, name) for (_, row), name in zip(frame.iterrows(), base)], index=frame.index)
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control None -> '')."""
+    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control ``"ticket"`` for the
+    ticket, also where a table of an older version left it empty)."""
     out = frame.copy()
     if "control" not in out:
-        out["control"] = ""
-    out["control"] = out["control"].map(_text)
+        out["control"] = TICKET
+    out["control"] = out["control"].map(lambda c: TICKET if is_ticket(c) else _text(c))
     out["label"] = labels(out)
     out["density_key"] = density_key(out)
     return out
@@ -147,7 +150,7 @@ def baseline_label(frame: pd.DataFrame, baseline: str) -> str:
     names = sorted(t["label"].unique())
     if baseline in names:
         return baseline
-    matches = sorted(t.loc[(t["method"] == baseline) & (t["control"] == ""), "label"].unique())
+    matches = sorted(t.loc[(t["method"] == baseline) & (t["control"] == TICKET), "label"].unique())
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:

@@ -14,12 +14,12 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are foun
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, PRUNE_FLAGS, RUN_FLAGS, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, DEFAULT_STEPS, PRUNE_FLAGS, RUN_FLAGS, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
 def train(
-    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = "20ep",
+    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = DEFAULT_STEPS,
     batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
     nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0, schedule: Schedule = "constant",
     milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
@@ -72,7 +72,7 @@ def train(
 def prune(
     model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist",
     method: Annotated[str, typer.Option(help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, or a criterion (snip, synflow, ...).")] = "lottery",
-    density: Annotated[Optional[list[float]], typer.Option(help="Target density (repeatable for upfront methods).")] = None,
+    density: Annotated[Optional[list[float]], typer.Option(help="Target density, the fraction of weights kept (repeatable: each is a level); this or --sparsity is required.")] = None,
     sparsity: Annotated[Optional[list[float]], typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable).")] = None,
     criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
@@ -80,7 +80,7 @@ def prune(
     rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
     control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
-    steps: Steps = "10ep", batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
+    steps: Steps = DEFAULT_STEPS, batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
     momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
     schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
     eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
@@ -95,6 +95,12 @@ def prune(
 
     with clean_errors(PRUNE_FLAGS):
         set_threads(threads)
+        options = method_options(option)
+        if not density and not sparsity:
+            raise CliError(
+                "--density: give the target, e.g. --density 0.05 (the fraction of weights kept; iterative methods "
+                "prune by --K per level down to it) or --sparsity 0.95"
+            )
         if sparsity:
             if density:
                 raise CliError("--density and --sparsity: give one of them (sparsity = 1 - density), not both")
@@ -111,10 +117,10 @@ def prune(
 
         with run_display() as (status, log):
             result = api_prune(
-                model=model, dataset=dataset, method=method, density=tuple(density or (0.05,)), criterion=criterion,
+                model=model, dataset=dataset, method=method, density=tuple(density), criterion=criterion,
                 scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
                 val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
-                log=log, status=status, options=method_options(option),
+                log=log, status=status, options=options,
             )
     if tensorboard:
         from ticketlab.analysis.tensorboard import export_tensorboard
@@ -146,6 +152,7 @@ def run(
     spec_file: Annotated[Path, typer.Argument(help="YAML spec of one experiment.")],
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
     device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,
 ) -> None:
     """Run (or resume) the experiment a YAML spec describes."""
     from ticketlab.hardware.device import set_threads
@@ -155,7 +162,7 @@ def run(
 
     with clean_errors():
         set_threads(threads)
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file, set_ or ())
         try:  # names checked before anything is written: a wrong one is a mistake in the file
             check_spec(spec)
         except ValueError as exc:

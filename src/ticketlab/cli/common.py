@@ -23,7 +23,8 @@ err = Console(stderr=True)
 # -- shared options ---------------------------------------------------------------------------------
 Model = Annotated[str, typer.Option(help="Model name, e.g. lenet300, mlp:784-400-400-400-10, resnet20.")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist, cifar10 or synthetic.")]
-Steps = Annotated[str, typer.Option(help="Training length: '20ep' (epochs) or '1500it' (steps).")]
+DEFAULT_STEPS = "20ep"  # the Recipe's default length (tested equal): one default everywhere
+Steps = Annotated[str, typer.Option(help="Training length per level: '20ep' (epochs) or '1500it' (steps); the unit is required.")]
 BatchSize = Annotated[int, typer.Option(help="Batch size.")]
 Lr = Annotated[float, typer.Option(help="Learning rate.")]
 Optim = Annotated[str, typer.Option(help="sgd or adam.")]

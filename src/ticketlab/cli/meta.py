@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ticketlab.cli.common import DEFAULT_STEPS
+
 meta_app = typer.Typer(no_args_is_help=True, help="Meta-learned scores: build the per-weight table, fit regressors.")
 
 
@@ -34,7 +36,7 @@ def build(
     reference_criterion: Annotated[Optional[str], typer.Option(help="Criterion of the reference's prune step.")] = "synflow",
     rounds: Annotated[int, typer.Option(help="Scoring rounds of the reference (per level for iterative methods).")] = 10,
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of an iterative reference.")] = 0.8,
-    steps: Annotated[str, typer.Option(help="Training length of the reference ('10ep', '1500it'), per level.")] = "10ep",
+    steps: Annotated[str, typer.Option(help="Training length of the reference ('20ep', '1500it'), per level.")] = DEFAULT_STEPS,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 60,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
     init: Annotated[str, typer.Option(help="Initialisation.")] = "kaiming_normal",

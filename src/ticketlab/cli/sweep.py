@@ -25,7 +25,7 @@ def sweep(
     threads_per_worker: Annotated[Optional[int], typer.Option(help="torch threads per worker / CPUs per Ray task.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Runs per worker task, trained stacked (default: stacked on CUDA and for MLPs on OpenBLAS CPUs, else 1 on CPU).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Root folder of run directories (default: the file's, else runs).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else auto).")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard curves under each run directory.")] = False,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,

@@ -17,21 +17,22 @@ def tune(
     tune_file: Annotated[Path, typer.Argument(help="YAML: 'base' spec, 'search' of field paths/template variables to distributions, 'objective', 'trials'.")],
     trials: Annotated[Optional[int], typer.Option(help="Number of trials (default: the file's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Root folder of run directories (default: the file's, else runs).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the file's, else auto).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder holding the dataset files (else the usual lookup).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,
 ) -> None:
     """Run the study and print every trial and the best one."""
     from rich.table import Table
 
     from ticketlab.cli.common import clean_errors, console
     from ticketlab.hardware.device import set_threads
-    from ticketlab.sweep.tune import load_tune
+    from ticketlab.sweep.tune import load_tune, set_tune_base
     from ticketlab.sweep.tune import tune as run_tune
 
     with clean_errors():
         set_threads(threads)
-        spec = load_tune(tune_file)
+        spec = set_tune_base(load_tune(tune_file), set_ or ())
         overrides = {"trials": trials, "out": None if out is None else str(out), "device": device}
         spec = spec.model_validate({**spec.model_dump(by_alias=True), **{k: v for k, v in overrides.items() if v is not None}})
 

@@ -5,6 +5,7 @@ name does belong (``K`` at the top of a spec belongs under ``method``)."""
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -31,6 +32,10 @@ def problem(error: Any, root: type[BaseModel] | None = None) -> str:
         message = message[len(loc[-1]) + 2 :]
     if error["type"] == "extra_forbidden" and root is not None:
         message = unknown_field(root, loc)
+    named = re.match(r"(\w+): ", message)
+    model = _model_at(root, loc) if root is not None else None
+    if named and model is not None and named.group(1) in model.model_fields:  # a model-level check naming a field
+        loc, message = [*loc, named.group(1)], message[named.end() :]
     return f"{'.'.join(loc)}: {message}" if loc else message
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -163,14 +164,24 @@ def _non_default(obj: BaseModel) -> dict[str, Any]:
     return out
 
 
-def load_spec(path: str | os.PathLike) -> ExperimentSpec:
-    """Read a YAML spec; unknown keys, wrong types and impossible values are rejected by field name, each
-    problem one line naming the file (an empty file too: it would run the all-defaults experiment)."""
-    from ticketlab.config.problems import field_problems
+def load_spec(path: str | os.PathLike, sets: Iterable[str] = ()) -> ExperimentSpec:
+    """Read a YAML spec, with ``--set key=value`` assignments (dotted paths, YAML values) applied; unknown
+    keys, wrong types and impossible values are rejected by field name, each problem one line naming the
+    file (or the ``--set`` that gave the value). An empty file is refused: it would run the all-defaults
+    experiment."""
+    from ticketlab.config.keyvalue import apply_sets
+    from ticketlab.config.problems import problem
     from ticketlab.config.yamlfile import load_mapping
 
-    data = load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'")
+    sets = list(sets)
+    data = apply_sets(load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'"), sets)
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(field_problems(exc, f"{path}: ", ExperimentSpec)) from None
+        keys = {text.partition("=")[0].strip() for text in sets}
+        lines = []
+        for error in exc.errors():
+            line = problem(error, ExperimentSpec)
+            field = line.partition(": ")[0]
+            lines.append(f"--set {line}" if any(field == k or field.startswith(k + ".") for k in keys) else f"{path}: {line}")
+        raise ValueError("\n".join(lines)) from None

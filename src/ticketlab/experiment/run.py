@@ -26,6 +26,9 @@ from ticketlab.training.loop import Progress
 from ticketlab.models import snapshot
 
 
+TICKET = "ticket"  # the control column's value for the ticket itself in tables (its level stores control "")
+
+
 def _quiet(message: str) -> None:
     pass
 
@@ -66,12 +69,13 @@ class RunResult:
     rows: list[dict[str, Any]]
 
     def table(self) -> pd.DataFrame:
-        """One row per level (and control), sorted by level, tickets before their controls."""
+        """One row per level (and control), sorted by level, tickets (control ``"ticket"``) before their controls."""
         frame = pd.DataFrame(self.rows)
         if frame.empty:
             return frame
-        frame = frame.sort_values(["level", "control"], kind="stable").reset_index(drop=True)
-        return frame
+        frame["control"] = frame["control"].map(lambda c: c or TICKET)
+        order = frame["control"].map(lambda c: (c != TICKET, c))
+        return frame.assign(_order=order).sort_values(["level", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def initial_weights(

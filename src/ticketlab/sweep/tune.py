@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -68,7 +69,7 @@ class TuneSpec(BaseModel):
     reduction_factor: int = Field(3, ge=2)
     seed: int = 0  # of the sampler
     out: str = "runs"
-    device: str = "cpu"
+    device: str = "auto"  # as every command: CUDA where there is one
 
     @model_validator(mode="after")
     def _search_not_empty(self) -> TuneSpec:
@@ -91,6 +92,18 @@ def load_tune(path: str | os.PathLike) -> TuneSpec:
         return TuneSpec.model_validate(data)
     except ValidationError as exc:
         raise ValueError(field_problems(exc, f"{path}: ", TuneSpec)) from None
+
+
+def set_tune_base(spec: TuneSpec, assignments: Iterable[str]) -> TuneSpec:
+    """The tune spec with ``--set key=value`` applied to its base (e.g. ``recipe.steps=1ep``); a key that is
+    searched is rejected."""
+    from ticketlab.config.keyvalue import apply_sets, parse_key_value
+
+    for text in assignments:
+        key, _ = parse_key_value(text, "--set", "recipe.steps=1ep")
+        if key in spec.search:
+            raise ValueError(f"--set {key}: {key!r} is searched by this tune file; change its search instead")
+    return spec.model_copy(update={"base": apply_sets(spec.base, assignments)})
 
 
 @dataclass
