@@ -16,6 +16,29 @@ app.add_typer(data_app, name="data")
 from ticketlab.cli.common import (  # noqa: E402
     BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, DEFAULT_STEPS, PRUNE_FLAGS, RUN_FLAGS, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
+def _version(value: bool) -> None:
+    if value:
+        from ticketlab import __version__
+
+        console.print(f"ticketlab {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", help="Import this module (a name, or the path of a .py file) first: its registrations (datasets, "
+        "models, criteria, methods) become usable by name, in sweep workers too. Repeatable; before the command.",
+    )] = None,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")] = False,
+) -> None:
+    """Find, train and study lottery tickets."""
+    from ticketlab.plugins import load_plugins
+
+    with clean_errors():
+        load_plugins(plugin or ())
+
+
 # -- train ------------------------------------------------------------------------------------------
 @app.command()
 def train(

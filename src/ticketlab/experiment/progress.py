@@ -3,7 +3,8 @@ of the current training, the time since the start and an estimate of the time le
 
 The number of levels comes from the spec (the same schedules the methods run: ``iterative_densities`` for
 iterative methods, one level per density for pruning at initialisation and TOM, the sweep grid for
-supermasks); a method this module does not know (e.g. one a plugin registers) shows ``level k`` alone. The
+supermasks); a method registered elsewhere (a plugin) tells it with a ``levels(spec) -> N`` attribute of
+its function, else shows ``level k`` alone. The
 estimate of the time left assumes the trainings still to come take as long per step as those of this session
 and as many steps as the current one: an estimate, said to be one (``~``).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config.spec import ExperimentSpec
-from ticketlab.methods import options_of, resolve_method
+from ticketlab.methods import METHODS, options_of, resolve_method
 from ticketlab.schedules import iterative_densities
 
 ITERATIVE = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "double_pruning", "scored_pruning"})
@@ -53,7 +54,8 @@ def level_plan(spec: ExperimentSpec) -> LevelPlan:
         options = options_of(spec.method)
         points = options.thresholds if options.thresholds is not None else sweep_densities(spec.densities, spec.method.K)
         return LevelPlan(len(points), 1 + (1 + controls if options.train_best else 0))
-    return LevelPlan(None, None)
+    levels = getattr(METHODS.get(key), "levels", None)  # a method from elsewhere may say: fn.levels(spec) -> N
+    return LevelPlan(int(levels(spec)), None) if callable(levels) else LevelPlan(None, None)
 
 
 def clock(seconds: float) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 
 from ticketlab.config.spec import ExperimentSpec
+from ticketlab.plugins import loaded
 from ticketlab.store import RunDir
 
 from ticketlab.sweep.grid import SweepSpec, expand
@@ -82,12 +83,18 @@ def run_batch(
     threads: int | None = None,
     tensorboard: bool = False,
     data_root: str | None = None,
+    plugins: Sequence[str] = (),
+    plugin_dir: str | None = None,
 ) -> list[Outcome]:
     """Run a batch of specs (JSON form) in this process; a failure is recorded and the other runs go on.
     Runs that share an architecture and recipe train stacked (``ticketlab.experiment.lockstep.run_experiments``).
-    This is the worker's unit, kept plain so it pickles for processes and Ray."""
+    This is the worker's unit, kept plain so it pickles for processes and Ray. ``plugins`` (and the installed
+    packages' entry points) are imported first, as the process that started the sweep did (``ticketlab.plugins``)."""
     from ticketlab.experiment.lockstep import run_experiments
     from ticketlab.hardware.device import set_threads
+    from ticketlab.plugins import load_plugins
+
+    load_plugins(plugins, cwd=plugin_dir)
 
     if threads is not None:
         set_threads(threads)
@@ -161,7 +168,7 @@ def run_sweep(
     work = [[s.model_dump(mode="json") for s in b] for b in batches(pending, size, workers)]
     kwargs = dict(
         device=sweep.device, threads=sweep.threads_per_worker, tensorboard=sweep.tensorboard,
-        data_root=None if data_root is None else str(data_root),
+        data_root=None if data_root is None else str(data_root), plugins=loaded(), plugin_dir=os.getcwd(),
     )
     if sweep.executor == "ray":
         _run_ray(work, root, sweep, kwargs, done)
