@@ -14,7 +14,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are foun
 app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, DEFAULT_STEPS, PRUNE_FLAGS, RUN_FLAGS, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, DEFAULT_STEPS, PRUNE_FLAGS, RUN_FLAGS, RegistryHelp, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
 )
 def _version(value: bool) -> None:
     if value:
@@ -40,7 +40,7 @@ def _main(
 
 
 # -- train ------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=RegistryHelp)
 def train(
     model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = DEFAULT_STEPS,
     batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
@@ -91,18 +91,18 @@ def train(
 
 
 # -- prune ------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=RegistryHelp)
 def prune(
     model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist",
-    method: Annotated[str, typer.Option(help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, or a criterion (snip, synflow, ...).")] = "lottery",
+    method: Annotated[str, typer.Option(help="Method: {methods} (late_rewind:<duration>, sgimp:<X%>); or a criterion, pruned at initialisation (one shot; synflow in 100 rounds).")] = "lottery",
     density: Annotated[Optional[list[float]], typer.Option(help="Target density, the fraction of weights kept (repeatable: each is a level); this or --sparsity is required.")] = None,
     sparsity: Annotated[Optional[list[float]], typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable).")] = None,
-    criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods).")] = None,
+    criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step: {criteria}; stacked(A,B) combines two; meta:<model.json> a fitted meta model (default: magnitude for iterative methods).")] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
     rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
-    control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density.")] = None,
+    control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): {controls}.")] = None,
     steps: Steps = DEFAULT_STEPS, batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
     momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
     schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
@@ -150,9 +150,14 @@ def prune(
 
         export_tensorboard(result.path)
     _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
+    _plot(result, f"{method} on {model}/{dataset}")
+
+
+def _plot(result: Any, title: str) -> None:
+    """Test accuracy vs density of the run's levels, written beside them; says where."""
     from ticketlab.analysis.plots import plot_accuracy_vs_density
 
-    png = plot_accuracy_vs_density(result.table(), result.path / "accuracy_vs_density.png", title=f"{method} on {model}/{dataset}")
+    png = plot_accuracy_vs_density(result.table(), result.path / "accuracy_vs_density.png", title=title)
     console.print(f"run directory: {result.path}\nplot: {png}")
 
 
@@ -198,7 +203,7 @@ def run(
                 log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
             )
     _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
-    console.print(f"run directory: {result.path}")
+    _plot(result, f"{spec.method.name} on {spec.model}/{spec.dataset}")
 
 
 def _tensorboard_log(run_path: Path, log: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperCommand
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -21,7 +22,7 @@ console = Console()
 err = Console(stderr=True)
 
 # -- shared options ---------------------------------------------------------------------------------
-Model = Annotated[str, typer.Option(help="Model name, e.g. lenet300, mlp:784-400-400-400-10, resnet20.")]
+Model = Annotated[str, typer.Option(help="Model: {models} (mlp takes its sizes, mlp:784-300-100-10; `ticketlab models` describes each).")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist, cifar10 or synthetic.")]
 DEFAULT_STEPS = "20ep"  # the Recipe's default length (tested equal): one default everywhere
 Steps = Annotated[str, typer.Option(help="Training length per level: '20ep' (epochs) or '1500it' (steps); the unit is required.")]
@@ -37,7 +38,7 @@ Milestones = Annotated[Optional[list[str]], typer.Option("--milestone", help="Mu
 Warmup = Annotated[str, typer.Option(help="Linear LR warm-up length, e.g. 200it.")]
 EvalEvery = Annotated[str, typer.Option(help="Evaluate every this long, e.g. 1ep.")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation and data order.")]
-Init = Annotated[str, typer.Option(help="Initialisation: kaiming_normal, xavier, signed_constant.")]
+Init = Annotated[str, typer.Option(help="Initialisation: {inits}; or saw:<criterion>, the criterion's scores as the initial weights (e.g. saw:snip).")]
 ValSize = Annotated[int, typer.Option(help="Examples held out from the training set for validation.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")]
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
@@ -63,6 +64,37 @@ PRUNE_FLAGS = {
     "method.name": "--method", "method.criterion": "--criterion", "criterion": "--criterion", "scope": "--scope",
     "K": "--K", "rounds": "--rounds", "method.options": "-o",
 }
+
+
+class RegistryHelp(TyperCommand):
+    """A command whose help fills ``{methods}``, ``{criteria}``, ``{inits}``, ``{controls}`` and ``{models}`` in
+    its options' help from the registries when the help is shown: every name is listed (a plugin's too), and
+    the registries (torch) are imported only then."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        names = registry_names()
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                for key, value in names.items():
+                    text = text.replace(f"{{{key}}}", value)
+                param.help = text  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
+def registry_names() -> dict[str, str]:
+    """The registered names, as the option help lists them."""
+    from ticketlab.criteria import CRITERIA
+    from ticketlab.methods import CONTROLS, METHODS
+    from ticketlab.models import INITS, MODELS
+
+    return {
+        "methods": ", ".join(METHODS.names()),
+        "criteria": ", ".join(CRITERIA.names()),
+        "inits": ", ".join(INITS.names()),
+        "controls": ", ".join(CONTROLS.names()),
+        "models": ", ".join(MODELS.names()),
+    }
 
 
 class CliError(Exception):

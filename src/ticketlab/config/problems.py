@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-
 # keys a model reads but does not keep (a before-validator turns them into a field)
 INPUT_ONLY = {"ExperimentSpec": ("density", "sparsity")}
 
