@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the ``speed`` package beside this file
 
-from ticketlab.models import MODELS  # noqa: E402
-from ticketlab.registry import UnknownNameError  # noqa: E402
+from speed.processes import worker
+from speed.report import markdown, write
+from speed.run import Settings, run_benchmark
 
-from speed.processes import worker  # noqa: E402
-from speed.report import markdown, write  # noqa: E402
-from speed.run import Settings, run_benchmark  # noqa: E402
+from ticketlab.models import MODELS
+from ticketlab.registry import UnknownNameError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 0:
         parser().error(f"--rounds takes an integer >= 0, got {args.rounds}")
     settings = Settings.named("quick" if args.quick else "smoke" if args.smoke else "full")
-    report = run_benchmark(settings, args.models, args.ks, args.batches, threads=args.threads, rounds=args.rounds,
-                           device=args.device)
+    report = run_benchmark(
+        settings, args.models, args.ks, args.batches, threads=args.threads, rounds=args.rounds, device=args.device
+    )
     json_path, md_path = write(report, args.out)
     print(markdown(report))
     print(f"wrote {json_path} and {md_path}")

@@ -15,5 +15,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c scripts/constraints.txt torch
-# The optional extras are installed too, so CI runs the parquet and Ray executor tests (~30 s more).
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[test,parquet,ray]"
+# The optional extras are installed too, so CI runs the parquet, Ray executor and ONNX export tests (~40 s more).
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[test,parquet,ray,export]"

@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from ticketlab.hardware import blas as gemm
 from ticketlab.data import load_dataset
+from ticketlab.hardware import blas as gemm
 
 # ticketlab.prune prints a line per finished level to stderr by default; tests that check it unset this
 os.environ.setdefault("TICKETLAB_QUIET", "1")

@@ -85,7 +85,7 @@ def serve(routes: dict[str, bytes]) -> Iterator[tuple[str, list[str]]]:
     requested: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             requested.append(self.path)
             body = routes.get(self.path)
             if body is None:

@@ -9,19 +9,41 @@ import torch
 from scipy import stats as sps
 
 from ticketlab.analysis import plots
-from ticketlab.analysis.overlap import closest_levels, jaccard
+from ticketlab.analysis.overlap import closest_levels, far_levels, jaccard
 from ticketlab.analysis.report import choose_density
 from ticketlab.analysis.stats import (
-    baseline_label, density_key, format_significance, labels, significance_table, summarize, welch_p, winning_table,
+    baseline_label,
+    density_key,
+    format_significance,
+    labels,
+    significance_table,
+    summarize,
+    welch_p,
+    winning_table,
 )
 from ticketlab.masks import Mask
 
 
-def rows(method, density, accs, *, control="", criterion=None, target=None, winning=None, level=1, init="kaiming_normal"):
+def rows(
+    method, density, accs, *, control="", criterion=None, target=None, winning=None, level=1, init="kaiming_normal"
+):
     return [
-        dict(method=method, criterion=criterion, control=control, density=density, target_density=target or density,
-             test_acc=acc, seed=seed, level=level, kept=int(density * 1000), model="mlp", dataset="synthetic",
-             init=init, run_id=f"{method}{criterion}{seed}", winning=winning)
+        dict(
+            method=method,
+            criterion=criterion,
+            control=control,
+            density=density,
+            target_density=target or density,
+            test_acc=acc,
+            seed=seed,
+            level=level,
+            kept=int(density * 1000),
+            model="mlp",
+            dataset="synthetic",
+            init=init,
+            run_id=f"{method}{criterion}{seed}",
+            winning=winning,
+        )
         for seed, acc in enumerate(accs)
     ]
 
@@ -49,12 +71,31 @@ def test_jaccard_rejects_other_models():
 
 def test_closest_levels_in_log_density():
     frame = pd.DataFrame(
-        rows("lottery", 0.8, [0.9], level=1) + rows("lottery", 0.1, [0.8], level=2) + rows("lottery", 0.01, [0.5], level=3)
+        rows("lottery", 0.8, [0.9], level=1)
+        + rows("lottery", 0.1, [0.8], level=2)
+        + rows("lottery", 0.01, [0.5], level=3)
     )
     # in log density 0.04 is nearer 0.1 (x2.5) than 0.01 (x4), though linearly nearer 0.01
-    assert closest_levels(frame, 0.04)["level"].tolist() == [2]
-    assert closest_levels(frame, 0.02)["level"].tolist() == [3]
-    assert closest_levels(frame, 0.5)["level"].tolist() == [1]
+    assert closest_levels(frame, 0.04, factor=None)["level"].tolist() == [2]
+    assert closest_levels(frame, 0.02, factor=None)["level"].tolist() == [3]
+    assert closest_levels(frame, 0.5, factor=None)["level"].tolist() == [1]
+
+
+def test_closest_levels_only_within_the_factor():
+    frame = pd.DataFrame(
+        rows("lottery", 0.8, [0.9, 0.9], level=1)
+        + rows("lottery", 0.1, [0.8, 0.8], level=2)
+        + rows("supermask", 0.5, [0.7, 0.7], level=3)
+    )
+    # asked 0.05: lottery's 0.1 is x2 away, supermask's 0.5 x10: nothing is compared, both are left out
+    assert closest_levels(frame, 0.05).empty
+    assert far_levels(frame, 0.05).set_index("label")["density"].to_dict() == {"lottery": 0.1, "supermask": 0.5}
+    # asked 0.07: lottery's 0.1 is within x1.5 (x1.43), for both seeds; supermask is left out
+    near = closest_levels(frame, 0.07)
+    assert near["label"].tolist() == ["lottery", "lottery"] and near["density"].tolist() == [0.1, 0.1]
+    assert far_levels(frame, 0.07)["label"].tolist() == ["supermask"]
+    # exactly x1.5 counts as close
+    assert closest_levels(frame, 0.75)["label"].tolist() == ["lottery", "lottery", "supermask", "supermask"]
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -76,14 +117,19 @@ def test_density_key_prefers_target():
 
 def test_labels_name_what_varies():
     frame = pd.DataFrame(
-        rows("multishot", 0.1, [0.9], criterion="synflow") + rows("lottery", 0.1, [0.9], control="reinit")
+        rows("multishot", 0.1, [0.9], criterion="synflow")
+        + rows("lottery", 0.1, [0.9], control="reinit")
         + rows("snip", 0.1, [0.9], init="xavier")
     )
     assert labels(frame).tolist() == [
-        "multishot(synflow) on kaiming_normal", "lottery on kaiming_normal [reinit]", "snip on xavier",
+        "multishot(synflow) on kaiming_normal",
+        "lottery on kaiming_normal [reinit]",
+        "snip on xavier",
     ]
     assert labels(pd.DataFrame(rows("lottery", 0.1, [0.9]))).tolist() == ["lottery"]
-    iss_ims = pd.DataFrame(rows("lottery", 0.1, [0.9], criterion="snip") + rows("lottery", 0.1, [0.9], criterion="snip"))
+    iss_ims = pd.DataFrame(
+        rows("lottery", 0.1, [0.9], criterion="snip") + rows("lottery", 0.1, [0.9], criterion="snip")
+    )
     iss_ims["method.rounds"] = [1, 10]
     assert labels(iss_ims).tolist() == ["lottery(snip)", "lottery(snip) ×10"]
 
@@ -99,13 +145,14 @@ def test_summarize_mean_std():
 
 def test_significance_table_like_figure_5_14():
     frame = pd.DataFrame(
-        rows("snip", 0.01, [0.90, 0.91, 0.89]) + rows("snip", 0.1, [0.97, 0.975, 0.965])
-        + rows("synflow", 0.01, [0.80, 0.81, 0.79])   # far below snip: significant
+        rows("snip", 0.01, [0.90, 0.91, 0.89])
+        + rows("snip", 0.1, [0.97, 0.975, 0.965])
+        + rows("synflow", 0.01, [0.80, 0.81, 0.79])  # far below snip: significant
         + rows("synflow", 0.1, [0.968, 0.972, 0.969])  # within snip's noise: not significant
-        + rows("random", 0.01, [0.95, 0.96, 0.955])   # best at the sparsest column: first row
+        + rows("random", 0.01, [0.95, 0.96, 0.955])  # best at the sparsest column: first row
     )
     means, pvalues, significant = significance_table(frame, "snip")
-    assert list(means.columns) == [0.01, 0.1]  # densities ascending, as in 5.14
+    assert list(means.columns) == [0.1, 0.01]  # densest first, as every table of a report
     assert list(means.index) == ["random", "snip", "synflow"]  # sorted by the sparsest column
     assert bool(significant.loc["synflow", 0.01]) and not bool(significant.loc["synflow", 0.1])
     assert math.isnan(pvalues.loc["snip", 0.01])  # the baseline is not tested against itself
@@ -123,14 +170,18 @@ def test_baseline_label_errors():
     assert baseline_label(frame, "lottery [reinit]") == "lottery [reinit]"
     with pytest.raises(ValueError, match="baseline: 'snip' is not a method"):
         baseline_label(frame, "snip")
-    two = pd.DataFrame(rows("multishot", 0.1, [0.9], criterion="snip") + rows("multishot", 0.1, [0.9], criterion="synflow"))
+    two = pd.DataFrame(
+        rows("multishot", 0.1, [0.9], criterion="snip") + rows("multishot", 0.1, [0.9], criterion="synflow")
+    )
     with pytest.raises(ValueError, match="several tickets"):
         baseline_label(two, "multishot")
 
 
 def test_winning_table_counts_seeds():
+    losing = rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=False)[2:]  # seed 2
     frame = pd.DataFrame(
-        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2] + rows("lottery", 0.1, [0.9], winning=False)
+        rows("lottery", 0.1, [0.9, 0.9, 0.9], winning=True)[:2]
+        + losing
         + rows("lottery", 0.5, [0.9, 0.9], winning=None)
     )
     table = winning_table(frame)
@@ -138,17 +189,35 @@ def test_winning_table_counts_seeds():
     assert table.loc["lottery", "0.5"] == "–"
 
 
+def test_winning_table_counts_a_seed_once():
+    # a methods sweep with one run per density: each run records the same seed's dense level
+    dense = [
+        dict(row, run_id=f"run{i}")
+        for i in range(3)
+        for row in rows("oneshot", 1.0, [0.9], winning=True, criterion="snip")
+    ]
+    frame = pd.DataFrame(dense + rows("oneshot", 0.1, [0.8], winning=False, criterion="snip"))
+    table = winning_table(frame)
+    assert table.loc["oneshot(snip)", "1"] == "1/1" and table.loc["oneshot(snip)", "0.1"] == "0/1"
+
+
 def test_choose_density_most_tickets_then_sparsest():
     frame = pd.DataFrame(
-        rows("a", 1.0, [0.9]) + rows("a", 0.1, [0.9]) + rows("b", 0.1, [0.9]) + rows("a", 0.05, [0.9])
-        + rows("b", 0.05, [0.9]) + rows("c", 0.5, [0.9])
+        rows("a", 1.0, [0.9])
+        + rows("a", 0.1, [0.9])
+        + rows("b", 0.1, [0.9])
+        + rows("a", 0.05, [0.9])
+        + rows("b", 0.05, [0.9])
+        + rows("c", 0.5, [0.9])
     )
     assert choose_density(frame) == 0.05
 
 
 # -- plots -----------------------------------------------------------------------------------------
 def test_plots_write_pngs(tmp_path):
-    frame = pd.DataFrame(rows("lottery", 0.1, [0.9, 0.92]) + rows("lottery", 0.5, [0.95, 0.96]) + rows("snip", 0.1, [0.8, 0.7]))
+    frame = pd.DataFrame(
+        rows("lottery", 0.1, [0.9, 0.92]) + rows("lottery", 0.5, [0.95, 0.96]) + rows("snip", 0.1, [0.8, 0.7])
+    )
     summary = summarize(frame)
     matrix = pd.DataFrame([[1.0, 0.3], [0.3, 1.0]], index=["a", "b"], columns=["a", "b"])
     layers = pd.DataFrame({"fc1.weight": [0.1, 0.2], "fc2.weight": [0.5, float("nan")]}, index=["a", "b"])

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import ticketlab.experiment.lockstep as batched
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.experiment.lockstep import run_experiments
 from ticketlab.experiment.run import run_experiment
 from ticketlab.files import load_tensors
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 RECIPE = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
-TIMING = {"train_time", "score_time"}
+TIMING = {"train_time", "score_time", "mask_cost_seconds"}
 
 
 def spec(**kw) -> ExperimentSpec:
@@ -45,6 +45,8 @@ def compare_trees(left: Path, right: Path) -> int:
     for rel in files:
         if rel.suffix == ".json":
             close(json.loads((left / rel).read_text()), json.loads((right / rel).read_text()), str(rel))
+        elif rel.suffix == ".txt":  # the key of a shared dense level (dense/<name>/key.txt)
+            assert (left / rel).read_text() == (right / rel).read_text(), rel
         elif rel.name == "mask.safetensors" or rel.parts[0] == "inits":
             a, b = load_tensors(left / rel)[0], load_tensors(right / rel)[0]
             assert all(torch.equal(a[k], b[k]) for k in a), rel
@@ -100,7 +102,12 @@ def test_early_stopped_levels_equal_sequential_runs(tmp_path, count_stacked):
 def test_upfront_methods_and_other_architectures_group_apart(tmp_path, count_stacked):
     specs = [
         spec(seed=0, method=MethodSpec(name="snip"), densities=(0.5, 0.2)),
-        spec(seed=1, method=MethodSpec(name="oneshot", criterion="magnitude"), densities=(0.5,), controls=("shuffle_mask",)),
+        spec(
+            seed=1,
+            method=MethodSpec(name="oneshot", criterion="magnitude"),
+            densities=(0.5,),
+            controls=("shuffle_mask",),
+        ),
         spec(seed=2, method=MethodSpec(name="synflow", rounds=5), densities=(0.3,)),
         spec(seed=0, model="mlp:784-16-10", method=MethodSpec(name="snip"), densities=(0.5,)),  # alone: plain train()
     ]
@@ -135,7 +142,9 @@ def test_a_failing_spec_does_not_stop_the_others(tmp_path):
 
 def test_failures_come_back_per_spec_and_messages_per_run(tmp_path, count_stacked):
     specs = [spec(seed=s, densities=(0.8,)) for s in (0, 1)]
-    specs.append(spec(seed=2, densities=(0.8,), recipe=RECIPE.model_copy(update={"batch_size": 5000})))  # > 1800 examples
+    specs.append(
+        spec(seed=2, densities=(0.8,), recipe=RECIPE.model_copy(update={"batch_size": 5000}))
+    )  # > 1800 examples
     messages: dict[str, list[str]] = {}
 
     def log_for(s: ExperimentSpec):

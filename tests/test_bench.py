@@ -27,8 +27,9 @@ from speed import compare, limits, report, run, scoring, trainers, workload  # n
 # -- workload, limit ---------------------------------------------------------------------------------
 def test_macs_count_linear_and_conv_layers():
     assert workload.macs_per_example(workload.build("lenet300")) == 784 * 300 + 300 * 100 + 100 * 10
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Flatten(),
-                        nn.Linear(4 * 28 * 28, 10))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Flatten(), nn.Linear(4 * 28 * 28, 10)
+    )
     # output elements x (in-channels / groups) x kernel area, per conv
     assert workload.macs_per_example(net) == 4 * 28 * 28 * 1 * 9 + 4 * 28 * 28 * 2 * 9 + 4 * 28 * 28 * 10
 
@@ -63,10 +64,12 @@ def test_plain_loop_is_plain_sgd():
 def test_the_runners_train_with_ticketlab_on_tiny_data(synthetic):
     data = workload.without_eval(synthetic)
     assert len(data.x_val) == len(data.x_test) == 0 and len(data.x_train) == len(synthetic.x_train)
-    for runner in (trainers.plain_runner("lenet300", data, 8, 2, 1),
-                   trainers.single_runner("lenet300", data, 8, 2, 1, masked=True),
-                   trainers.single_runner("lenet300", data, 8, 2, 1, masked=False),
-                   trainers.many_runner("lenet300", data, 8, 2, 2, 1)):
+    for runner in (
+        trainers.plain_runner("lenet300", data, 8, 2, 1),
+        trainers.single_runner("lenet300", data, 8, 2, 1, masked=True),
+        trainers.single_runner("lenet300", data, 8, 2, 1, masked=False),
+        trainers.many_runner("lenet300", data, 8, 2, 2, 1),
+    ):
         runner()
 
 
@@ -79,7 +82,11 @@ def test_random_masks_keep_the_density():
 
 def test_scoring_rows():
     rows = scoring.scoring_times(1, 2, ("lenet300",))
-    assert [(r["criterion"], r["rounds"], r["batches"]) for r in rows] == [("snip", 1, 10), ("grasp", 1, 10), ("synflow", 2, 0)]
+    assert [(r["criterion"], r["rounds"], r["batches"]) for r in rows] == [
+        ("snip", 1, 10),
+        ("grasp", 1, 10),
+        ("synflow", 2, 0),
+    ]
     assert all(r["seconds"] > 0 and r["model"] == "lenet300" for r in rows)
 
 
@@ -91,23 +98,40 @@ def fixed_times(monkeypatch):
     monkeypatch.setattr(run, "median_time", lambda fn, repeats: 2.0)
     monkeypatch.setattr(run, "two_processes", lambda *args, **kwargs: calls.append(args) or 3.0)
     for name in ("plain_runner", "single_runner", "many_runner"):
-        monkeypatch.setattr(run, name, lambda *args, **kwargs: (lambda: None))
+        monkeypatch.setattr(run, name, lambda *args, **kwargs: lambda: None)
     return calls
 
 
 def _tiny(n: int):
     x = torch.zeros(n, 1, 28, 28)
-    return workload.Dataset(name="t", x_train=x, y_train=torch.zeros(n, dtype=torch.long), x_val=x[:0],
-                            y_val=torch.zeros(0, dtype=torch.long), x_test=x[:0], y_test=torch.zeros(0, dtype=torch.long),
-                            num_classes=10, augment=None)
+    return workload.Dataset(
+        name="t",
+        x_train=x,
+        y_train=torch.zeros(n, dtype=torch.long),
+        x_val=x[:0],
+        y_val=torch.zeros(0, dtype=torch.long),
+        x_test=x[:0],
+        y_test=torch.zeros(0, dtype=torch.long),
+        num_classes=10,
+        augment=None,
+    )
 
 
 def test_table_rows_per_model_epoch_and_flops(fixed_times):
     settings = run.Settings.named("smoke")  # 2 timed steps
-    rows = run.table_rows("lenet300", _tiny(600), settings, (1, 8), (60,), torch.device("cpu"), 1e9, log=lambda line: None)
+    rows = run.table_rows(
+        "lenet300", _tiny(600), settings, (1, 8), (60,), torch.device("cpu"), 1e9, log=lambda line: None
+    )
     assert [(r["kind"], r["K"]) for r in rows] == [
-        ("plain", 1), ("two_processes", 2), ("ours_single_dense", 1), ("ours_single", 1), ("ours_single_2proc", 2),
-        ("ours_many", 1), ("ours_many", 8), ("ours_many_2proc", 8)]
+        ("plain", 1),
+        ("two_processes", 2),
+        ("ours_single_dense", 1),
+        ("ours_single", 1),
+        ("ours_single_2proc", 2),
+        ("ours_many", 1),
+        ("ours_many", 8),
+        ("ours_many_2proc", 8),
+    ]
     by = {(r["kind"], r["K"]): r for r in rows}
     # 10 steps per epoch; seconds / (2 steps x models trained) x 10
     assert by["plain", 1]["s_per_model_epoch"] == pytest.approx(2.0 / 2 * 10)
@@ -122,24 +146,45 @@ def test_table_rows_per_model_epoch_and_flops(fixed_times):
 
 def test_the_process_layouts_run_on_cpu_only(fixed_times):
     settings = run.Settings.named("quick")  # conv nets: K <= 4
-    rows = run.table_rows("lenet300", _tiny(600), settings, (8,), (60, 120), torch.device("cuda"), 1e9, lambda line: None)
+    rows = run.table_rows(
+        "lenet300", _tiny(600), settings, (8,), (60, 120), torch.device("cuda"), 1e9, lambda line: None
+    )
     assert {r["kind"] for r in rows} == {"plain", "ours_single_dense", "ours_single", "ours_many"} and not fixed_times
     assert {r["batch"] for r in rows} == {60, 120}
     rows = run.table_rows("conv6", _tiny(600), settings, (2, 8), (60, 120), torch.device("cpu"), 1e9, lambda line: None)
     assert [(r["kind"], r["K"]) for r in rows] == [
-        ("plain", 1), ("two_processes", 2), ("ours_single_dense", 1), ("ours_single", 1), ("ours_many", 2)]
+        ("plain", 1),
+        ("two_processes", 2),
+        ("ours_single_dense", 1),
+        ("ours_single", 1),
+        ("ours_many", 2),
+    ]
     assert {r["batch"] for r in rows} == {60}  # conv nets at the first batch size only
 
 
 def test_interleaved_rounds(fixed_times):
     measured = []
-    block = run.interleaved("lenet300", _tiny(600), 60, 2, 1, 3, (8, 16), lambda line: None,
-                            limit=lambda: measured.append(1) or 100e9 * len(measured))
+    block = run.interleaved(
+        "lenet300",
+        _tiny(600),
+        60,
+        2,
+        1,
+        3,
+        (8, 16),
+        lambda line: None,
+        limit=lambda: measured.append(1) or 100e9 * len(measured),
+    )
     assert block["rounds"] == 3 and block["steps_per_epoch"] == 10 and block["macs"] == 266200
     assert block["limit_per_round"] == [100e9, 200e9, 300e9]
     times = block["s_per_model_epoch"]
-    assert list(times) == ["plain K=1", "two_processes K=2", "ours_single_dense K=1", "ours_many_2proc K=8",
-                           "ours_many_2proc K=16"]
+    assert list(times) == [
+        "plain K=1",
+        "two_processes K=2",
+        "ours_single_dense K=1",
+        "ours_many_2proc K=8",
+        "ours_many_2proc K=16",
+    ]
     assert times["plain K=1"] == pytest.approx([10.0] * 3)
     assert times["two_processes K=2"] == pytest.approx([7.5] * 3)
     assert times["ours_many_2proc K=16"] == pytest.approx([3.0 / 32 * 10] * 3)
@@ -150,14 +195,26 @@ FLOPS_PER_MODEL_EPOCH = 1e11
 
 
 def _row(kind, k, seconds_per_model_epoch, model="lenet300"):
-    return {"model": model, "batch": 60, "kind": kind, "K": k, "s_per_model_epoch": seconds_per_model_epoch,
-            "gflops": FLOPS_PER_MODEL_EPOCH / seconds_per_model_epoch / 1e9}
+    return {
+        "model": model,
+        "batch": 60,
+        "kind": kind,
+        "K": k,
+        "s_per_model_epoch": seconds_per_model_epoch,
+        "gflops": FLOPS_PER_MODEL_EPOCH / seconds_per_model_epoch / 1e9,
+    }
 
 
 def test_comparisons_from_the_table_take_the_fastest_stacked_row_with_k_at_least_8():
-    rows = [_row("plain", 1, 0.8), _row("two_processes", 2, 0.5), _row("ours_single_dense", 1, 1.0),
-            _row("ours_many", 8, 0.45), _row("ours_many_2proc", 8, 0.4), _row("ours_many", 4, 0.1),
-            _row("plain", 1, 5.0, model="conv6")]
+    rows = [
+        _row("plain", 1, 0.8),
+        _row("two_processes", 2, 0.5),
+        _row("ours_single_dense", 1, 1.0),
+        _row("ours_many", 8, 0.45),
+        _row("ours_many_2proc", 8, 0.4),
+        _row("ours_many", 4, 0.1),
+        _row("plain", 1, 5.0, model="conv6"),
+    ]
     found = {c["comparison"]: c for c in compare.comparisons({"training": rows, "matmul_flops": 400e9})}
     assert found["vs_plain"]["value"] == pytest.approx(2.0) and found["vs_plain"]["met"]  # K=4 not counted
     assert found["vs_plain"]["label"].startswith("ours_many_2proc K=8")
@@ -170,16 +227,30 @@ def test_comparisons_from_the_table_take_the_fastest_stacked_row_with_k_at_least
 def test_comparisons_leave_out_rows_not_run():
     cuda = [_row("plain", 1, 0.8), _row("ours_single_dense", 1, 0.4), _row("ours_many", 8, 0.2)]
     assert [c["comparison"] for c in compare.comparisons({"training": cuda, "matmul_flops": 1e12})] == [
-        "vs_plain", "of_limit", "single_vs_plain"]
+        "vs_plain",
+        "of_limit",
+        "single_vs_plain",
+    ]
     unstacked = [_row("plain", 1, 0.8), _row("ours_single_dense", 1, 0.4), _row("ours_many", 4, 0.2)]
-    assert [c["comparison"] for c in compare.comparisons({"training": unstacked, "matmul_flops": 1e12})] == ["single_vs_plain"]
+    assert [c["comparison"] for c in compare.comparisons({"training": unstacked, "matmul_flops": 1e12})] == [
+        "single_vs_plain"
+    ]
 
 
 def test_comparisons_from_rounds_are_medians_of_per_round_ratios():
-    times = {"plain K=1": [0.8, 1.2, 0.7], "two_processes K=2": [0.5, 0.6, 0.45], "ours_single_dense K=1": [0.8, 1.0, 0.8],
-             "ours_many_2proc K=8": [0.4, 0.5, 0.4], "ours_many_2proc K=16": [0.45, 0.5, 0.5]}
-    report_ = {"matmul_flops": 100e9, "interleaved": [
-        {"batch": 60, "rounds": 3, "steps": 600, "steps_per_epoch": 1000, "macs": 1000, "s_per_model_epoch": times}]}
+    times = {
+        "plain K=1": [0.8, 1.2, 0.7],
+        "two_processes K=2": [0.5, 0.6, 0.45],
+        "ours_single_dense K=1": [0.8, 1.0, 0.8],
+        "ours_many_2proc K=8": [0.4, 0.5, 0.4],
+        "ours_many_2proc K=16": [0.45, 0.5, 0.5],
+    }
+    report_ = {
+        "matmul_flops": 100e9,
+        "interleaved": [
+            {"batch": 60, "rounds": 3, "steps": 600, "steps_per_epoch": 1000, "macs": 1000, "s_per_model_epoch": times}
+        ],
+    }
     found = {c["comparison"]: c for c in compare.comparisons(report_)}
     plain = found["vs_plain"]  # K=8 has the lower median time
     assert plain["label"].startswith("ours_many_2proc K=8")
@@ -194,17 +265,40 @@ def test_comparisons_from_rounds_are_medians_of_per_round_ratios():
 
 
 def _empty_report():
-    return {"date": "2026-11-22T00:00:00", "host": "h", "processor": "p", "torch": "t", "threads": 2, "cpu_count": 2,
-            "data": "d", "mode": "quick", "load_average_before": (0, 0, 0), "load_average_after": (0, 0, 0),
-            "flop_formula": "f", "device": "cpu", "limit_n": 2048, "gemm_backend": "torch", "matmul_flops": 100e9,
-            "matmul_flops_by_blas": {"torch (MKL)": 100e9}, "matmul_flops_measurements": [{"torch (MKL)": 100e9}],
-            "training": [], "scoring": []}
+    return {
+        "date": "2026-11-22T00:00:00",
+        "host": "h",
+        "processor": "p",
+        "torch": "t",
+        "threads": 2,
+        "cpu_count": 2,
+        "data": "d",
+        "mode": "quick",
+        "load_average_before": (0, 0, 0),
+        "load_average_after": (0, 0, 0),
+        "flop_formula": "f",
+        "device": "cpu",
+        "limit_n": 2048,
+        "gemm_backend": "torch",
+        "matmul_flops": 100e9,
+        "matmul_flops_by_blas": {"torch (MKL)": 100e9},
+        "matmul_flops_measurements": [{"torch (MKL)": 100e9}],
+        "training": [],
+        "scoring": [],
+    }
 
 
 def test_rounds_report_each_rounds_limit_and_the_share_of_it():
     times = {"plain K=1": [0.8, 1.2], "ours_many_2proc K=8": [0.4, 0.5], "ours_many_2proc K=16": [0.45, 0.3]}
-    block = {"batch": 60, "rounds": 2, "steps": 600, "steps_per_epoch": 1000, "macs": 100_000,
-             "s_per_model_epoch": times, "limit_per_round": [100e9, 200e9]}
+    block = {
+        "batch": 60,
+        "rounds": 2,
+        "steps": 600,
+        "steps_per_epoch": 1000,
+        "macs": 100_000,
+        "s_per_model_epoch": times,
+        "limit_per_round": [100e9, 200e9],
+    }
     text = report.markdown({**_empty_report(), "interleaved": [block]})
     # 3.6e10 flops per model-epoch; round 1: fastest stacked 0.4 s -> 90 GFLOP/s of 100; round 2: 0.3 s -> 120 of 200
     assert "| matmul limit at the round's start, GFLOP/s | 100 | 200 | 150 |" in text
@@ -220,10 +314,35 @@ def test_the_header_names_the_limit_of_the_device():
 
 # -- the command -------------------------------------------------------------------------------------
 def test_the_command_line_takes_the_flags():
-    args = bench.parser().parse_args(["--quick", "--out", "o", "--models", "lenet300,conv6", "--ks", "8,16",
-                                      "--batches", "60", "--threads", "1", "--rounds", "3", "--device", "cuda"])
+    args = bench.parser().parse_args(
+        [
+            "--quick",
+            "--out",
+            "o",
+            "--models",
+            "lenet300,conv6",
+            "--ks",
+            "8,16",
+            "--batches",
+            "60",
+            "--threads",
+            "1",
+            "--rounds",
+            "3",
+            "--device",
+            "cuda",
+        ]
+    )
     assert (args.quick, args.out, args.models, args.ks, args.batches, args.threads, args.rounds, args.device) == (
-        True, Path("o"), ("lenet300", "conv6"), (8, 16), (60,), 1, 3, "cuda")
+        True,
+        Path("o"),
+        ("lenet300", "conv6"),
+        (8, 16),
+        (60,),
+        1,
+        3,
+        "cuda",
+    )
     assert bench.integers("1, 4,8") == (1, 4, 8)
     for bad in (["--ks", "0"], ["--ks", "a"], ["--models", "lenet3000"], ["--quick", "--smoke"]):
         with pytest.raises(SystemExit):
@@ -232,16 +351,37 @@ def test_the_command_line_takes_the_flags():
 
 @pytest.mark.slow  # starts about ten Python processes that import torch (the two-process rows)
 def test_the_script_runs_and_writes_its_report(tmp_path):
-    command = [sys.executable, str(BENCHMARKS / "bench.py"), "--smoke", "--models", "lenet300", "--ks", "8",
-               "--batches", "8", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "bench.py"),
+        "--smoke",
+        "--models",
+        "lenet300",
+        "--ks",
+        "8",
+        "--batches",
+        "8",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr
     (json_path,), (md_path,) = tmp_path.glob("*.json"), tmp_path.glob("*.md")
     result = json.loads(json_path.read_text())
     assert result["mode"] == "smoke" and result["threads"] == 1 and result["limit_n"] == 256
     assert [(r["kind"], r["K"]) for r in result["training"]] == [
-        ("plain", 1), ("two_processes", 2), ("ours_single_dense", 1), ("ours_single", 1), ("ours_single_2proc", 2),
-        ("ours_many", 8), ("ours_many_2proc", 8)]
+        ("plain", 1),
+        ("two_processes", 2),
+        ("ours_single_dense", 1),
+        ("ours_single", 1),
+        ("ours_single_2proc", 2),
+        ("ours_many", 8),
+        ("ours_many_2proc", 8),
+    ]
     spe = result["interleaved"][0]["steps_per_epoch"]
     models = {"plain": 1, "two_processes": 2, "ours_single_dense": 1, "ours_single": 1, "ours_single_2proc": 2}
     for r in result["training"]:
@@ -250,7 +390,12 @@ def test_the_script_runs_and_writes_its_report(tmp_path):
         assert r["fraction_of_limit"] == pytest.approx(r["gflops"] * 1e9 / result["matmul_flops"])
     assert len(result["matmul_flops_measurements"]) == 3  # before, the one round, after
     assert [r["criterion"] for r in result["scoring"]] == ["snip", "grasp", "synflow"]
-    assert [c["comparison"] for c in result["comparisons"]] == ["vs_plain", "vs_two_processes", "of_limit", "single_vs_plain"]
+    assert [c["comparison"] for c in result["comparisons"]] == [
+        "vs_plain",
+        "vs_two_processes",
+        "of_limit",
+        "single_vs_plain",
+    ]
     text = md_path.read_text()
     assert text == report.markdown(result) and text in done.stdout
     assert text.count("| lenet300 | 8 |") == 7 and "| ours_many_2proc K=8 | " in text

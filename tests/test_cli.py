@@ -1,9 +1,9 @@
 import pytest
 from typer.testing import CliRunner
 
-from ticketlab.cli import common as cli_common
-from ticketlab import cli
 from ticketlab.cli import app
+from ticketlab.cli import common as cli_common
+
 runner = CliRunner()
 cli_common.console.width = cli_common.err.width = 200  # tables unwrapped, so the tests can read them
 
@@ -19,7 +19,19 @@ def test_help_everywhere(command):
 
 
 def test_train_prints_table(tmp_path):
-    result = invoke("train", "--model", "mlp:784-32-10", "--dataset", "synthetic", "--steps", "1ep", "--val-size", "100", "--device", "cpu")
+    result = invoke(
+        "train",
+        "--model",
+        "mlp:784-32-10",
+        "--dataset",
+        "synthetic",
+        "--steps",
+        "1ep",
+        "--val-size",
+        "100",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "test acc" in result.output and "early-stop step" in result.output
 
@@ -43,8 +55,25 @@ def test_bad_names_give_one_clear_line(args, message):
 
 def test_prune_writes_levels_and_prints_table(tmp_path):
     result = invoke(
-        "prune", "--model", "mlp:784-32-10", "--dataset", "synthetic", "--method", "lottery", "--density", "0.64",
-        "--steps", "30it", "--val-size", "100", "--out", str(tmp_path), "--device", "cpu", "--control", "reinit",
+        "prune",
+        "--model",
+        "mlp:784-32-10",
+        "--dataset",
+        "synthetic",
+        "--method",
+        "lottery",
+        "--density",
+        "0.64",
+        "--steps",
+        "30it",
+        "--val-size",
+        "100",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--control",
+        "reinit",
     )
     assert result.exit_code == 0, result.output
     assert "early-stop step" in result.output and "reinit" in result.output
@@ -57,7 +86,9 @@ def test_prune_writes_levels_and_prints_table(tmp_path):
 def test_prune_bad_method_and_criterion(tmp_path):
     result = invoke("prune", "--dataset", "synthetic", "--method", "lotery", "--density", "0.5", "--out", str(tmp_path))
     assert result.exit_code == 2 and "unknown method 'lotery'" in result.output and "Traceback" not in result.output
-    result = invoke("prune", "--dataset", "synthetic", "--criterion", "snipp", "--density", "0.5", "--out", str(tmp_path))
+    result = invoke(
+        "prune", "--dataset", "synthetic", "--criterion", "snipp", "--density", "0.5", "--out", str(tmp_path)
+    )
     assert result.exit_code == 2 and "snip" in result.output
 
 
@@ -95,10 +126,22 @@ def test_key_value_pairs_are_read_as_yaml():
     [
         (["prune", "-o", "regrow"], "--option takes key=value, e.g. --option regrow=0.1; got 'regrow'"),
         (["prune", "-o", " =0.1"], "--option takes key=value, e.g. --option regrow=0.1; got ' =0.1'"),
-        (["prune", "-o", "thresholds=[0.1,"], "--option thresholds: '[0.1,' is not a YAML value, e.g. --option regrow=0.1"),
-        (["sweep", "{sweep}", "--set", "recipe.steps"], "--set takes key=value, e.g. --set recipe.steps=1ep; got 'recipe.steps'"),
-        (["meta", "fit", "t.csv", "-p", "forest=3"], "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest=3'"),
-        (["meta", "fit", "t.csv", "-p", "forest.n_estimators"], "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest.n_estimators'"),
+        (
+            ["prune", "-o", "thresholds=[0.1,"],
+            "--option thresholds: '[0.1,' is not a YAML value, e.g. --option regrow=0.1",
+        ),
+        (
+            ["sweep", "{sweep}", "--set", "recipe.steps"],
+            "--set takes key=value, e.g. --set recipe.steps=1ep; got 'recipe.steps'",
+        ),
+        (
+            ["meta", "fit", "t.csv", "-p", "forest=3"],
+            "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest=3'",
+        ),
+        (
+            ["meta", "fit", "t.csv", "-p", "forest.n_estimators"],
+            "--param takes model.key=value, e.g. --param forest.n_estimators=100; got 'forest.n_estimators'",
+        ),
     ],
 )
 def test_malformed_key_value_flags_give_one_line_naming_the_flag_with_an_example(args, message, tmp_path):

@@ -9,7 +9,11 @@ from ticketlab.methods.controls import CONTROLS
 
 def setup():
     g = torch.Generator().manual_seed(0)
-    dense = {"a.weight": torch.randn(20, 30, generator=g), "a.bias": torch.randn(20, generator=g), "b.weight": torch.randn(5, 20, generator=g)}
+    dense = {
+        "a.weight": torch.randn(20, 30, generator=g),
+        "a.bias": torch.randn(20, generator=g),
+        "b.weight": torch.randn(5, 20, generator=g),
+    }
     mask = select({k: v.abs() for k, v in dense.items() if k.endswith("weight")}, 0.3, "layerwise")
     start = {k: (v * mask[k] if k in mask else v.clone()) for k, v in dense.items()}
     fresh = {k: torch.randn(v.shape, generator=g) for k, v in dense.items()}

@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ticketlab
-
 from ticketlab.criteria import (
     CRITERIA,
     ScoringContext,
+    Stack,
     criterion_names,
     is_data_aware,
     parse,
@@ -26,7 +26,12 @@ from ticketlab.models import build_model, initialize
 from ticketlab.registry import UnknownNameError
 
 STACKS = ["stacked(grasp,snip)", "stacked(stacked(magnitude,snip),synflow)", "stacked(synflow,large_final_same_sign)"]
-ALL = criterion_names() + STACKS
+SETTINGS = [
+    "prospr:first_order:new_data",
+    "ntk_sap:eps=0.02:draws=2",
+    "phew:visits=0.5",
+]  # criteria with settings in their names
+ALL = criterion_names() + STACKS + SETTINGS
 
 
 def two_layer(bias: bool = True, dtype=torch.float64) -> nn.Module:
@@ -57,13 +62,17 @@ def weight_list(model):
 def test_names_and_data_awareness():
     assert set(criterion_names()) == {
         "random", "magnitude", "snip", "grasp", "grasp_abs", "synflow", "large_final", "large_final_same_sign",
-        "magnitude_increase", "movement", "large_init_large_final",
+        "magnitude_increase", "movement", "large_init_large_final", "random_er", "random_erk",
+        "prospr", "ntk_sap", "phew",
     }  # fmt: skip
     assert criterion_names() == CRITERIA.names()
-    assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "snip"]
+    assert [n for n in criterion_names() if is_data_aware(n)] == ["grasp", "grasp_abs", "prospr", "snip"]
     assert is_data_aware("stacked(magnitude, snip)") and is_data_aware("stacked(stacked(grasp,magnitude),synflow)")
     assert not is_data_aware("stacked(stacked(magnitude,random),synflow)")
-    assert parse(" Stacked( SNIP , stacked(magnitude,grasp) ) ") == ("snip", "stacked(magnitude,grasp)")
+    assert parse(" Stacked( SNIP , stacked(magnitude,grasp) ) ") == Stack("snip", "stacked(magnitude,grasp)")
+    assert parse("Stacked_Signed(SNIP, stacked(magnitude,grasp))") == Stack("snip", "stacked(magnitude,grasp)", True)
+    assert is_data_aware("stacked_signed(magnitude, snip)") and not is_data_aware("stacked_signed(magnitude,synflow)")
+    assert is_data_aware("stacked(stacked_signed(magnitude,grasp),synflow)")
 
 
 @pytest.mark.parametrize("name", ["snipp", "stacked(snip,foo)", "stacked(stacked(foo,snip),grasp)"])
@@ -74,7 +83,8 @@ def test_unknown_names_list_the_allowed_ones(name):
 
 @pytest.mark.parametrize(
     "name", ["stacked(snip)", "stacked(snip,grasp,synflow)", "stacked(snip,", "stacked snip,grasp",
-             "stacked(snip,grasp))", "stacked(,snip)", "snip(grasp)", "stacked(stacked(snip),grasp)"],
+             "stacked(snip,grasp))", "stacked(,snip)", "snip(grasp)", "stacked(stacked(snip),grasp)",
+             "stacked_signed(snip)", "stacked_signed snip,grasp"],
 )  # fmt: skip
 def test_malformed_stacked_is_a_value_error(name):
     with pytest.raises(ValueError, match="malformed"):
@@ -160,7 +170,7 @@ def test_grasp_hessian_gradient_product_by_finite_differences_and_paper_sign():
     hg = [(u - d) / (2 * eps) for u, d in zip(up, down)]
 
     mask, ctx = Mask.ones(model), ScoringContext(batches=data)
-    keep, absolute = score("grasp", model, mask, ctx), score("grasp_abs", model, mask, ctx)
+    keep, absolute = score("grasp:T=1", model, mask, ctx), score("grasp_abs:T=1", model, mask, ctx)
     for (name, w), h in zip(prunable_parameters(model).items(), hg):
         torch.testing.assert_close(keep[name], w.detach() * h, atol=1e-7, rtol=1e-4)
         torch.testing.assert_close(absolute[name], (w.detach() * h).abs(), atol=1e-7, rtol=1e-4)
@@ -170,6 +180,48 @@ def test_grasp_hessian_gradient_product_by_finite_differences_and_paper_sign():
     assert int(pruned.sum()) == len(paper) // 2
     assert paper[pruned].min() >= paper[~pruned].max()  # (ties, e.g. dead ReLUs' zeros, may go either way)
     assert paper[pruned].max() == paper.max() and paper[pruned].max() > 0
+
+
+def mlp_16_12_12_10() -> nn.Module:
+    torch.manual_seed(4)
+    return nn.Sequential(
+        nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 10)
+    ).double()  # fmt: skip
+
+
+def masked_hg_reference(model: nn.Module, mask: Mask, data, t: float) -> list[torch.Tensor]:
+    """w ⊙ Hg with g and Hg taken w.r.t. the underlying weights of the masked network (forward with m ⊙ w),
+    by plain autograd: g = ∇L(w), Hg = hvp(L, w, g), L = Σ_batches mean cross-entropy of logits / t."""
+    layers = [model[0], model[2], model[4]]
+    keep = [mask[f"{i}.weight"].double() for i in (0, 2, 4)]
+
+    def loss(*ws):
+        total = 0.0
+        for x, y in data:
+            h = x
+            for i, (layer, w, m) in enumerate(zip(layers, ws, keep)):
+                h = F.linear(h, m * w, layer.bias.detach())
+                h = F.relu(h) if i < 2 else h
+            total = total + F.cross_entropy(h / t, y)
+        return total
+
+    w = tuple(layer.weight.detach() for layer in layers)
+    g = torch.autograd.functional.jacobian(loss, w)
+    _, hg = torch.autograd.functional.hvp(loss, w, g)
+    return [m * wi * h for m, wi, h in zip(keep, w, hg)]
+
+
+def test_grasp_on_a_pruned_network_differentiates_the_underlying_weights():
+    """Pruned weights enter neither g nor Hg: Hg_i of a kept weight has no H_ij g_j term from a pruned j
+    (the GraSP and Synaptic-Flow code forward with m ⊙ w and differentiate w)."""
+    model, data = mlp_16_12_12_10(), batches_for(16, 10, n=3, size=8)
+    g = torch.Generator().manual_seed(11)
+    mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+    expected = masked_hg_reference(model, mask, data, t=1.0)
+    ctx = ScoringContext(batches=data)
+    got, absolute = score("grasp:T=1", model, mask, ctx), score("grasp_abs:T=1", model, mask, ctx)
+    torch.testing.assert_close(list(got.values()), expected, atol=1e-12, rtol=1e-7)
+    torch.testing.assert_close(list(absolute.values()), [e.abs() for e in expected], atol=1e-12, rtol=1e-7)
 
 
 def test_grasp_temperature_divides_the_logits():
@@ -182,8 +234,38 @@ def test_grasp_temperature_divides_the_logits():
     w = tuple(p.detach() for p in weight_list(model))
     g = torch.autograd.functional.jacobian(loss, w)
     _, hg = torch.autograd.functional.hvp(loss, w, g)
-    got = score("grasp", model, Mask.ones(model), ScoringContext(batches=data, options={"temperature": t}))
+    got = score("grasp:T=4", model, Mask.ones(model), ScoringContext(batches=data))
     torch.testing.assert_close(list(got.values()), [wi * h for wi, h in zip(w, hg)])
+
+
+def test_grasp_temperature_is_a_parameter_default_200_and_the_mask_follows_the_formula():
+    model, data = mlp_16_12_12_10(), batches_for(16, 10, n=3, size=8)
+    g = torch.Generator().manual_seed(12)
+    mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+    ctx, names = ScoringContext(batches=data), list(mask)
+    masks = {}
+    for t, name in [(1.0, "grasp:T=1"), (50.0, "GraSP:t=50.0"), (200.0, "grasp"), (200.0, "grasp:T=200")]:
+        expected = dict(zip(names, masked_hg_reference(model, mask, data, t)))
+        masks[name] = select(score(name, model, mask, ctx), 0.2, previous=mask, seed=3)
+        assert masks[name] == select(expected, 0.2, previous=mask, seed=3), name
+        absolute = select(
+            score(name.lower().replace("grasp", "grasp_abs"), model, mask, ctx), 0.2, previous=mask, seed=3
+        )
+        assert absolute == select({n: e.abs() for n, e in expected.items()}, 0.2, previous=mask, seed=3), name
+    assert masks["grasp"] == masks["grasp:T=200"]  # the default is T = 200
+    assert masks["grasp:T=1"] != masks["grasp"]  # ... and the temperature changes which weights are kept
+    torch.testing.assert_close(score("grasp", model, mask, ctx), score("grasp:T=200", model, mask, ctx), rtol=0, atol=0)
+
+
+def test_grasp_temperature_names():
+    assert parse("GraSP:t=200.0") == "grasp:T=200" and parse("grasp_abs: T = 0.5") == "grasp_abs:T=0.5"
+    assert parse("stacked(grasp:T=50, snip)") == Stack("grasp:T=50", "snip")
+    assert is_data_aware("grasp:T=50") and is_data_aware("grasp_abs:T=50")
+    for bad in ["grasp:T=0", "grasp:T=-1", "grasp:200", "grasp:T=abc", "grasp:temp=5", "grasp:T=inf", "grasp:"]:
+        with pytest.raises(ValueError, match="T=|malformed"):
+            parse(bad)
+    with pytest.raises(UnknownNameError, match="grasp:T=<softmax temperature, default 200>"):
+        parse("graps")
 
 
 def test_synflow_closed_form_on_two_layers():
@@ -196,7 +278,9 @@ def test_synflow_closed_form_on_two_layers():
     assert got["0.weight"].dtype == torch.float64
     # include_bias (the Synaptic-Flow code): hidden = |W1|1 + |b1|, so only W2's scores change.
     b1 = model[0].bias.detach().abs()
-    with_bias = score("synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,), options={"include_bias": True}))
+    with_bias = score(
+        "synflow", model, Mask.ones(model), ScoringContext(input_shape=(4,), options={"include_bias": True})
+    )
     torch.testing.assert_close(with_bias["0.weight"], got["0.weight"])
     torch.testing.assert_close(with_bias["2.weight"], w2 * (w1.sum(1) + b1)[None, :])
     # The input shape may come from a batch instead.
@@ -233,24 +317,73 @@ def test_stacked_hand_computed():
     mask = Mask.ones(model)
     init = {n: torch.randn_like(p) for n, p in model.named_parameters()}
     ctx = ScoringContext(batches=data, initial=init, input_shape=(4,), seed=5)
-    # Data-aware B: the copy's weights are sign(w)·|S_A|; sign(w)·|w| = w, so magnitude-then-SNIP is SNIP.
-    torch.testing.assert_close(score("stacked(magnitude,snip)", model, mask, ctx), score("snip", model, mask, ctx))
+    # Signed variant, data-aware B: the copy's weights are sign(w)·|S_A|; sign(w)·|w| = w, so
+    # magnitude-then-SNIP is SNIP.
+    signed = score("stacked_signed(magnitude,snip)", model, mask, ctx)
+    torch.testing.assert_close(signed, score("snip", model, mask, ctx))
     # ... and with random scores the copy's weights are sign(w)·u.
     rand = score("random", model, mask, ctx)
     probe = copy.deepcopy(model)
     with torch.no_grad():
         for n, p in prunable_parameters(probe).items():
             p.copy_(torch.sign(p) * rand[n])
-    torch.testing.assert_close(score("stacked(random,snip)", model, mask, ctx), score("snip", probe, mask, ctx))
-    # Data-free B sees A's scores as they are (no sign): large_final_same_sign after magnitude = sign(w_0)·|w|.
-    got = score("stacked(magnitude,large_final_same_sign)", model, mask, ctx)
-    for n, p in prunable_parameters(model).items():
-        torch.testing.assert_close(got[n], torch.sign(init[n]) * p.detach().abs())
-    # Nesting: SynFlow on weights = SNIP scores = closed form with |W| replaced by the SNIP scores.
-    s = score("snip", model, mask, ctx)
+    torch.testing.assert_close(score("stacked_signed(random,snip)", model, mask, ctx), score("snip", probe, mask, ctx))
+    # 000's algorithm 1: B sees A's scores as they are, so magnitude-then-SNIP is SNIP of the network with |w|.
+    with torch.no_grad():
+        for n, p in prunable_parameters(probe).items():
+            p.copy_(prunable_parameters(model)[n].abs())
+    torch.testing.assert_close(score("stacked(magnitude,snip)", model, mask, ctx), score("snip", probe, mask, ctx))
+    # Data-free B sees A's scores as they are in both: large_final_same_sign after magnitude = sign(w_0)·|w|.
+    for name in ["stacked(magnitude,large_final_same_sign)", "stacked_signed(magnitude,large_final_same_sign)"]:
+        got = score(name, model, mask, ctx)
+        for n, p in prunable_parameters(model).items():
+            torch.testing.assert_close(got[n], torch.sign(init[n]) * p.detach().abs())
+    # Nesting: SynFlow on weights = the inner stack's SNIP scores, which are normalised (÷ Σ): the closed form
+    # with |W| replaced by S / Σ S, S the SNIP scores of the |w| network.
+    s = score("snip", probe, mask, ctx)
+    total = sum(v.sum() for v in s.values())
+    s = {n: v / total for n, v in s.items()}
     nested = score("stacked(stacked(magnitude,snip),synflow)", model, mask, ctx)
     torch.testing.assert_close(nested["0.weight"], s["0.weight"] * s["2.weight"].sum(0)[:, None])
     torch.testing.assert_close(nested["2.weight"], s["2.weight"] * s["0.weight"].sum(1)[None, :])
+
+
+def algorithm_1(a: str, b: str, model: nn.Module, mask: Mask, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """000 §3.3.2, algorithm 1, step by step: S_a <- a(θ_0); the weights temporarily replaced by S_a, normalised
+    as 000's code base does (SNIP ÷ Σ S, GraSP ÷ |Σ S|); S_b <- b(S_a); the weights reset."""
+    s_a = score(a, model, mask, ctx)
+    total = sum(float(v.detach().sum()) for v in s_a.values())
+    if a == "snip":
+        s_a = {n: v / total for n, v in s_a.items()}
+    elif a.startswith("grasp"):
+        s_a = {n: v / abs(total) for n, v in s_a.items()}
+    saved = {n: p.detach().clone() for n, p in prunable_parameters(model).items()}
+    with torch.no_grad():
+        for n, p in prunable_parameters(model).items():
+            p.copy_(s_a[n])
+    s_b = score(b, model, mask, ctx)
+    with torch.no_grad():
+        for n, p in prunable_parameters(model).items():
+            p.copy_(saved[n])
+    return s_b
+
+
+def test_stacked_is_algorithm_1_of_000():
+    model, data = mlp_16_12_12_10(), batches_for(16, 10, n=3, size=8)
+    g = torch.Generator().manual_seed(13)
+    mask = Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+    ctx = ScoringContext(batches=data, input_shape=(16,))
+    differs = 0
+    for a in ["magnitude", "snip", "grasp", "grasp_abs", "synflow"]:
+        for b in ["snip", "grasp", "synflow", "magnitude"]:
+            expected = select(algorithm_1(a, b, model, mask, ctx), 0.2, previous=mask, seed=1)
+            got = select(score(f"stacked({a},{b})", model, mask, ctx), 0.2, previous=mask, seed=1)
+            assert got == expected, (a, b)
+            differs += got != select(score(f"stacked_signed({a},{b})", model, mask, ctx), 0.2, previous=mask, seed=1)
+    assert differs >= 4  # the signed variant is another algorithm
+    # Magnitude then SynFlow is SynFlow: SynFlow sees |θ| anyway.
+    stacked = score("stacked(magnitude,synflow)", model, mask, ctx)
+    torch.testing.assert_close(stacked, score("synflow", model, mask, ctx), rtol=0, atol=0)
 
 
 def test_stacked_refuses_scores_that_overflow_the_weights():
@@ -277,7 +410,10 @@ def small_bn_net() -> nn.Module:
 
 def context_for(model: nn.Module, input_shape, classes: int, batch: int = 4, n: int = 2) -> ScoringContext:
     g = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(batch, *input_shape, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+    batches = [
+        (torch.randn(batch, *input_shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n)
+    ]
     initial = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                for k, v in model.state_dict().items()}  # fmt: skip
     return ScoringContext(batches=batches, input_shape=tuple(input_shape), initial=initial, seed=1)
@@ -431,8 +567,15 @@ class _CountOps(TorchDispatchMode):
 def _work(name: str, width: int) -> tuple[int, int]:
     """(tensor ops dispatched, lines of ticketlab code run) while scoring a masked conv+MLP of ``width``."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(width * 6 * 6, width), nn.ReLU(), nn.Linear(width, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, width, 3),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * 6 * 6, width),
+        nn.ReLU(),
+        nn.Linear(width, 3),
+    )
     ctx, mask = context_for(model, (1, 8, 8), 3), half_mask(model)
     package = str(Path(ticketlab.__file__).parent)
     lines = 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
+import operator
 import pickle
 import tarfile
 import time
@@ -14,17 +16,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_fixtures import (
-    IDX_NAMES, cifar_batches, idx_bytes, mnist_arrays, mnist_files, serve, sha256, write_cifar_tarball,
-    write_mnist,
-)
-from ticketlab.data import DATASETS, Dataset, DownloadError, cifar_augment, dataset_status, load_dataset
-from ticketlab.data import sources
+from ticketlab.data import DATASETS, Dataset, DownloadError, cifar_augment, dataset_status, load_dataset, sources
 from ticketlab.data.cifar import read_cifar10
 from ticketlab.data.idx import read_idx
 from ticketlab.data.sources import RemoteFile
 from ticketlab.files import CorruptFileError
 from ticketlab.registry import UnknownNameError
+
+from data_fixtures import (
+    IDX_NAMES,
+    cifar_batches,
+    idx_bytes,
+    mnist_arrays,
+    mnist_files,
+    serve,
+    sha256,
+    write_cifar_tarball,
+    write_mnist,
+)
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -73,7 +82,9 @@ def test_cifar_tarball_and_folder_parse_identically(tmp_path):
     tarball = write_cifar_tarball(tmp_path / "cifar-10-python.tar.gz", batches)
     x_train, y_train, x_test, y_test = read_cifar10(tarball)
     assert x_train.shape == (30, 3, 32, 32) and x_test.shape == (6, 3, 32, 32)
-    assert y_train.dtype == np.int64 and y_train.tolist() == sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
+    assert y_train.dtype == np.int64 and y_train.tolist() == functools.reduce(
+        operator.iadd, (batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), []
+    )
     # A row is 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32.
     row = batches["data_batch_1"][b"data"][0]
     np.testing.assert_array_equal(x_train[0, 1, 2, 3], row[1024 + 2 * 32 + 3])
@@ -111,8 +122,9 @@ def test_lookup_order_explicit_then_env_then_cache_then_system(tmp_path, monkeyp
     write_mnist(tmp_path / "env" / "mnist", n_train=42)
     write_mnist(tmp_path / "xdg" / "ticketlab" / "mnist", n_train=43)
     write_mnist(tmp_path / "system", n_train=44, gz=False)
-    monkeypatch.setitem(sources.SOURCES, "mnist",
-                        dataclasses.replace(sources.SOURCES["mnist"], system_dirs=(str(tmp_path / "system"),)))
+    monkeypatch.setitem(
+        sources.SOURCES, "mnist", dataclasses.replace(sources.SOURCES["mnist"], system_dirs=(str(tmp_path / "system"),))
+    )
     monkeypatch.setenv("TICKETLAB_DATA", str(tmp_path / "env"))
 
     def loaded(**kw):
@@ -274,7 +286,9 @@ def test_standardisation_uses_training_split_statistics_only(tmp_path):
 
 def test_dataset_to_moves_every_tensor():
     data = load_dataset("synthetic", val_size=10).to("meta")
-    assert all(getattr(data, f).device.type == "meta" for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"))
+    assert all(
+        getattr(data, f).device.type == "meta" for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    )
     assert data.input_shape == (1, 28, 28)
 
 
@@ -288,7 +302,11 @@ def test_synthetic_is_fixed_fast_and_shaped():
     assert time.perf_counter() - start < 0.5  # ~0.03 s measured; loose bound for busy CI machines
     b = load_dataset("synthetic", val_size=500)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
-    assert a.x_train.shape == (2000, 1, 28, 28) and a.x_val.shape == (500, 1, 28, 28) and a.x_test.shape == (500, 1, 28, 28)
+    assert (
+        a.x_train.shape == (2000, 1, 28, 28)
+        and a.x_val.shape == (500, 1, 28, 28)
+        and a.x_test.shape == (500, 1, 28, 28)
+    )
     assert a.y_train.bincount().tolist() != [] and set(a.y_train.tolist()) == set(range(10)) and a.augment is None
     c = load_dataset("synthetic:3x32x32", val_size=0)
     assert c.input_shape == (3, 32, 32) and c.x_val.shape == (0, 3, 32, 32)
@@ -335,8 +353,15 @@ def test_cifar_augment_is_deterministic_and_flips_really_flip():
 # Source rows (or columns) of a 5-pixel side after reflect-padding by 4 and cropping at offset o = 0..8,
 # written out by hand: the padded side reads 4 3 2 1 | 0 1 2 3 4 | 3 2 1 0.
 REFLECT_5 = [
-    [4, 3, 2, 1, 0], [3, 2, 1, 0, 1], [2, 1, 0, 1, 2], [1, 0, 1, 2, 3], [0, 1, 2, 3, 4],
-    [1, 2, 3, 4, 3], [2, 3, 4, 3, 2], [3, 4, 3, 2, 1], [4, 3, 2, 1, 0],
+    [4, 3, 2, 1, 0],
+    [3, 2, 1, 0, 1],
+    [2, 1, 0, 1, 2],
+    [1, 0, 1, 2, 3],
+    [0, 1, 2, 3, 4],
+    [1, 2, 3, 4, 3],
+    [2, 3, 4, 3, 2],
+    [3, 4, 3, 2, 1],
+    [4, 3, 2, 1, 0],
 ]
 
 
@@ -371,8 +396,11 @@ def test_cifar_augment_cpu_generator_on_cuda_batch_matches_cpu():
 
 @pytest.mark.skipif(not FASHION_SYSTEM.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch):
-    monkeypatch.setitem(sources.SOURCES, "fashion-mnist",
-                        dataclasses.replace(sources.SOURCES["fashion-mnist"], system_dirs=(str(FASHION_SYSTEM),)))
+    monkeypatch.setitem(
+        sources.SOURCES,
+        "fashion-mnist",
+        dataclasses.replace(sources.SOURCES["fashion-mnist"], system_dirs=(str(FASHION_SYSTEM),)),
+    )
     start = time.perf_counter()
     data = load_dataset("fashion-mnist", download=False)
     elapsed = time.perf_counter() - start

@@ -65,8 +65,14 @@ def test_extending_plugins_run_through_the_command_line(tmp_path):
     assert [words[8] for words in runs] == ["prune", "sweep"]  # each after the four plugins
     outputs = []
     for words in runs:
-        done = subprocess.run([sys.executable, "-m", "ticketlab.cli", *words], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "ticketlab.cli", *words],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         outputs.append(done.stdout)
     prune, sweep = outputs

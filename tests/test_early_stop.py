@@ -55,8 +55,17 @@ SCRIPT = [1.0, 0.8, 0.6, 0.7, 0.6, 0.9, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1,
 def scripted_fit(synthetic, *, end_on_best=False, snapshot_steps=(), **early_stop):
     stepper = Scripted(SCRIPT, synthetic)
     recipe = Recipe(steps="30it", batch_size=50, eval_every="2it", early_stop={"patience": 3, **early_stop})
-    result = fit(stepper, synthetic, recipe, seeds=[0], start_step=0, end_step=None, snapshot_steps=snapshot_steps,
-                 end_on_best=end_on_best, progress=None)[0]
+    result = fit(
+        stepper,
+        synthetic,
+        recipe,
+        seeds=[0],
+        start_step=0,
+        end_step=None,
+        snapshot_steps=snapshot_steps,
+        end_on_best=end_on_best,
+        progress=None,
+    )[0]
     return stepper, result
 
 
@@ -95,8 +104,12 @@ def test_off_by_default_and_needs_evaluations_and_a_validation_split(synthetic):
 
     no_val = load_dataset("synthetic", val_size=0)
     with pytest.raises(ValueError, match="validation split"):
-        train(initialize(build_model("mlp:784-10"), seed=0), no_val, Recipe(steps="5it", batch_size=50,
-              early_stop={"patience": 1}), device="cpu")
+        train(
+            initialize(build_model("mlp:784-10"), seed=0),
+            no_val,
+            Recipe(steps="5it", batch_size=50, early_stop={"patience": 1}),
+            device="cpu",
+        )
 
 
 RECIPE = Recipe(steps="60it", batch_size=50, lr=0.2, momentum=0.9, eval_every="3it", early_stop={"patience": 2})
@@ -111,8 +124,9 @@ def test_a_stopped_run_is_the_prefix_of_the_uninterrupted_run(synthetic, optimiz
     lr = 0.2 if optimizer == "sgd" else 0.1
     recipe = RECIPE.model_copy(update={"optimizer": optimizer, "lr": lr, "momentum": 0.9 if optimizer == "sgd" else 0})
     full_model, stopped_model, best_model = mlp(0), mlp(0), mlp(0)
-    full = train(full_model, synthetic, recipe.model_copy(update={"early_stop": None}), snapshot_steps=range(61),
-                 device="cpu")
+    full = train(
+        full_model, synthetic, recipe.model_copy(update={"early_stop": None}), snapshot_steps=range(61), device="cpu"
+    )
     stopped = train(stopped_model, synthetic, recipe, device="cpu")
     # where the rule says: the first evaluation `patience` evaluations after the running minimum
     best, since, expected = None, 0, None
@@ -176,14 +190,21 @@ def test_stacked_conv_early_stop_with_end_on_best_equals_single_runs():
 def test_each_level_records_where_training_stopped(synthetic, tmp_path):
     from ticketlab.experiment.run import run_experiment
 
-    spec = ExperimentSpec(model="mlp:784-32-16-10", dataset="synthetic", val_size=100, recipe=RECIPE,
-                          method=MethodSpec(name="lottery"), densities=(0.64,))
+    spec = ExperimentSpec(
+        model="mlp:784-32-16-10",
+        dataset="synthetic",
+        val_size=100,
+        recipe=RECIPE,
+        method=MethodSpec(name="lottery"),
+        densities=(0.64,),
+    )
     rows = run_experiment(spec, tmp_path, device="cpu").rows
     assert all(row["end_step"] == 60 for row in rows)
     assert all(row["stopped_step"] == row["history"][-1]["step"] for row in rows)
     assert any(row["stopped_step"] < 60 for row in rows)
-    plain = run_experiment(spec.model_copy(update={"recipe": RECIPE.model_copy(update={"early_stop": None})}),
-                           tmp_path, device="cpu").rows
+    plain = run_experiment(
+        spec.model_copy(update={"recipe": RECIPE.model_copy(update={"early_stop": None})}), tmp_path, device="cpu"
+    ).rows
     assert all(row["stopped_step"] == row["end_step"] == 60 for row in plain)
 
 
@@ -197,8 +218,32 @@ def test_cli_offers_patience(tmp_path):
     runner = CliRunner()
     for command in ("train", "prune"):
         assert "--patience" in runner.invoke(app, [command, "--help"]).output
-    result = runner.invoke(app, ["train", "--model", "mlp:784-32-16-10", "--dataset", "synthetic", "--steps", "60it",
-                                 "--batch-size", "50", "--lr", "0.5", "--momentum", "0.9", "--eval-every", "3it",
-                                 "--val-size", "100", "--patience", "2", "--device", "cpu"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "mlp:784-32-16-10",
+            "--dataset",
+            "synthetic",
+            "--steps",
+            "60it",
+            "--batch-size",
+            "50",
+            "--lr",
+            "0.5",
+            "--momentum",
+            "0.9",
+            "--eval-every",
+            "3it",
+            "--val-size",
+            "100",
+            "--patience",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "stopped early at step" in result.output

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("TICKETLAB_DATA"), reason="Fashion-MNIST not installed")
+needs_fashion = pytest.mark.skipif(
+    not FASHION.exists() and not os.environ.get("TICKETLAB_DATA"), reason="Fashion-MNIST not installed"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ticketlab.training import fused_sgd
-from ticketlab.training.fused_sgd import FusedSGD
+from ticketlab.config.recipe import Recipe
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
+from ticketlab.training import fused_sgd
+from ticketlab.training.fused_sgd import FusedSGD
 from ticketlab.training.loop import train
 from ticketlab.training.stacked import _Stack
 
@@ -68,12 +68,20 @@ def test_fused_step_equals_autograd_sgd_per_model(request, synthetic, blas, name
     stack = _Stack(models, torch.device("cpu"))
     layers = range(3)
     stacked_masks = [
-        torch.stack([(mk[f"layers.{i}.weight"] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool))
-                     for mk in masks]).float()
+        torch.stack(
+            [
+                (mk[f"layers.{i}.weight"] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool))
+                for mk in masks
+            ]
+        ).float()
         for i, w in zip(layers, (stack.params[f"layers.{i}.weight"] for i in layers))
     ]
-    fused = FusedSGD([stack.params[f"layers.{i}.weight"] for i in layers],
-                     [stack.params[f"layers.{i}.bias"] for i in layers], stacked_masks, recipe)
+    fused = FusedSGD(
+        [stack.params[f"layers.{i}.weight"] for i in layers],
+        [stack.params[f"layers.{i}.bias"] for i in layers],
+        stacked_masks,
+        recipe,
+    )
     g = torch.Generator().manual_seed(1)
     for step in range(6):
         idx = torch.stack([torch.randperm(len(synthetic.x_train), generator=g)[:20] for _ in models])
@@ -81,8 +89,10 @@ def test_fused_step_equals_autograd_sgd_per_model(request, synthetic, blas, name
         lr = recipe.lr * (1 - step / 10)  # a changing learning rate, as a schedule gives
         for opt in optimizers:
             opt.param_groups[0]["lr"] = lr
-        expected = [_reference_step(m, o, mk, xb[k], yb[k], recipe)
-                    for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))]
+        expected = [
+            _reference_step(m, o, mk, xb[k], yb[k], recipe)
+            for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))
+        ]
         losses = fused.step(xb, yb, lr)
         assert losses.tolist() == pytest.approx(expected, rel=1e-5)
     for k, (single, mask) in enumerate(zip(singles, masks)):
@@ -111,12 +121,15 @@ def test_hand_computed_step():
     assert float(loss[0]) == pytest.approx(float((-torch.log(p) + torch.log(torch.tensor(2.0))) / 2), rel=1e-6)
 
 
-@pytest.mark.parametrize("recipe, fused", [
-    (Recipe(), True),
-    (Recipe(momentum=0.9, weight_decay=1e-4), True),
-    (Recipe(momentum=0.9, nesterov=True), False),
-    (Recipe(optimizer="adam", lr=1e-3), False),
-])
+@pytest.mark.parametrize(
+    "recipe, fused",
+    [
+        (Recipe(), True),
+        (Recipe(momentum=0.9, weight_decay=1e-4), True),
+        (Recipe(momentum=0.9, nesterov=True), False),
+        (Recipe(optimizer="adam", lr=1e-3), False),
+    ],
+)
 def test_the_fused_step_is_taken_for_sgd_mlps_only(recipe, fused):
     models = [initialize(build_model(SIZES), seed=s) for s in (1, 2)]
     stack = _Stack(models, torch.device("cpu"))
@@ -138,26 +151,39 @@ class _NoHooks:
         return None
 
 
-@pytest.mark.parametrize("dropout, device", [
-    (0.0, "cpu"), (0.3, "cpu"),
-    # on CUDA F.dropout has its own kernel and random stream, so only the dropout-free case can agree
-    pytest.param(0.0, "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
-])
-@pytest.mark.parametrize("recipe", [
-    Recipe(steps="20it", batch_size=40, lr=0.1, l2=1e-3, lr_schedule="cosine", eval_every="10it"),
-    Recipe(steps="20it", batch_size=40, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every="10it"),
-])
+@pytest.mark.parametrize(
+    "dropout, device",
+    [
+        (0.0, "cpu"),
+        (0.3, "cpu"),
+        # on CUDA F.dropout has its own kernel and random stream, so only the dropout-free case can agree
+        pytest.param(0.0, "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    ],
+)
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        Recipe(steps="20it", batch_size=40, lr=0.1, l2=1e-3, lr_schedule="cosine", eval_every="10it"),
+        Recipe(steps="20it", batch_size=40, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every="10it"),
+    ],
+)
 def test_train_fused_equals_train_autograd(synthetic, recipe, dropout, device):
     """train() on one MLP: the fused step (a view of the model as K = 1) against the autograd step,
     dropout drawn from the global generator as F.dropout draws it."""
     model = initialize(build_model(SIZES, dropout=dropout), seed=4)
     assert fused_sgd.applies(model, recipe)
-    mask = select({k: torch.rand(p.shape, generator=torch.Generator().manual_seed(2))
-                   for k, p in prunable_parameters(model).items()}, 0.3)
+    mask = select(
+        {
+            k: torch.rand(p.shape, generator=torch.Generator().manual_seed(2))
+            for k, p in prunable_parameters(model).items()
+        },
+        0.3,
+    )
     autograd_model = copy.deepcopy(model)
     fused_run = train(model, synthetic, recipe, mask=mask, seed=3, device=device, snapshot_steps=(7,))
-    autograd_run = train(autograd_model, synthetic, recipe, mask=mask, seed=3, device=device, snapshot_steps=(7,),
-                         hooks=_NoHooks())
+    autograd_run = train(
+        autograd_model, synthetic, recipe, mask=mask, seed=3, device=device, snapshot_steps=(7,), hooks=_NoHooks()
+    )
     for key, value in autograd_model.state_dict().items():
         assert torch.allclose(model.state_dict()[key], value, atol=1e-6, rtol=1e-5), key
         assert torch.allclose(fused_run.snapshots[7][key], autograd_run.snapshots[7][key], atol=1e-6, rtol=1e-5), key

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ticketlab.hardware import blas as gemm
+from ticketlab.config.recipe import Recipe
 from ticketlab.data import load_dataset
+from ticketlab.hardware import blas as gemm
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
 from ticketlab.training.loop import train
 from ticketlab.training.stacked import train_many
 

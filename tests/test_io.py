@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ticketlab.experiment.run import run_experiment
-from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 
 
 def states():
@@ -45,9 +45,12 @@ def test_damaged_file_is_rejected(tmp_path, damage):
 def test_a_batchnorm_model_runs_through_the_experiment_store(tmp_path):
     """ResNet-20 (BatchNorm counters are 0-dim tensors) initialised, pruned, trained and stored."""
     spec = ExperimentSpec(
-        model="resnet20", dataset="synthetic", val_size=100,
+        model="resnet20",
+        dataset="synthetic",
+        val_size=100,
         recipe=Recipe(steps="4it", batch_size=16, lr=0.05, momentum=0.9, eval_every="4it"),
-        method=MethodSpec(name="lottery", K=0.5), densities=(0.5,),
+        method=MethodSpec(name="lottery", K=0.5),
+        densities=(0.5,),
     )
     result = run_experiment(spec, tmp_path, device="cpu")
     assert [r["level"] for r in result.rows] == [0, 1]
@@ -67,14 +70,22 @@ def _strict(text: str):
 def test_json_files_are_strict_json_with_nan_as_null(tmp_path):
     from ticketlab.files import atomic_write_json
 
-    path = atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (2, -float("inf"))})
+    path = atomic_write_json(
+        tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (2, -float("inf"))}
+    )
     assert _strict(path.read_text()) == {"a": None, "b": [1.0, None], "c": [2, None]}
 
 
 def test_every_json_a_run_writes_parses_strictly(tmp_path):
     # the first evaluation of a level has no training loss yet (NaN in memory)
-    spec = ExperimentSpec(model="mlp:784-16-10", dataset="synthetic", val_size=200, densities=(0.8,),
-                          recipe=Recipe(steps="10it", batch_size=50, eval_every="5it"), method=MethodSpec(name="lottery"))
+    spec = ExperimentSpec(
+        model="mlp:784-16-10",
+        dataset="synthetic",
+        val_size=200,
+        densities=(0.8,),
+        recipe=Recipe(steps="10it", batch_size=50, eval_every="5it"),
+        method=MethodSpec(name="lottery"),
+    )
     run = run_experiment(spec, tmp_path, device="cpu")
     files = list(run.path.rglob("*.json"))
     assert files

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from ticketlab.files import CorruptFileError
-from ticketlab.masks import Mask, layer_collapse, prunable_parameters, select
+from ticketlab.masks import Mask, layer_collapse, prunable_parameters, select, top_k
 
 
 def tiny() -> nn.Module:
@@ -137,7 +137,11 @@ def test_layer_collapse_detects_empty_layer_and_disconnection():
 def test_layer_collapse_sees_paths_through_batchnorm_without_running_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(1, 2, 3),
+        nn.BatchNorm2d(2, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
     dense = Mask.ones(model)
     assert not layer_collapse(model, dense, (1, 4, 4)).collapsed
@@ -166,6 +170,36 @@ def test_select_does_not_depend_on_the_order_of_the_scores_mapping(scope):
         first, second = select(scores, 0.5, scope, seed=seed), select(reordered, 0.5, scope, seed=seed)
         assert list(first) == list(scores) and list(second) == list(reordered)  # the caller's order is kept
         assert first == second, seed
+
+
+def test_top_k_by_hand():
+    scores = {"a": torch.tensor([5.0, 1.0, 4.0]), "b": torch.tensor([[3.0, 6.0], [0.0, 2.0]])}
+    # global: the 3 highest of all 7 are 6, 5, 4
+    assert top_k(scores, 3) == {"a": torch.tensor([1, 0, 1]), "b": torch.tensor([[0, 1], [0, 0]])}
+    # only allowed entries compete: without 6 and 5 the 3 highest are 4, 3, 2
+    allowed = {"a": torch.tensor([False, True, True]), "b": torch.tensor([[True, False], [True, True]])}
+    assert top_k(scores, 3, allowed) == {"a": torch.tensor([0, 0, 1]), "b": torch.tensor([[1, 0], [0, 1]])}
+    # per layer: 1 of a, 2 of b
+    assert top_k(scores, {"a": 1, "b": 2}, allowed) == {
+        "a": torch.tensor([0, 0, 1]),
+        "b": torch.tensor([[1, 0], [0, 1]]),
+    }
+    with pytest.raises(ValueError, match="asked for 6 weights of the model but only 5 are allowed"):
+        top_k(scores, 6, allowed)
+    with pytest.raises(ValueError, match="only 2 are allowed"):
+        top_k(scores, {"a": 3, "b": 0}, allowed)
+
+
+def test_top_k_breaks_ties_by_the_seed_and_select_is_top_k_in_sorted_order():
+    tied = {"w": torch.ones(10)}
+    picks = {tuple(top_k(tied, 4, seed=seed)["w"].tolist()) for seed in range(10)}
+    assert len(picks) > 1 and all(sum(p) == 4 for p in picks)
+    assert top_k(tied, 4, seed=3) == top_k(tied, 4, seed=3)
+    scores = {"b": torch.tensor([1.0, 1.0, 2.0]), "a": torch.tensor([1.0, 0.0, 1.0, 1.0])}
+    ordered = {"a": scores["a"], "b": scores["b"]}
+    for seed in range(10):
+        assert select(scores, 3 / 7, seed=seed) == top_k(ordered, 3, seed=seed)
+        assert select(scores, 0.5, "layerwise", seed=seed) == top_k(ordered, {"a": 2, "b": 2}, seed=seed)
 
 
 def test_a_loaded_mask_has_its_keys_in_a_fixed_order(tmp_path):

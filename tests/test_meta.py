@@ -10,12 +10,11 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from ticketlab.cli import common as cli_common
 from ticketlab import cli
+from ticketlab.cli import common as cli_common
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.criteria import ScoringContext, is_data_aware, parse, score
-from ticketlab.experiment.run import run_experiment
-from ticketlab.masks import Mask, prunable_parameters
-from ticketlab.criteria.learned import load_meta_model
 from ticketlab.criteria.features import (
     EXTENDED,
     FeatureSpec,
@@ -26,11 +25,12 @@ from ticketlab.criteria.features import (
     scale_global,
     scale_per_layer,
 )
+from ticketlab.criteria.learned import load_meta_model
+from ticketlab.experiment.run import run_experiment
+from ticketlab.masks import Mask, prunable_parameters
 from ticketlab.metalearn.fit import MetaModel, fit_models, select_columns, split_rows
 from ticketlab.metalearn.table import build_table, load_table, save_table
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 FAST = {"forest": {"n_estimators": 4}, "mlp": {"epochs": 2, "batch_size": 256}}
 cli_common.console.width = cli_common.err.width = 200
@@ -44,7 +44,10 @@ def tiny_net() -> nn.Module:
 def batches(in_shape=(4,), classes=2, n=2, size=5, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(size, *in_shape, generator=g, dtype=torch.float64), torch.randint(0, classes, (size,), generator=g))
+        (
+            torch.randn(size, *in_shape, generator=g, dtype=torch.float64),
+            torch.randint(0, classes, (size,), generator=g),
+        )
         for _ in range(n)
     ]
 
@@ -85,12 +88,14 @@ def test_score_features_are_the_criteria_scaled_to_0_1_per_layer():
             expected = (s.double() - s.min()) / (s.max() - s.min())
             torch.testing.assert_close(got[name][layer], expected)
             assert float(got[name][layer].min()) == 0.0 and float(got[name][layer].max()) == 1.0
-            assert 0.0 <= float(got[f"rank_{name}"][layer].min()) and float(got[f"rank_{name}"][layer].max()) == 1.0
+            assert float(got[f"rank_{name}"][layer].min()) >= 0.0 and float(got[f"rank_{name}"][layer].max()) == 1.0
 
 
 def test_activation_features_equal_an_explicit_loop_over_samples():
     model, data = tiny_net(), batches()
-    mask = Mask({"0.weight": torch.ones(3, 4, dtype=torch.bool), "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]]).bool()})
+    mask = Mask(
+        {"0.weight": torch.ones(3, 4, dtype=torch.bool), "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]]).bool()}
+    )
     stats = activation_stats(model, mask, data)
     w0, b0 = model[0].weight.detach(), model[0].bias.detach()
     w2, b2 = model[2].weight.detach() * mask["2.weight"], model[2].bias.detach()
@@ -103,7 +108,9 @@ def test_activation_features_equal_an_explicit_loop_over_samples():
         for j in range(4):
             assert stats["in_max"]["0.weight"][i, j] == max(float(samples[n, j]) for n in range(len(samples)))
             assert stats["out_max"]["0.weight"][i, j] == pytest.approx(max(float(v[i]) for v in h))
-            assert stats["in_mean"]["0.weight"][i, j] == pytest.approx(sum(float(samples[n, j]) for n in range(len(samples))) / len(samples))
+            assert stats["in_mean"]["0.weight"][i, j] == pytest.approx(
+                sum(float(samples[n, j]) for n in range(len(samples))) / len(samples)
+            )
     for i in range(2):
         for j in range(3):
             assert stats["in_mean"]["2.weight"][i, j] == pytest.approx(sum(float(v[j]) for v in a) / len(a))
@@ -113,9 +120,11 @@ def test_activation_features_equal_an_explicit_loop_over_samples():
 
 def test_extended_features_weight_norm_and_network_wide_scaling():
     model, data = tiny_net(), batches()
-    mask = Mask({"0.weight": torch.ones(3, 4, dtype=torch.bool), "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]]).bool()})
+    mask = Mask(
+        {"0.weight": torch.ones(3, 4, dtype=torch.bool), "2.weight": torch.tensor([[1, 0, 1], [1, 1, 0]]).bool()}
+    )
     got = compute_features(model, mask, ScoringContext(batches=data, input_shape=(4,)), FeatureSpec(extended=True))
-    assert list(got)[-len(EXTENDED):] == list(EXTENDED)
+    assert list(got)[-len(EXTENDED) :] == list(EXTENDED)
     w = {k: p.detach() * mask[k] for k, p in prunable_parameters(model).items()}
     norms = {k: float(torch.sqrt((v**2).sum())) for k, v in w.items()}
     lo, hi = min(norms.values()), max(norms.values())
@@ -146,7 +155,12 @@ def test_conv_channel_statistics_with_groups():
 
 def test_features_score_the_masked_network_and_leave_the_model_alone():
     model, ctx = small_mlp(), image_ctx()
-    mask = Mask({k: torch.rand(v.shape, generator=torch.Generator().manual_seed(3)) < 0.5 for k, v in prunable_parameters(model).items()})
+    mask = Mask(
+        {
+            k: torch.rand(v.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+            for k, v in prunable_parameters(model).items()
+        }
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     spec = FeatureSpec(ranks=True, extended=True)
     got = compute_features(model, mask, ctx, spec)
@@ -192,7 +206,9 @@ def test_exact_linear_target_is_fitted_and_every_model_reloads_identically(tmp_p
 def test_split_is_seeded_disjoint_and_complete():
     train, test = split_rows(100, 0.2, seed=5)
     assert len(test) == 20 and not set(train) & set(test) and sorted([*train, *test]) == list(range(100))
-    assert np.array_equal(split_rows(100, 0.2, seed=5)[1], test) and not np.array_equal(split_rows(100, 0.2, 6)[1], test)
+    assert np.array_equal(split_rows(100, 0.2, seed=5)[1], test) and not np.array_equal(
+        split_rows(100, 0.2, 6)[1], test
+    )
     with pytest.raises(ValueError, match="test_size"):
         split_rows(100, 1.0, 0)
 
@@ -228,7 +244,12 @@ def fit_on_features(tmp_path, spec=FeatureSpec()):
 def test_meta_criterion_returns_the_models_predictions(tmp_path):
     path = fit_on_features(tmp_path, FeatureSpec(extended=True))
     model, ctx = small_mlp(), image_ctx()
-    mask = Mask({k: torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) < 0.7 for k, v in prunable_parameters(model).items()})
+    mask = Mask(
+        {
+            k: torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) < 0.7
+            for k, v in prunable_parameters(model).items()
+        }
+    )
     name = f"meta:{path}"
     assert parse(name) == name and is_data_aware(name)
     got = score(name, model, mask, ctx)
@@ -254,7 +275,7 @@ def test_meta_names_parse_keep_the_path_case_and_fail_early(tmp_path):
     (upper / "linear.json").write_text(path.read_text())
     (upper / "linear.skops").write_bytes((tmp_path / "linear.skops").read_bytes())
     assert parse(f"META:{upper}/linear.json") == f"meta:{upper}/linear.json"
-    assert parse(f"stacked(SNIP, meta:{upper}/linear.json)") == ("snip", f"meta:{upper}/linear.json")
+    assert parse(f"stacked(SNIP, meta:{upper}/linear.json)") == ("snip", f"meta:{upper}/linear.json", False)
     with pytest.raises(FileNotFoundError, match="no fitted meta model"):
         parse(f"meta:{tmp_path}/missing.json")
     with pytest.raises(ValueError, match="malformed"):
@@ -266,8 +287,12 @@ def test_meta_names_parse_keep_the_path_case_and_fail_early(tmp_path):
 def test_a_oneshot_run_with_the_meta_criterion_completes(tmp_path):
     path = fit_on_features(tmp_path / "models")
     spec = ExperimentSpec(
-        model="mlp:784-16-10", dataset="synthetic", val_size=200, recipe=Recipe(steps="10it", eval_every=None),
-        method=MethodSpec(name="oneshot", criterion=f"meta:{path}"), densities=(0.1,),
+        model="mlp:784-16-10",
+        dataset="synthetic",
+        val_size=200,
+        recipe=Recipe(steps="10it", eval_every=None),
+        method=MethodSpec(name="oneshot", criterion=f"meta:{path}"),
+        densities=(0.1,),
     )
     result = run_experiment(spec, tmp_path / "runs", device="cpu")
     level = result.table().set_index("level").loc[1]
@@ -279,13 +304,29 @@ def test_a_oneshot_run_with_the_meta_criterion_completes(tmp_path):
 
 def test_table_targets_are_the_reference_tickets_and_features_the_stored_init(tmp_path):
     reference = MethodSpec(name="synflow", rounds=3)  # UMS: cheap, no training before its ticket
-    kw = dict(density=0.2, reference=reference, recipe=Recipe(steps="5it", eval_every=None), val_size=200, root=tmp_path, device="cpu")
+    kw = dict(
+        density=0.2,
+        reference=reference,
+        recipe=Recipe(steps="5it", eval_every=None),
+        val_size=200,
+        root=tmp_path,
+        device="cpu",
+    )
     frame = build_table("mlp:784-16-10", "synthetic", target="mask", **kw)
-    spec = ExperimentSpec(model="mlp:784-16-10", dataset="synthetic", val_size=200, recipe=kw["recipe"], method=reference, densities=(0.2,))
+    spec = ExperimentSpec(
+        model="mlp:784-16-10",
+        dataset="synthetic",
+        val_size=200,
+        recipe=kw["recipe"],
+        method=reference,
+        densities=(0.2,),
+    )
     mask = Mask.load(tmp_path / spec.run_id() / "level_01" / "mask.safetensors")
     layers = list(frame["layer"].cat.categories)  # model order
     assert layers == ["layers.0.weight", "layers.1.weight"] and sorted(mask) == layers
-    assert np.array_equal(frame["target"].to_numpy(), np.concatenate([mask[k].flatten().numpy() for k in layers]).astype(np.float32))
+    assert np.array_equal(
+        frame["target"].to_numpy(), np.concatenate([mask[k].flatten().numpy() for k in layers]).astype(np.float32)
+    )
     assert frame["target"].sum() == mask.kept()
     assert list(frame.columns) == ["seed", "layer", "index", "magnitude", "snip", "grasp", "synflow", "target"]
     init = next((tmp_path / "inits").iterdir())

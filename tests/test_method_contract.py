@@ -26,8 +26,12 @@ TARGET = 0.49  # K = 0.7: levels 1.0 -> 0.7 -> 0.49, and 0.49 * N is not a whole
 # where its defaults run. A new method needs an entry here (test_every_method_has_an_entry).
 SMALLEST: dict[str, dict] = {
     "double_pruning": {},
+    "edge_popup": {"options": {"steps": "4it"}},
     "finetune": {},
+    "force": {"options": {"steps": 3}},
+    "gem_miner": {"options": {"steps": "4it", "period": "2it"}},
     "gimp": {},
+    "iter_snip": {"options": {"steps": 3}},
     "late_rewind": {"name": "late_rewind:2it"},  # the rewind step is required
     "lottery": {},
     "lr_rewind": {},

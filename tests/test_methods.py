@@ -3,16 +3,15 @@
 import pytest
 import torch
 
-from ticketlab.experiment.run import run_experiment
-from ticketlab.files import load_tensors
-from ticketlab.masks import Mask
-from ticketlab.methods import METHODS
-from ticketlab.methods.iterative import gimp_steps
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.masks import Mask
+from ticketlab.methods import METHODS, check_method
+from ticketlab.methods.iterative import gimp_steps
 from ticketlab.store import RunDir
 from ticketlab.training.loop import steps_per_epoch, train
-from ticketlab.methods import check_method
+
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
 T = 40
@@ -21,8 +20,13 @@ T = 40
 def spec(method: str, densities=(0.5,), **options) -> ExperimentSpec:
     controls = options.pop("controls", ())
     return ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, densities=densities,
-        method=MethodSpec(name=method, **options), controls=controls,
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=densities,
+        method=MethodSpec(name=method, **options),
+        controls=controls,
     )
 
 
@@ -54,7 +58,10 @@ def test_iterative_levels_hit_every_target_density():
     assert got == pytest.approx([0.8, 0.64, 0.512, 0.5, 0.4, 0.32, 0.3])
     assert iterative_densities(0.5, 0.8) == pytest.approx([0.8, 0.64, 0.512, 0.5])
     # a step landing within 1% above the target goes to the target: no near-empty extra level
-    assert iterative_densities(0.018, 0.8)[-2:] == pytest.approx([0.8**17, 0.018]) and len(iterative_densities(0.018, 0.8)) == 18
+    assert (
+        iterative_densities(0.018, 0.8)[-2:] == pytest.approx([0.8**17, 0.018])
+        and len(iterative_densities(0.018, 0.8)) == 18
+    )
     with pytest.raises(ValueError, match="target densities"):
         iterative_densities((0.5, 1.5), 0.8)
 
@@ -122,8 +129,14 @@ def test_late_rewind_rewinds_weights_and_schedule_to_step_k(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("finetune", (40, 40, 0, 0)), ("lottery", (40, 40, 40, 40)), ("late_rewind:10it", (40, 30, 30, 30)),
-     ("lr_rewind", (40, 40, 0, 40)), ("sgimp", (40, 40, 30, 40)), ("sgimp:50%", (40, 40, 20, 40))],
+    [
+        ("finetune", (40, 40, 0, 0)),
+        ("lottery", (40, 40, 40, 40)),
+        ("late_rewind:10it", (40, 30, 30, 30)),
+        ("lr_rewind", (40, 40, 0, 40)),
+        ("sgimp", (40, 40, 30, 40)),
+        ("sgimp:50%", (40, 40, 20, 40)),
+    ],
 )
 def test_preset_step_counts(name, expected):
     s = gimp_steps(MethodSpec(name=name), total=40, spe=10)
@@ -143,7 +156,7 @@ def test_rewind_params_longer_than_a_level_is_rejected():
 
 @pytest.mark.parametrize("criterion", ["synflow", "snip", "grasp_abs", "random"])
 def test_any_criterion_drives_the_iterative_prune_step(tmp_path, criterion):
-    result, rd = run(tmp_path, spec("lottery", densities=(0.64,), criterion=criterion))
+    result, _rd = run(tmp_path, spec("lottery", densities=(0.64,), criterion=criterion))
     assert [round(r["density"], 3) for r in result.rows] == [1.0, 0.8, 0.64]
 
 
@@ -167,24 +180,65 @@ def test_upfront_multishot_and_single_shot(tmp_path, schedule):
 
 def test_criterion_shorthand_resolves():
     from ticketlab.methods import resolve_criterion, resolve_method
+
     assert resolve_method(MethodSpec(name="snip")) == ("oneshot", 1)
     assert resolve_method(MethodSpec(name="synflow")) == ("multishot", 100)
     assert resolve_criterion(MethodSpec(name="lottery")) == "magnitude"
     with pytest.raises(ValueError, match="needs a criterion"):
         resolve_criterion(MethodSpec(name="oneshot"))
-    assert set(METHODS.names()) >= {"oneshot", "multishot", "gimp", "lottery", "finetune", "lr_rewind", "sgimp", "late_rewind"}
+    assert set(METHODS.names()) >= {
+        "oneshot",
+        "multishot",
+        "gimp",
+        "lottery",
+        "finetune",
+        "lr_rewind",
+        "sgimp",
+        "late_rewind",
+    }
 
 
 def test_controls_are_trained_beside_each_ticket(tmp_path):
     controls = ("reinit", "shuffle_weights", "shuffle_mask", "shuffle_mask_reinit", "random_same_layer_density")
     s = spec("lottery", densities=(0.8,), controls=controls)
     result, rd = run(tmp_path, s)
-    assert sorted(r["control"] for r in result.rows if r["level"] == 1) == sorted(("",) + controls)
+    assert sorted(r["control"] for r in result.rows if r["level"] == 1) == sorted(("", *controls))
     ticket = rd.level(1).mask()
     for control in controls:
         m = rd.level(1, control).mask()
         assert m.layer_densities() == ticket.layer_densities()
         assert rd.level(1, control).metrics()["start_step"] == rd.level(1).metrics()["start_step"]
+
+
+def winning_flag(row: dict, dense: dict):
+    from ticketlab.methods.context import Job
+
+    job = Job(spec=None, data=None, model=None, init_state={}, run=None, dense=dense)
+    return job.is_winning(row)
+
+
+def test_winning_compares_test_accuracy_at_the_early_stopping_iterations():
+    """003: test accuracy at the ticket's early-stop step vs the dense run's at its early-stop step."""
+    dense = {"level": 0, "control": "", "test_acc": 0.90, "early_stop_test_acc": 0.92, "early_stop_step": 500}
+    ticket = {"level": 1, "control": "", "test_acc": 0.91, "early_stop_test_acc": 0.89, "early_stop_step": 400}
+    assert winning_flag(ticket, dense) is False  # better at the end, worse at early stopping
+    assert winning_flag({**ticket, "test_acc": 0.85, "early_stop_test_acc": 0.92}, dense) is True
+    assert winning_flag({**ticket, "early_stop_test_acc": 0.95, "early_stop_step": 520}, dense) is False  # later
+    assert winning_flag(dense, dense) is None  # the dense run is no candidate
+    assert winning_flag({**ticket, "control": "reinit", "early_stop_test_acc": 0.95}, dense) is None
+    assert winning_flag({**ticket, "early_stop_step": None, "early_stop_test_acc": None}, dense) is None
+    assert winning_flag(ticket, None) is None
+
+
+def test_winning_flag_in_a_run(tmp_path):
+    result, _ = run(tmp_path, spec("lottery", densities=(0.8,), controls=("reinit",)))
+    dense = next(r for r in result.rows if r["level"] == 0)
+    assert dense["winning"] is None
+    for row in result.rows:
+        if row["level"] == 1:
+            at_least = row["early_stop_test_acc"] >= dense["early_stop_test_acc"]
+            expected = None if row["control"] else at_least and row["early_stop_step"] <= dense["early_stop_step"]
+            assert row["winning"] == expected, row["control"]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -194,7 +248,9 @@ def test_repeated_runs_in_one_process_are_bit_identical(tmp_path, optimizer):
     Adam is (Recipe.make_optimizer), and this guards it."""
     s = spec("lottery", densities=(0.5,), controls=("reinit",))
     if optimizer == "adam":
-        s = s.model_copy(update={"recipe": s.recipe.model_copy(update={"optimizer": "adam", "lr": 1e-3, "momentum": 0.0})})
+        s = s.model_copy(
+            update={"recipe": s.recipe.model_copy(update={"optimizer": "adam", "lr": 1e-3, "momentum": 0.0})}
+        )
     finals = []
     for i in range(6):
         progress = (lambda step, total, row: None) if i % 2 else None
@@ -229,6 +285,68 @@ def test_resume_after_interruption_loses_nothing_and_matches(tmp_path):
     for level in range(len([r for r in reference.rows if not r["control"]])):
         assert ref_dir.level(level).mask() == cut_dir.level(level).mask()
         a, b = weights(ref_dir, level, "final"), weights(cut_dir, level, "final")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["lottery", "oneshot"])
+def test_a_control_cut_off_after_its_ticket_is_trained_on_resume(tmp_path, method):
+    """Killed between a level and its control: the rerun reads the level back and trains the control,
+    exactly as the uninterrupted run did (iterative and upfront methods share this path)."""
+    criterion = {"criterion": "magnitude"} if method == "oneshot" else {}
+    s = spec(method, densities=(0.5,), controls=("reinit",), K=0.5, **criterion)  # one pruned level
+    _first, rd = run(tmp_path, s)
+    before = weights(rd, 1, "final", "reinit")
+    (rd.level(1, "reinit").path / "metrics.json").unlink()
+    seen: list[str] = []
+    again = run_experiment(s, tmp_path, device="cpu", log=seen.append)
+    assert sorted((r["level"], r["control"]) for r in again.rows) == [(0, ""), (1, ""), (1, "reinit")]
+    assert [line for line in seen if "reinit" in line and "already done" not in line]  # trained again
+    assert sum("already done" in line for line in seen) == 2  # levels 0 and 1
+    after = weights(rd, 1, "final", "reinit")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_iterative_method_is_a_set_of_hooks_on_the_one_level_loop(tmp_path):
+    """``run_levels`` calls ``prune`` for every level it trains and ``finished`` for every level (dense
+    included, resumed ones too); with GIMP's default hooks it is the preset run by name."""
+    from ticketlab.data import load_dataset
+    from ticketlab.experiment.run import prepare_run
+    from ticketlab.methods import Job
+    from ticketlab.methods.levels import Gimp, run_levels
+
+    s = spec("lottery", densities=(0.64,), K=0.8)
+    calls: list[tuple] = []
+
+    class Recording(Gimp):
+        def prune(self, previous, density, index):
+            calls.append(("prune", index, previous.index))
+            return super().prune(previous, density, index)
+
+        def finished(self, level, last):
+            calls.append(("finished", level.index, last))
+
+    def run_hooks() -> RunDir:
+        data = load_dataset(s.dataset, val_size=s.val_size, seed=s.split_seed, device="cpu")
+        rd, model, init = prepare_run(s, data, tmp_path / "hooks", torch.device("cpu"))
+        job = Job(s, data, model, init, rd)
+        run_levels(job, Recording(job, gimp_steps(s.method, T, steps_per_epoch(len(data.x_train), 50))))
+        return rd
+
+    rd = run_hooks()
+    assert calls == [
+        ("finished", 0, False),
+        ("prune", 1, 0),
+        ("finished", 1, False),
+        ("prune", 2, 1),
+        ("finished", 2, True),
+    ]
+    calls.clear()
+    run_hooks()  # everything is read back: no pruning, the same calls to finished
+    assert calls == [("finished", 0, False), ("finished", 1, False), ("finished", 2, True)]
+    _, named = run(tmp_path / "named", s)
+    for level in range(3):
+        assert rd.level(level).mask() == named.level(level).mask()
+        a, b = weights(rd, level, "final"), weights(named, level, "final")
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 

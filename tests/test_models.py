@@ -69,8 +69,9 @@ def test_init_deterministic_and_independent_of_global_rng(key):
     b = initialize(build_model(name), seed=3)
     assert same_state(a, b)
     c = initialize(build_model(name), seed=4)
-    assert not torch.equal(a.state_dict()[next(iter(dict(a.named_parameters())))],
-                           c.state_dict()[next(iter(dict(c.named_parameters())))])
+    assert not torch.equal(
+        a.state_dict()[next(iter(dict(a.named_parameters())))], c.state_dict()[next(iter(dict(c.named_parameters())))]
+    )
     assert not same_state(a, c)
 
 
@@ -150,7 +151,9 @@ def test_resnet_shortcut_is_conv_only_projection():
     model = build_model("resnet20", input_shape=(3, 32, 32))
     shortcuts = [b.shortcut for b in model.blocks if b.shortcut is not None]
     assert [(s.in_channels, s.out_channels, s.kernel_size, s.stride) for s in shortcuts] == [
-        (16, 32, (1, 1), (2, 2)), (32, 64, (1, 1), (2, 2))]
+        (16, 32, (1, 1), (2, 2)),
+        (32, 64, (1, 1), (2, 2)),
+    ]
     assert len(model.blocks) == 9
 
 

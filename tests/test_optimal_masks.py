@@ -9,17 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.experiment import check_spec
 from ticketlab.experiment.run import run_experiment
 from ticketlab.masks import Mask, select
 from ticketlab.methods.tom import (
-    LOGITS_FILE, PHASE_FILE, TomOptions, mask_step, penalty_grad, topk_mask, train_logits,
+    LOGITS_FILE,
+    PHASE_FILE,
+    TomOptions,
+    mask_step,
+    penalty_grad,
+    topk_mask,
+    train_logits,
 )
-from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.models import build_model, initialize, snapshot
 from ticketlab.store import RunDir
-from ticketlab.models import snapshot
-from ticketlab.experiment import check_spec
+
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="60it", batch_size=50, lr=0.05, momentum=0.9, eval_every="30it")
 
@@ -81,8 +87,16 @@ def test_logits_never_leave_the_clip_range(synthetic):
     model = initialize(build_model(MODEL), "kaiming_normal", seed=0)
     options = TomOptions(mask_lr=1e4, logit_clip=2.5, logit_init=2.0)  # huge steps: every logit hits a bound
     logits, curve = train_logits(
-        model, snapshot(model), synthetic, batch_size=50, steps=30, options=options, seed=0,
-        densities=(0.3,), scope="global", eval_every=10,
+        model,
+        snapshot(model),
+        synthetic,
+        batch_size=50,
+        steps=30,
+        options=options,
+        seed=0,
+        densities=(0.3,),
+        scope="global",
+        eval_every=10,
     )
     values = torch.cat([b.flatten() for b in logits.values()])
     assert values.min() >= -2.5 and values.max() <= 2.5
@@ -92,13 +106,16 @@ def test_logits_never_leave_the_clip_range(synthetic):
 
 def test_mask_phase_learns_a_mask_better_than_random(synthetic):
     """The mask of learned logits on frozen pretrained weights beats a random mask of the same density."""
-    from ticketlab.training.evaluate import evaluate
     from ticketlab.masks import masked_state
+    from ticketlab.training.evaluate import evaluate
     from ticketlab.training.loop import train
+
     model = initialize(build_model(MODEL), "kaiming_normal", seed=0)
     train(model, synthetic, Recipe(steps="40it", batch_size=50, lr=0.05, momentum=0.9, eval_every=None), seed=0)
     w = snapshot(model)
-    logits, _ = train_logits(model, w, synthetic, batch_size=50, steps=200, options=TomOptions(), seed=0, densities=(0.1,), scope="global")
+    logits, _ = train_logits(
+        model, w, synthetic, batch_size=50, steps=200, options=TomOptions(), seed=0, densities=(0.1,), scope="global"
+    )
     learned = topk_mask(logits, 0.1, "global", 0)
     random = select({k: torch.rand_like(v) for k, v in logits.items()}, 0.1, "global", seed=0)
     accs = []
@@ -120,8 +137,13 @@ def test_topk_of_logits_keeps_exactly_round_density_n_even_with_ties():
 
 def spec(**options) -> ExperimentSpec:
     return ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, densities=(0.2, 0.05),
-        method=MethodSpec(name="tom", options={"mask_steps": "40it", **options}), controls=("reinit",),
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=(0.2, 0.05),
+        method=MethodSpec(name="tom", options={"mask_steps": "40it", **options}),
+        controls=("reinit",),
     )
 
 
@@ -134,13 +156,13 @@ def finished(tmp_path_factory):
 
 
 def test_final_phase_starts_from_pretrained_weights_under_the_topk_mask(finished):
-    s, result, rd, root = finished
+    _s, result, rd, root = finished
     pretrained = rd.level(0).weights("rewind")
     assert rd.level(0).metrics()["end_step"] == 60
     # the pretrained point is the dense run after 10% of it: retrain 6 steps from init and compare
+    from ticketlab.data import load_dataset
     from ticketlab.files import load_tensors
     from ticketlab.training.loop import train
-    from ticketlab.data import load_dataset
 
     init = load_tensors(next((root / "inits").glob("*.safetensors")))[0]
     model = build_model(MODEL)
@@ -170,11 +192,12 @@ def test_final_phase_starts_from_pretrained_weights_under_the_topk_mask(finished
 
 def _seed(level: int) -> int:
     from ticketlab.seeding import seed_for
+
     return seed_for(0, level)
 
 
 def test_rerun_skips_mask_phase_and_levels(finished):
-    s, result, rd, root = finished
+    s, result, _rd, root = finished
     messages = []
     again = run_experiment(s, root, device="cpu", log=messages.append)
     assert not any("training masks" in m for m in messages)

@@ -29,6 +29,8 @@ def test_torch_is_a_range_not_a_pin():
 
 
 def test_setup_pins_torch_through_constraints():
-    pins = [line for line in (ROOT / "scripts" / "constraints.txt").read_text().splitlines() if line.startswith("torch")]
+    pins = [
+        line for line in (ROOT / "scripts" / "constraints.txt").read_text().splitlines() if line.startswith("torch")
+    ]
     assert pins == ["torch==2.13.0"]
     assert "-c scripts/constraints.txt" in (ROOT / "scripts" / "setup.sh").read_text()

@@ -22,20 +22,35 @@ import pytest
 import torch
 
 from ticketlab.api import prune
+from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.experiment import run_experiment
 from ticketlab.experiment.lockstep import run_experiments
-from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.files import load_tensors
 
 PINNED = Path(__file__).with_name("pinned_runs.json")
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="30it", batch_size=50, lr=0.05, momentum=0.9, eval_every="10it")
-METRICS = ("density", "kept", "test_acc", "test_loss", "val_acc", "val_loss", "early_stop_step", "start_step", "end_step")
+METRICS = (
+    "density",
+    "kept",
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "early_stop_step",
+    "start_step",
+    "end_step",
+)
 
 
 def spec(name: str, densities=(0.5,), model: str = MODEL, controls=(), **method) -> ExperimentSpec:
     return ExperimentSpec(
-        model=model, dataset="synthetic", val_size=200, recipe=RECIPE, densities=densities, controls=controls,
+        model=model,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=densities,
+        controls=controls,
         method=MethodSpec(name=name, **method),
     )
 
@@ -65,10 +80,10 @@ def digest(run_dir: Path) -> dict:
         final, _ = load_tensors(level / "final.safetensors")
         out[name] = {
             "metrics": {k: metrics.get(k) for k in METRICS},
-            "mask": {k: hashlib.sha256(v.to(torch.uint8).numpy().tobytes()).hexdigest()[:16] for k, v in sorted(mask.items())},
-            "weights": {
-                k: [float(v.double().sum()), float(v.double().norm())] for k, v in sorted(final.items())
+            "mask": {
+                k: hashlib.sha256(v.to(torch.uint8).numpy().tobytes()).hexdigest()[:16] for k, v in sorted(mask.items())
             },
+            "weights": {k: [float(v.double().sum()), float(v.double().norm())] for k, v in sorted(final.items())},
         }
     return out
 

@@ -17,21 +17,40 @@ from ticketlab.cli import common as cli_common
 
 cli_common.console.width = cli_common.err.width = 200
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-MODEL_PLUGIN = '''
+MODEL_PLUGIN = """
 from torch import nn
 from ticketlab.models import MODELS
 
 @MODELS.register("{name}")
 def build(arg, *, input_shape, num_classes, bn_momentum, bn_eps, dropout):
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU(), nn.Linear(8, num_classes))
-'''
-PRUNE = ["prune", "--dataset", "synthetic", "--method", "snip", "--density", "0.5", "--steps", "2it",
-         "--val-size", "100", "--device", "cpu"]
+"""
+PRUNE = [
+    "prune",
+    "--dataset",
+    "synthetic",
+    "--method",
+    "snip",
+    "--density",
+    "0.5",
+    "--steps",
+    "2it",
+    "--val-size",
+    "100",
+    "--device",
+    "cpu",
+]
 
 
 def cli(args: list[str], cwd: Path, pythonpath: str = SRC) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ticketlab.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": pythonpath}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ticketlab.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        timeout=600,
+    )
 
 
 def test_entry_points_of_installed_packages_load_with_every_command(tmp_path):
@@ -63,9 +82,21 @@ def test_plugin_by_module_name_from_the_current_folder(tmp_path):
     [
         ({}, "nowhere_module", "error: plugin 'nowhere_module': no module of that name in {cwd} or on the Python path"),
         ({}, "missing.py", "error: plugin 'missing.py': no such file"),
-        ({"broken.py": "raise RuntimeError('boom')\n"}, "broken.py", "error: plugin 'broken.py' failed while loading: RuntimeError: boom"),
-        ({"needs.py": "import not_installed_anywhere\n"}, "needs.py", "error: plugin 'needs.py': it imports 'not_installed_anywhere', which is not installed"),
-        ({"needs2.py": "import not_installed_anywhere\n"}, "needs2", "error: plugin 'needs2': it imports 'not_installed_anywhere', which is not installed"),
+        (
+            {"broken.py": "raise RuntimeError('boom')\n"},
+            "broken.py",
+            "error: plugin 'broken.py' failed while loading: RuntimeError: boom",
+        ),
+        (
+            {"needs.py": "import not_installed_anywhere\n"},
+            "needs.py",
+            "error: plugin 'needs.py': it imports 'not_installed_anywhere', which is not installed",
+        ),
+        (
+            {"needs2.py": "import not_installed_anywhere\n"},
+            "needs2",
+            "error: plugin 'needs2': it imports 'not_installed_anywhere', which is not installed",
+        ),
     ],
 )
 def test_a_broken_plugin_is_one_line(tmp_path, monkeypatch, files, plugin, message):
@@ -106,9 +137,17 @@ def test_ray_tasks_import_the_plugins(tmp_path):
     plugins.load_plugins([str(path)])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        base = {"model": "raymodel", "dataset": "synthetic", "val_size": 100, "densities": [0.5],
-                "recipe": {"steps": "2it"}, "method": {"name": "snip"}}
-        report = run_sweep(SweepSpec(base=base, grid={"seed": [0, 1]}, executor="ray", device="cpu"), out=tmp_path / "runs")
+        base = {
+            "model": "raymodel",
+            "dataset": "synthetic",
+            "val_size": 100,
+            "densities": [0.5],
+            "recipe": {"steps": "2it"},
+            "method": {"name": "snip"},
+        }
+        report = run_sweep(
+            SweepSpec(base=base, grid={"seed": [0, 1]}, executor="ray", device="cpu"), out=tmp_path / "runs"
+        )
     finally:
         ray.shutdown()
         MODELS._entries.pop("raymodel", None)

@@ -20,8 +20,19 @@ from ticketlab.experiment.progress import RunStatus, clock, level_plan
 from ticketlab.experiment.run import run_experiment
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-PRUNE = ["-m", "ticketlab.cli", "prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--val-size", "100",
-         "--device", "cpu"]
+PRUNE = [
+    "-m",
+    "ticketlab.cli",
+    "prune",
+    "--model",
+    "mlp:784-16-10",
+    "--dataset",
+    "synthetic",
+    "--val-size",
+    "100",
+    "--device",
+    "cpu",
+]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -91,7 +102,11 @@ def run_in_terminal(args: list[str]) -> tuple[int, str]:
     """Run ``python args`` with a pseudo-terminal as its stdin/stdout/stderr; (exit code, all it drew)."""
     master, slave = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        [sys.executable, *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
         env=env(TERM="xterm-256color", COLUMNS="180", LINES="40"),
     )
     os.close(slave)
@@ -113,7 +128,9 @@ def run_in_terminal(args: list[str]) -> tuple[int, str]:
 
 
 def test_terminal_shows_level_of_n_steps_advancing_elapsed_and_time_left(tmp_path):
-    code, drawn = run_in_terminal([*PRUNE, "--density", "0.8", "--steps", "120it", "--eval-every", "40it", "--out", str(tmp_path)])
+    code, drawn = run_in_terminal(
+        [*PRUNE, "--density", "0.8", "--steps", "120it", "--eval-every", "40it", "--out", str(tmp_path)]
+    )
     assert code == 0, drawn[-3000:]
     assert {"level 0/1", "level 1/1"} <= set(re.findall(r"level \d+/\d+", drawn))
     elapsed = set(re.findall(r"(\d:\d\d:\d\d) elapsed", drawn))
@@ -126,7 +143,10 @@ def test_terminal_shows_level_of_n_steps_advancing_elapsed_and_time_left(tmp_pat
 def test_without_a_terminal_one_line_per_finished_level(tmp_path):
     done = subprocess.run(
         [sys.executable, *PRUNE, "--density", "0.64", "--steps", "10it", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env(), timeout=600,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("level ")]
@@ -138,7 +158,10 @@ def test_without_a_terminal_one_line_per_finished_level(tmp_path):
 def test_ctrl_c_says_how_to_resume(tmp_path):
     process = subprocess.Popen(
         [sys.executable, *PRUNE, "--density", "0.05", "--steps", "200it", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
     )
     assert process.stdout is not None
     for line in process.stdout:
@@ -147,7 +170,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=600)
     assert process.returncode == 130, err
-    assert "interrupted after level 0/" in err and "run the same command again to resume from the last finished level" in err
+    assert (
+        "interrupted after level 0/" in err
+        and "run the same command again to resume from the last finished level" in err
+    )
     assert "Traceback" not in err
 
 
@@ -160,7 +186,9 @@ def test_api_prints_a_line_per_level_to_stderr_unless_quiet(tmp_path, capsys, mo
     ticketlab.prune("mlp:784-16-10", "synthetic", "snip", 0.1, val_size=100, recipe=recipe, out=tmp_path, device="cpu")
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(":")[0] for line in lines] == ["level 0/1", "level 1/1"]
-    ticketlab.prune("mlp:784-16-10", "synthetic", "snip", 0.1, val_size=100, recipe=recipe, out=tmp_path, device="cpu", log=None)
+    ticketlab.prune(
+        "mlp:784-16-10", "synthetic", "snip", 0.1, val_size=100, recipe=recipe, out=tmp_path, device="cpu", log=None
+    )
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("TICKETLAB_QUIET", "1")
     ticketlab.prune("mlp:784-16-10", "synthetic", "snip", 0.2, val_size=100, recipe=recipe, out=tmp_path, device="cpu")

@@ -21,18 +21,62 @@ from ticketlab.sweep import SweepSpec, grid_points, instantiate, set_base
 # train_batch_size 64, train_epochs 100. 004 §3.3: 20.000 iterations, Adam, learning rate 0.0012, batch 60,
 # validation loss every 100 iterations. Frankle & Carbin fig. 2 (003): Adam 1.2e-3, 50K iterations / batch 60.
 DOCUMENT = {
-    "cifar_resnet": dict(steps="72000it", lr=0.1, lr_schedule="multistep", milestones=("36000it", "54000it"),
-                         gamma=0.1, l2=0.0001, weight_decay=0.0, batch_size=128, optimizer="sgd"),
-    "cifar_vgg": dict(steps="80000it", lr=0.1, lr_schedule="multistep", milestones=("32000it", "48000it", "64000it"),
-                      gamma=0.2, l2=0.0001, weight_decay=0.0, batch_size=128, optimizer="sgd"),
-    "cifar_wrn": dict(steps="80000it", lr=0.2, lr_schedule="multistep", milestones=("32000it", "48000it", "64000it"),
-                      gamma=0.2, l2=0.0002, weight_decay=0.0, batch_size=128, optimizer="sgd"),
-    "lenet_synflow": dict(steps="100ep", lr=0.1, lr_schedule="constant", weight_decay=0.0, l2=0.0, momentum=0.0,
-                          batch_size=64, optimizer="sgd"),
-    "mlp_supermask": dict(steps="20000it", lr=0.0012, batch_size=60, optimizer="adam", eval_every="100it",
-                          lr_schedule="constant", weight_decay=0.0, l2=0.0),
-    "lenet_lth": dict(steps="50000it", lr=0.0012, batch_size=60, optimizer="adam", lr_schedule="constant",
-                      weight_decay=0.0, l2=0.0),
+    "cifar_resnet": dict(
+        steps="72000it",
+        lr=0.1,
+        lr_schedule="multistep",
+        milestones=("36000it", "54000it"),
+        gamma=0.1,
+        l2=0.0001,
+        weight_decay=0.0,
+        batch_size=128,
+        optimizer="sgd",
+    ),
+    "cifar_vgg": dict(
+        steps="80000it",
+        lr=0.1,
+        lr_schedule="multistep",
+        milestones=("32000it", "48000it", "64000it"),
+        gamma=0.2,
+        l2=0.0001,
+        weight_decay=0.0,
+        batch_size=128,
+        optimizer="sgd",
+    ),
+    "cifar_wrn": dict(
+        steps="80000it",
+        lr=0.2,
+        lr_schedule="multistep",
+        milestones=("32000it", "48000it", "64000it"),
+        gamma=0.2,
+        l2=0.0002,
+        weight_decay=0.0,
+        batch_size=128,
+        optimizer="sgd",
+    ),
+    "lenet_synflow": dict(
+        steps="100ep",
+        lr=0.1,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        l2=0.0,
+        momentum=0.0,
+        batch_size=64,
+        optimizer="sgd",
+    ),
+    "mlp_supermask": dict(
+        steps="20000it",
+        lr=0.0012,
+        batch_size=60,
+        optimizer="adam",
+        eval_every="100it",
+        lr_schedule="constant",
+        weight_decay=0.0,
+        l2=0.0,
+    ),
+    "lenet_lth": dict(
+        steps="50000it", lr=0.0012, batch_size=60, optimizer="adam", lr_schedule="constant", weight_decay=0.0, l2=0.0
+    ),
 }
 WRN_FIELDS = dict(DOCUMENT["cifar_wrn"], momentum=0.9, eval_every="2000it")  # + the two values 002 leaves open
 
@@ -61,9 +105,11 @@ def test_named_recipe_equals_the_documents_figures(name):
 @pytest.mark.parametrize(
     ("name", "before", "after"),
     # the LR just before and after each milestone: /10 for ResNet ("finishing with 0.001"), /5 for VGG, WRN
-    [("cifar_resnet", [0.1, 0.01, 0.001], [35999, 36000, 54000]),
-     ("cifar_vgg", [0.1, 0.02, 0.004, 0.0008], [31999, 32000, 48000, 64000]),
-     ("cifar_wrn", [0.2, 0.04, 0.008, 0.0016], [31999, 32000, 48000, 64000])],
+    [
+        ("cifar_resnet", [0.1, 0.01, 0.001], [35999, 36000, 54000]),
+        ("cifar_vgg", [0.1, 0.02, 0.004, 0.0008], [31999, 32000, 48000, 64000]),
+        ("cifar_wrn", [0.2, 0.04, 0.008, 0.0016], [31999, 32000, 48000, 64000]),
+    ],
 )
 def test_cifar_schedules_decay_as_002_states(name, before, after):
     recipe = RECIPES.get(name)
@@ -88,7 +134,9 @@ def test_specs_without_names_keep_their_run_ids():
     assert ExperimentSpec().run_id() == "44136fa355b3"
     spec = ExperimentSpec(
         recipe=dict(steps="50000it", batch_size=60, optimizer="adam", lr=0.0012, eval_every="1000it"),
-        method=dict(name="lottery", K=0.8, scope="layerwise"), densities=[0.018], controls=["reinit"],
+        method=dict(name="lottery", K=0.8, scope="layerwise"),
+        densities=[0.018],
+        controls=["reinit"],
     )
     assert spec.run_id() == "34f8ab31c84a"
     assert spec.model_copy(update={"recipe": named_recipe("lenet_lth")}).run_id() == "34f8ab31c84a"
@@ -108,10 +156,12 @@ def test_fields_beside_the_name_override_it():
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("cifar_wrm", r"unknown recipe 'cifar_wrm'\. Did you mean 'cifar_wrn'"),
-     ({"name": "resnet", "steps": "2ep"}, r"unknown recipe 'resnet'"),
-     ({"name": 3}, r"a recipe name is a string"),
-     ("cifar_wrn:2ep", r"recipe names take no ':argument'")],
+    [
+        ("cifar_wrm", r"unknown recipe 'cifar_wrm'\. Did you mean 'cifar_wrn'"),
+        ({"name": "resnet", "steps": "2ep"}, r"unknown recipe 'resnet'"),
+        ({"name": 3}, r"a recipe name is a string"),
+        ("cifar_wrn:2ep", r"recipe names take no ':argument'"),
+    ],
 )
 def test_a_bad_recipe_name_is_one_error_naming_the_allowed_ones(value, message):
     with pytest.raises(ValidationError) as info:
@@ -125,7 +175,10 @@ def test_a_bad_recipe_name_is_one_error_naming_the_allowed_ones(value, message):
 
 # -- sweeps: a named recipe per model, --set on a named recipe ----------------------------------------
 CIFAR = {
-    "model": "{net.model}", "dataset": "cifar10", "recipe": "{net.recipe}", "bn_momentum": "{bn.momentum}",
+    "model": "{net.model}",
+    "dataset": "cifar10",
+    "recipe": "{net.recipe}",
+    "bn_momentum": "{bn.momentum}",
     "bn_eps": "{bn.eps}",
 }
 NETS = [{"model": "resnet20", "recipe": "cifar_resnet"}, {"model": "wrn16_8", "recipe": "cifar_wrn"}]
@@ -136,12 +189,17 @@ def test_a_mapping_valued_grid_axis_couples_fields():
     points = grid_points(SweepSpec(base=CIFAR, grid={"net": NETS, "bn": BNS}))
     got = {(s.model, s.recipe.lr, s.recipe.l2, s.bn_momentum, s.bn_eps) for _, s in points}
     # 2 x 2 points, each model with its own recipe, each momentum with its own epsilon
-    assert got == {(m, lr, l2, mom, eps) for m, lr, l2 in (("resnet20", 0.1, 1e-4), ("wrn16_8", 0.2, 2e-4))
-                   for mom, eps in ((0.01, 0.001), (0.003, 1e-5))}
+    assert got == {
+        (m, lr, l2, mom, eps)
+        for m, lr, l2 in (("resnet20", 0.1, 1e-4), ("wrn16_8", 0.2, 2e-4))
+        for mom, eps in ((0.01, 0.001), (0.003, 1e-5))
+    }
 
 
 def test_set_overrides_fields_of_a_named_recipe_in_a_sweep():
-    sweep = set_base(SweepSpec(base=CIFAR, grid={"net": NETS, "bn": BNS[:1]}), ["recipe.steps=2ep", "recipe.milestones=[1ep]"])
+    sweep = set_base(
+        SweepSpec(base=CIFAR, grid={"net": NETS, "bn": BNS[:1]}), ["recipe.steps=2ep", "recipe.milestones=[1ep]"]
+    )
     for _, spec in grid_points(sweep):
         assert str(spec.recipe.steps) == "2ep" and [str(m) for m in spec.recipe.milestones] == ["1ep"]
         assert spec.recipe.lr == (0.1 if spec.model == "resnet20" else 0.2)
@@ -152,4 +210,3 @@ def test_set_overrides_fields_of_a_named_recipe_in_a_sweep():
 def test_a_missing_key_of_a_mapping_value_names_the_grid_point():
     with pytest.raises(ValueError, match=r"grid point \(net=.*\): \{net\.recipe\}: .* has no key 'recipe'"):
         instantiate(CIFAR, {"net": {"model": "resnet20"}, "bn": BNS[0]})
-

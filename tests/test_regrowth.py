@@ -10,18 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.experiment.run import run_experiment
 from ticketlab.files import load_tensors
 from ticketlab.masks import Mask, select
+from ticketlab.methods import check_method, options_of
 from ticketlab.methods.regrowth.double import COMPLEMENT, double_pruning_scores, regrow_select
 from ticketlab.methods.regrowth.scored import EVENTS, PRUNED_MASK, ScoredRegrowth
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.seeding import epoch_order
 from ticketlab.store import RunDir
 from ticketlab.training.loop import MaskUpdate, _switch_mask, train
-from ticketlab.seeding import epoch_order
-from ticketlab.methods import check_method, options_of
+
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="20it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
 DENSITY = 0.64  # two levels at K = 0.8
@@ -29,8 +30,13 @@ DENSITY = 0.64  # two levels at K = 0.8
 
 def spec(name: str, **options) -> ExperimentSpec:
     return ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, densities=(DENSITY,),
-        method=MethodSpec(name=name, options=options), save_scores=True,
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=(DENSITY,),
+        method=MethodSpec(name=name, options=options),
+        save_scores=True,
     )
 
 
@@ -146,7 +152,7 @@ def test_scored_accumulator_matches_explicit_autograd(synthetic):
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
         for n in names:
             expected[n] += torch.where(~mask[n], -(grads[n].double() * start[n].double()), 0.0)
-        params = {k: (v - 0.1 * grads[k] * (mask[k] if k in mask else 1)).detach() for k, v in params.items()}
+        params = {k: (v - 0.1 * grads[k] * (mask.get(k, 1))).detach() for k, v in params.items()}
     for n in names:
         assert torch.allclose(hooks.s[n], expected[n], rtol=1e-5, atol=1e-9)
         assert (hooks.s[n][mask[n]] == 0).all()
@@ -175,6 +181,17 @@ def test_scored_regrowth_swaps_best_pruned_for_smallest_kept():
     update = hooks.update_mask(10, model)
     assert update.mask["w"].sum() == 10 and bool(update.mask["w"][10])
     assert hooks.update_mask(100, model) is None  # never on the last step
+
+
+def test_scored_pruning_options_say_how_many_move():
+    """The regrow option's description (what a user reads) states the rule test_scored_regrowth_swaps_... checks."""
+    from ticketlab.methods.regrowth.scored import ScoredPruningOptions
+
+    text = ScoredPruningOptions.model_fields["regrow"].description
+    for words in ["floor(regrow * k)", "kept (active) weights", "as in RigL", "s > 0", "smallest |w|"]:
+        assert words in text, words
+    assert ScoredPruningOptions.model_fields["regrow_every"].description
+    assert ScoredPruningOptions.model_fields["positive_only"].description
 
 
 def test_train_hooks_switch_mask_mid_run(synthetic):
@@ -240,7 +257,7 @@ def test_scored_pruning_regrows_mid_training_at_exact_density(runs):
     # level 2 prunes from level 1's final mask: returned weights start from their rewound value w_0
     start, mask1 = rd.level(2).weights("start"), rd.level(1).mask()
     pruned1 = Mask.load(rd.level(1).path / PRUNED_MASK)
-    for name, keep in rd.level(2).mask().items():
+    for name, _keep in rd.level(2).mask().items():
         came_back = Mask.load(rd.level(2).path / PRUNED_MASK)[name] & mask1[name] & ~pruned1[name]
         assert torch.equal(start[name][came_back], init[name][came_back])
 
@@ -252,12 +269,20 @@ def test_options_are_validated():
         check_method(MethodSpec(name="scored_pruning", options={"base": "oneshot"}))
     with pytest.raises(ValueError, match="regrow_evry"):
         check_method(MethodSpec(name="scored_pruning", options={"regrow_evry": "1ep"}))
-    assert options_of(MethodSpec(name="scored_pruning", options={"regrow_every": "100it"})).regrow_every.steps(10) == 100
+    assert (
+        options_of(MethodSpec(name="scored_pruning", options={"regrow_every": "100it"})).regrow_every.steps(10) == 100
+    )
 
 
 def test_double_pruning_rejects_other_criteria(tmp_path):
-    s = ExperimentSpec(model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, densities=(0.8,),
-                       method=MethodSpec(name="double_pruning", criterion="snip"))
+    s = ExperimentSpec(
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        densities=(0.8,),
+        method=MethodSpec(name="double_pruning", criterion="snip"),
+    )
     with pytest.raises(ValueError, match="magnitude"):
         run_experiment(s, tmp_path, device="cpu")
 

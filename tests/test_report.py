@@ -11,16 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ticketlab import cli, load_results
-from ticketlab.cli import common as cli_common
+from ticketlab import load_results
 from ticketlab.analysis.overlap import kept_initial_values, overlap_matrix
 from ticketlab.analysis.report import write_report
 from ticketlab.cli import app
+from ticketlab.cli import common as cli_common
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.experiment.run import run_experiment
 from ticketlab.files import load_tensors
 from ticketlab.masks import Mask
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
 
 runner = CliRunner()
 cli_common.console.width = cli_common.err.width = 200
@@ -37,7 +37,10 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     for seed in (0, 1):
         common = dict(model="mlp:784-32-16-10", dataset="synthetic", val_size=200, seed=seed, recipe=recipe)
-        run_experiment(ExperimentSpec(**common, method=MethodSpec(name="lottery", K=0.5), densities=(0.25,), controls=("reinit",)), root)
+        run_experiment(
+            ExperimentSpec(**common, method=MethodSpec(name="lottery", K=0.5), densities=(0.25,), controls=("reinit",)),
+            root,
+        )
         run_experiment(ExperimentSpec(**common, method=MethodSpec(name="snip"), densities=(0.5, 0.25)), root)
     return root
 
@@ -48,7 +51,12 @@ def report(runs, tmp_path_factory):
 
 
 def _ticket_mask(runs, frame, method, seed, density):
-    row = frame[(frame.method == method) & (frame.seed == seed) & (frame.control == "ticket") & (frame.target_density == density)].iloc[0]
+    row = frame[
+        (frame.method == method)
+        & (frame.seed == seed)
+        & (frame.control == "ticket")
+        & (frame.target_density == density)
+    ].iloc[0]
     return Mask.load(runs / row.run_id / f"level_{row.level:02d}" / "mask.safetensors"), row
 
 
@@ -74,7 +82,7 @@ def test_initial_values_are_the_shared_init_at_kept_positions(runs):
     assert set(values) == {"lottery", "lottery [reinit]", "snip"}
     expected = []
     for seed in (0, 1):
-        mask, row = _ticket_mask(runs, frame, "snip", seed, 0.25)
+        mask, _row = _ticket_mask(runs, frame, "snip", seed, 0.25)
         inits = list((runs / "inits").glob(f"*seed{seed}-*.safetensors"))
         assert len(inits) == 1  # one shared initialisation per seed
         init, _ = load_tensors(inits[0])
@@ -88,7 +96,7 @@ def test_initial_values_are_the_shared_init_at_kept_positions(runs):
 def test_report_contents(report):
     page = report.html.read_text()
     assert set(report.images) == set(PLOTS)
-    for name, path in report.images.items():
+    for _name, path in report.images.items():
         assert path.parent == report.html.parent and path.read_bytes()[:4] == b"\x89PNG"
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == len(PLOTS)
@@ -96,8 +104,15 @@ def test_report_contents(report):
     # offline: nothing is fetched (no URLs in src/href, no scripts, no external CSS)
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "<script" not in page and "http://" not in page and "https://" not in page
-    for heading in ("Accuracy vs density", "Significance vs lottery", "Winning tickets", "Mask overlap",
-                    "Initial values of kept weights", "Per-layer density", "Accuracy vs remaining parameters"):
+    for heading in (
+        "Accuracy vs density",
+        "Significance vs lottery",
+        "Winning tickets",
+        "Mask overlap",
+        "Initial values of kept weights",
+        "Per-layer density",
+        "Accuracy vs remaining parameters",
+    ):
         assert heading in page
     assert report.density == 0.25 and report.baseline == "lottery"
     md = report.markdown.read_text()
@@ -126,9 +141,18 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='ticketlab-chromium-')}", "--window-size=1200,3000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='ticketlab-chromium-')}",
+        "--window-size=1200,3000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)

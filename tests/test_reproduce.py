@@ -15,8 +15,17 @@ SUITES = ROOT / "benchmarks" / "reproduce"
 RESULTS = ROOT / "docs" / "results" / "README.md"
 NAMES = sorted(p.stem for p in SUITES.glob("*.yaml"))
 # what the Hyperparameters table of every suite compares (the fidelity issue's list)
-ROWS = ["optimizer", "learning rate", "batch size", "training length", "LR schedule", "momentum", "weight decay / L2",
-        "early stopping", "seeds"]
+ROWS = [
+    "optimizer",
+    "learning rate",
+    "batch size",
+    "training length",
+    "LR schedule",
+    "momentum",
+    "weight decay / L2",
+    "early stopping",
+    "seeds",
+]
 
 
 def reduced_settings() -> dict[str, list[str]]:
@@ -55,7 +64,9 @@ def test_cifar_suite_gives_each_family_its_002_recipe_and_pairs_the_batchnorm_se
         assert spec.val_size == 0 and spec.method.K == 0.7  # 002 §3.4: all 50,000 images; 30% pruning steps
 
 
-@pytest.mark.parametrize(("name", "weights"), [("004_supermask", "init"), ("004_supermask_signed_constant", "signed_constant")])
+@pytest.mark.parametrize(
+    ("name", "weights"), [("004_supermask", "init"), ("004_supermask_signed_constant", "signed_constant")]
+)
 def test_supermask_suites_train_from_a_random_init(name, weights):
     for _, spec in grid_points(load_sweep(SUITES / f"{name}.yaml")):
         assert spec.init == "kaiming_normal" and spec.model == "mlp:784-200-30-10"  # 004 §3.2
@@ -67,7 +78,11 @@ def test_docs_put_every_suites_hyperparameters_beside_the_documents():
     tables = dict(re.findall(r"^### `(\w+)`\n(.*?)(?=^### |\Z)", text, re.M | re.S))
     assert sorted(tables) == NAMES
     for name, table in tables.items():
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+        rows = [
+            [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in table.splitlines()
+            if line.startswith("|")
+        ]
         assert rows[0][0] == "setting" and set(rows[1][0]) == {"-"}, name
         settings = {row[0]: row for row in rows[2:]}
         assert all(len(row) == 4 for row in settings.values()), name

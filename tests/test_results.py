@@ -8,13 +8,12 @@ import yaml
 from typer.testing import CliRunner
 
 import ticketlab
-from ticketlab.cli import common as cli_common
-from ticketlab import cli
-from ticketlab.cli import app
-from ticketlab.experiment.run import run_experiment
-from ticketlab.config.spec import ExperimentSpec
-from ticketlab.store import RunDir
 from ticketlab.analysis.tensorboard import export_tensorboard
+from ticketlab.cli import app
+from ticketlab.cli import common as cli_common
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.run import run_experiment
+from ticketlab.store import RunDir
 
 cli_common.console.width = cli_common.err.width = 200
 runner = CliRunner()
@@ -22,8 +21,12 @@ runner = CliRunner()
 
 def spec(**kw):
     base = dict(
-        model="mlp:784-16-10", dataset="synthetic", val_size=200, densities=(0.5,),
-        recipe={"steps": "30it", "eval_every": "10it"}, method={"name": "oneshot", "criterion": "magnitude"},
+        model="mlp:784-16-10",
+        dataset="synthetic",
+        val_size=200,
+        densities=(0.5,),
+        recipe={"steps": "30it", "eval_every": "10it"},
+        method={"name": "oneshot", "criterion": "magnitude"},
     )
     return ExperimentSpec.model_validate({**base, **kw})
 
@@ -32,7 +35,9 @@ def spec(**kw):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     a = run_experiment(spec(controls=("reinit",)), root, device="cpu")
-    b = run_experiment(spec(seed=1, method={"name": "oneshot", "criterion": "snip", "scope": "layerwise"}), root, device="cpu")
+    b = run_experiment(
+        spec(seed=1, method={"name": "oneshot", "criterion": "snip", "scope": "layerwise"}), root, device="cpu"
+    )
     return root, a, b
 
 
@@ -41,10 +46,24 @@ def test_load_results_is_one_row_per_run_level_control_with_flat_spec_fields(run
     frame = ticketlab.load_results(root)
     assert len(frame) == len(a.rows) + len(b.rows) == 3 + 2  # levels 0, 1 (+ reinit of level 1) and 0, 1
     assert frame["run_id"].nunique() == 2 and frame["run_finished"].all()
-    for col in ("method.name", "method.criterion", "method.scope", "recipe.lr", "recipe.steps", "seed", "model", "method"):
+    for col in (
+        "method.name",
+        "method.criterion",
+        "method.scope",
+        "recipe.lr",
+        "recipe.steps",
+        "seed",
+        "model",
+        "method",
+    ):
         assert col in frame
     row = frame[(frame.run_id == b.path.name) & (frame.level == 1)].iloc[0]
-    assert (row["method.criterion"], row["method.scope"], row["seed"], row["recipe.steps"]) == ("snip", "layerwise", 1, "30it")
+    assert (row["method.criterion"], row["method.scope"], row["seed"], row["recipe.steps"]) == (
+        "snip",
+        "layerwise",
+        1,
+        "30it",
+    )
     metrics = RunDir(b.path).level(1).metrics()
     for key in ("density", "test_acc", "val_acc", "test_loss", "val_loss", "early_stop_step", "winning"):
         assert row[key] == metrics[key]
@@ -54,7 +73,7 @@ def test_load_results_is_one_row_per_run_level_control_with_flat_spec_fields(run
 
 
 def test_cli_results_writes_csv_and_parquet_that_read_back(runs, tmp_path):
-    root, a, b = runs
+    root, _a, _b = runs
     args = ["results", str(root), "--csv", str(tmp_path / "r.csv")]
     has_parquet = True
     try:
@@ -90,7 +109,7 @@ def _scalars(path):
 
 
 def test_tensorboard_curves_equal_the_stored_history(runs):
-    root, a, _ = runs
+    _root, a, _ = runs
     written = export_tensorboard(a.path)
     assert {p.name for p in written} == {"level_00", "level_01", "level_01_reinit"}
     assert export_tensorboard(a.path) == []  # exported once
@@ -107,7 +126,11 @@ def test_tensorboard_curves_equal_the_stored_history(runs):
 def test_cli_run_with_tensorboard_flag(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec().model_dump(mode="json")))
-    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "runs"), "--device", "cpu", "--tensorboard"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        ["run", str(path), "--out", str(tmp_path / "runs"), "--device", "cpu", "--tensorboard"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     run_path = tmp_path / "runs" / spec().run_id()
     assert _scalars(run_path / "tensorboard" / "level_01")["val/acc"]

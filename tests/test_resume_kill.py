@@ -9,19 +9,37 @@ import time
 import torch
 import yaml
 
-from ticketlab.experiment.run import run_experiment
 from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.run import run_experiment
 from ticketlab.store import RunDir
 
 SPEC = dict(
-    model="mlp:784-32-16-10", dataset="synthetic", val_size=200, densities=(0.5,),
-    recipe={"steps": "300it", "eval_every": "100it"}, method={"name": "lottery", "K": 0.8},
+    model="mlp:784-32-16-10",
+    dataset="synthetic",
+    val_size=200,
+    densities=(0.5,),
+    recipe={"steps": "300it", "eval_every": "100it"},
+    method={"name": "lottery", "K": 0.8},
 )
 
 
 def _cli(spec_file, out):
-    cmd = [sys.executable, "-m", "ticketlab.cli", "run", str(spec_file), "--out", str(out), "--device", "cpu", "--threads", "1"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "ticketlab.cli",
+        "run",
+        str(spec_file),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"}
+    )
 
 
 def _files(run: RunDir, level: int) -> dict[str, int]:

@@ -3,17 +3,17 @@
 import pytest
 import torch
 
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.criteria import ScoringContext, score
+from ticketlab.criteria.saw import saw_initialize, scores_as_weights
+from ticketlab.data.batches import pruning_batches
+from ticketlab.experiment import check_spec
 from ticketlab.experiment.run import initial_weights, run_experiment
 from ticketlab.masks import Mask, prunable_parameters
-from ticketlab.data.batches import pruning_batches
 from ticketlab.models import build_model, initialize
 from ticketlab.models.init import kaiming_std
-from ticketlab.config.recipe import Recipe
-from ticketlab.criteria.saw import saw_initialize, scores_as_weights
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
-from ticketlab.experiment import check_spec
 
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="20it", batch_size=50, lr=0.05, momentum=0.9, eval_every="20it")
@@ -37,8 +37,9 @@ def test_saw_signs_scale_and_order(synthetic, criterion):
     base = initialize(build_model(MODEL), "kaiming_normal", seed=2)
     model = saw_initialize(build_model(MODEL), criterion, synthetic, seed=2)
     # independently: the criterion's scores on the Kaiming model, with the same pruning batches
-    ctx = ScoringContext(batches=pruning_batches(synthetic, 10, 10, 2), input_shape=(1, 28, 28),
-                         initial=base.state_dict(), seed=2)
+    ctx = ScoringContext(
+        batches=pruning_batches(synthetic, 10, 10, 2), input_shape=(1, 28, 28), initial=base.state_dict(), seed=2
+    )
     scores = score(criterion, base, Mask.ones(base), ctx)
     before, after = prunable_parameters(base), prunable_parameters(model)
     for name, w in after.items():
@@ -86,7 +87,12 @@ def test_shared_init_store_keeps_saw_apart(tmp_path, synthetic):
 def test_methods_run_on_saw_snip(tmp_path, method, synthetic):
     """000 fig 5.13: "SynFlow on SNIP" and "stacked(Mag, SynFlow) on SNIP (UMS)"."""
     s = ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, recipe=RECIPE, init="saw:snip", densities=(0.05,),
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        recipe=RECIPE,
+        init="saw:snip",
+        densities=(0.05,),
         method=MethodSpec(name=method, rounds=10),
     )
     result = run_experiment(s, tmp_path, device="cpu")

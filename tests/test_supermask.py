@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from ticketlab.config.recipe import Recipe
+from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.criteria import ScoringContext, score
-from ticketlab.training.evaluate import evaluate
+from ticketlab.experiment import check_spec
 from ticketlab.experiment.run import run_experiment
 from ticketlab.masks import Mask
 from ticketlab.methods.supermask import CURVE_FILE, UNTRAINED, best_point, signed_constant_weights, sweep_densities
 from ticketlab.models import build_model
-from ticketlab.config.recipe import Recipe
-from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.store import RunDir
-from ticketlab.experiment import check_spec
+from ticketlab.training.evaluate import evaluate
 
 MODEL = "mlp:784-32-16-10"
 RECIPE = Recipe(steps="60it", batch_size=50, lr=0.05, momentum=0.9, eval_every="30it")
@@ -27,8 +27,14 @@ RECIPE = Recipe(steps="60it", batch_size=50, lr=0.05, momentum=0.9, eval_every="
 def spec(densities=(0.3,), init="kaiming_normal", **method) -> ExperimentSpec:
     controls = method.pop("controls", ())
     return ExperimentSpec(
-        model=MODEL, dataset="synthetic", val_size=200, init=init, recipe=RECIPE, densities=densities,
-        method=MethodSpec(name="supermask", **method), controls=controls,
+        model=MODEL,
+        dataset="synthetic",
+        val_size=200,
+        init=init,
+        recipe=RECIPE,
+        densities=densities,
+        method=MethodSpec(name="supermask", **method),
+        controls=controls,
     )
 
 
@@ -46,7 +52,7 @@ def test_grid_is_the_K_grid_down_to_the_smallest_target_plus_targets():
 
 
 def test_untrained_points_are_masked_init_evaluated_by_hand(finished, synthetic):
-    s, result, rd, root = finished
+    _s, result, rd, root = finished
     w0 = next(iter(load_inits(root).values()))
     trained = rd.level(0).weights("final")
     model = build_model(MODEL)
@@ -74,7 +80,7 @@ def test_untrained_points_are_masked_init_evaluated_by_hand(finished, synthetic)
 
 
 def test_best_untrained_point_is_trained_from_its_weights(finished):
-    s, result, rd, root = finished
+    _s, result, rd, _root = finished
     untrained = [r for r in result.rows if r["control"] == UNTRAINED]
     best = untrained[best_point(untrained)]
     tickets = [r for r in result.rows if r["control"] == "" and r["level"] > 0]
@@ -93,12 +99,17 @@ def test_best_untrained_point_is_trained_from_its_weights(finished):
 
 
 def test_best_point_prefers_accuracy_then_sparsity():
-    rows = [{"val_acc": 0.5, "density": 0.8}, {"val_acc": 0.7, "density": 0.5}, {"val_acc": 0.7, "density": 0.3}, {"val_acc": float("nan"), "density": 0.1}]
+    rows = [
+        {"val_acc": 0.5, "density": 0.8},
+        {"val_acc": 0.7, "density": 0.5},
+        {"val_acc": 0.7, "density": 0.3},
+        {"val_acc": float("nan"), "density": 0.1},
+    ]
     assert best_point(rows) == 2
 
 
 def test_rerun_resumes_without_recomputing(finished):
-    s, result, rd, root = finished
+    s, result, _rd, root = finished
     messages = []
     again = run_experiment(s, root, device="cpu", log=messages.append)
     assert len(again.rows) == len(result.rows)
@@ -115,7 +126,10 @@ def test_signed_constant_weights_are_sign_times_layer_rms():
 
 
 def test_eval_weights_signed_constant_and_thresholds(tmp_path):
-    s = spec(densities=(0.3,), options={"thresholds": [0.0, 0.05, 10.0], "eval_weights": "signed_constant", "train_best": False})
+    s = spec(
+        densities=(0.3,),
+        options={"thresholds": [0.0, 0.05, 10.0], "eval_weights": "signed_constant", "train_best": False},
+    )
     result = run_experiment(s, tmp_path, device="cpu")
     rd = RunDir(result.path)
     trained = rd.level(0).weights("final")
@@ -143,7 +157,9 @@ def load_inits(root: Path) -> dict:
 
 
 def test_signed_constant_init_experiment_evaluates_the_init_itself(tmp_path):
-    result = run_experiment(spec(densities=(0.4,), init="signed_constant", options={"train_best": False}), tmp_path, device="cpu")
+    result = run_experiment(
+        spec(densities=(0.4,), init="signed_constant", options={"train_best": False}), tmp_path, device="cpu"
+    )
     rd = RunDir(result.path)
     w0 = next(iter(load_inits(tmp_path).values()))
     row = next(r for r in result.rows if r["control"] == UNTRAINED)
@@ -159,7 +175,9 @@ def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="thresholds"):
         check_spec(spec(options={"thresholds": []}))
     with pytest.raises(ValueError, match="threshold"):
-        run_experiment(spec(scope="layerwise", options={"thresholds": [0.1]}), "/nonexistent-never-written", device="cpu")
+        run_experiment(
+            spec(scope="layerwise", options={"thresholds": [0.1]}), "/nonexistent-never-written", device="cpu"
+        )
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -173,13 +191,18 @@ def test_fashion_mnist_lenet300_untrained_supermask_far_above_chance(tmp_path):
     torch.set_num_threads(2)
     started = time.perf_counter()
     s = ExperimentSpec(
-        model="lenet300", dataset="fashion-mnist", init="signed_constant", densities=(0.05,),
+        model="lenet300",
+        dataset="fashion-mnist",
+        init="signed_constant",
+        densities=(0.05,),
         recipe=Recipe(steps="2ep", batch_size=60, optimizer="adam", lr=0.0012),
         method=MethodSpec(name="supermask", criterion="large_final_same_sign", options={"train_best": False}),
     )
     result = run_experiment(s, tmp_path, device="cpu")
     untrained = [r for r in result.rows if r["control"] == UNTRAINED]
     best = untrained[best_point(untrained)]
-    print(f"best untrained supermask: density {best['density']:.4f}, val acc {best['val_acc']:.4f}, "
-          f"test acc {best['test_acc']:.4f}; {time.perf_counter() - started:.0f} s")
+    print(
+        f"best untrained supermask: density {best['density']:.4f}, val acc {best['val_acc']:.4f}, "
+        f"test acc {best['test_acc']:.4f}; {time.perf_counter() - started:.0f} s"
+    )
     assert best["test_acc"] > 0.5

@@ -8,22 +8,34 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from ticketlab.cli import common as cli_common
-from ticketlab import cli
 from ticketlab.cli import app
+from ticketlab.cli import common as cli_common
 from ticketlab.config.duration import Duration
 from ticketlab.experiment.run import run_experiment
 from ticketlab.store import RunDir
 from ticketlab.sweep import (
-    MAX_STACK, SweepSpec, batches, default_batch, default_workers, expand, grid_points, instantiate, load_sweep, run_batch, run_sweep,
+    MAX_STACK,
+    SweepSpec,
+    batches,
+    default_batch,
+    default_workers,
+    expand,
+    grid_points,
+    instantiate,
+    load_sweep,
+    run_batch,
+    run_sweep,
 )
 
 cli_common.console.width = cli_common.err.width = 200
 
 BASE = {
-    "model": "mlp:784-{h}-10", "dataset": "synthetic", "val_size": 200,
+    "model": "mlp:784-{h}-10",
+    "dataset": "synthetic",
+    "val_size": 200,
     "recipe": {"steps": "30it", "eval_every": "15it"},
-    "method": {"name": "oneshot", "criterion": "magnitude"}, "densities": [0.5],
+    "method": {"name": "oneshot", "criterion": "magnitude"},
+    "densities": [0.5],
 }
 
 
@@ -47,7 +59,9 @@ def test_template_alone_keeps_the_value_type_and_nested_paths_are_created():
 
 def test_duplicate_points_are_run_once():
     # seed 0 is the default: listing it twice, or a density equal to the base's, gives the same run id
-    sweep = SweepSpec(base={**BASE, "model": "mlp:784-16-10"}, grid={"seed": [0, 0, 1], "densities": [[0.5], [0.5, 0.5]]})
+    sweep = SweepSpec(
+        base={**BASE, "model": "mlp:784-16-10"}, grid={"seed": [0, 0, 1], "densities": [[0.5], [0.5, 0.5]]}
+    )
     specs = expand(sweep)
     assert len(specs) == 2 and len({s.run_id() for s in specs}) == 2
 
@@ -80,6 +94,7 @@ def test_batches_group_runs_sharing_an_architecture():
     # measured (benchmarks/README.md): on CPU one-thread processes beat stacking, except MLPs on OpenBLAS
     assert default_batch("cpu") == 1 and default_batch("cpu", "conv6") == 1
     from ticketlab.hardware import blas as gemm
+
     for name in ("lenet300", "LeNet-300-100", "mlp:784-16-10"):
         assert default_batch("cpu", name) == (None if gemm.active() else 1)
     try:
@@ -92,13 +107,33 @@ def test_batches_group_runs_sharing_an_architecture():
     assert default_workers(1) >= 1 and default_workers(10**6) == 1
 
 
+def test_a_batch_holds_only_runs_that_can_train_stacked():
+    """Runs differing in seed, criterion or density stack; a different dropout, end_on_best or learning rate
+    cannot (``train_many`` shares them), so those runs go to separate batches."""
+    sweep = SweepSpec(
+        base={**BASE, "model": "mlp:784-16-10"},
+        grid={
+            "seed": [0, 1],
+            "method.criterion": ["magnitude", "snip"],
+            "dropout": [0.0, 0.5],
+            "end_on_best": [False, True],
+            "recipe.lr": [0.1, 0.05],
+        },
+    )
+    groups = batches(expand(sweep), None, workers=1)
+    assert sorted(len(g) for g in groups) == [4] * 8
+    for group in groups:
+        assert len({(s.dropout, s.end_on_best, s.recipe.lr) for s in group}) == 1
+
+
 def _mask(root, spec, level):
     return RunDir(root / spec.run_id()).level(level).mask()
 
 
 def test_local_sweep_runs_every_point_in_worker_processes_and_skips_finished(tmp_path):
-    sweep = SweepSpec(base=BASE, grid={"h": [16], "method.criterion": ["magnitude", "snip"], "seed": [1]}, workers=2,
-                       tensorboard=True)
+    sweep = SweepSpec(
+        base=BASE, grid={"h": [16], "method.criterion": ["magnitude", "snip"], "seed": [1]}, workers=2, tensorboard=True
+    )
     finished = []
     report = run_sweep(sweep, out=tmp_path, on_done=finished.append)
     assert report.total == 2 and report.skipped == 0 and not report.failed and len(finished) == 2
@@ -118,7 +153,8 @@ def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
     sweep = {
         "base": {**BASE, "model": "mlp:784-16-10"},
         "grid": {"recipe.batch_size": [60, 5000]},  # 5000 > the 1800 training examples: fails at run time
-        "workers": 2, "out": str(tmp_path / "runs"),
+        "workers": 2,
+        "out": str(tmp_path / "runs"),
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -130,7 +166,10 @@ def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
     # one line per finished run (what a log file of the sweep keeps): which grid point, its time, the sweep's
     lines = [line for line in result.output.splitlines() if line.startswith("run ")]
     assert len(lines) == 2, result.output
-    assert any(re.fullmatch(r"run [12]/2 \w{12} finished \(\d+\.\d s\) recipe\.batch_size=60 · \d:\d\d:\d\d elapsed.*", line) for line in lines)
+    assert any(
+        re.fullmatch(r"run [12]/2 \w{12} finished \(\d+\.\d s\) recipe\.batch_size=60 · \d:\d\d:\d\d elapsed.*", line)
+        for line in lines
+    )
     assert any(re.match(r"run [12]/2 \w{12} failed: .*\(recipe\.batch_size=5000\)", line) for line in lines)
     good, bad = expand(SweepSpec.model_validate(sweep))
     assert RunDir(tmp_path / "runs" / good.run_id()).finished and not RunDir(tmp_path / "runs" / bad.run_id()).finished
@@ -191,7 +230,9 @@ def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkey
 
     stacked = []
     real = batched.train_many
-    monkeypatch.setattr(batched, "train_many", lambda models, *a, **k: stacked.append(len(models)) or real(models, *a, **k))
+    monkeypatch.setattr(
+        batched, "train_many", lambda models, *a, **k: stacked.append(len(models)) or real(models, *a, **k)
+    )
     sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1, 2]}, workers=1)
     specs = expand(sweep)
     (work,) = batches(specs, sweep.batch, workers=1)
@@ -205,9 +246,12 @@ def test_a_workers_runs_train_stacked_and_equal_runs_made_alone(tmp_path, monkey
 
 def test_set_base_overrides_dotted_fields_for_a_reduced_run(tmp_path):
     from ticketlab.sweep import set_base
+
     sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1]})
     reduced = set_base(sweep, ["recipe.steps=10it", "method.K=0.5", "recipe.lr=0.05"])
-    assert {str(s.recipe.steps) for s in expand(reduced)} == {str(Duration.parse("10it"))} and sweep.base["recipe"]["steps"] == "30it"
+    assert {str(s.recipe.steps) for s in expand(reduced)} == {str(Duration.parse("10it"))} and sweep.base["recipe"][
+        "steps"
+    ] == "30it"
     assert {s.method.K for s in expand(reduced)} == {0.5} and {s.recipe.lr for s in expand(reduced)} == {0.05}
     with pytest.raises(ValueError, match="grid key"):
         set_base(sweep, ["seed=3"])
@@ -215,5 +259,7 @@ def test_set_base_overrides_dotted_fields_for_a_reduced_run(tmp_path):
         set_base(sweep, ["recipe.steps"])
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": BASE, "grid": {"h": [16]}}))
-    result = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path), "--set", "recipe.steps=10it", "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["sweep", str(path), "--out", str(tmp_path), "--set", "recipe.steps=10it", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output

@@ -1,17 +1,25 @@
 import pytest
 import torch
 
+from ticketlab.config.recipe import Recipe
 from ticketlab.masks import Mask, prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
 from ticketlab.seeding import epoch_order
 from ticketlab.training.loop import train
+
+
 def lenet(seed: int = 0):
     return initialize(build_model("mlp:784-64-32-10"), seed=seed)
 
 
 def half_mask(model) -> Mask:
-    return select({k: torch.rand(p.shape, generator=torch.Generator().manual_seed(3)) for k, p in prunable_parameters(model).items()}, 0.3)
+    return select(
+        {
+            k: torch.rand(p.shape, generator=torch.Generator().manual_seed(3))
+            for k, p in prunable_parameters(model).items()
+        },
+        0.3,
+    )
 
 
 RECIPES = {
@@ -39,7 +47,7 @@ def test_same_seed_gives_bit_identical_weights(synthetic):
     train(a, synthetic, recipe, seed=5, device="cpu")
     train(b, synthetic, recipe, seed=5, device="cpu")
     train(c, synthetic, recipe, seed=6, device="cpu")
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (k, va), vb, _vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(va, vb), k
     assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
 

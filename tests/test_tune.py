@@ -6,9 +6,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ticketlab.cli import common as cli_common
-from ticketlab import cli
 from ticketlab.cli import app
+from ticketlab.cli import common as cli_common
 from ticketlab.store import RunDir
 from ticketlab.sweep.tune import Distribution, TuneSpec, tune
 
@@ -16,15 +15,22 @@ cli_common.console.width = cli_common.err.width = 200
 
 # the layer-size search baseline of 004 §3.6: dense MLPs 784-h-10, h searched
 BASE = {
-    "model": "mlp:784-{h}-10", "dataset": "synthetic", "val_size": 200,
-    "recipe": {"steps": "60it", "eval_every": "10it", "lr": "{lr}"}, "densities": [1.0],
+    "model": "mlp:784-{h}-10",
+    "dataset": "synthetic",
+    "val_size": 200,
+    "recipe": {"steps": "60it", "eval_every": "10it", "lr": "{lr}"},
+    "densities": [1.0],
 }
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [({"int": [8, 64], "choice": [1]}, "exactly one"), ({"float": [1.0, 0.1]}, "above high"),
-     ({"float": [0.0, 1.0], "log": True}, "log needs"), ({"choice": []}, "at least one")],
+    [
+        ({"int": [8, 64], "choice": [1]}, "exactly one"),
+        ({"float": [1.0, 0.1]}, "above high"),
+        ({"float": [0.0, 1.0], "log": True}, "log needs"),
+        ({"choice": []}, "at least one"),
+    ],
 )
 def test_bad_distributions_are_rejected(data, message):
     with pytest.raises(ValueError, match=message):
@@ -33,12 +39,20 @@ def test_bad_distributions_are_rejected(data, message):
 
 def test_bad_search_field_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="recipe.lrr"):
-        tune(TuneSpec(base={**BASE, "recipe": {"steps": "60it"}}, search={"recipe.lrr": {"float": [0.1, 0.2]}}, trials=1), out=tmp_path)
+        tune(
+            TuneSpec(
+                base={**BASE, "recipe": {"steps": "60it"}}, search={"recipe.lrr": {"float": [0.1, 0.2]}}, trials=1
+            ),
+            out=tmp_path,
+        )
 
 
 def test_layer_size_search_prunes_weak_trials_and_reuses_finished_ones(tmp_path):
     spec = TuneSpec(
-        base=BASE, search={"h": {"int": [8, 64]}, "lr": {"choice": [0.3, 0.0001]}}, trials=8, seed=1,
+        base=BASE,
+        search={"h": {"int": [8, 64]}, "lr": {"choice": [0.3, 0.0001]}},
+        trials=8,
+        seed=1,
     )
     result = tune(spec, out=tmp_path)
     assert len(result.trials) == 8
@@ -61,8 +75,11 @@ def test_layer_size_search_prunes_weak_trials_and_reuses_finished_ones(tmp_path)
     assert weak and all(t.state == "pruned" for t in weak[1:])  # the first has nothing to be compared with
 
     # rerun: same sampler seed, same trials; finished ones are read back, not trained again
-    stamps = {t.run_id: (tmp_path / t.run_id / "level_00" / "metrics.json").stat().st_mtime_ns
-              for t in result.trials if t.state == "complete"}
+    stamps = {
+        t.run_id: (tmp_path / t.run_id / "level_00" / "metrics.json").stat().st_mtime_ns
+        for t in result.trials
+        if t.state == "complete"
+    }
     again = tune(spec, out=tmp_path)
     for t in again.trials:
         if t.run_id in stamps:
@@ -72,10 +89,17 @@ def test_layer_size_search_prunes_weak_trials_and_reuses_finished_ones(tmp_path)
 
 def test_cli_tune_prints_trials_and_best(tmp_path):
     path = tmp_path / "tune.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": {**BASE, "recipe": {"steps": "20it", "eval_every": "10it"}}, "search": {"h": {"choice": [8, 16]}},
-        "trials": 2, "pruner": "none", "out": str(tmp_path / "runs"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": {**BASE, "recipe": {"steps": "20it", "eval_every": "10it"}},
+                "search": {"h": {"choice": [8, 16]}},
+                "trials": 2,
+                "pruner": "none",
+                "out": str(tmp_path / "runs"),
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["tune", str(path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "best: trial" in result.output and "val_acc" in result.output

@@ -23,8 +23,14 @@ from ticketlab.models import INITS, MODELS
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 cli_common.console.width = cli_common.err.width = 400
-SPEC = {"model": "mlp:784-16-10", "dataset": "synthetic", "val_size": 100, "densities": [0.5],
-        "recipe": {"steps": "3it", "batch_size": 50}, "method": {"name": "snip"}}
+SPEC = {
+    "model": "mlp:784-16-10",
+    "dataset": "synthetic",
+    "val_size": 100,
+    "densities": [0.5],
+    "recipe": {"steps": "3it", "batch_size": 50},
+    "method": {"name": "snip"},
+}
 
 
 def invoke(*args: object):
@@ -37,13 +43,24 @@ def flat(text: str) -> str:
 
 
 def test_readme_cites_each_source_document_in_full():
-    sources = README[README.index("## Sources"):]
+    sources = README[README.index("## Sources") :]
     for number in ("000", "001", "002", "003", "004"):
         entry = re.search(rf"^- \*\*{number}\*\*: (.*?)(?=^- \*\*|\Z)", sources, flags=re.S | re.M)
         assert entry, number
         assert re.search(r"\*[A-Z][^*]{10,}\*", entry.group(1)), f"{number}: no title in italics"
-    for words in ("Lutz", "Manai", "Mikler", "Borevsky", "Frankle", "Carbin", "Rolfs", "Hitting the Jackpot",
-                  "On Pruning Methods for Neural Networks", "Supermasks", "COMP 576"):
+    for words in (
+        "Lutz",
+        "Manai",
+        "Mikler",
+        "Borevsky",
+        "Frankle",
+        "Carbin",
+        "Rolfs",
+        "Hitting the Jackpot",
+        "On Pruning Methods for Neural Networks",
+        "Supermasks",
+        "COMP 576",
+    ):
         assert words in sources, words
 
 
@@ -111,6 +128,9 @@ def test_files_follow_the_umask(tmp_path, mask, mode):
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     names = {p.name for p in written}
     assert {"metrics.json", "mask.safetensors", "final.safetensors", "spec.json", "done.json", "report.html"} <= names
-    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written
-             if stat.S_IMODE(p.stat().st_mode) != mode}
+    wrong = {
+        str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in written
+        if stat.S_IMODE(p.stat().st_mode) != mode
+    }
     assert not wrong, wrong

@@ -16,8 +16,14 @@ from ticketlab.data import sources
 
 cli_common.console.width = cli_common.err.width = 200  # one line stays one line
 
-SPEC = {"model": "mlp:784-16-10", "dataset": "synthetic", "val_size": 100, "densities": [0.5],
-        "recipe": {"steps": "5it", "batch_size": 50}, "method": {"name": "snip"}}
+SPEC = {
+    "model": "mlp:784-16-10",
+    "dataset": "synthetic",
+    "val_size": 100,
+    "densities": [0.5],
+    "recipe": {"steps": "5it", "batch_size": 50},
+    "method": {"name": "snip"},
+}
 
 
 def invoke(*args: str):
@@ -53,10 +59,17 @@ def test_ray_without_a_cluster_is_one_line(tmp_path):
 
 def test_failed_tune_trial_is_one_line_not_a_traceback(tmp_path):
     tune = tmp_path / "tune.yaml"
-    tune.write_text(yaml.safe_dump({
-        "base": SPEC, "trials": 2, "pruner": "none", "out": str(tmp_path / "runs"),
-        "search": {"recipe.batch_size": {"choice": [5000]}},  # 5000 > the training split: fails when run
-    }))
+    tune.write_text(
+        yaml.safe_dump(
+            {
+                "base": SPEC,
+                "trials": 2,
+                "pruner": "none",
+                "out": str(tmp_path / "runs"),
+                "search": {"recipe.batch_size": {"choice": [5000]}},  # 5000 > the training split: fails when run
+            }
+        )
+    )
     result = invoke("tune", tune)
     assert "Traceback" not in result.output, result.output
     failed = [line for line in result.output.splitlines() if line.startswith("trial ")]
@@ -117,25 +130,42 @@ def test_truncated_metrics_json_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--method", "lotery"], "error: --method: unknown method 'lotery'. Did you mean 'lottery'? Allowed: double_pruning,"),
+        (
+            ["--method", "lotery"],
+            "error: --method: unknown method 'lotery'. Did you mean 'lottery'? Allowed: double_pruning,",
+        ),
         (["--criterion", "snipp"], "error: --criterion: unknown criterion 'snipp'. Did you mean 'snip'?"),
-        (["--density", "0"], "error: --density: 0.0 is not in (0, 1] (density = fraction of weights kept; sparsity = 1 - density)"),
+        (
+            ["--density", "0"],
+            "error: --density: 0.0 is not in (0, 1] (density = fraction of weights kept; sparsity = 1 - density)",
+        ),
         (["--K", "1.5"], "error: --K: Input should be less than 1"),
         (["--steps", "0.5it"], "error: --steps: invalid duration '0.5it'"),
-        (["--method", "scored_pruning", "-o", "regrow_everyy=1ep"],
-         "error: -o regrow_everyy=...: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'? "
-         "Allowed: regrow, base, regrow_every, positive_only"),
-        (["--method", "supermask", "-o", "thresholds=[]"],
-         "error: -o thresholds=...: give at least one threshold, or leave it out to sweep densities"),
-        (["--method", "scored_pruning", "-o", "regrow_every=2ep", "--steps", "1ep"],
-         "set -o regrow_every=..., e.g. '0.25ep'"),
-        (["--density", "0.1", "--sparsity", "0.9"], "error: --density and --sparsity: give one of them (sparsity = 1 - density), not both"),
+        (
+            ["--method", "scored_pruning", "-o", "regrow_everyy=1ep"],
+            "error: -o regrow_everyy=...: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'? "
+            "Allowed: regrow, base, regrow_every, positive_only",
+        ),
+        (
+            ["--method", "supermask", "-o", "thresholds=[]"],
+            "error: -o thresholds=...: give at least one threshold, or leave it out to sweep densities",
+        ),
+        (
+            ["--method", "scored_pruning", "-o", "regrow_every=2ep", "--steps", "1ep"],
+            "set -o regrow_every=..., e.g. '0.25ep'",
+        ),
+        (
+            ["--density", "0.1", "--sparsity", "0.9"],
+            "error: --density and --sparsity: give one of them (sparsity = 1 - density), not both",
+        ),
         (["--sparsity", "1"], "error: --sparsity: 1.0 is not in [0, 1) (sparsity = fraction of weights pruned)"),
     ],
 )
 def test_prune_names_the_flag_that_was_typed(tmp_path, args, expected):
     target = [] if {"--density", "--sparsity"} & set(args) else ["--density", "0.5"]
-    line = one_error_line(invoke("prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", *target, *args, "--out", tmp_path))
+    line = one_error_line(
+        invoke("prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", *target, *args, "--out", tmp_path)
+    )
     assert expected in line
 
 
@@ -144,10 +174,15 @@ def test_prune_names_the_flag_that_was_typed(tmp_path, args, expected):
     [
         ({"K": 0.5}, "K: unknown field; K belongs under method (method: {K: ...}). Allowed here: model, dataset,"),
         ({"steps": "2ep"}, "steps: unknown field; steps belongs under recipe (recipe: {steps: ...})."),
-        ({"recipe": {"stpes": "5it"}}, "recipe.stpes: unknown field; did you mean 'steps'. Allowed here: steps, batch_size,"),
+        (
+            {"recipe": {"stpes": "5it"}},
+            "recipe.stpes: unknown field; did you mean 'steps'. Allowed here: steps, batch_size,",
+        ),
         ({"densities": [0.0]}, "densities: 0.0 is not in (0, 1] (density = fraction of weights kept"),
-        ({"method": {"name": "scored_pruning", "options": {"regrow_everyy": "1ep"}}},
-         "method.options.regrow_everyy: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'?"),
+        (
+            {"method": {"name": "scored_pruning", "options": {"regrow_everyy": "1ep"}}},
+            "method.options.regrow_everyy: method scored_pruning has no option 'regrow_everyy'. Did you mean 'regrow_every'?",
+        ),
         ({"sparsity": 0.9, "densities": [0.1]}, "densities and sparsity: give one of densities, density or sparsity"),
     ],
 )
@@ -166,8 +201,22 @@ def test_sparsity_is_one_minus_density_in_specs_and_at_the_cli(tmp_path):
     assert ExperimentSpec(sparsity=[0.95, 0.8]).run_id() == base.run_id()  # 1 - 0.95 is 0.05 exactly here
     assert ExperimentSpec(density=[0.2, 0.05]).run_id() == base.run_id()
     assert ExperimentSpec(sparsity=0.9).densities == (0.1,)
-    common = ["prune", "--dataset", "synthetic", "--model", "mlp:784-16-10", "--method", "snip", "--steps", "3it",
-              "--val-size", "100", "--out", tmp_path]
+    common = [
+        "prune",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:784-16-10",
+        "--method",
+        "snip",
+        "--steps",
+        "3it",
+        "--val-size",
+        "100",
+        "--out",
+        tmp_path,
+    ]
     assert invoke(*common, "--sparsity", "0.9").exit_code == 0
     assert invoke(*common, "--density", "0.1").exit_code == 0
-    assert len([p for p in tmp_path.iterdir() if p.name != "inits"]) == 1  # one run: the same spec
+    runs = [p for p in tmp_path.iterdir() if (p / "spec.json").exists()]
+    assert len(runs) == 1  # one run: the same spec

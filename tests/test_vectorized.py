@@ -6,12 +6,13 @@ import dataclasses
 import pytest
 import torch
 
+from ticketlab.config.recipe import Recipe
 from ticketlab.data import load_dataset
 from ticketlab.masks import Mask, prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.config.recipe import Recipe
 from ticketlab.training.loop import train
 from ticketlab.training.stacked import train_many, vectorizable
+
 
 @pytest.fixture(scope="module")
 def small_images():
@@ -20,10 +21,21 @@ def small_images():
 
 
 RECIPES = {  # plain SGD and SGD with momentum take the fused step (ticketlab.training.fused_sgd); the others autograd
-    "sgd_l2_cosine": Recipe(steps="24it", batch_size=50, lr=0.1, l2=1e-3, lr_schedule="cosine", warmup="4it", eval_every="8it"),
+    "sgd_l2_cosine": Recipe(
+        steps="24it", batch_size=50, lr=0.1, l2=1e-3, lr_schedule="cosine", warmup="4it", eval_every="8it"
+    ),
     "sgd_momentum_wd": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=5e-3, eval_every="8it"),
-    "nesterov_l2_multistep": Recipe(steps="24it", batch_size=50, lr=0.05, momentum=0.9, nesterov=True, l2=1e-3,
-                                    lr_schedule="multistep", milestones=["10it"], eval_every="8it"),
+    "nesterov_l2_multistep": Recipe(
+        steps="24it",
+        batch_size=50,
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+        l2=1e-3,
+        lr_schedule="multistep",
+        milestones=["10it"],
+        eval_every="8it",
+    ),
     "adam": Recipe(steps="24it", batch_size=50, optimizer="adam", lr=1e-3, weight_decay=1e-4, eval_every="8it"),
 }
 
@@ -42,11 +54,16 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, device="cpu", **kwargs):
     alone = [copy.deepcopy(m) for m in models]
-    singles = [train(m, data, recipe, mask=mk, seed=s, device=device, **kwargs) for m, mk, s in zip(alone, masks, seeds)]
+    singles = [
+        train(m, data, recipe, mask=mk, seed=s, device=device, **kwargs) for m, mk, s in zip(alone, masks, seeds)
+    ]
     many = train_many(models, data, recipe, masks=masks, seeds=seeds, device=device, **kwargs)
     for m, a, r1, r2, mk in zip(models, alone, singles, many, masks):
         for (key, v1), v2 in zip(a.state_dict().items(), m.state_dict().values()):
-            assert torch.allclose(v1.double(), v2.double(), atol=atol, rtol=rtol), (key, float((v1.double() - v2.double()).abs().max()))
+            assert torch.allclose(v1.double(), v2.double(), atol=atol, rtol=rtol), (
+                key,
+                float((v1.double() - v2.double()).abs().max()),
+            )
         assert len(r1.history) == len(r2.history)
         for row1, row2 in zip(r1.history, r2.history):
             assert row1.keys() == row2.keys()
@@ -71,7 +88,9 @@ def check_equal(data, recipe, models, masks, seeds, *, atol=1e-5, rtol=1e-4, dev
 def test_mlp_three_seeds_three_masks_equal_single_runs(synthetic, recipe, device):
     models = three_models("mlp:784-32-16-10")
     masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((1.0, 0.5, 0.2))]
-    check_equal(synthetic, RECIPES[recipe], models, masks, [5, 6, 7], start_step=0, snapshot_steps=(0, 8, 20), device=device)
+    check_equal(
+        synthetic, RECIPES[recipe], models, masks, [5, 6, 7], start_step=0, snapshot_steps=(0, 8, 20), device=device
+    )
 
 
 def test_mlp_resumed_start_and_end_on_best(synthetic):
@@ -99,8 +118,16 @@ def test_conv_vmap_equals_single_runs(small_images, recipe, device):
     masks = [random_mask(models[0], d, seed=i) for i, d in enumerate((0.8, 0.5, 0.2))]
     # Adam divides by sqrt(v): float-level gradient differences on near-zero gradients move a weight by a
     # visible fraction of the LR (1e-3), hence the looser absolute tolerance there.
-    check_equal(small_images, r, models, masks, [3, 4, 5], snapshot_steps=(3,), atol=1e-4 if recipe == "adam" else 1e-5,
-                device=device)
+    check_equal(
+        small_images,
+        r,
+        models,
+        masks,
+        [3, 4, 5],
+        snapshot_steps=(3,),
+        atol=1e-4 if recipe == "adam" else 1e-5,
+        device=device,
+    )
 
 
 def test_cifar_augmented_conv_stack_equals_single_runs():
@@ -116,7 +143,9 @@ def test_batchnorm_running_stats_per_model(small_images):
     """Running statistics are per model and updated as in train(). In float64: ResNet training on this
     tiny set is chaotic in float32 (a 1e-7 relative perturbation of the weights grows to 1e-4 within
     4 steps), while in float64 the stacked and single runs agree to ~1e-15."""
-    data = dataclasses.replace(small_images, **{f"x_{s}": getattr(small_images, f"x_{s}").double() for s in ("train", "val", "test")})
+    data = dataclasses.replace(
+        small_images, **{f"x_{s}": getattr(small_images, f"x_{s}").double() for s in ("train", "val", "test")}
+    )
     recipe = Recipe(steps="4it", batch_size=32, lr=0.05, momentum=0.9, eval_every="2it")
     models = [initialize(build_model("resnet20", input_shape=(1, 8, 8)), seed=s).double() for s in (1, 2)]
     masks = [random_mask(models[0], 0.5, seed=1), None]

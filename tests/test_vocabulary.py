@@ -20,8 +20,14 @@ from ticketlab.sweep.tune import TuneSpec
 
 cli_common.console.width = cli_common.err.width = 200
 SMALL = ["--model", "mlp:784-16-10", "--dataset", "synthetic", "--val-size", "100", "--device", "cpu"]
-SPEC = {"model": "mlp:784-16-10", "dataset": "synthetic", "val_size": 100, "densities": [0.5],
-        "recipe": {"steps": "4it", "batch_size": 50}, "method": {"name": "snip"}}
+SPEC = {
+    "model": "mlp:784-16-10",
+    "dataset": "synthetic",
+    "val_size": 100,
+    "densities": [0.5],
+    "recipe": {"steps": "4it", "batch_size": 50},
+    "method": {"name": "snip"},
+}
 
 
 def invoke(*args: object):
@@ -72,16 +78,29 @@ def test_a_bare_number_in_a_spec_is_not_taken_for_steps(tmp_path):
     path.write_text(yaml.safe_dump({**SPEC, "recipe": {"steps": 20}}))
     result = invoke("run", path, "--out", tmp_path / "runs")
     assert result.exit_code == 2 and not (tmp_path / "runs").exists()
-    assert f"error: {path}: recipe.steps: duration '20' has no unit" in result.output and "'20ep' or '20it'" in result.output
+    assert (
+        f"error: {path}: recipe.steps: duration '20' has no unit" in result.output
+        and "'20ep' or '20it'" in result.output
+    )
 
 
 def test_method_options_go_in_options(tmp_path):
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'regrow': a method's options go in options=\{'regrow': \.\.\.\}"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument 'regrow': a method's options go in options=\{'regrow': \.\.\.\}"
+    ):
         ticketlab.prune("mlp:784-16-10", "synthetic", "double_pruning", 0.64, regrow=0.1, out=tmp_path)
     recipe = Recipe(steps="3it", batch_size=50)
     result = ticketlab.prune(
-        "mlp:784-16-10", "synthetic", "double_pruning", 0.64, options={"regrow": 0.2}, pruning_batches=2,
-        recipe=recipe, val_size=100, out=tmp_path, device="cpu",
+        "mlp:784-16-10",
+        "synthetic",
+        "double_pruning",
+        0.64,
+        options={"regrow": 0.2},
+        pruning_batches=2,
+        recipe=recipe,
+        val_size=100,
+        out=tmp_path,
+        device="cpu",
     )
     assert result.spec.method.options == {"regrow": 0.2} and result.spec.method.pruning_batches == 2
 
@@ -92,8 +111,16 @@ def test_tickets_are_called_ticket_in_every_table(tmp_path):
     assert invoke("run", path, "--out", tmp_path / "runs").exit_code == 0
     spec = ExperimentSpec.model_validate({**SPEC, "controls": ["reinit"]})
     table = ticketlab.prune(
-        spec.model, spec.dataset, "snip", 0.5, recipe=spec.recipe, val_size=100, controls=("reinit",),
-        out=tmp_path / "api", device="cpu", log=None,
+        spec.model,
+        spec.dataset,
+        "snip",
+        0.5,
+        recipe=spec.recipe,
+        val_size=100,
+        controls=("reinit",),
+        out=tmp_path / "api",
+        device="cpu",
+        log=None,
     ).table()
     assert table["control"].tolist() == ["ticket", "ticket", "reinit"]
     frame = ticketlab.load_results(tmp_path / "runs")
@@ -115,8 +142,17 @@ def test_run_and_tune_take_set_like_sweep(tmp_path):
     assert result.exit_code == 2 and "error: --set recipe.steps: duration '2' has no unit" in result.output
 
     tune = tmp_path / "tune.yaml"
-    tune.write_text(yaml.safe_dump({"base": SPEC, "search": {"seed": {"int": [0, 1]}}, "trials": 1,
-                                    "pruner": "none", "out": str(tmp_path / "tuned")}))
+    tune.write_text(
+        yaml.safe_dump(
+            {
+                "base": SPEC,
+                "search": {"seed": {"int": [0, 1]}},
+                "trials": 1,
+                "pruner": "none",
+                "out": str(tmp_path / "tuned"),
+            }
+        )
+    )
     result = invoke("tune", tune, "--set", "recipe.steps=2it")
     assert result.exit_code == 0, result.output
     (spec_json,) = (tmp_path / "tuned").glob("*/spec.json")

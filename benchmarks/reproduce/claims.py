@@ -98,7 +98,7 @@ def grasp_abs_vs_grasp(frames):
         return "no data", ""
     wins, parts = [], []
     for schedule in ("oneshot", "multishot ×100"):
-        prefix, suffix = (schedule.split(" ") + [""])[:2]
+        prefix, suffix = ([*schedule.split(" "), ""])[:2]
         for d in (0.1, 0.01, 0.005):
             a = values(f, f"{prefix}(grasp_abs){(' ' + suffix) if suffix else ''}", d)
             b = values(f, f"{prefix}(grasp){(' ' + suffix) if suffix else ''}", d)
@@ -107,7 +107,9 @@ def grasp_abs_vs_grasp(frames):
                 parts.append(f"{schedule} {d:g}: |GraSP| {pct(a)} vs GraSP {pct(b)}")
     if not wins:
         return "no data", ""
-    return ("agrees" if sum(wins) > len(wins) / 2 else "disagrees"), f"{sum(wins)}/{len(wins)} cases: " + "; ".join(parts)
+    return ("agrees" if sum(wins) > len(wins) / 2 else "disagrees"), f"{sum(wins)}/{len(wins)} cases: " + "; ".join(
+        parts
+    )
 
 
 def sgimp_vs_lr_rewind(frames):
@@ -131,8 +133,10 @@ def supermask_above_chance(frames, name="004_supermask"):
     acc = best["test_acc"].to_numpy(float)
     trained = f[(f["control"] == "ticket") & (f["density_key"] < 1)]
     verdict = "agrees" if acc.mean() > 0.5 else "disagrees"
-    return verdict, (f"best untrained supermask per seed (chosen on validation): test {pct(acc)} at densities "
-                     f"{', '.join(f'{d:.3g}' for d in best['density'])} (chance 10%); trained: {pct(trained['test_acc'].to_numpy(float))}")
+    return verdict, (
+        f"best untrained supermask per seed (chosen on validation): test {pct(acc)} at densities "
+        f"{', '.join(f'{d:.3g}' for d in best['density'])} (chance 10%); trained: {pct(trained['test_acc'].to_numpy(float))}"
+    )
 
 
 def supermask_vs_layer_size(frames):
@@ -148,8 +152,10 @@ def supermask_vs_layer_size(frames):
     model, row = nearest.index[0], nearest.iloc[0]
     a = trained["test_acc"].to_numpy(float)
     verdict = "agrees" if a.mean() >= row["acc"] else "disagrees"
-    return verdict, (f"trained best supermask ({kept:.0f} weights) {pct(a)} vs dense {model} ({row['kept']:.0f} weights) "
-                     f"{100 * row['acc']:.2f}")
+    return verdict, (
+        f"trained best supermask ({kept:.0f} weights) {pct(a)} vs dense {model} ({row['kept']:.0f} weights) "
+        f"{100 * row['acc']:.2f}"
+    )
 
 
 def regrowth_vs_imp(frames):
@@ -182,14 +188,25 @@ def modifications_worse(frames):
 
 CLAIMS = [
     Claim("003", "IMP tickets beat random reinitialisation of the same masks at low density", imp_vs_reinit),
-    Claim("000", "SynFlow (100 rounds) avoids layer collapse at extreme density, where SNIP/GraSP may collapse", synflow_no_collapse),
+    Claim(
+        "000",
+        "SynFlow (100 rounds) avoids layer collapse at extreme density, where SNIP/GraSP may collapse",
+        synflow_no_collapse,
+    ),
     Claim("000", "|GraSP| beats GraSP on the MLP", grasp_abs_vs_grasp),
     Claim("002", "sGIMP (75%) is at least as good as LR rewinding", sgimp_vs_lr_rewind),
     Claim("002", "Training Optimal Masks comes close to IMP on the 784-400-400-400-10 MLP at 4%", tom_vs_imp),
-    Claim("002", "Modifying an IMP ticket (table 3.1: reinit, shuffles, random same-layer masks) hurts it", modifications_worse),
+    Claim(
+        "002",
+        "Modifying an IMP ticket (table 3.1: reinit, shuffles, random same-layer masks) hurts it",
+        modifications_worse,
+    ),
     Claim("004", "Untrained supermasks are far above chance", supermask_above_chance),
-    Claim("004", "Untrained supermasks with signed-constant weights (Zhou et al., 004 §1: 86% on MNIST) are far above chance",
-          lambda frames: supermask_above_chance(frames, "004_supermask_signed_constant")),
+    Claim(
+        "004",
+        "Untrained supermasks with signed-constant weights (Zhou et al., 004 §1: 86% on MNIST) are far above chance",
+        lambda frames: supermask_above_chance(frames, "004_supermask_signed_constant"),
+    ),
     Claim("004", "A trained supermask beats a dense network of the same weight count", supermask_vs_layer_size),
     Claim("001", "Double-/scored-pruning (regrowth) match or beat IMP at the same density", regrowth_vs_imp),
 ]

@@ -27,8 +27,11 @@ def comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The figures of every batch size, each with its goal and whether it was met."""
     limit = report["matmul_flops"]
     if report.get("interleaved"):
-        out = [row for block in report["interleaved"]
-               for row in ratios(block["batch"], block["s_per_model_epoch"], flops_per_model_epoch(block), limit, True)]
+        out = [
+            row
+            for block in report["interleaved"]
+            for row in ratios(block["batch"], block["s_per_model_epoch"], flops_per_model_epoch(block), limit, True)
+        ]
     else:
         out = []
         rows = [r for r in report["training"] if r["model"] == "lenet300"]
@@ -56,11 +59,19 @@ def ratios(batch: int, times: dict[str, list[float]], flops: float, limit: float
     stacked = stacked_rows(times)
     if stacked:
         best = min(stacked, key=lambda key: statistics.median(times[key]))
-        wanted += [("vs_plain", f"{best}: speed-up over the plain loop", PLAIN, best),
-                   ("vs_two_processes", f"{best}: speed-up over two 1-thread processes", TWO, best),
-                   ("of_limit", f"{best}: share of the matmul limit", best, None)]
-    wanted.append(("single_vs_plain", "single-model trainer (no mask, as the plain loop): speed-up over the plain loop",
-                   PLAIN, SINGLE))
+        wanted += [
+            ("vs_plain", f"{best}: speed-up over the plain loop", PLAIN, best),
+            ("vs_two_processes", f"{best}: speed-up over two 1-thread processes", TWO, best),
+            ("of_limit", f"{best}: share of the matmul limit", best, None),
+        ]
+    wanted.append(
+        (
+            "single_vs_plain",
+            "single-model trainer (no mask, as the plain loop): speed-up over the plain loop",
+            PLAIN,
+            SINGLE,
+        )
+    )
     out = []
     for comparison, label, num, den in wanted:
         if num not in times or (den is not None and den not in times):

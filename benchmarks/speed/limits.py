@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from ticketlab.hardware import blas as gemm
-
 from speed.timing import median_time, synced
+from ticketlab.hardware import blas as gemm
 
 
 def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: torch.device | str = "cpu") -> float:
@@ -24,10 +23,10 @@ def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: torch
     on as many threads as torch has."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
-    if blas == "torch":
-        product = lambda: torch.mm(a, b, out=out)  # noqa: E731
-    else:
-        product = lambda: gemm._gemm(a, b, out, 0.0)  # noqa: E731
+
+    def product() -> object:
+        return torch.mm(a, b, out=out) if blas == "torch" else gemm._gemm(a, b, out, 0.0)
+
     inner = 5
     with gemm.training_threads() if blas != "torch" else contextlib.nullcontext():
         product()
@@ -35,8 +34,9 @@ def matmul_flops(repeats: int, n: int = 2048, blas: str = "torch", device: torch
     return 2 * n**3 * inner / t
 
 
-def limit_meter(repeats: int, n: int, device: torch.device, log: Callable[[str], object] = print
-                ) -> Callable[[str], dict[str, float]]:
+def limit_meter(
+    repeats: int, n: int, device: torch.device, log: Callable[[str], object] = print
+) -> Callable[[str], dict[str, float]]:
     """A function measuring the limit with every BLAS in use on ``device`` (``when`` labels the log line)."""
     cuda = device.type == "cuda"
 
@@ -50,6 +50,7 @@ def limit_meter(repeats: int, n: int, device: torch.device, log: Callable[[str],
         for blas, flops in by_blas.items():
             log(f"(a) {when}: dense {n}x{n} matmul, {blas}: {flops / 1e9:.1f} GFLOP/s")
         return by_blas
+
     return measure
 
 

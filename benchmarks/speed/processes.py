@@ -41,7 +41,9 @@ def worker(spec: str) -> None:
     print(time.perf_counter() - t0, flush=True)
 
 
-def two_processes(name: str, batch: int, steps: int, warmup: int, repeats: int, kind: str = "plain", k: int = 1) -> float:
+def two_processes(
+    name: str, batch: int, steps: int, warmup: int, repeats: int, kind: str = "plain", k: int = 1
+) -> float:
     """Seconds of two workers started together, ``steps`` each, ``k`` models each for ``many`` (median of
     repeats): the slower worker's own timing of its loop."""
     walls = []

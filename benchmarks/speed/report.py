@@ -9,21 +9,29 @@ from typing import Any
 
 from speed.compare import flops_per_model_epoch
 
-ROW_NAMES = {"plain": "(b) plain loop", "two_processes": "(e) 2 processes x 1 thread",
-             "ours_single_dense": "(c) ours, one model, no mask", "ours_single": "(c) ours, one model, masked",
-             "ours_single_2proc": "(c2) ours, 2 processes x 1 thread, one masked model each",
-             "ours_many": "(d) ours, K models stacked", "ours_many_2proc": "(d2) ours, 2 processes x 1 thread x K/2 stacked"}
+ROW_NAMES = {
+    "plain": "(b) plain loop",
+    "two_processes": "(e) 2 processes x 1 thread",
+    "ours_single_dense": "(c) ours, one model, no mask",
+    "ours_single": "(c) ours, one model, masked",
+    "ours_single_2proc": "(c2) ours, 2 processes x 1 thread, one masked model each",
+    "ours_many": "(d) ours, K models stacked",
+    "ours_many_2proc": "(d2) ours, 2 processes x 1 thread x K/2 stacked",
+}
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = header(report) + [
+    lines = [
+        *header(report),
         "",
         "| model | batch | trainer | K | s / model-epoch | model-epochs / s | GFLOP/s | of limit |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["training"]:
-        lines.append(f"| {r['model']} | {r['batch']} | {ROW_NAMES[r['kind']]} | {r['K']} | {r['s_per_model_epoch']:.3f} | "
-                     f"{r['model_epochs_per_s']:.2f} | {r['gflops']:.1f} | {r['fraction_of_limit']:.0%} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {ROW_NAMES[r['kind']]} | {r['K']} | {r['s_per_model_epoch']:.3f} | "
+            f"{r['model_epochs_per_s']:.2f} | {r['gflops']:.1f} | {r['fraction_of_limit']:.0%} |"
+        )
     lines += ["", "| scoring | model | rounds | seconds |", "|---|---|---|---|"]
     for r in report["scoring"]:
         lines.append(f"| {r['criterion']} | {r['model']} | {r['rounds']} | {r['seconds']:.2f} |")
@@ -34,7 +42,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"| LeNet-300-100 | batch | measured: {source} | goal | met |", "|---|---|---|---|---|"]
         for c in report["comparisons"]:
             spread = f" ({c['range'][0]:.2f}-{c['range'][1]:.2f})" if "range" in c else ""
-            lines.append(f"| {c['label']} | {c['batch']} | {c['value']:.2f}{spread} | {c['goal']} | {'yes' if c['met'] else 'NO'} |")
+            lines.append(
+                f"| {c['label']} | {c['batch']} | {c['value']:.2f}{spread} | {c['goal']} | {'yes' if c['met'] else 'NO'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -42,44 +52,67 @@ def header(report: dict[str, Any]) -> list[str]:
     n = report["limit_n"]
     load = [tuple(round(x, 1) for x in report[key]) for key in ("load_average_before", "load_average_after")]
     fastest = ", ".join(f"{blas} {flops / 1e9:.1f}" for blas, flops in report["matmul_flops_by_blas"].items())
-    measurements = "; ".join(", ".join(f"{blas} {flops / 1e9:.0f}" for blas, flops in m.items())
-                             for m in report["matmul_flops_measurements"])
-    when = "before and after the trainers" + (" and at the start of each interleaved round" if report.get("interleaved") else "")
+    measurements = "; ".join(
+        ", ".join(f"{blas} {flops / 1e9:.0f}" for blas, flops in m.items()) for m in report["matmul_flops_measurements"]
+    )
+    when = "before and after the trainers" + (
+        " and at the start of each interleaved round" if report.get("interleaved") else ""
+    )
     if report["device"].startswith("cuda"):
-        bound = ("cuBLAS float32, the GEMM that MLP layers use; convolutions run on cuDNN, which may use TF32, "
-                 "PyTorch's default for convolutions, so conv rows can exceed 100%).")
+        bound = (
+            "cuBLAS float32, the GEMM that MLP layers use; convolutions run on cuDNN, which may use TF32, "
+            "PyTorch's default for convolutions, so conv rows can exceed 100%)."
+        )
     else:
-        bound = ("the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
-                 "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers "
-                 f"use {report['gemm_backend']}.")
+        bound = (
+            "the sgemm that MLP layers use; convolutions run on oneDNN kernels, which this figure does not bound, "
+            "so conv rows can exceed 100%). The plain loops (b), (e) use PyTorch's BLAS; our trainers' MLP layers "
+            f"use {report['gemm_backend']}."
+        )
     return [
         f"# ticketlab speed benchmark — {report['date']} on {report['host']}",
         "",
-        (f"{report['processor']}, torch {report['torch']}, device {report['device']}, {report['threads']} threads, "
-         f"{report['cpu_count']} CPUs, data: {report['data']}, {report['mode']} mode; load average before {load[0]}, "
-         f"after {load[1]}."),
-        (f"FLOPs: {report['flop_formula']}. Limit (a): dense {n}x{n} matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
-         f"the fastest of {fastest}, each the best of its measurements {when} ({measurements}) ({bound}"),
+        (
+            f"{report['processor']}, torch {report['torch']}, device {report['device']}, {report['threads']} threads, "
+            f"{report['cpu_count']} CPUs, data: {report['data']}, {report['mode']} mode; load average before {load[0]}, "
+            f"after {load[1]}."
+        ),
+        (
+            f"FLOPs: {report['flop_formula']}. Limit (a): dense {n}x{n} matmul {report['matmul_flops'] / 1e9:.1f} GFLOP/s, "
+            f"the fastest of {fastest}, each the best of its measurements {when} ({measurements}) ({bound}"
+        ),
     ]
 
 
 def interleaved_table(block: dict[str, Any]) -> list[str]:
-    title = (f"Interleaved, LeNet-300-100 batch {block['batch']}: {block['rounds']} rounds of {block['steps']} steps "
-             "per row, one row after another in each round (s / model-epoch):")
-    lines = ["", title, "",
-             "| row | " + " | ".join(f"round {i + 1}" for i in range(block["rounds"])) + " | median |",
-             "|---|" + "---|" * (block["rounds"] + 1)]
+    title = (
+        f"Interleaved, LeNet-300-100 batch {block['batch']}: {block['rounds']} rounds of {block['steps']} steps "
+        "per row, one row after another in each round (s / model-epoch):"
+    )
+    lines = [
+        "",
+        title,
+        "",
+        "| row | " + " | ".join(f"round {i + 1}" for i in range(block["rounds"])) + " | median |",
+        "|---|" + "---|" * (block["rounds"] + 1),
+    ]
     for key, values in block["s_per_model_epoch"].items():
         lines.append(f"| {key} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {statistics.median(values):.3f} |")
     if block.get("limit_per_round"):
         limits = block["limit_per_round"]
         stacked = [v for key, v in block["s_per_model_epoch"].items() if key.startswith("ours_many")]
-        lines.append("| matmul limit at the round's start, GFLOP/s | " + " | ".join(f"{v / 1e9:.0f}" for v in limits)
-                     + f" | {statistics.median(limits) / 1e9:.0f} |")
+        lines.append(
+            "| matmul limit at the round's start, GFLOP/s | "
+            + " | ".join(f"{v / 1e9:.0f}" for v in limits)
+            + f" | {statistics.median(limits) / 1e9:.0f} |"
+        )
         if stacked:
             shares = [flops_per_model_epoch(block) / min(v[i] for v in stacked) / limits[i] for i in range(len(limits))]
-            lines.append("| fastest stacked row, share of that round's limit | " + " | ".join(f"{v:.0%}" for v in shares)
-                         + f" | {statistics.median(shares):.0%} |")
+            lines.append(
+                "| fastest stacked row, share of that round's limit | "
+                + " | ".join(f"{v:.0%}" for v in shares)
+                + f" | {statistics.median(shares):.0%} |"
+            )
     return lines
 
 

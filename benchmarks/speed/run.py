@@ -12,17 +12,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-import platform
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from ticketlab.data.dataset import Dataset
-from ticketlab.hardware import blas as gemm
-from ticketlab.hardware.device import resolve_device, set_threads
-from ticketlab.training.loop import steps_per_epoch
 
 from speed.compare import comparisons
 from speed.limits import limit_meter, settle_limit
@@ -31,6 +25,11 @@ from speed.scoring import scoring_times
 from speed.timing import median_time
 from speed.trainers import many_runner, plain_runner, single_runner
 from speed.workload import FLOP_FORMULA, build, load_data, macs_per_example, without_eval
+from ticketlab.data.dataset import Dataset
+from ticketlab.hardware import blas as gemm
+from ticketlab.hardware.device import resolve_device, set_threads
+from ticketlab.hardware.environment import cpu_model
+from ticketlab.training.loop import steps_per_epoch
 
 Log = Callable[[str], object]
 
@@ -58,8 +57,19 @@ class Settings:
             "full": cls(),
             "quick": cls("quick", mlp_steps=100, conv_steps=2, repeats=3, conv_max_k=4, scoring_repeats=1),
             # checks that the script runs end to end in seconds; its figures mean nothing
-            "smoke": cls("smoke", mlp_steps=2, conv_steps=1, mlp_warmup=1, repeats=1, conv_max_k=2, limit_n=256,
-                         cuda_limit_n=256, scoring_repeats=1, synflow_rounds=2, scoring_models=("lenet300",)),
+            "smoke": cls(
+                "smoke",
+                mlp_steps=2,
+                conv_steps=1,
+                mlp_warmup=1,
+                repeats=1,
+                conv_max_k=2,
+                limit_n=256,
+                cuda_limit_n=256,
+                scoring_repeats=1,
+                synflow_rounds=2,
+                scoring_models=("lenet300",),
+            ),
         }
         return presets[mode]
 
@@ -68,9 +78,16 @@ class Settings:
         return (self.conv_steps, self.conv_warmup) if conv else (self.mlp_steps, self.mlp_warmup)
 
 
-def run_benchmark(settings: Settings = Settings(), models: tuple[str, ...] = ("lenet300", "conv6"),
-                  ks: tuple[int, ...] = (1, 4, 8, 16), batches: tuple[int, ...] = (60, 128), threads: int | None = None,
-                  rounds: int = 0, log: Log = print, device: str = "cpu") -> dict[str, Any]:
+def run_benchmark(
+    settings: Settings = Settings(),
+    models: tuple[str, ...] = ("lenet300", "conv6"),
+    ks: tuple[int, ...] = (1, 4, 8, 16),
+    batches: tuple[int, ...] = (60, 128),
+    threads: int | None = None,
+    rounds: int = 0,
+    log: Log = print,
+    device: str = "cpu",
+) -> dict[str, Any]:
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     if cuda and rounds:
@@ -79,10 +96,17 @@ def run_benchmark(settings: Settings = Settings(), models: tuple[str, ...] = ("l
     data, data_name = load_data()
     timed = without_eval(data).to(dev)
     report: dict[str, Any] = {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
-        "processor": processor_name(), "torch": torch.__version__, "threads": threads,
-        "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "data": data_name, "mode": settings.mode,
-        "settings": dataclasses.asdict(settings), "flop_formula": FLOP_FORMULA,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "processor": processor_name(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "data": data_name,
+        "mode": settings.mode,
+        "settings": dataclasses.asdict(settings),
+        "flop_formula": FLOP_FORMULA,
         "device": f"cuda ({torch.cuda.get_device_name(dev)})" if cuda else "cpu",
         "limit_n": settings.cuda_limit_n if cuda else settings.limit_n,
         "gemm_backend": "cuBLAS" if cuda else f"{gemm.backend().name} ({gemm.backend().reason})",
@@ -102,8 +126,19 @@ def run_benchmark(settings: Settings = Settings(), models: tuple[str, ...] = ("l
     if rounds and "lenet300" in models:
         steps, warmup = settings.steps(conv=False)
         for batch in batches:
-            report["interleaved"].append(interleaved("lenet300", timed, batch, steps, warmup, rounds,
-                                                     tuple(k for k in ks if k >= 8), log, limit=round_limit))
+            report["interleaved"].append(
+                interleaved(
+                    "lenet300",
+                    timed,
+                    batch,
+                    steps,
+                    warmup,
+                    rounds,
+                    tuple(k for k in ks if k >= 8),
+                    log,
+                    limit=round_limit,
+                )
+            )
     limits.append(measure("after"))
     settle_limit(report, limits)
     report["scoring"] = scoring_times(settings.scoring_repeats, settings.synflow_rounds, settings.scoring_models, dev)
@@ -115,19 +150,20 @@ def run_benchmark(settings: Settings = Settings(), models: tuple[str, ...] = ("l
 
 
 def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (``ticketlab.hardware.environment.cpu_model``)."""
+    return cpu_model()
 
 
-def table_rows(name: str, data: Dataset, settings: Settings, ks: tuple[int, ...], batches: tuple[int, ...],
-               dev: torch.device, limit: float, log: Log) -> list[dict[str, Any]]:
+def table_rows(
+    name: str,
+    data: Dataset,
+    settings: Settings,
+    ks: tuple[int, ...],
+    batches: tuple[int, ...],
+    dev: torch.device,
+    limit: float,
+    log: Log,
+) -> list[dict[str, Any]]:
     """Every trainer on one model: (b), (e), (c), (c2), (d), (d2) at each batch size (conv nets: the first)."""
     conv = name != "lenet300"
     cpu = dev.type != "cuda"
@@ -143,11 +179,24 @@ def table_rows(name: str, data: Dataset, settings: Settings, ks: tuple[int, ...]
         def add(kind: str, k: int, seconds: float, models_trained: int) -> None:
             per_model_epoch = seconds / (steps * models_trained) * spe
             achieved = flops_per_step * steps * models_trained / seconds
-            rows.append({"model": name, "batch": batch, "kind": kind, "K": k, "seconds": seconds, "steps": steps,
-                         "s_per_model_epoch": per_model_epoch, "model_epochs_per_s": 1 / per_model_epoch,
-                         "gflops": achieved / 1e9, "fraction_of_limit": achieved / limit})
-            log(f"  {name} b{batch} {kind:>14} K={k:<2} {per_model_epoch:7.3f} s/model-epoch "
-                f"{achieved / 1e9:6.1f} GFLOP/s ({achieved / limit:.0%} of the limit measured before)")
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "kind": kind,
+                    "K": k,
+                    "seconds": seconds,
+                    "steps": steps,
+                    "s_per_model_epoch": per_model_epoch,
+                    "model_epochs_per_s": 1 / per_model_epoch,
+                    "gflops": achieved / 1e9,
+                    "fraction_of_limit": achieved / limit,
+                }
+            )
+            log(
+                f"  {name} b{batch} {kind:>14} K={k:<2} {per_model_epoch:7.3f} s/model-epoch "
+                f"{achieved / 1e9:6.1f} GFLOP/s ({achieved / limit:.0%} of the limit measured before)"
+            )
 
         add("plain", 1, median_time(plain_runner(name, data, batch, steps, warmup, dev), settings.repeats), 1)
         if cpu:  # (e), (c2), (d2) are the CPU's process layouts
@@ -159,13 +208,24 @@ def table_rows(name: str, data: Dataset, settings: Settings, ks: tuple[int, ...]
         for k in model_ks:
             add("ours_many", k, median_time(many_runner(name, data, batch, k, steps, warmup, dev), settings.repeats), k)
         for k in model_ks:
-            if k >= 2 and k % 2 == 0 and not conv and cpu:  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
+            if (
+                k >= 2 and k % 2 == 0 and not conv and cpu
+            ):  # a sweep's layout here: 2 workers x 1 thread, K/2 stacked each
                 add("ours_many_2proc", k, two_processes(name, batch, steps, warmup, pair_repeats, "many", k // 2), k)
     return rows
 
 
-def interleaved(name: str, data: Dataset, batch: int, steps: int, warmup: int, rounds: int, ks: tuple[int, ...],
-                log: Log = print, limit: Callable[[], float] | None = None) -> dict[str, Any]:
+def interleaved(
+    name: str,
+    data: Dataset,
+    batch: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    ks: tuple[int, ...],
+    log: Log = print,
+    limit: Callable[[], float] | None = None,
+) -> dict[str, Any]:
     """(b), (e), (c) without mask and (d2) for ``ks``, timed in ``rounds`` rounds of one run each, one row
     after another within a round: a ratio within one round compares the rows under the same load, and
     the spread of the per-round ratios shows the noise. ``limit()``, if given, measures the matmul limit
@@ -180,8 +240,11 @@ def interleaved(name: str, data: Dataset, batch: int, steps: int, warmup: int, r
         "plain K=1": (1, timed(plain)),
         "two_processes K=2": (2, lambda: two_processes(name, batch, steps, warmup, 1)),
         "ours_single_dense K=1": (1, timed(single)),
-        **{f"ours_many_2proc K={k}": (k, lambda k=k: two_processes(name, batch, steps, warmup, 1, "many", k // 2))
-           for k in ks if k >= 2 and k % 2 == 0},
+        **{
+            f"ours_many_2proc K={k}": (k, lambda k=k: two_processes(name, batch, steps, warmup, 1, "many", k // 2))
+            for k in ks
+            if k >= 2 and k % 2 == 0
+        },
     }
     spe = steps_per_epoch(len(data.x_train), batch)
     per_model_epoch: dict[str, list[float]] = {key: [] for key in runners}
@@ -191,8 +254,17 @@ def interleaved(name: str, data: Dataset, batch: int, steps: int, warmup: int, r
             limits.append(limit())
         for key, (models, run) in runners.items():
             per_model_epoch[key].append(run() / (steps * models) * spe)
-        log(f"  interleaved {name} b{batch} round {r + 1}/{rounds}: " +
-            ", ".join(f"{key} {v[-1]:.3f}" for key, v in per_model_epoch.items()))
-    return {"model": name, "batch": batch, "rounds": rounds, "steps": steps, "steps_per_epoch": spe,
-            "macs": macs_per_example(build(name)), "s_per_model_epoch": per_model_epoch,
-            **({"limit_per_round": limits} if limits else {})}
+        log(
+            f"  interleaved {name} b{batch} round {r + 1}/{rounds}: "
+            + ", ".join(f"{key} {v[-1]:.3f}" for key, v in per_model_epoch.items())
+        )
+    return {
+        "model": name,
+        "batch": batch,
+        "rounds": rounds,
+        "steps": steps,
+        "steps_per_epoch": spe,
+        "macs": macs_per_example(build(name)),
+        "s_per_model_epoch": per_model_epoch,
+        **({"limit_per_round": limits} if limits else {}),
+    }

@@ -17,6 +17,7 @@ def synced(fn: Callable[[], object], device: torch.device | str = "cpu") -> Call
     def run():
         fn()
         torch.cuda.synchronize(device)
+
     return run
 
 

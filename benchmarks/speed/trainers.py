@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speed.timing import synced
+from speed.workload import build, plain_model, random_masks
 from ticketlab.config.recipe import Recipe
 from ticketlab.data.dataset import Dataset
 from ticketlab.training.loop import train
 from ticketlab.training.stacked import train_many
-
-from speed.timing import synced
-from speed.workload import build, plain_model, random_masks
 
 
 def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, lr: float = 0.1) -> None:
@@ -39,16 +38,24 @@ def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, s
         opt.step()
 
 
-def plain_runner(name: str, data: Dataset, batch: int, steps: int, warmup: int,
-                 device: torch.device | str = "cpu") -> Callable[[], object]:
+def plain_runner(
+    name: str, data: Dataset, batch: int, steps: int, warmup: int, device: torch.device | str = "cpu"
+) -> Callable[[], object]:
     """(b): the plain loop on ``plain_model(name)``, warmed up."""
     model = plain_model(name).to(device)
     plain_loop(model, data.x_train, data.y_train, batch, warmup)
     return synced(lambda: plain_loop(model, data.x_train, data.y_train, batch, steps), device)
 
 
-def single_runner(name: str, data: Dataset, batch: int, steps: int, warmup: int, masked: bool = True,
-                  device: torch.device | str = "cpu") -> Callable[[], object]:
+def single_runner(
+    name: str,
+    data: Dataset,
+    batch: int,
+    steps: int,
+    warmup: int,
+    masked: bool = True,
+    device: torch.device | str = "cpu",
+) -> Callable[[], object]:
     """(c): one model (random 20% mask if ``masked``) through ``ticketlab.training.loop.train``."""
     base = build(name)
     mask = random_masks(base, 1, 0.2)[0] if masked else None
@@ -57,16 +64,25 @@ def single_runner(name: str, data: Dataset, batch: int, steps: int, warmup: int,
     return synced(lambda: train(copy.deepcopy(base), data, recipe, mask=mask, start_step=warmup, device=device), device)
 
 
-def many_runner(name: str, data: Dataset, batch: int, k: int, steps: int, warmup: int,
-                device: torch.device | str = "cpu") -> Callable[[], object]:
+def many_runner(
+    name: str, data: Dataset, batch: int, k: int, steps: int, warmup: int, device: torch.device | str = "cpu"
+) -> Callable[[], object]:
     """(d): K stacked models with random 20% masks through ``ticketlab.training.stacked.train_many``."""
     base = build(name)
     masks = random_masks(base, k, 0.2)
     recipe = Recipe(steps=f"{steps + warmup}it", batch_size=batch, lr=0.1, eval_every=None)
 
     def run(start: int, end: int | None) -> None:
-        train_many([copy.deepcopy(base) for _ in range(k)], data, recipe, masks=masks, seeds=list(range(k)),
-                   start_step=start, end_step=end, device=device)
+        train_many(
+            [copy.deepcopy(base) for _ in range(k)],
+            data,
+            recipe,
+            masks=masks,
+            seeds=list(range(k)),
+            start_step=start,
+            end_step=end,
+            device=device,
+        )
 
     run(0, warmup)
     return synced(lambda: run(warmup, None), device)

@@ -29,10 +29,15 @@ def load_data(val_size: int = 5000) -> tuple[Dataset, str]:
         g = torch.Generator().manual_seed(0)
         n_train = 60000 - val_size
         return Dataset(
-            name="synthetic-fmnist-size", x_train=torch.randn(n_train, 1, 28, 28, generator=g),
-            y_train=torch.randint(10, (n_train,), generator=g), x_val=torch.randn(val_size, 1, 28, 28, generator=g),
-            y_val=torch.randint(10, (val_size,), generator=g), x_test=torch.randn(10000, 1, 28, 28, generator=g),
-            y_test=torch.randint(10, (10000,), generator=g), num_classes=10, augment=None,
+            name="synthetic-fmnist-size",
+            x_train=torch.randn(n_train, 1, 28, 28, generator=g),
+            y_train=torch.randint(10, (n_train,), generator=g),
+            x_val=torch.randn(val_size, 1, 28, 28, generator=g),
+            y_val=torch.randint(10, (val_size,), generator=g),
+            x_test=torch.randn(10000, 1, 28, 28, generator=g),
+            y_test=torch.randint(10, (10000,), generator=g),
+            num_classes=10,
+            augment=None,
         ), "synthetic (Fashion-MNIST size)"
 
 
@@ -53,7 +58,9 @@ def plain_model(name: str) -> nn.Module:
     models from the zoo."""
     if name == "lenet300":
         torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+        )
     return build(name)
 
 
@@ -82,5 +89,7 @@ def random_masks(model: nn.Module, k: int, density: float) -> list:
     out = []
     for i in range(k):
         g = torch.Generator().manual_seed(100 + i)
-        out.append(select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density))
+        out.append(
+            select({n: torch.rand(p.shape, generator=g) for n, p in prunable_parameters(model).items()}, density)
+        )
     return out

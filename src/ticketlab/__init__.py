@@ -10,7 +10,7 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-_API = {"train_dense", "prune", "load_results"}
+_API = {"train_dense", "prune", "load_results", "load_ticket"}
 
 # Module names of the first release that README and user scripts used, kept importable after the layout
 # grouped them into packages (docs/architecture.md): ``ticketlab.train.train`` keeps working.

@@ -128,7 +128,12 @@ def save_tensors(
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load tensors and metadata; raise :class:`CorruptFileError` if the file is damaged."""
     path = Path(path)
-    data = path.read_bytes()
+    return parse_tensors(path.read_bytes(), path)
+
+
+def parse_tensors(data: bytes, where: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`load_tensors` on a file's bytes (e.g. received over the network); ``where`` names it in errors."""
+    path = where
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -141,3 +146,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if _digest(tensors) != expected:
         raise CorruptFileError(f"{path}: checksum mismatch, the file was altered or damaged")
     return {name: tensors[name] for name in sorted(tensors)}, meta  # safetensors gives hash order
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The content checksum ``save_tensors`` stores: names, dtypes, shapes and bytes of every tensor."""
+    return _digest(tensors)

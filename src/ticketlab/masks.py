@@ -141,7 +141,9 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        return save_tensors(path, {k: v.to(torch.uint8) for k, v in self.items()}, {"kind": "mask", "model": self.fingerprint()})
+        return save_tensors(
+            path, {k: v.to(torch.uint8) for k, v in self.items()}, {"kind": "mask", "model": self.fingerprint()}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Mask:
@@ -155,9 +157,7 @@ class Mask(Mapping[str, torch.Tensor]):
         if model is not None:
             expected = {k: p.shape for k, p in prunable_parameters(model).items() if k in mask}
             if set(mask) - set(expected) or model_fingerprint(expected) != mask.fingerprint():
-                raise ValueError(
-                    f"{path}: mask was made for another model (its prunable layers or shapes differ)"
-                )
+                raise ValueError(f"{path}: mask was made for another model (its prunable layers or shapes differ)")
         return mask
 
 
@@ -182,6 +182,46 @@ def _topk_exact(scores: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return perm[order]
 
 
+def top_k(
+    scores: Mapping[str, torch.Tensor],
+    counts: int | Mapping[str, int],
+    allowed: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> Mask:
+    """Exactly ``counts`` entries with the highest scores among the ``allowed`` ones (all, if None): one
+    ranking over every layer for an int, else ``counts[name]`` in each layer. Ties break by a seeded random
+    order (exact k with seeded ties: 000 appendix A.2); one generator runs through the layers in the mapping's order, so callers that
+    need an order-independent result pass the scores in a canonical order (``select`` sorts them)."""
+    names = list(scores)
+    generator = torch.Generator().manual_seed(seed)
+    flat = []
+    for name in names:
+        s = scores[name].detach().reshape(-1).to(torch.float64)
+        if allowed is not None:
+            s = torch.where(allowed[name].reshape(-1).to(s.device, torch.bool), s, torch.full_like(s, -torch.inf))
+        flat.append(s)
+
+    def check(k: int, which: list[int], what: str) -> None:
+        n = sum(flat[i].numel() if allowed is None else int(allowed[names[i]].sum()) for i in which)
+        if k > n:
+            raise ValueError(f"asked for {k} weights of {what} but only {n} are allowed")
+
+    if isinstance(counts, int):
+        check(counts, list(range(len(flat))), "the model")
+        allscores = torch.cat([s.to(flat[0].device) for s in flat])
+        everything = torch.zeros(allscores.numel(), dtype=torch.bool, device=allscores.device)
+        everything[_topk_exact(allscores, counts, generator)] = True
+        parts = list(torch.split(everything, [s.numel() for s in flat]))
+    else:
+        parts = []
+        for i, s in enumerate(flat):
+            check(counts[names[i]], [i], repr(names[i]))
+            keep = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+            keep[_topk_exact(s, counts[names[i]], generator)] = True
+            parts.append(keep)
+    return Mask({name: p.reshape(scores[name].shape).to(scores[name].device) for name, p in zip(names, parts)})
+
+
 def select(
     scores: Mapping[str, torch.Tensor],
     density: float,
@@ -200,42 +240,23 @@ def select(
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     # a canonical order: the ranking (and its seeded tie-break) must not depend on the mapping's order,
     # which a mask loaded from disk does not keep (safetensors returns its keys in hash order)
-    names = sorted(scores)
-    generator = torch.Generator().manual_seed(seed)
-    flat = []
-    for name in names:
-        s = scores[name].detach().reshape(-1).to(torch.float64)
+    ordered = {name: scores[name] for name in sorted(scores)}
+    for name, s in ordered.items():
         if torch.isnan(s).any():
             raise ValueError(f"scores for {name!r} contain NaN")
-        if previous is not None:
-            s = torch.where(previous[name].reshape(-1).to(s.device), s, torch.full_like(s, -torch.inf))
-        flat.append(s)
 
-    def budget(n: int, available: int, what: str) -> int:
-        k = int(round(density * n))
+    def budget(names: list[str], what: str) -> int:
+        k = round(density * sum(scores[n].numel() for n in names))
+        available = sum(scores[n].numel() if previous is None else int(previous[n].sum()) for n in names)
         if k > available:
-            raise ValueError(
-                f"density {density} keeps {k} weights of {what} but only {available} are still unpruned"
-            )
+            raise ValueError(f"density {density} keeps {k} weights of {what} but only {available} are still unpruned")
         return k
 
-    def available(i: int) -> int:
-        return flat[i].numel() if previous is None else int(previous[names[i]].sum())
-
-    keep_flat = [torch.zeros(s.numel(), dtype=torch.bool, device=s.device) for s in flat]
-    if scope == "global":
-        allscores = torch.cat([s.to(flat[0].device) for s in flat])
-        k = budget(allscores.numel(), sum(available(i) for i in range(len(flat))), "the model")
-        chosen = _topk_exact(allscores, k, generator)
-        everything = torch.zeros(allscores.numel(), dtype=torch.bool, device=allscores.device)
-        everything[chosen] = True
-        keep_flat = list(torch.split(everything, [s.numel() for s in flat]))
-    else:
-        for i, s in enumerate(flat):
-            k = budget(s.numel(), available(i), repr(names[i]))
-            keep_flat[i][_topk_exact(s, k, generator)] = True
-    kept = dict(zip(names, keep_flat))
-    return Mask({name: kept[name].reshape(scores[name].shape).to(scores[name].device) for name in scores})
+    counts: int | dict[str, int] = (
+        budget(list(ordered), "the model") if scope == "global" else {n: budget([n], repr(n)) for n in ordered}
+    )
+    kept = top_k(ordered, counts, previous, seed)
+    return Mask({name: kept[name] for name in scores})
 
 
 # -- layer collapse ----------------------------------------------------------------------------------

@@ -49,8 +49,10 @@ def load_plugins(names: Iterable[str] = (), *, entry_points: bool = True, cwd: s
                 if callable(target) and not isinstance(target, ModuleType):
                     target()
             except Exception as exc:
-                raise PluginError(f"plugin {point.name!r} ({point.value}, entry point of {ENTRY_POINT_GROUP}): "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise PluginError(
+                    f"plugin {point.name!r} ({point.value}, entry point of {ENTRY_POINT_GROUP}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             _done.add(key)
     return loaded()
 

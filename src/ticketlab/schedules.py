@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-
 SNAP = 0.01  # relative distance under which a level goes straight to its target
 
 
@@ -17,7 +16,9 @@ def iterative_densities(targets: float | Sequence[float], K: float, start: float
     0.018014 and a target of 0.018 give one level, not a second one that keeps 99.9% of the first."""
     if not 0 < K < 1:
         raise ValueError(f"K must be in (0, 1), got {K}")
-    targets = sorted({float(targets)} if isinstance(targets, (int, float)) else {float(t) for t in targets}, reverse=True)
+    targets = sorted(
+        {float(targets)} if isinstance(targets, (int, float)) else {float(t) for t in targets}, reverse=True
+    )
     if not targets or not 0 < targets[-1] <= targets[0] <= start:
         raise ValueError(f"target densities must be in (0, {start}], got {targets}")
     out: list[float] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+
 def seed_for(*parts: int) -> int:
     value = 0x9E3779B97F4A7C15
     for part in parts:

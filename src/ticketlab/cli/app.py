@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find, train and study lottery tickets.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are found.")
-app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
-    BatchSize, DataRoot, DatasetOpt, Device, EndOnBest, EvalEvery, Init, L2, Lr, Milestones, Model, Momentum, Nesterov, Optim, Patience, Schedule, Seed, Steps, TensorBoard, Threads, ValSize, Warmup, WeightDecay, CliError, DEFAULT_STEPS, PRUNE_FLAGS, RUN_FLAGS, RegistryHelp, clean_errors, fmt, method_options, progress_bar, make_recipe, console,
+    DEFAULT_STEPS,
+    L2,
+    PRUNE_FLAGS,
+    RUN_FLAGS,
+    BatchSize,
+    CliError,
+    DataRoot,
+    DatasetOpt,
+    Device,
+    EndOnBest,
+    EvalEvery,
+    Init,
+    Lr,
+    Milestones,
+    Model,
+    Momentum,
+    Nesterov,
+    Optim,
+    Patience,
+    RegistryHelp,
+    Schedule,
+    Seed,
+    Steps,
+    TensorBoard,
+    Threads,
+    ValSize,
+    Warmup,
+    WeightDecay,
+    clean_errors,
+    console,
+    fmt,
+    make_recipe,
+    method_options,
+    print_table,
+    progress_bar,
 )
+
+
 def _version(value: bool) -> None:
     if value:
         from ticketlab import __version__
@@ -26,11 +59,17 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    plugin: Annotated[Optional[list[str]], typer.Option(
-        "--plugin", help="Import this module (a name, or the path of a .py file) first: its registrations (datasets, "
-        "models, criteria, methods) become usable by name, in sweep workers too. Repeatable; before the command.",
-    )] = None,
-    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")] = False,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="Import this module (a name, or the path of a .py file) first: its registrations (datasets, "
+            "models, criteria, methods) become usable by name, in sweep workers too. Repeatable; before the command.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Find, train and study lottery tickets."""
     from ticketlab.plugins import load_plugins
@@ -42,23 +81,56 @@ def _main(
 # -- train ------------------------------------------------------------------------------------------
 @app.command(cls=RegistryHelp)
 def train(
-    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist", steps: Steps = DEFAULT_STEPS,
-    batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd", momentum: Momentum = 0.0,
-    nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0, schedule: Schedule = "constant",
-    milestones: Milestones = None, warmup: Warmup = "0it", eval_every: EvalEvery = "1ep", seed: Seed = 0,
-    init: Init = "kaiming_normal", val_size: ValSize = 5000, end_on_best: EndOnBest = False, patience: Patience = None,
-    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None,
+    model: Model = "lenet300",
+    dataset: DatasetOpt = "fashion-mnist",
+    steps: Steps = DEFAULT_STEPS,
+    batch_size: BatchSize = 60,
+    lr: Lr = 0.1,
+    optimizer: Optim = "sgd",
+    momentum: Momentum = 0.0,
+    nesterov: Nesterov = False,
+    weight_decay: WeightDecay = 0.0,
+    l2: L2 = 0.0,
+    schedule: Schedule = "constant",
+    milestones: Milestones = None,
+    warmup: Warmup = "0it",
+    eval_every: EvalEvery = "auto",
+    seed: Seed = 0,
+    init: Init = "kaiming_normal",
+    val_size: ValSize = 5000,
+    end_on_best: EndOnBest = False,
+    patience: Patience = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    data_root: DataRoot = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write it as a run directory under this root (level 0 only), for load_ticket and export."
+        ),
+    ] = None,
 ) -> None:
     """Train one dense network and print its learning curve."""
+    # long: one typer option per parameter, then the table it prints
     from ticketlab.api import train_dense
     from ticketlab.hardware.device import set_threads
 
     with clean_errors(RUN_FLAGS):
         set_threads(threads)
         recipe = make_recipe(
-            steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
-            eval_every=eval_every, patience=patience,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            l2=l2,
+            schedule=schedule,
+            milestones=milestones,
+            warmup=warmup,
+            eval_every=eval_every,
+            patience=patience,
         )
         with progress_bar() as bar:
             task = bar.add_task("train", total=None, info="")
@@ -68,18 +140,33 @@ def train(
                 bar.update(task, completed=step, total=total, **({"info": info} if info else {}))
 
             result = train_dense(
-                model=model, dataset=dataset, recipe=recipe, seed=seed, init=init, val_size=val_size,
-                end_on_best=end_on_best, device=device, data_root=data_root, progress=report,
+                model=model,
+                dataset=dataset,
+                recipe=recipe,
+                seed=seed,
+                init=init,
+                val_size=val_size,
+                end_on_best=end_on_best,
+                device=device,
+                data_root=data_root,
+                progress=report,
+                out=out,
             )
-    table = Table(title=f"{model} on {dataset}")
-    for col in ("step", "epoch", "train loss", "val loss", "val acc", "test acc"):
-        table.add_column(col, justify="right")
-    for row in result.history:
-        table.add_row(
-            str(row["step"]), f"{row['epoch']:.2f}", fmt(row["train_loss"]), fmt(row["val_loss"]),
-            fmt(row["val_acc"]), fmt(row["test_acc"]),
-        )
-    console.print(table)
+    print_table(
+        f"{model} on {dataset}",
+        ("step", "epoch", "train loss", "val loss", "val acc", "test acc"),
+        [
+            [
+                str(row["step"]),
+                f"{row['epoch']:.2f}",
+                fmt(row["train_loss"]),
+                fmt(row["val_loss"]),
+                fmt(row["val_acc"]),
+                fmt(row["test_acc"]),
+            ]
+            for row in result.history
+        ],
+    )
     epochs = max((result.stopped_step - result.start_step) / result.steps_per_epoch, 1e-9)
     console.print(
         f"final test acc [bold]{result.final['test_acc']:.4f}[/bold]; early-stop step {result.early_stop_step} "
@@ -88,31 +175,83 @@ def train(
         f"{result.wall_time:.1f} s "
         f"({result.wall_time / epochs:.2f} s/epoch incl. evaluation)"
     )
+    if out is not None:
+        console.print(f"run directory: {result.path}")
 
 
 # -- prune ------------------------------------------------------------------------------------------
 @app.command(cls=RegistryHelp)
 def prune(
-    model: Model = "lenet300", dataset: DatasetOpt = "fashion-mnist",
-    method: Annotated[str, typer.Option(help="Method: {methods} (late_rewind:<duration>, sgimp:<X%>); or a criterion, pruned at initialisation (one shot; synflow in 100 rounds).")] = "lottery",
-    density: Annotated[Optional[list[float]], typer.Option(help="Target density, the fraction of weights kept (repeatable: each is a level); this or --sparsity is required.")] = None,
-    sparsity: Annotated[Optional[list[float]], typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable).")] = None,
-    criterion: Annotated[Optional[str], typer.Option(help="Scoring criterion of the prune step: {criteria}; stacked(A,B) combines two; meta:<model.json> a fitted meta model (default: magnitude for iterative methods).")] = None,
+    model: Model = "lenet300",
+    dataset: DatasetOpt = "fashion-mnist",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Method: {methods} (late_rewind:<duration>, sgimp:<X%>); or a criterion, pruned at "
+            "initialisation (one shot; synflow in 100 rounds)."
+        ),
+    ] = "lottery",
+    density: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Target density, the fraction of weights kept (repeatable: each is a level); this or --sparsity "
+            "is required."
+        ),
+    ] = None,
+    sparsity: Annotated[
+        list[float] | None,
+        typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable)."),
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="Scoring criterion of the prune step: {criteria}; stacked(A,B) combines two; meta:<model.json> a "
+            "fitted meta model (default: magnitude for iterative methods)."
+        ),
+    ] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
-    rounds: Annotated[int, typer.Option(help="Scoring rounds (upfront multi-shot, or per level = IMS).")] = 1,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1.")] = None,
-    control: Annotated[Optional[list[str]], typer.Option(help="Control on each ticket (repeatable): {controls}.")] = None,
-    steps: Steps = DEFAULT_STEPS, batch_size: BatchSize = 60, lr: Lr = 0.1, optimizer: Optim = "sgd",
-    momentum: Momentum = 0.0, nesterov: Nesterov = False, weight_decay: WeightDecay = 0.0, l2: L2 = 0.0,
-    schedule: Schedule = "constant", milestones: Milestones = None, warmup: Warmup = "0it",
-    eval_every: EvalEvery = "1ep", seed: Seed = 0, init: Init = "kaiming_normal", val_size: ValSize = 5000,
-    end_on_best: EndOnBest = False, patience: Patience = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Scoring rounds (upfront multi-shot, or per level = IMS); default: the method's (1; 100 for synflow)."
+        ),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Method option key=value (repeatable), e.g. -o regrow=0.1."),
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(help="Control on each ticket (repeatable): {controls}."),
+    ] = None,
+    steps: Steps = DEFAULT_STEPS,
+    batch_size: BatchSize = 60,
+    lr: Lr = 0.1,
+    optimizer: Optim = "sgd",
+    momentum: Momentum = 0.0,
+    nesterov: Nesterov = False,
+    weight_decay: WeightDecay = 0.0,
+    l2: L2 = 0.0,
+    schedule: Schedule = "constant",
+    milestones: Milestones = None,
+    warmup: Warmup = "0it",
+    eval_every: EvalEvery = "auto",
+    seed: Seed = 0,
+    init: Init = "kaiming_normal",
+    val_size: ValSize = 5000,
+    end_on_best: EndOnBest = False,
+    patience: Patience = None,
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
-    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
+    device: Device = "auto",
+    threads: Threads = None,
+    data_root: DataRoot = None,
+    tensorboard: TensorBoard = False,
 ) -> None:
     """Find tickets with one method; write mask + weights per level and print a per-level table."""
+    # long: one typer option per parameter (the spec's fields), then the run and its table
     from ticketlab.api import prune as api_prune
+    from ticketlab.cli.live import plot_levels, print_levels, run_display
     from ticketlab.config.spec import sparsity_to_density
     from ticketlab.hardware.device import set_threads
 
@@ -132,46 +271,49 @@ def prune(
                     raise CliError(f"--sparsity: {s} is not in [0, 1) (sparsity = fraction of weights pruned)")
             density = [sparsity_to_density(s) for s in sparsity]
         recipe = make_recipe(
-            steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
-            weight_decay=weight_decay, l2=l2, schedule=schedule, milestones=milestones, warmup=warmup,
-            eval_every=eval_every, patience=patience,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            l2=l2,
+            schedule=schedule,
+            milestones=milestones,
+            warmup=warmup,
+            eval_every=eval_every,
+            patience=patience,
         )
-        from ticketlab.cli.live import run_display
-
         with run_display() as (status, log):
             result = api_prune(
-                model=model, dataset=dataset, method=method, density=tuple(density), criterion=criterion,
-                scope=scope, K=k, rounds=rounds, controls=tuple(control or ()), recipe=recipe, seed=seed, init=init,
-                val_size=val_size, end_on_best=end_on_best, out=out, device=device, data_root=data_root,
-                log=log, status=status, options=options,
+                model=model,
+                dataset=dataset,
+                method=method,
+                density=tuple(density),
+                criterion=criterion,
+                scope=scope,
+                K=k,
+                rounds=rounds,
+                controls=tuple(control or ()),
+                recipe=recipe,
+                seed=seed,
+                init=init,
+                val_size=val_size,
+                end_on_best=end_on_best,
+                out=out,
+                device=device,
+                data_root=data_root,
+                log=log,
+                status=status,
+                options=options,
             )
     if tensorboard:
         from ticketlab.analysis.tensorboard import export_tensorboard
 
         export_tensorboard(result.path)
-    _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
-    _plot(result, f"{method} on {model}/{dataset}")
-
-
-def _plot(result: Any, title: str) -> None:
-    """Test accuracy vs density of the run's levels, written beside them; says where."""
-    from ticketlab.analysis.plots import plot_accuracy_vs_density
-
-    png = plot_accuracy_vs_density(result.table(), result.path / "accuracy_vs_density.png", title=title)
-    console.print(f"run directory: {result.path}\nplot: {png}")
-
-
-def _print_levels(frame, title: str) -> None:
-    table = Table(title=title)
-    for col in ("level", "control", "density", "sparsity", "test acc", "early-stop step", "winning", "collapsed", "time (s)"):
-        table.add_column(col, justify="right")
-    for _, row in frame.iterrows():
-        table.add_row(
-            str(row["level"]), row["control"] or "ticket", f"{row['density']:.4f}", f"{row['sparsity']:.4f}",
-            fmt(row["test_acc"]), fmt(row["early_stop_step"]), fmt(row["winning"]), fmt(bool(row["collapsed"])),
-            f"{row['train_time'] + row['score_time']:.1f}",
-        )
-    console.print(table)
+    print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
+    plot_levels(result, f"{method} on {model}/{dataset}")
 
 
 # -- run a spec file --------------------------------------------------------------------------------
@@ -179,14 +321,24 @@ def _print_levels(frame, title: str) -> None:
 def run(
     spec_file: Annotated[Path, typer.Argument(help="YAML spec of one experiment.")],
     out: Annotated[Path, typer.Option(help="Root folder of run directories.")] = Path("runs"),
-    device: Device = "auto", threads: Threads = None, data_root: DataRoot = None, tensorboard: TensorBoard = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.")] = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    data_root: DataRoot = None,
+    tensorboard: TensorBoard = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a spec field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) the experiment a YAML spec describes."""
-    from ticketlab.hardware.device import set_threads
-    from ticketlab.experiment.run import run_experiment
+    from ticketlab.cli.live import plot_levels, print_levels, run_display
     from ticketlab.config.spec import load_spec
     from ticketlab.experiment.check import check_spec
+    from ticketlab.experiment.run import run_experiment
+    from ticketlab.hardware.device import set_threads
 
     with clean_errors():
         set_threads(threads)
@@ -195,35 +347,23 @@ def run(
             check_spec(spec)
         except ValueError as exc:
             raise CliError(f"{spec_file}: {exc}") from None
-        from ticketlab.cli.live import run_display
-
         with run_display() as (status, show):
             result = run_experiment(
-                spec, out, device=device, data_root=data_root, status=status,
+                spec,
+                out,
+                device=device,
+                data_root=data_root,
+                status=status,
                 log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
             )
-    _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
-    _plot(result, f"{spec.method.name} on {spec.model}/{spec.dataset}")
+    print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
+    plot_levels(result, f"{spec.method.name} on {spec.model}/{spec.dataset}")
 
 
 def _tensorboard_log(run_path: Path, log: Any) -> Any:
     from ticketlab.analysis.tensorboard import tensorboard_log
 
     return tensorboard_log(run_path, log)
-
-
-# -- data -------------------------------------------------------------------------------------------
-@data_app.command("list")
-def data_list() -> None:
-    """Show which datasets are available, and where."""
-    from ticketlab.data import dataset_status
-
-    table = Table(title="datasets")
-    for col in ("dataset", "found", "where", "source"):
-        table.add_column(col)
-    for row in dataset_status():
-        table.add_row(row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-"))
-    console.print(table)
 
 
 def _register_commands() -> None:

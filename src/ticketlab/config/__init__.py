@@ -11,6 +11,14 @@ from ticketlab.config.recipes import RECIPES, named_recipe
 from ticketlab.config.spec import UPFRONT, ExperimentSpec, MethodSpec, load_spec
 
 __all__ = [
-    "RECIPES", "UPFRONT", "Duration", "DurationField", "EarlyStop", "ExperimentSpec", "MethodSpec", "Recipe",
-    "load_spec", "named_recipe",
+    "RECIPES",
+    "UPFRONT",
+    "Duration",
+    "DurationField",
+    "EarlyStop",
+    "ExperimentSpec",
+    "MethodSpec",
+    "Recipe",
+    "load_spec",
+    "named_recipe",
 ]

@@ -20,7 +20,7 @@ class Duration:
     unit: str  # "ep" or "it"
 
     @classmethod
-    def parse(cls, text: "str | Duration") -> "Duration":
+    def parse(cls, text: str | Duration) -> Duration:
         if isinstance(text, Duration):
             return text
         if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", str(text)):  # 20 or "20": epochs or steps? never guessed
@@ -44,7 +44,7 @@ class Duration:
         """Number of optimiser steps this duration stands for."""
         if self.unit == "it":
             return int(self.amount)
-        return int(round(self.amount * steps_per_epoch))
+        return round(self.amount * steps_per_epoch)
 
     def __str__(self) -> str:
         amount = int(self.amount) if self.amount == int(self.amount) else self.amount

@@ -78,5 +78,9 @@ def _model_at(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
 
 def _paths_of(model: type[BaseModel], name: str) -> list[list[str]]:
     """Where, below ``model``, a field called ``name`` exists (one level of nesting)."""
-    return [[field, name] for field, info in model.model_fields.items()
-            for sub in _submodels(info.annotation) if name in sub.model_fields]
+    return [
+        [field, name]
+        for field, info in model.model_fields.items()
+        for sub in _submodels(info.annotation)
+        if name in sub.model_fields
+    ]

@@ -33,35 +33,80 @@ def _add(name: str, source: str, recipe: Recipe) -> None:
 # -- 002 §3.4 (CIFAR-10, batch 128, L2 on every model, piecewise-constant LR) -------------------------
 # SGD momentum is not stated in 002; 0.9 is He et al. 2016a's and Zagoruyko & Komodakis's, which §3.4
 # says it follows. eval_every is ours (a few dozen evaluations per run).
-_add("cifar_resnet", "002 §3.4: ResNets, 72k steps, LR 0.1, /10 at 36k and 54k, L2 1e-4, batch 128", Recipe(
-    steps="72000it", batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, l2=1e-4,
-    lr_schedule="multistep", milestones=("36000it", "54000it"), gamma=0.1, eval_every="2000it",
-))
-_add("cifar_vgg", "002 §3.4: VGG, 80k steps, LR 0.1, /5 at 32k, 48k and 64k, L2 1e-4, batch 128", Recipe(
-    steps="80000it", batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, l2=1e-4,
-    lr_schedule="multistep", milestones=("32000it", "48000it", "64000it"), gamma=0.2, eval_every="2000it",
-))
-_add("cifar_wrn", "002 §3.4: WRN, 80k steps, LR 0.2, /5 at 32k, 48k and 64k, L2 2e-4, batch 128", Recipe(
-    steps="80000it", batch_size=128, optimizer="sgd", lr=0.2, momentum=0.9, l2=2e-4,
-    lr_schedule="multistep", milestones=("32000it", "48000it", "64000it"), gamma=0.2, eval_every="2000it",
-))
+_add(
+    "cifar_resnet",
+    "002 §3.4: ResNets, 72k steps, LR 0.1, /10 at 36k and 54k, L2 1e-4, batch 128",
+    Recipe(
+        steps="72000it",
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        l2=1e-4,
+        lr_schedule="multistep",
+        milestones=("36000it", "54000it"),
+        gamma=0.1,
+        eval_every="2000it",
+    ),
+)
+_add(
+    "cifar_vgg",
+    "002 §3.4: VGG, 80k steps, LR 0.1, /5 at 32k, 48k and 64k, L2 1e-4, batch 128",
+    Recipe(
+        steps="80000it",
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        l2=1e-4,
+        lr_schedule="multistep",
+        milestones=("32000it", "48000it", "64000it"),
+        gamma=0.2,
+        eval_every="2000it",
+    ),
+)
+_add(
+    "cifar_wrn",
+    "002 §3.4: WRN, 80k steps, LR 0.2, /5 at 32k, 48k and 64k, L2 2e-4, batch 128",
+    Recipe(
+        steps="80000it",
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.2,
+        momentum=0.9,
+        l2=2e-4,
+        lr_schedule="multistep",
+        milestones=("32000it", "48000it", "64000it"),
+        gamma=0.2,
+        eval_every="2000it",
+    ),
+)
 
 # -- LeNet-300-100 and small MLPs on MNIST -------------------------------------------------------------
 # Frankle & Carbin 2019 figure 2 (the LTH paper 003 presents; the text of 003 does not carry the
 # figure's numbers): Adam 1.2e-3, 50k iterations of batch 60. 004 §3.3 states the same Adam 0.0012 ("as
 # in" Zhou et al.) and batch 60. eval_every is ours.
-_add("lenet_lth", "Frankle & Carbin 2019 fig. 2 (presented in 003); 004 §3.3: Adam 1.2e-3, batch 60, 50k steps",
-     Recipe(steps="50000it", batch_size=60, optimizer="adam", lr=1.2e-3, eval_every="1000it"))
+_add(
+    "lenet_lth",
+    "Frankle & Carbin 2019 fig. 2 (presented in 003); 004 §3.3: Adam 1.2e-3, batch 60, 50k steps",
+    Recipe(steps="50000it", batch_size=60, optimizer="adam", lr=1.2e-3, eval_every="1000it"),
+)
 # 000 appendix C, table C.1 (settings of the Synaptic-Flow code that 000 builds on, appendix A.1):
 # optimizer "sgd" (plain SGD: that code's "momentum" optimizer is the one with momentum), lr 0.1, no LR
 # drops, weight decay 0, train batch 64, 100 epochs. ISS trains "until an early stopping criterion is met"
 # (000 §5.1.1; OpenLTH's rule, appendix A.2): the spec's end_on_best, not a recipe field.
-_add("lenet_synflow", "000 appendix C (table C.1): SGD, LR 0.1 constant, weight decay 0, batch 64, 100 epochs",
-     Recipe(steps="100ep", batch_size=64, optimizer="sgd", lr=0.1, eval_every="1ep"))
+_add(
+    "lenet_synflow",
+    "000 appendix C (table C.1): SGD, LR 0.1 constant, weight decay 0, batch 64, 100 epochs",
+    Recipe(steps="100ep", batch_size=64, optimizer="sgd", lr=0.1, eval_every="1ep"),
+)
 # 004 §3.3: the dense 784-200-30-10 network is trained 20,000 iterations with Adam 0.0012, batch 60,
 # validation loss every 100 iterations (to find the early-stopping iteration, ~5000).
-_add("mlp_supermask", "004 §3.3: Adam 0.0012, batch 60, 20k iterations, validation every 100 iterations",
-     Recipe(steps="20000it", batch_size=60, optimizer="adam", lr=1.2e-3, eval_every="100it"))
+_add(
+    "mlp_supermask",
+    "004 §3.3: Adam 0.0012, batch 60, 20k iterations, validation every 100 iterations",
+    Recipe(steps="20000it", batch_size=60, optimizer="adam", lr=1.2e-3, eval_every="100it"),
+)
 
 
 def named_recipe(name: object, **overrides: Any) -> Recipe:
@@ -86,6 +131,8 @@ def _lookup(name: object) -> Recipe:
     if not isinstance(name, str):
         raise ValueError(f"a recipe name is a string, one of: {', '.join(RECIPES.names())}; got {name!r}")
     if split_name(name)[1] is not None:
-        raise ValueError(f"recipe {name!r}: recipe names take no ':argument'; override fields instead, "
-                         "e.g. {name: cifar_wrn, steps: 2ep}")
+        raise ValueError(
+            f"recipe {name!r}: recipe names take no ':argument'; override fields instead, "
+            "e.g. {name: cifar_wrn, steps: 2ep}"
+        )
     return RECIPES.get(name)

@@ -40,7 +40,9 @@ class MethodSpec(_Frozen):
     criterion: str | None = None  # default: magnitude for iterative methods; required for upfront ones
     scope: Literal["global", "layerwise"] = "global"
     K: float = Field(0.8, gt=0, lt=1, description="per-level keep fraction of iterative pruning")
-    rounds: int = Field(1, ge=1, description="scoring rounds: upfront multi-shot, or per level (IMS)")
+    # None: the method's own number (1; 100 for the synflow shorthand), so an explicit 1 is one round. A spec
+    # that leaves it out keeps the run id it had when the default was 1 (unset fields are not hashed).
+    rounds: int | None = Field(None, ge=1, description="scoring rounds: upfront multi-shot, or per level (IMS)")
     round_schedule: Literal["exponential", "linear"] = "exponential"
     train: DurationField | None = None  # gimp: dense training length (default: the recipe's)
     retrain: DurationField | None = None
@@ -50,7 +52,9 @@ class MethodSpec(_Frozen):
     pruning_samples_per_class: int = Field(10, ge=1)
     include_bias: bool = False  # synflow: keep |b| in the linearised pass (Synaptic-Flow code)
     fail_on_collapse: bool = False
-    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options, validated by the method")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="method-specific options, validated by the method"
+    )
 
     @field_validator("name")
     @classmethod
@@ -87,7 +91,9 @@ class ExperimentSpec(_Frozen):
             return data
         given = [k for k in ("densities", "density", "sparsity") if k in data]
         if len(given) > 1:
-            raise ValueError(f"{' and '.join(given)}: give one of densities, density or sparsity (= 1 - density), not both")
+            raise ValueError(
+                f"{' and '.join(given)}: give one of densities, density or sparsity (= 1 - density), not both"
+            )
         data = dict(data)
         key = given[0]
         values = data.pop(key)
@@ -174,7 +180,9 @@ def load_spec(path: str | os.PathLike, sets: Iterable[str] = ()) -> ExperimentSp
     from ticketlab.config.yamlfile import load_mapping
 
     sets = list(sets)
-    data = apply_sets(load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'"), sets)
+    data = apply_sets(
+        load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'"), sets
+    )
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
@@ -183,5 +191,7 @@ def load_spec(path: str | os.PathLike, sets: Iterable[str] = ()) -> ExperimentSp
         for error in exc.errors():
             line = problem(error, ExperimentSpec)
             field = line.partition(": ")[0]
-            lines.append(f"--set {line}" if any(field == k or field.startswith(k + ".") for k in keys) else f"{path}: {line}")
+            lines.append(
+                f"--set {line}" if any(field == k or field.startswith(k + ".") for k in keys) else f"{path}: {line}"
+            )
         raise ValueError("\n".join(lines)) from None

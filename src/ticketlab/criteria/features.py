@@ -30,9 +30,8 @@ from scipy.stats import rankdata
 from torch import nn
 from torch.func import functional_call
 
-from ticketlab.criteria.base import ScoringContext
+from ticketlab.criteria.base import Scores, ScoringContext, functional_state, masked_weights, mode, require_batches
 from ticketlab.criteria.scoring import score
-from ticketlab.criteria.base import Scores, functional_state, masked_weights, mode, require_batches
 from ticketlab.masks import Mask, prunable_parameters
 
 SCORE_CRITERIA: tuple[str, ...] = ("magnitude", "snip", "grasp", "synflow")
@@ -102,7 +101,9 @@ def rank_per_layer(values: Scores) -> Scores:
     return out
 
 
-def activation_stats(model: nn.Module, mask: Mask, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Scores]:
+def activation_stats(
+    model: nn.Module, mask: Mask, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, Scores]:
     """``{"in_max"|"in_mean"|"out_max"|"out_mean": {param: tensor shaped like the weight}}``.
 
     The masked network runs in eval mode over ``batches`` (a functional call: the model is not touched);
@@ -121,7 +122,9 @@ def activation_stats(model: nn.Module, mask: Mask, batches: Sequence[tuple[torch
             for side, t in (("in", x), ("out", y)):
                 t = t.movedim(channel, -1).reshape(-1, t.shape[channel])
                 a = acc.setdefault(param, {})
-                a[f"{side}_max"] = torch.maximum(a[f"{side}_max"], t.max(0).values) if f"{side}_max" in a else t.max(0).values
+                a[f"{side}_max"] = (
+                    torch.maximum(a[f"{side}_max"], t.max(0).values) if f"{side}_max" in a else t.max(0).values
+                )
                 a[f"{side}_sum"] = a.get(f"{side}_sum", 0) + t.sum(0)
                 a[f"{side}_n"] = a.get(f"{side}_n", 0) + t.shape[0]
 
@@ -169,7 +172,9 @@ def _broadcast(per_neuron: torch.Tensor, weight: torch.Tensor, module: nn.Module
     return per_neuron[index].reshape(out_c, per_group, *([1] * (len(shape) - 2))).expand(shape).clone()
 
 
-def compute_features(model: nn.Module, mask: Mask, ctx: ScoringContext, spec: FeatureSpec = FeatureSpec()) -> dict[str, Scores]:
+def compute_features(
+    model: nn.Module, mask: Mask, ctx: ScoringContext, spec: FeatureSpec = FeatureSpec()
+) -> dict[str, Scores]:
     """``{column: {param: float64 tensor shaped like the weight}}`` for every column of ``spec``."""
     raw = {c: score(c, model, mask, ctx) for c in spec.criteria}
     out: dict[str, Scores] = {c: scale_per_layer(s) for c, s in raw.items()}

@@ -10,6 +10,7 @@ the name, not the file: refitting a model in place does not invalidate finished 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -18,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch import nn
 
-from ticketlab.criteria.base import Criterion, ScoringContext
+from ticketlab.criteria.base import Criterion, Scores, ScoringContext
 from ticketlab.criteria.scoring import PARAMETRIC, Parametric
-from ticketlab.criteria.base import Scores
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask
 
@@ -40,7 +39,7 @@ class MetaMLP(nn.Module):
         super().__init__()
         sizes = [inputs, *hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], 1), nn.Sigmoid())
 
@@ -87,7 +86,9 @@ class MetaModel:
         path = Path(path)
         descriptor_path = path if path.suffix == ".json" else path.with_suffix(".json")
         if not descriptor_path.exists():
-            raise FileNotFoundError(f"meta model {path}: no descriptor {descriptor_path} (fit one with `ticketlab meta fit`)")
+            raise FileNotFoundError(
+                f"meta model {path}: no descriptor {descriptor_path} (fit one with `ticketlab meta fit`)"
+            )
         info = json.loads(descriptor_path.read_text())
         if info.get("format") != MODEL_FORMAT:
             raise ValueError(f"{descriptor_path} is not a ticketlab meta model (format {info.get('format')!r})")
@@ -133,7 +134,7 @@ def _load_sklearn(file: Path, kind: str) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int):  # noqa: ANN202 - MetaModel, imported lazily
+def _load(path: str, mtime_ns: int):
     return MetaModel.load(path)
 
 
@@ -146,7 +147,7 @@ def descriptor_path(path: str | os.PathLike) -> Path:
     return descriptor
 
 
-def load_meta_model(path: str | os.PathLike):  # noqa: ANN201
+def load_meta_model(path: str | os.PathLike):
     """The :class:`~ticketlab.metalearn.fit.MetaModel` at ``path`` (descriptor JSON or model file), cached."""
     descriptor = descriptor_path(path)
     return _load(str(descriptor.resolve()), descriptor.stat().st_mtime_ns)

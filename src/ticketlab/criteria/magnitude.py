@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.criteria.base import ScoringContext, Scores, masked_weights, register
+from ticketlab.criteria.base import Scores, ScoringContext, masked_weights, register
 from ticketlab.masks import Mask
 
 

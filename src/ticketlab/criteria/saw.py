@@ -45,7 +45,9 @@ def saw_criterion(init: str) -> str:
     return criterion
 
 
-def scores_as_weights(weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def scores_as_weights(
+    weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """sign(w) · |s| / max|s| per layer, in the weights' dtype: the signs of the weights, the ordering of
     the scores, the largest magnitude of every layer exactly 1. The division runs in float64 so that
     SynFlow's huge scores scale without overflow."""
@@ -65,19 +67,30 @@ def scores_as_weights(weights: Mapping[str, torch.Tensor], scores: Mapping[str, 
 
 @torch.no_grad()
 def saw_initialize(
-    model: nn.Module, criterion: str, data: Dataset, *, seed: int = 0, exempt: Iterable[str] = (),
-    pruning_batches: int = 10, samples_per_class: int = 10, include_bias: bool = False,
+    model: nn.Module,
+    criterion: str,
+    data: Dataset,
+    *,
+    seed: int = 0,
+    exempt: Iterable[str] = (),
+    pruning_batches: int = 10,
+    samples_per_class: int = 10,
+    include_bias: bool = False,
 ) -> nn.Module:
     """Initialise ``model`` in place with SaW of ``criterion`` (see the module docstring); returns it."""
     from ticketlab.data.batches import pruning_batches as make_batches
     from ticketlab.models import snapshot
+
     criterion = saw_criterion(f"{PREFIX}:{criterion}")
     initialize(model, BASE_INIT, seed=seed)
     model.to(data.x_train.device)
     mask = Mask.ones(model, exempt)
     batches = make_batches(data, pruning_batches, samples_per_class, seed) if is_data_aware(criterion) else []
     ctx = ScoringContext(
-        batches=batches, input_shape=data.input_shape, initial=snapshot(model), seed=seed,
+        batches=batches,
+        input_shape=data.input_shape,
+        initial=snapshot(model),
+        seed=seed,
         options={"include_bias": include_bias},
     )
     with torch.enable_grad():

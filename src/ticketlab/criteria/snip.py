@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ticketlab.criteria.base import (
-    ScoringContext,
     Scores,
+    ScoringContext,
     batch_loss,
     data_mode,
     functional_state,

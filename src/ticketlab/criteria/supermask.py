@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.criteria.base import ScoringContext, Scores, masked_weights, register
+from ticketlab.criteria.base import Scores, ScoringContext, masked_weights, register
 from ticketlab.masks import Mask
 
 
-def _pairs(model: nn.Module, mask: Mask, ctx: ScoringContext, criterion: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _pairs(
+    model: nn.Module, mask: Mask, ctx: ScoringContext, criterion: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(w_0, w_T) per masked parameter, w_0 on w_T's device and dtype."""
     if ctx.initial is None:
         raise ValueError(f"criterion {criterion!r} needs ScoringContext.initial (the weights at initialisation)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.criteria.base import ScoringContext, Scores, masked_weights, mode, register
+from ticketlab.criteria.base import Scores, ScoringContext, masked_weights, mode, register
 from ticketlab.masks import Mask
 
 
@@ -58,6 +58,4 @@ def synflow(model: nn.Module, mask: Mask, ctx: ScoringContext) -> Scores:
     with torch.enable_grad(), mode(model, False):
         r = torch.func.functional_call(model, {**state, **leaves}, (ones,)).sum()
         grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
-    return {
-        n: torch.zeros_like(t) if g is None else (g * t).abs() for (n, t), g in zip(leaves.items(), grads)
-    }
+    return {n: torch.zeros_like(t) if g is None else (g * t).abs() for (n, t), g in zip(leaves.items(), grads)}

@@ -46,8 +46,12 @@ def _fetch(url: str, tmp: Path, file: RemoteFile, progress: Progress | None, tim
 
 
 def download_file(
-    file: RemoteFile, mirrors: Sequence[str], dest_dir: str | os.PathLike, *,
-    progress: Progress | None = None, timeout: float = 60.0,
+    file: RemoteFile,
+    mirrors: Sequence[str],
+    dest_dir: str | os.PathLike,
+    *,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
 ) -> Path:
     """Fetch ``file`` from the first mirror that serves it with the right checksums; atomic write."""
     dest_dir = Path(dest_dir)

@@ -44,28 +44,55 @@ def _idx_items(files: tuple[RemoteFile, ...]) -> tuple[tuple[str, ...], ...]:
 
 
 _MNIST_FILES = (
-    RemoteFile("train-images-idx3-ubyte.gz",
-               "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-    RemoteFile("train-labels-idx1-ubyte.gz",
-               "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", "d53e105ee54ea40749a09fcbcd1e9432"),
-    RemoteFile("t10k-images-idx3-ubyte.gz",
-               "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", "9fb629c4189551a2d022fa330f9573f3"),
-    RemoteFile("t10k-labels-idx1-ubyte.gz",
-               "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", "ec29112dd5afa0611ce80d1b7f02629c"),
+    RemoteFile(
+        "train-images-idx3-ubyte.gz",
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    ),
+    RemoteFile(
+        "train-labels-idx1-ubyte.gz",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+    ),
+    RemoteFile(
+        "t10k-images-idx3-ubyte.gz",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "9fb629c4189551a2d022fa330f9573f3",
+    ),
+    RemoteFile(
+        "t10k-labels-idx1-ubyte.gz",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    ),
 )
 _FASHION_FILES = (
-    RemoteFile("train-images-idx3-ubyte.gz",
-               "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    RemoteFile("train-labels-idx1-ubyte.gz",
-               "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", "25c81989df183df01b3e8a0aad5dffbe"),
-    RemoteFile("t10k-images-idx3-ubyte.gz",
-               "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", "bef4ecab320f06d8554ea6380940ec79"),
-    RemoteFile("t10k-labels-idx1-ubyte.gz",
-               "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", "bb300cfdad3c16e7a12a480ee83cd310"),
+    RemoteFile(
+        "train-images-idx3-ubyte.gz",
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    ),
+    RemoteFile(
+        "train-labels-idx1-ubyte.gz",
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "25c81989df183df01b3e8a0aad5dffbe",
+    ),
+    RemoteFile(
+        "t10k-images-idx3-ubyte.gz",
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "bef4ecab320f06d8554ea6380940ec79",
+    ),
+    RemoteFile(
+        "t10k-labels-idx1-ubyte.gz",
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        "bb300cfdad3c16e7a12a480ee83cd310",
+    ),
 )
 _CIFAR_FILES = (
-    RemoteFile("cifar-10-python.tar.gz",
-               "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", "c58f30108f718f92721af3b95e74349a"),
+    RemoteFile(
+        "cifar-10-python.tar.gz",
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        "c58f30108f718f92721af3b95e74349a",
+    ),
 )
 
 # Measured here on dataset-fashion-mnist 0.0~git20200523.55506a9-1 (/usr/share/datasets/fashion-mnist/).
@@ -79,16 +106,25 @@ DEBIAN_FASHION_SHA256 = {
 
 SOURCES: dict[str, Source] = {
     "mnist": Source(
-        "mnist", _MNIST_FILES, _idx_items(_MNIST_FILES), (),
+        "mnist",
+        _MNIST_FILES,
+        _idx_items(_MNIST_FILES),
+        (),
         "let ticketlab download it (download=True), or put the four IDX files in $TICKETLAB_DATA/mnist/",
     ),
     "fashion-mnist": Source(
-        "fashion-mnist", _FASHION_FILES, _idx_items(_FASHION_FILES), ("/usr/share/datasets/fashion-mnist",),
+        "fashion-mnist",
+        _FASHION_FILES,
+        _idx_items(_FASHION_FILES),
+        ("/usr/share/datasets/fashion-mnist",),
         "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), let ticketlab download it (download=True), "
         "or put the four IDX files in $TICKETLAB_DATA/fashion-mnist/",
     ),
     "cifar10": Source(
-        "cifar10", _CIFAR_FILES, (("cifar-10-python.tar.gz", "cifar-10-batches-py"),), (),
+        "cifar10",
+        _CIFAR_FILES,
+        (("cifar-10-python.tar.gz", "cifar-10-batches-py"),),
+        (),
         "let ticketlab download it (download=True), or put cifar-10-python.tar.gz (or its extracted "
         "cifar-10-batches-py folder) in $TICKETLAB_DATA/cifar10/",
     ),

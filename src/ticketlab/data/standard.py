@@ -89,11 +89,13 @@ def dataset_status(root: str | os.PathLike | None = None) -> list[dict]:
             rows.append({"name": name, "found": True, "where": None, "files": [], "source": "built-in"})
             continue
         found = locate(name, root)
-        rows.append({
-            "name": name,
-            "found": found is not None,
-            "where": str(found.folder) if found else None,
-            "files": [p.name for p in found.paths] if found else [],
-            "source": found.source if found else "-",
-        })
+        rows.append(
+            {
+                "name": name,
+                "found": found is not None,
+                "where": str(found.folder) if found else None,
+                "files": [p.name for p in found.paths] if found else [],
+                "source": found.source if found else "-",
+            }
+        )
     return rows

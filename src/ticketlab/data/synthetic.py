@@ -35,8 +35,11 @@ def parse_shape(arg: str | None) -> tuple[int, int, int]:
 
 
 def make_synthetic(
-    shape: tuple[int, int, int] = (1, 28, 28), n_train: int = N_TRAIN, n_test: int = N_TEST,
-    num_classes: int = NUM_CLASSES, seed: int = _SEED,
+    shape: tuple[int, int, int] = (1, 28, 28),
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    num_classes: int = NUM_CLASSES,
+    seed: int = _SEED,
 ) -> RawSplits:
     """Balanced classes, labels shuffled; train and test drawn from the same distribution."""
     g = torch.Generator().manual_seed(seed)

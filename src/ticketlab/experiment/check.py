@@ -12,8 +12,8 @@ from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.criteria.saw import is_saw, saw_criterion
 from ticketlab.data import DATASETS
 from ticketlab.methods import CONTROLS, OPTIONS, check_method
-from ticketlab.registry import split_name
 from ticketlab.models import INITS, MODELS
+from ticketlab.registry import split_name
 
 
 def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
@@ -52,7 +52,11 @@ def _check_options(method: MethodSpec) -> None:
                 allowed = ", ".join(model.model_fields)
                 close = difflib.get_close_matches(str(error["loc"][-1]), list(model.model_fields), n=1, cutoff=0.6)
                 guess = f" Did you mean {close[0]!r}?" if close else ""
-                lines.append(f"method.options.{error['loc'][-1]}: method {key} has no option {error['loc'][-1]!r}.{guess} Allowed: {allowed}")
+                lines.append(
+                    f"method.options.{error['loc'][-1]}: method {key} has no option {error['loc'][-1]!r}.{guess} Allowed: {allowed}"
+                )
             else:
-                lines.append(f"method.options.{problem(error)}" if error["loc"] else f"method.options: {problem(error)}")
+                lines.append(
+                    f"method.options.{problem(error)}" if error["loc"] else f"method.options: {problem(error)}"
+                )
         raise ValueError("; ".join(lines)) from None

@@ -15,6 +15,7 @@ other method runs through ``run_experiment``, one spec after another.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -24,19 +25,43 @@ from typing import Any
 
 import torch
 
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.data import Dataset, load_dataset
-from ticketlab.hardware.device import resolve_device
 from ticketlab.experiment.check import check_spec
-from ticketlab.experiment.run import RunResult, prepare_run, run_experiment
+from ticketlab.experiment.run import RunResult, prepare_run, record_environment, run_experiment
+from ticketlab.files import tensors_digest
+from ticketlab.hardware.device import resolve_device
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
-from ticketlab.config.spec import ExperimentSpec
-from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.models import StateDict
+from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.training.stacked import train_many
 
 # Methods that train only through ``job.train`` and whose batched runs are tested equal to sequential ones.
-BATCHED_METHODS = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"})
+BATCHED_METHODS = frozenset(
+    {"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "oneshot", "multishot"}
+)
+
+
+def stack_key(spec: ExperimentSpec) -> str:
+    """Runs with equal keys can train stacked (``train_many``): the same data split, architecture and recipe.
+    Seeds, initialisations, masks and methods may differ. Used to group training requests here and runs
+    into a sweep's batches (``ticketlab.sweep.executors.batches``)."""
+    return json.dumps(
+        [
+            spec.dataset,
+            spec.val_size,
+            spec.split_seed,
+            spec.model,
+            spec.bn_momentum,
+            spec.bn_eps,
+            spec.dropout,
+            spec.recipe.model_dump(mode="json"),
+            spec.end_on_best,
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 @dataclass
@@ -51,15 +76,12 @@ class _Request:
     error: BaseException | None = None
 
     def group_key(self) -> str:
-        """Requests with equal keys can be stacked: same data, architecture, recipe and step range (the
-        snapshot steps may differ: the stack keeps the union, each result only its own; not with early
-        stopping, where a run never stops before its last snapshot step)."""
+        """Requests with equal keys can be stacked: runs that stack (``stack_key``) on the same loaded data,
+        over the same step range (the snapshot steps may differ: the stack keeps the union, each result only
+        its own; not with early stopping, where a run never stops before its last snapshot step)."""
         spec = self.job.spec
-        return json.dumps([
-            id(self.job.data), spec.model, spec.bn_momentum, spec.bn_eps, spec.dropout,
-            spec.recipe.model_dump(mode="json"), spec.end_on_best, self.start_step, self.end_step,
-            self.snapshot_at if spec.recipe.early_stop is not None else None,
-        ], sort_keys=True, default=str)
+        snapshot = self.snapshot_at if spec.recipe.early_stop is not None else None
+        return json.dumps([stack_key(spec), id(self.job.data), self.start_step, self.end_step, snapshot])
 
 
 class _Worker(threading.Thread):
@@ -105,7 +127,9 @@ class _Worker(threading.Thread):
 class _BatchedJob(Job):
     worker: _Worker | None = None
 
-    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+    def train(
+        self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None
+    ) -> TrainResult:
         assert self.worker is not None
         return self.worker.submit(_Request(self, mask, start, start_step, end_step, snapshot_at))
 
@@ -135,44 +159,83 @@ def run_experiments(
     at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
     """
     device = resolve_device(device)
-    shared_log = log or (lambda message: None)
 
-    def spec_log(spec: ExperimentSpec) -> Callable[[str], None]:
+    def spec_log(spec: ExperimentSpec) -> Callable[[str], None] | None:
         if log_for is not None:
             return log_for(spec)
+        if log is None:
+            return None  # nobody listens: warnings are raised as warnings (experiment.run.record_environment)
         tag = f"[{spec.run_id()}] "
-        return lambda message: shared_log(tag + message)
+        return lambda message: log(tag + message)
 
     results: dict[int, RunResult] = {}
     datasets: dict[tuple, Dataset] = {}
     workers: dict[int, _Worker] = {}
     errors: dict[int, BaseException] = {}
-    def start_worker(spec: ExperimentSpec) -> _Worker:
-        check_spec(spec)
-        data_key = (spec.dataset, spec.val_size, spec.split_seed)
-        if data_key not in datasets:
-            datasets[data_key] = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
-        data = datasets[data_key]
-        run, model, init_state = prepare_run(spec, data, root, device)
-        job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=spec_log(spec))
-        key, _ = resolve_method(spec.method)
-        worker = _Worker(METHODS.get(key), job)
-        job.worker = worker
-        worker.start()
-        return worker
 
     for i, spec in enumerate(specs):
         if batchable(spec):
             try:
-                workers[i] = start_worker(spec)
+                workers[i] = _start_worker(spec, datasets, root, data_root, device, spec_log(spec))
             except Exception as error:  # e.g. missing data: this spec fails, the others run
                 errors[i] = error
+    _schedule(list(workers.values()), device, progress)
 
-    waiting = list(workers.values())
+    for i, worker in workers.items():
+        worker.join()
+        if worker.error is not None:
+            errors[i] = worker.error
+            continue
+        worker.job.run.mark_finished(worker.job.counts())
+        results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
+
+    for i, spec in enumerate(specs):
+        if i not in workers and i not in errors:
+            try:
+                results[i] = run_experiment(
+                    spec, root, device=device, data_root=data_root, progress=progress, log=spec_log(spec)
+                )
+            except Exception as error:  # the other specs still run
+                errors[i] = error
+    if errors and not return_exceptions:
+        raise errors[min(errors)]
+    return [errors[i] if i in errors else results[i] for i in range(len(specs))]
+
+
+def _start_worker(
+    spec: ExperimentSpec,
+    datasets: dict[tuple, Dataset],
+    root: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    device: torch.device,
+    log: Callable[[str], None] | None,
+) -> _Worker:
+    """Prepare the spec's run (loading its data once per split into ``datasets``) and start its method."""
+    check_spec(spec)
+    data_key = (spec.dataset, spec.val_size, spec.split_seed)
+    if data_key not in datasets:
+        datasets[data_key] = load_dataset(
+            spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device
+        )
+    data = datasets[data_key]
+    run, model, init_state = prepare_run(spec, data, root, device)
+    env = record_environment(run, device, log)
+    job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=log or (lambda message: None), env=env)
+    key, _ = resolve_method(spec.method)
+    worker = _Worker(METHODS.get(key), job)
+    job.worker = worker
+    worker.start()
+    return worker
+
+
+def _schedule(workers: list[_Worker], device: torch.device, progress: Progress | None) -> None:
+    """Run the methods until all end: each runs up to its next training request, then every group of
+    requests that stack (``_Request.group_key``) trains together."""
+    waiting = workers
     while waiting:
         for worker in waiting:
             worker.step()
-        waiting = [w for w in workers.values() if not w.finished and w.request is not None]
+        waiting = [w for w in workers if not w.finished and w.request is not None]
         groups: dict[str, list[_Request]] = {}
         for worker in waiting:
             assert worker.request is not None
@@ -184,28 +247,39 @@ def run_experiments(
                 for request in group:
                     request.error = error
 
-    for i, worker in workers.items():
-        worker.join()
-        if worker.error is not None:
-            errors[i] = worker.error
-            continue
-        worker.job.run.mark_finished({"levels": len(worker.job.rows)})
-        results[i] = RunResult(worker.job.spec, worker.job.run.path, worker.job.rows)
-
-    for i, spec in enumerate(specs):
-        if i not in workers and i not in errors:
-            try:
-                results[i] = run_experiment(spec, root, device=device, data_root=data_root, progress=progress,
-                                            log=spec_log(spec))
-            except Exception as error:  # the other specs still run
-                errors[i] = error
-    if errors and not return_exceptions:
-        raise errors[min(errors)]
-    return [errors[i] if i in errors else results[i] for i in range(len(specs))]
-
 
 def _train_group(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
-    """Train one group of compatible requests: stacked if several, plain ``train`` if one."""
+    """Train one group of compatible requests: stacked if several, plain ``train`` if one; a request
+    identical to another (e.g. the same dense level asked by several methods) is trained once."""
+    group, copies = _identical(group)
+    _train_distinct(group, device, progress)
+    for request, original in copies:
+        request.job.model.load_state_dict(original.job.model.state_dict())
+        request.result = copy.deepcopy(original.result)
+
+
+def _identical(group: list[_Request]) -> tuple[list[_Request], list[tuple[_Request, _Request]]]:
+    """The distinct requests of a group, and each other request with the distinct one it equals (same seed,
+    start weights, mask and snapshot step; the group key already fixes data, architecture, recipe, steps)."""
+    if len(group) == 1:
+        return group, []
+    seen: dict[tuple, _Request] = {}
+    copies = []
+    for request in group:
+        key = (
+            request.job.spec.seed,
+            request.snapshot_at,
+            tensors_digest(dict(request.mask)),
+            tensors_digest(request.start),
+        )
+        if key in seen:
+            copies.append((request, seen[key]))
+        else:
+            seen[key] = request
+    return list(seen.values()), copies
+
+
+def _train_distinct(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
     first = group[0]
     spec = first.job.spec
     snapshots = () if first.snapshot_at is None else (first.snapshot_at,)
@@ -213,16 +287,31 @@ def _train_group(group: list[_Request], device: torch.device, progress: Progress
         request.job.model.load_state_dict(request.start)
     if len(group) == 1:
         first.result = train(
-            first.job.model, first.job.data, spec.recipe, mask=first.mask, seed=spec.seed,
-            start_step=first.start_step, end_step=first.end_step, snapshot_steps=snapshots,
-            end_on_best=spec.end_on_best, device=device, progress=progress,
+            first.job.model,
+            first.job.data,
+            spec.recipe,
+            mask=first.mask,
+            seed=spec.seed,
+            start_step=first.start_step,
+            end_step=first.end_step,
+            snapshot_steps=snapshots,
+            end_on_best=spec.end_on_best,
+            device=device,
+            progress=progress,
         )
         return
     outcomes = train_many(
-        [r.job.model for r in group], first.job.data, spec.recipe, masks=[r.mask for r in group],
-        seeds=[r.job.spec.seed for r in group], start_step=first.start_step, end_step=first.end_step,
-        snapshot_steps={r.snapshot_at for r in group if r.snapshot_at is not None}, end_on_best=spec.end_on_best,
-        device=device, progress=progress,
+        [r.job.model for r in group],
+        first.job.data,
+        spec.recipe,
+        masks=[r.mask for r in group],
+        seeds=[r.job.spec.seed for r in group],
+        start_step=first.start_step,
+        end_step=first.end_step,
+        snapshot_steps={r.snapshot_at for r in group if r.snapshot_at is not None},
+        end_on_best=spec.end_on_best,
+        device=device,
+        progress=progress,
     )
     for request, outcome in zip(group, outcomes):
         outcome.snapshots = {s: v for s, v in outcome.snapshots.items() if s == request.snapshot_at}

@@ -21,8 +21,11 @@ from ticketlab.config.spec import ExperimentSpec
 from ticketlab.methods import METHODS, options_of, resolve_method
 from ticketlab.schedules import iterative_densities
 
-ITERATIVE = frozenset({"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "double_pruning", "scored_pruning"})
-ONE_LEVEL_PER_DENSITY = frozenset({"oneshot", "multishot", "tom"})
+ITERATIVE = frozenset(
+    {"gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "double_pruning", "scored_pruning"}
+)
+# methods that train the dense level, then one level per target density (each with the spec's controls)
+ONE_LEVEL_PER_DENSITY = frozenset({"oneshot", "multishot", "tom", "iter_snip", "force", "edge_popup", "gem_miner"})
 UNTRAINED = "untrained"  # supermask sweep points: evaluated, not trained
 COMPLEMENT = "complement"  # double pruning: the complement network trained after a level
 
@@ -52,7 +55,9 @@ def level_plan(spec: ExperimentSpec) -> LevelPlan:
         from ticketlab.methods.supermask import sweep_densities
 
         options = options_of(spec.method)
-        points = options.thresholds if options.thresholds is not None else sweep_densities(spec.densities, spec.method.K)
+        points = (
+            options.thresholds if options.thresholds is not None else sweep_densities(spec.densities, spec.method.K)
+        )
         return LevelPlan(len(points), 1 + (1 + controls if options.train_best else 0))
     levels = getattr(METHODS.get(key), "levels", None)  # a method from elsewhere may say: fn.levels(spec) -> N
     return LevelPlan(int(levels(spec)), None) if callable(levels) else LevelPlan(None, None)
@@ -139,8 +144,13 @@ class RunStatus:
                 if (level, name) not in done:
                     return level, name
             key, _ = resolve_method(self.spec.method)
-            if (key == "double_pruning" and self.plan.last is not None and level < self.plan.last
-                    and options_of(self.spec.method).regrow > 0 and (level, COMPLEMENT) not in done):
+            if (
+                key == "double_pruning"
+                and self.plan.last is not None
+                and level < self.plan.last
+                and options_of(self.spec.method).regrow > 0
+                and (level, COMPLEMENT) not in done
+            ):
                 return level, COMPLEMENT
         if self.plan.last is not None and level >= self.plan.last:
             return self.plan.last, ""  # every level finished: the run is writing its summary
@@ -177,8 +187,9 @@ class RunStatus:
             return text + " (already done)"
         took = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
         left = self.remaining()
-        return (f"{text} ({took:.1f} s) · {clock(self.elapsed())} elapsed"
-                + (f", ~{clock(left)} left" if left is not None else ""))
+        return f"{text} ({took:.1f} s) · {clock(self.elapsed())} elapsed" + (
+            f", ~{clock(left)} left" if left is not None else ""
+        )
 
     # -- internals -----------------------------------------------------------------------------------
     def _estimate(self, now: float) -> None:

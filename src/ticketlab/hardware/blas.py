@@ -99,8 +99,9 @@ def _load_openblas() -> ctypes.CDLL:
     lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
     core = lib.scipy_openblas_get_corename().decode()
     if core.lower() != CORE.lower():
-        raise OSError(f"OpenBLAS was already loaded with its {core} core (scipy_openblas32 imported before "
-                      f"ticketlab), not {CORE}")
+        raise OSError(
+            f"OpenBLAS was already loaded with its {core} core (scipy_openblas32 imported before ticketlab), not {CORE}"
+        )
     i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     lib.scipy_cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
     lib.scipy_cblas_sgemm.restype = None
@@ -120,7 +121,9 @@ def backend() -> Backend:
         return Backend("torch", "the CPU has no AVX-512")
     vendor = _cpu_vendor()
     if choice == "auto" and vendor != "AuthenticAMD":
-        return Backend("torch", f"{vendor or 'unknown vendor'}: MKL already uses AVX-512 (TICKETLAB_GEMM=openblas to override)")
+        return Backend(
+            "torch", f"{vendor or 'unknown vendor'}: MKL already uses AVX-512 (TICKETLAB_GEMM=openblas to override)"
+        )
     try:
         lib = _load_openblas()
     except (OSError, AttributeError) as err:  # AttributeError: a wheel too old for sgemm_batch_strided
@@ -184,15 +187,33 @@ def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float, alph
     a, ta, lda = _operand(a)
     b, tb, ldb = _operand(b)
     if out.dim() == 2:
-        lib.scipy_cblas_sgemm(_ROW, ta, tb, m, n, k, alpha, a.data_ptr(), lda, b.data_ptr(), ldb, beta,
-                              out.data_ptr(), n)
+        lib.scipy_cblas_sgemm(
+            _ROW, ta, tb, m, n, k, alpha, a.data_ptr(), lda, b.data_ptr(), ldb, beta, out.data_ptr(), n
+        )
     else:
         if a.stride(0) == 0 or b.stride(0) == 0:  # a broadcast operand: give it its own rows
             a, ta, lda = _operand(a.contiguous())
             b, tb, ldb = _operand(b.contiguous())
-        lib.scipy_cblas_sgemm_batch_strided(_ROW, ta, tb, m, n, k, alpha, a.data_ptr(), lda, a.stride(0),
-                                            b.data_ptr(), ldb, b.stride(0), beta, out.data_ptr(), n, m * n,
-                                            out.shape[0])
+        lib.scipy_cblas_sgemm_batch_strided(
+            _ROW,
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            alpha,
+            a.data_ptr(),
+            lda,
+            a.stride(0),
+            b.data_ptr(),
+            ldb,
+            b.stride(0),
+            beta,
+            out.data_ptr(),
+            n,
+            m * n,
+            out.shape[0],
+        )
     return out
 
 
@@ -257,7 +278,9 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     return F.linear(x, w, b)
 
 
-def addmm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+def addmm_(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0
+) -> torch.Tensor:
     """``out = beta * out + alpha * a @ b`` in place, not differentiable; 2-D, or 3-D for K stacked models.
 
     One pass over ``out``: an SGD step can be the weight-gradient GEMM itself (``out`` = the weights,

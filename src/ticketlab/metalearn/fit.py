@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ticketlab.files import atomic_write_json
 from ticketlab.criteria.features import EXTENDED
 from ticketlab.criteria.learned import MetaMLP, MetaModel
+from ticketlab.files import atomic_write_json
 from ticketlab.metalearn.table import feature_columns
 from ticketlab.registry import Registry
 
@@ -117,7 +117,7 @@ def split_rows(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndar
     if not 0 < test_size < 1:
         raise ValueError(f"test_size: {test_size} is not in (0, 1)")
     order = np.random.default_rng(seed).permutation(n)
-    n_test = max(1, int(round(test_size * n)))
+    n_test = max(1, round(test_size * n))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 

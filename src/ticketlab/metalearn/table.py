@@ -33,17 +33,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ticketlab.criteria import ScoringContext
-from ticketlab.data import load_dataset
-from ticketlab.hardware.device import resolve_device
-from ticketlab.experiment.run import initial_weights, run_experiment
-from ticketlab.masks import Mask
-from ticketlab.criteria.features import FeatureSpec, compute_features, feature_matrix, scale_per_layer
-from ticketlab.data.batches import pruning_batches
-from ticketlab.models import build_model
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
+from ticketlab.criteria import ScoringContext
+from ticketlab.criteria.features import FeatureSpec, compute_features, feature_matrix, scale_per_layer
+from ticketlab.data import load_dataset
+from ticketlab.data.batches import pruning_batches
+from ticketlab.experiment.run import initial_weights, run_experiment
+from ticketlab.hardware.device import resolve_device
+from ticketlab.masks import Mask
+from ticketlab.models import build_model
 from ticketlab.training.loop import Progress
+
 Target = Literal["scores", "mask"]
 TARGETS = ("scores", "mask")
 REFERENCE = MethodSpec(name="lottery", criterion="synflow", rounds=10)  # IMS SynFlow (000 §5.2.1)
@@ -77,8 +78,15 @@ def build_table(
     frames, runs = [], []
     for seed in seeds:
         spec = ExperimentSpec(
-            model=model, dataset=dataset, init=init, seed=seed, val_size=val_size, recipe=recipe or Recipe(),
-            method=reference, densities=(density,), save_scores=target == "scores",
+            model=model,
+            dataset=dataset,
+            init=init,
+            seed=seed,
+            val_size=val_size,
+            recipe=recipe or Recipe(),
+            method=reference,
+            densities=(density,),
+            save_scores=target == "scores",
         )
         result = run_experiment(spec, root, device=device, data_root=data_root, progress=progress, log=log)
         last = max((r for r in result.rows if not r["control"]), key=lambda r: r["level"])
@@ -98,7 +106,12 @@ def build_table(
 
 
 def _seed_frame(
-    spec: ExperimentSpec, root: Path, level: Path, target: Target, features: FeatureSpec, device: torch.device,
+    spec: ExperimentSpec,
+    root: Path,
+    level: Path,
+    target: Target,
+    features: FeatureSpec,
+    device: torch.device,
     data_root: str | os.PathLike | None,
 ) -> pd.DataFrame:
     """Features of the stored initial weights of ``spec`` beside the target read from ``level``."""
@@ -106,8 +119,12 @@ def _seed_frame(
 
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
     net = build_model(
-        spec.model, input_shape=data.input_shape, num_classes=data.num_classes,
-        bn_momentum=spec.bn_momentum, bn_eps=spec.bn_eps, dropout=spec.dropout,
+        spec.model,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum,
+        bn_eps=spec.bn_eps,
+        dropout=spec.dropout,
     )
     init_state = initial_weights(net, spec, data.input_shape, data.num_classes, root)
     net.load_state_dict(init_state)
@@ -115,7 +132,9 @@ def _seed_frame(
     method = spec.method
     ctx = ScoringContext(
         batches=pruning_batches(data, method.pruning_batches, method.pruning_samples_per_class, spec.seed),
-        input_shape=data.input_shape, initial=init_state, seed=spec.seed,
+        input_shape=data.input_shape,
+        initial=init_state,
+        seed=spec.seed,
         options={"include_bias": method.include_bias},
     )
     mask = Mask.ones(net, spec.exempt)
@@ -183,7 +202,9 @@ def _need_pyarrow(path: Path) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ValueError(f"meta table {path}: parquet needs pyarrow (pip install 'ticketlab[parquet]'); or name it .csv.gz") from None
+        raise ValueError(
+            f"meta table {path}: parquet needs pyarrow (pip install 'ticketlab[parquet]'); or name it .csv.gz"
+        ) from None
 
 
 def _kind(path: Path) -> str:

@@ -12,10 +12,26 @@ import pkgutil
 from ticketlab.methods.context import Job
 from ticketlab.methods.controls import CONTROLS
 from ticketlab.methods.registry import (
-    METHODS, OPTIONS, check_method, options_of, resolve_criterion, resolve_method,
+    METHODS,
+    OPTIONS,
+    Resolved,
+    check_method,
+    options_of,
+    resolve_criterion,
+    resolve_method,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["CONTROLS", "METHODS", "OPTIONS", "Job", "check_method", "options_of", "resolve_criterion", "resolve_method"]
+__all__ = [
+    "CONTROLS",
+    "METHODS",
+    "OPTIONS",
+    "Job",
+    "Resolved",
+    "check_method",
+    "options_of",
+    "resolve_criterion",
+    "resolve_method",
+]

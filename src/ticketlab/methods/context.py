@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.criteria import ScoringContext, is_data_aware, score
 from ticketlab.data import Dataset
 from ticketlab.data.batches import pruning_batches
+from ticketlab.files import atomic_write_json
 from ticketlab.masks import LayerCollapseError, Mask, layer_collapse, select
 from ticketlab.methods.controls import CONTROLS
-from ticketlab.methods.registry import resolve_criterion
-from ticketlab.models import initialize
+from ticketlab.methods.cost import Cost, measure
+from ticketlab.methods.registry import Resolved
+from ticketlab.models import StateDict, initialize, snapshot
 from ticketlab.schedules import multishot_densities
-from ticketlab.config.spec import ExperimentSpec
-from ticketlab.store import LevelDir, RunDir
-from ticketlab.training.loop import Progress, TrainResult, train
-from ticketlab.models import StateDict, snapshot
 from ticketlab.seeding import seed_for
+from ticketlab.store import LevelDir, RunDir
+from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
+
 Log = Callable[[str], None]
 
 
@@ -37,16 +39,29 @@ class Job:
     init_state: StateDict
     run: RunDir
     progress: Progress | None = None
-    log: Log = lambda message: None  # noqa: E731
+    log: Log = lambda message: None
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
+    env: dict[str, Any] = field(default_factory=dict)  # what can change the numbers here (hardware.environment)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one pass over the training split: what turns ``'2ep'`` into steps."""
+        return steps_per_epoch(len(self.data.x_train), self.spec.recipe.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """The recipe's training length T in steps."""
+        return self.spec.recipe.total_steps(self.steps_per_epoch)
 
     # -- scoring and selection -----------------------------------------------------------------------
     def context(self) -> ScoringContext:
         method = self.spec.method
         batches: list = []
         if self.criterion_is_data_aware():
-            batches = pruning_batches(self.data, method.pruning_batches, method.pruning_samples_per_class, self.spec.seed)
+            batches = pruning_batches(
+                self.data, method.pruning_batches, method.pruning_samples_per_class, self.spec.seed
+            )
         return ScoringContext(
             batches=batches,
             input_shape=self.data.input_shape,
@@ -58,54 +73,106 @@ class Job:
     def criterion_is_data_aware(self) -> bool:
         return is_data_aware(self.criterion)
 
+    @cached_property
+    def resolved(self) -> Resolved:
+        """The method, criterion and rounds the spec runs as (each level records them)."""
+        return Resolved.of(self.spec.method)
+
     @property
     def criterion(self) -> str:
-        return resolve_criterion(self.spec.method)
+        """The criterion the method scores with (an error for a method that uses none)."""
+        if self.resolved.criterion is None:
+            raise ValueError(f"method {self.spec.method.name!r} selects its masks by no criterion")
+        return self.resolved.criterion
 
-    def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], float]:
+    def prune(self, mask: Mask, density: float, rounds: int, level: int) -> tuple[Mask, dict[str, torch.Tensor], Cost]:
         """Score the model as it stands and select ``density``, in ``rounds`` re-scored steps from the
-        mask's density (multi-shot: UMS at initialisation, IMS inside iterative pruning)."""
-        started = time.perf_counter()
-        ctx = self.context()
-        method = self.spec.method
-        scores: dict[str, torch.Tensor] = {}
-        for r, d in enumerate(multishot_densities(density, rounds, method.round_schedule, start=mask.density())):
+        mask's density (multi-shot: UMS at initialisation, IMS inside iterative pruning). Returns the mask,
+        the last scores and what scoring cost (forward passes and seconds, ``methods.cost``)."""
+        with measure(self.model) as meter:
+            ctx = self.context()
+            method = self.spec.method
+            scores: dict[str, torch.Tensor] = {}
+            for r, d in enumerate(multishot_densities(density, rounds, method.round_schedule, start=mask.density())):
+                mask.apply(self.model)
+                scores = score(self.criterion, self.model, mask, ctx)
+                mask = select(scores, d, method.scope, previous=mask, seed=seed_for(self.spec.seed, level, r))
             mask.apply(self.model)
-            scores = score(self.criterion, self.model, mask, ctx)
-            mask = select(scores, d, method.scope, previous=mask, seed=seed_for(self.spec.seed, level, r))
-        mask.apply(self.model)
-        return mask, scores, time.perf_counter() - started
+        return mask, scores, meter.cost()
+
+    def training_cost(self, row: Mapping[str, Any]) -> Cost:
+        """The weight training a recorded level did (its steps, to where it stopped, and its seconds)."""
+        stopped = row.get("stopped_step")
+        steps = (row["end_step"] if stopped is None else stopped) - row["start_step"]
+        return Cost.of_training(steps, self.spec.recipe.batch_size, row.get("train_time") or 0.0)
 
     # -- training and recording ----------------------------------------------------------------------
-    def train(self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None) -> TrainResult:
+    def train(
+        self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None
+    ) -> TrainResult:
         self.model.load_state_dict(start)
         return train(
-            self.model, self.data, self.spec.recipe, mask=mask, seed=self.spec.seed,
-            start_step=start_step, end_step=end_step,
+            self.model,
+            self.data,
+            self.spec.recipe,
+            mask=mask,
+            seed=self.spec.seed,
+            start_step=start_step,
+            end_step=end_step,
             snapshot_steps=() if snapshot_at is None else (snapshot_at,),
-            end_on_best=self.spec.end_on_best, progress=self.progress,
+            end_on_best=self.spec.end_on_best,
+            progress=self.progress,
         )
 
     def record(
-        self, level: int, mask: Mask, result: TrainResult, start: StateDict, *, target: float,
-        score_time: float = 0.0, control: str | None = None, rewind: StateDict | None = None,
+        self,
+        level: int,
+        mask: Mask,
+        result: TrainResult,
+        start: StateDict,
+        *,
+        target: float,
+        score_time: float = 0.0,
+        control: str | None = None,
+        rewind: StateDict | None = None,
         scores: dict[str, torch.Tensor] | None = None,
+        cost: Cost | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a finished level (mask, start and final weights, metrics) and return its row."""
+        """Write a finished level (mask, start and final weights, metrics) and return its row. ``cost``: what
+        its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics."""
         collapse = layer_collapse(self.model, mask, self.data.input_shape)
         final = result.final
         es = result.early_stop_step
         row: dict[str, Any] = {
-            "level": level, "control": control or "", "target_density": target,
-            "density": mask.density(), "sparsity": mask.sparsity(), "kept": mask.kept(), "total": mask.total(),
-            "test_acc": final.get("test_acc"), "test_loss": final.get("test_loss"),
-            "val_acc": final.get("val_acc"), "val_loss": final.get("val_loss"),
+            "level": level,
+            "control": control or "",
+            "target_density": target,
+            "density": mask.density(),
+            "sparsity": mask.sparsity(),
+            "kept": mask.kept(),
+            "total": mask.total(),
+            "test_acc": final.get("test_acc"),
+            "test_loss": final.get("test_loss"),
+            "val_acc": final.get("val_acc"),
+            "val_loss": final.get("val_loss"),
             "early_stop_step": None if es is None else es - result.start_step,
             "early_stop_test_acc": result.early_stop.get("test_acc"),
-            "start_step": result.start_step, "end_step": result.end_step, "stopped_step": result.stopped_step,
-            "train_time": result.wall_time, "score_time": score_time,
-            "collapsed": collapse.collapsed, "empty_layers": collapse.empty_layers,
-            "layer_densities": mask.layer_densities(), "history": result.history,
+            "start_step": result.start_step,
+            "end_step": result.end_step,
+            "stopped_step": result.stopped_step,
+            "train_time": result.wall_time,
+            "score_time": score_time,
+            "collapsed": collapse.collapsed,
+            "empty_layers": collapse.empty_layers,
+            "layer_densities": mask.layer_densities(),
+            "history": result.history,
+            "method_key": self.resolved.method_key,
+            "criterion": self.resolved.criterion,
+            "rounds": self.resolved.rounds,
+            "env": self.env,
+            **(cost or Cost()).metrics(len(self.data.x_train)),
+            **(extra or {}),
         }
         if level == 0 and not control:
             self.dense = row
@@ -119,12 +186,18 @@ class Job:
         return row
 
     def is_winning(self, row: dict[str, Any]) -> bool | None:
-        """003: a winning ticket reaches the dense test accuracy no later than the dense run stops early."""
-        if self.dense is None or row["test_acc"] is None or row["early_stop_step"] is None:
+        """003: a ticket is winning when its test accuracy at its early-stopping iteration (minimum validation
+        loss) is at least the dense run's test accuracy at the dense run's early-stopping iteration, and it
+        stops early no later than the dense run. The dense run itself (level 0) and controls are no
+        candidates, and without a validation split the flag cannot be computed: None."""
+        dense = self.dense
+        if row["level"] == 0 or row["control"] or dense is None:
             return None
-        if self.dense["early_stop_step"] is None:
+        acc, dense_acc = row.get("early_stop_test_acc"), dense.get("early_stop_test_acc")
+        step, dense_step = row.get("early_stop_step"), dense.get("early_stop_step")
+        if acc is None or dense_acc is None or step is None or dense_step is None:
             return None
-        return bool(row["test_acc"] >= self.dense["test_acc"] and row["early_stop_step"] <= self.dense["early_stop_step"])
+        return bool(acc >= dense_acc and step <= dense_step)
 
     def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
         """The row of a finished level, or None if it must be (re)computed."""
@@ -133,10 +206,25 @@ class Job:
             return None
         row = d.metrics()
         if level == 0 and not control:
+            own = {
+                "method_key": self.resolved.method_key,
+                "criterion": self.resolved.criterion,
+                "rounds": self.resolved.rounds,
+            }
+            if any(row.get(k) != v for k, v in own.items()):  # a dense level shared by another method's run
+                row.update(own)
+                atomic_write_json(d.path / "metrics.json", row)
             self.dense = row
         self.rows.append(row)
         self.log(self._describe(row) + " (already done)")
         return row
+
+    def counts(self) -> dict[str, int]:
+        """What ``done.json`` records: the run's levels (level 0 included) and, apart, its control trainings."""
+        return {
+            "levels": len({row["level"] for row in self.rows}),
+            "controls": sum(bool(row.get("control")) for row in self.rows),
+        }
 
     def check_collapse(self, mask: Mask, level: int) -> None:
         if self.spec.method.fail_on_collapse:
@@ -148,7 +236,19 @@ class Job:
                 )
 
     # -- controls ------------------------------------------------------------------------------------
-    def run_controls(self, level: int, mask: Mask, start: StateDict, dense_start: StateDict, result: TrainResult, target: float) -> None:
+    def run_controls(
+        self,
+        level: int,
+        mask: Mask,
+        start: StateDict,
+        dense_start: StateDict,
+        start_step: int,
+        end_step: int,
+        target: float,
+        cost: Cost | None = None,
+    ) -> None:
+        """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
+        like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``."""
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
                 continue
@@ -157,11 +257,15 @@ class Job:
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
             c_mask, c_start = CONTROLS.get(name)(mask, start, dense_start, fresh, g)
-            c_result = self.train(c_mask, c_start, result.start_step, result.end_step, None)
-            self.record(level, c_mask, c_result, c_start, target=target, control=name)
+            c_result = self.train(c_mask, c_start, start_step, end_step, None)
+            self.record(level, c_mask, c_result, c_start, target=target, control=name, cost=cost)
 
     @staticmethod
     def _describe(row: dict[str, Any]) -> str:
         ctl = f" [{row['control']}]" if row.get("control") else ""
         acc = row.get("test_acc")
-        return f"level {row['level']}{ctl}: density {row['density']:.4f}, test acc {acc:.4f}" if acc is not None else f"level {row['level']}{ctl}"
+        return (
+            f"level {row['level']}{ctl}: density {row['density']:.4f}, test acc {acc:.4f}"
+            if acc is not None
+            else f"level {row['level']}{ctl}"
+        )

@@ -60,7 +60,9 @@ def shuffle_mask_reinit(mask: Mask, start: StateDict, dense_start: StateDict, fr
 
 
 @CONTROLS.register("random_same_layer_density")
-def random_same_layer_density(mask: Mask, start: StateDict, dense_start: StateDict, fresh: StateDict, g: torch.Generator):
+def random_same_layer_density(
+    mask: Mask, start: StateDict, dense_start: StateDict, fresh: StateDict, g: torch.Generator
+):
     """A random mask with the ticket's per-layer densities, on the dense rewind-point weights (for IMP:
     the initialisation), i.e. random pruning with the ticket's layer-wise budget."""
     new, _ = _shuffled_mask(mask, g)

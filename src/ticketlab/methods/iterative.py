@@ -11,27 +11,19 @@ Presets with T = the training length (002 §3.1-3.3):
   late_rewind:k   rewind_params T-k, rewind_lr T-k, retrain T-k (stable weight rewinding to step k)
   lr_rewind       rewind_params 0, rewind_lr T, retrain T   (Renda et al. 2020)
   sgimp:X%        rewind_params X%·T, rewind_lr T, retrain T (002 algorithm 6, default X = 75)
+
+The level loop is ``methods.levels.run_levels`` with GIMP's default hooks; this module resolves the step
+counts of each preset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ticketlab.config.duration import Duration
-from ticketlab.masks import Mask, masked_state
-from ticketlab.methods.registry import METHODS
-from ticketlab.methods.context import Job
-from ticketlab.registry import split_name
-from ticketlab.schedules import iterative_densities
 from ticketlab.config.spec import MethodSpec
-from ticketlab.models import StateDict
-from ticketlab.training.loop import steps_per_epoch
-@dataclass(frozen=True)
-class GimpSteps:
-    train: int
-    retrain: int
-    rewind_params: int
-    rewind_lr: int
+from ticketlab.methods.context import Job
+from ticketlab.methods.levels import Gimp, GimpSteps, run_levels
+from ticketlab.methods.registry import METHODS
+from ticketlab.registry import split_name
 
 
 def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
@@ -59,7 +51,7 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
             raise ValueError(f"sgimp takes a percentage of training to rewind, e.g. sgimp:75%, got {arg!r}") from None
         if not 0 <= x <= 1:
             raise ValueError(f"sgimp percentage must be within 0% and 100%, got {arg!r}")
-        base = GimpSteps(T, T, int(round(x * T)), T)
+        base = GimpSteps(T, T, round(x * T), T)
     else:
         raise ValueError(f"{method.name!r} is not an iterative method")
 
@@ -67,7 +59,9 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
         return default if value is None else value.steps(spe)
 
     steps = GimpSteps(
-        base.train, pick(method.retrain, base.retrain), pick(method.rewind_params, base.rewind_params),
+        base.train,
+        pick(method.retrain, base.retrain),
+        pick(method.rewind_params, base.rewind_params),
         pick(method.rewind_lr, base.rewind_lr),
     )
     if steps.rewind_params > min(steps.train, steps.retrain):
@@ -78,54 +72,8 @@ def gimp_steps(method: MethodSpec, total: int, spe: int) -> GimpSteps:
     return steps
 
 
-def dense_level(job: Job, s: GimpSteps) -> tuple[Mask, StateDict, StateDict, int]:
-    """Level 0 of every iterative schedule: dense training (or its stored result), keeping the snapshot
-    ``rewind_params`` steps before its end. Returns the mask, final weights, rewind weights and end step."""
-    row = job.resume(0)
-    if row is None:
-        mask = Mask.ones(job.model, job.spec.exempt)
-        result = job.train(mask, job.init_state, 0, s.train, s.train - s.rewind_params)
-        row = job.record(0, mask, result, job.init_state, target=1.0, rewind=result.snapshots[s.train - s.rewind_params])
-    level_dir = job.run.level(0)
-    return level_dir.mask(), level_dir.weights("final"), level_dir.weights("rewind"), row["end_step"]
-
-
 def _iterative(job: Job) -> None:
-    spec, method = job.spec, job.spec.method
-    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
-    s = gimp_steps(method, spec.recipe.total_steps(spe), spe)
-
-    mask, trained, rewind, end = dense_level(job, s)
-    dense_rewind = rewind
-
-    targets = sorted(spec.densities, reverse=True)
-    for level, density in enumerate(iterative_densities(targets, method.K), start=1):
-        row = job.resume(level)
-        if row is None:
-            job.model.load_state_dict(trained)
-            mask, scores, score_time = job.prune(mask, density, method.rounds, level)
-            job.check_collapse(mask, level)
-            start = masked_state(rewind, mask)
-            begin = end - s.rewind_lr
-            result = job.train(mask, start, begin, begin + s.retrain, begin + s.retrain - s.rewind_params)
-            row = job.record(
-                level, mask, result, start, target=density, score_time=score_time,
-                rewind=result.snapshots[begin + s.retrain - s.rewind_params], scores=scores,
-            )
-            job.run_controls(level, mask, start, dense_rewind, result, density)
-        else:  # finished earlier; controls that were interrupted still run (finished ones resume)
-            d = job.run.level(level)
-            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, _Replay(row), density)
-        d = job.run.level(level)
-        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
-        end = row["end_step"]
-
-
-class _Replay:
-    """The start/end steps of a finished level, for controls that still have to run after a resume."""
-
-    def __init__(self, row: dict) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    run_levels(job, Gimp(job, gimp_steps(job.spec.method, job.total_steps, job.steps_per_epoch)))
 
 
 for _name in ("gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp"):

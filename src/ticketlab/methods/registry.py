@@ -4,6 +4,7 @@ criterion, in how many scoring rounds, with which options. ``METHODS`` maps a na
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -16,32 +17,54 @@ METHODS: Registry[Callable[..., None]] = Registry("method")
 # A method with options of its own registers a frozen pydantic model for them under the same name; the
 # spec validates ``method.options`` against it, so a typo names the field and the allowed ones.
 OPTIONS: Registry[type[BaseModel]] = Registry("method options")
+# A method whose criterion, when the spec names none, is not magnitude registers it here (supermask:
+# large_final_same_sign); None: the method selects its masks by no criterion (tom learns them).
+DEFAULT_CRITERIA: dict[str, str | None] = {}
 
 
-def resolve_criterion(method: MethodSpec) -> str:
+def resolve_criterion(method: MethodSpec) -> str | None:
     """The criterion a method prunes with: explicit, the method's own name for the criterion shorthand
-    (``--method snip``), else magnitude for iterative methods."""
+    (``--method snip``), the method's registered default (``DEFAULT_CRITERIA``), else magnitude for
+    iterative methods. None: the method uses no criterion."""
     if method.criterion:
         return method.criterion
     key, _ = split_name(method.name)
     if key in METHODS:
         if key in UPFRONT:
             raise ValueError(f"method {method.name!r} needs a criterion (e.g. criterion: snip)")
-        return "magnitude"
+        return DEFAULT_CRITERIA.get(key, "magnitude")
     return method.name
 
 
+SYNFLOW_ROUNDS = 100  # Tanaka et al. 2020 prune with SynFlow in 100 rounds at initialisation
+
+
 def resolve_method(method: MethodSpec) -> tuple[str, int]:
-    """(registered method key, scoring rounds). A bare criterion is one-shot, except SynFlow, whose
-    paper prunes in 100 rounds at initialisation (multi-shot) unless ``rounds`` says otherwise."""
+    """(registered method key, scoring rounds). ``rounds`` unset is the method's default: one round, except
+    for the SynFlow shorthand, whose paper prunes in 100 rounds at initialisation (multi-shot); an explicit
+    ``rounds: 1`` is one-shot SynFlow. A bare criterion is one-shot in one round, multi-shot in more."""
     key, _ = split_name(method.name)
     if key in METHODS:
-        return key, method.rounds
-    if key == "synflow" and method.rounds == 1:
-        return "multishot", 100
-    return ("multishot" if method.rounds > 1 else "oneshot"), method.rounds
+        return key, method.rounds or 1
+    if method.rounds is None and key == "synflow":
+        return "multishot", SYNFLOW_ROUNDS
+    rounds = method.rounds or 1
+    return ("multishot" if rounds > 1 else "oneshot"), rounds
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What a method spec runs as, recorded in every level (``metrics.json``): the registered method, the
+    criterion it prunes with (None: none) and its scoring rounds."""
+
+    method_key: str
+    criterion: str | None
+    rounds: int
+
+    @classmethod
+    def of(cls, method: MethodSpec) -> Resolved:
+        key, rounds = resolve_method(method)
+        return cls(key, resolve_criterion(method), rounds)
 
 
 def options_of(method: MethodSpec) -> Any:
@@ -53,8 +76,10 @@ def options_of(method: MethodSpec) -> Any:
 def check_method(method: MethodSpec) -> None:
     """The method's name, criterion and options against the registries; ``ValueError`` names the field."""
     key, _ = split_name(method.name)
-    if not (key in METHODS or key in CRITERIA or method.name.startswith("stacked(")):
-        raise ValueError(f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}")
+    if not (key in METHODS or key in CRITERIA or key.startswith("stacked")):  # stacked(...), stacked_signed(...)
+        raise ValueError(
+            f"method: {METHODS.unknown_message(method.name)[:-1]}, or a criterion: {', '.join(CRITERIA.names())}"
+        )
     for name in filter(None, (method.criterion, None if key in METHODS else method.name)):
         try:
             parse(name)
@@ -66,7 +91,8 @@ def check_method(method: MethodSpec) -> None:
         except ValidationError as exc:
             problems = "; ".join(
                 f"method.options.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                if e["loc"] else f"method.options: {e['msg'].removeprefix('Value error, ')}"
+                if e["loc"]
+                else f"method.options: {e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
             )
             raise ValueError(problems) from None

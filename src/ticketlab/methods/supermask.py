@@ -29,22 +29,25 @@ Ties of the untrained validation accuracy go to the sparser network, the point o
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ticketlab.criteria import score
-from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json
 from ticketlab.masks import Mask, masked_state, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
-from ticketlab.schedules import iterative_densities
+from ticketlab.methods.cost import Cost, measure
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.models import StateDict
-from ticketlab.training.loop import TrainResult, steps_per_epoch
+from ticketlab.schedules import iterative_densities
 from ticketlab.seeding import seed_for
+from ticketlab.training.evaluate import evaluate
+from ticketlab.training.loop import TrainResult
+
 DEFAULT_CRITERION = "large_final_same_sign"  # 004 §2.1
 UNTRAINED = "untrained"  # control name of the untrained sweep points
 CURVE_FILE = "supermask_curve.json"
@@ -57,10 +60,13 @@ class SupermaskOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     thresholds: tuple[float, ...] | None = Field(
-        None, description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities"
+        None,
+        description="sweep score thresholds t (keep score >= t, one global threshold; 004 §2.3) instead of densities",
     )
-    eval_weights: Literal["init", "signed_constant"] = "init"
-    train_best: bool = True
+    eval_weights: Literal["init", "signed_constant"] = Field(
+        "init", description="weights of the untrained masks: w_0 (004) or sign(w_0)·RMS(w_0) per layer (Zhou et al.)"
+    )
+    train_best: bool = Field(True, description="train the best untrained mask with its zeros frozen (004 §2.3)")
 
     @field_validator("thresholds")
     @classmethod
@@ -106,6 +112,7 @@ def untrained_result(job: Job, weights: StateDict, mask: Mask) -> TrainResult:
 
 def best_point(rows: list[dict[str, Any]]) -> int:
     """Index of the highest untrained validation accuracy; ties go to the sparser network."""
+
     def key(i: int) -> tuple[float, float]:
         acc = rows[i]["val_acc"]
         return (float("-inf") if acc is None or acc != acc else acc, -rows[i]["density"])
@@ -114,28 +121,29 @@ def best_point(rows: list[dict[str, Any]]) -> int:
 
 
 def _supermask(job: Job) -> None:
+    # long: 004 §2.3's steps in order: dense level, threshold sweep, the chosen mask trained
     spec, method = job.spec, job.spec.method
     options: SupermaskOptions = options_of(method)
-    criterion = method.criterion or DEFAULT_CRITERION
+    criterion = job.criterion
     if options.thresholds is not None and method.scope != "global":
         raise ValueError("thresholds: a score threshold is one global threshold; use scope 'global' or sweep densities")
-    total = spec.recipe.total_steps(steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size))
 
     # 1. dense training (004 §2.3 steps 1-2)
-    if job.resume(0) is None:
-        dense = Mask.ones(job.model, spec.exempt)
-        job.record(0, dense, job.train(dense, job.init_state, 0, total, None), job.init_state, target=1.0)
-    trained = job.run.level(0).weights("final")
+    dense = dense_level(job, job.total_steps)
+    trained = dense.final
 
     # 2. scores of w_T against w_0 (the criterion reads w_0 from ctx.initial)
-    started = time.perf_counter()
     job.model.load_state_dict(trained)
-    scores = score(criterion, job.model, Mask.ones(job.model, spec.exempt), job.context())
-    score_time = time.perf_counter() - started
+    with measure(job.model) as meter:
+        scores = score(criterion, job.model, Mask.ones(job.model, spec.exempt), job.context())
+    score_time = meter.seconds
+    # every mask of the sweep derives from the dense run and the scores; the best one also from the sweep
+    cost = job.training_cost(dense.row) + meter.cost()
 
     # 3. the untrained sweep (004 §2.2): one level per density or threshold
     points: list[tuple[str, float]] = (
-        [("threshold", t) for t in options.thresholds] if options.thresholds is not None
+        [("threshold", t) for t in options.thresholds]
+        if options.thresholds is not None
         else [("density", d) for d in sweep_densities(spec.densities, method.K)]
     )
     rows: list[dict[str, Any]] = []
@@ -150,11 +158,18 @@ def _supermask(job: Job) -> None:
         start = masked_state(weights, mask)
         row = job.resume(level, UNTRAINED)
         if row is None:
-            began = time.perf_counter()
-            result = untrained_result(job, start, mask)
+            with measure(job.model) as evaluation:
+                result = untrained_result(job, start, mask)
             row = job.record(
-                level, mask, result, start, target=mask.density() if kind == "threshold" else value,
-                score_time=score_time / len(points) + time.perf_counter() - began, control=UNTRAINED, scores=scores,
+                level,
+                mask,
+                result,
+                start,
+                target=mask.density() if kind == "threshold" else value,
+                score_time=score_time / len(points) + evaluation.seconds,
+                control=UNTRAINED,
+                scores=scores,
+                cost=cost + evaluation.cost(),
             )
         row = {**row, kind: value}
         rows.append(row)
@@ -162,11 +177,30 @@ def _supermask(job: Job) -> None:
         starts.append(start)
 
     best = best_point(rows)
+    _write_curve(job, criterion, options, rows, best)
+
+    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
+    if not options.train_best:
+        return
+    level, mask, start = rows[best]["level"], masks[best], starts[best]
+    # M_* was chosen by evaluating every point of the sweep: those evaluations are part of its cost
+    evaluations = sum((Cost.recorded(r) - cost for r in rows), Cost())
+    train_best = partial(_train_best, job, level, mask, start, score_time, cost + evaluations)
+    pruned_level(job, level, rows[best]["target_density"], job.init_state, train_best)
+
+
+def _write_curve(job: Job, criterion: str, options: SupermaskOptions, rows: list[dict[str, Any]], best: int) -> None:
+    """The untrained accuracy at every sweep point, to ``supermask_curve.json`` and the log."""
     curve = [
         {k: r.get(k) for k in ("level", "density", "kept", "threshold", "val_acc", "val_loss", "test_acc", "test_loss")}
         for r in rows
     ]
-    summary = {"criterion": criterion, "eval_weights": options.eval_weights, "best_level": rows[best]["level"], "curve": curve}
+    summary = {
+        "criterion": criterion,
+        "eval_weights": options.eval_weights,
+        "best_level": rows[best]["level"],
+        "curve": curve,
+    }
     atomic_write_json(job.run.path / CURVE_FILE, summary)
     job.log(f"supermask curve ({criterion}, untrained, weights={options.eval_weights}):")
     for r in curve:
@@ -174,23 +208,11 @@ def _supermask(job: Job) -> None:
         t = f" threshold {r['threshold']:.4g}" if r.get("threshold") is not None else ""
         job.log(f"  density {r['density']:.4f}{t}: val acc {r['val_acc']:.4f}, test acc {r['test_acc']:.4f}{mark}")
 
-    # 4. train the best untrained network with its zeros frozen (004 §2.3 steps 5-6)
-    if not options.train_best:
-        return
-    level, mask, start = rows[best]["level"], masks[best], starts[best]
+
+def _train_best(job: Job, level: int, mask: Mask, start: StateDict, score_time: float, cost: Cost) -> Trained:
     job.check_collapse(mask, level)
-    if job.resume(level) is None:
-        result = job.train(mask, start, 0, total, None)
-        job.record(level, mask, result, start, target=rows[best]["target_density"], score_time=score_time)
-    ticket = job.run.level(level).metrics()
-    job.run_controls(level, mask, start, job.init_state, _Span(ticket), rows[best]["target_density"])
-
-
-class _Span:
-    """The start/end steps of the trained ticket, which its controls train over as well."""
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), score_time, cost=cost)
 
 
 METHODS.register("supermask")(_supermask)
+DEFAULT_CRITERIA["supermask"] = DEFAULT_CRITERION

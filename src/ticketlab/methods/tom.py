@@ -35,8 +35,8 @@ of the top-k mask on w_p at every target density, mean σ(b)), so a resumed run 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -45,16 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
+from ticketlab.config.recipe import DurationField
 from ticketlab.data import Dataset
-from ticketlab.training.evaluate import evaluate
 from ticketlab.files import atomic_write_json, load_tensors, save_tensors
 from ticketlab.masks import Mask, Scope, masked_state, prunable_parameters, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
 from ticketlab.methods.context import Job
-from ticketlab.config.recipe import DurationField
+from ticketlab.methods.cost import Cost, measure
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import DEFAULT_CRITERIA, METHODS, OPTIONS, options_of
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
-from ticketlab.training.core import Batches, is_eval_step, steps_per_epoch
+from ticketlab.training.core import Batches, is_eval_step
+from ticketlab.training.evaluate import evaluate
+
 LOGITS_FILE = "tom_logits.safetensors"
 PHASE_FILE = "tom_mask_phase.json"
 
@@ -66,13 +69,13 @@ class TomOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pretrain: float = Field(0.1, ge=0, lt=1, description="fraction of the run trained dense before the weights freeze")
-    mask_steps: DurationField | None = None  # default: the recipe's length T
+    mask_steps: DurationField | None = Field(None, description="length of the mask phase (default: the recipe's T)")
     mask_lr: float = Field(20.0, gt=0, description="step size α of the logit update")
-    logit_init: float = 3.0
-    grad_clip: float = Field(0.1, gt=0)
-    logit_clip: float = Field(15.0, gt=0)
-    penalty: Literal["l1", "l2"] = "l1"
-    penalty_weight: float = Field(3e-4, ge=0)
+    logit_init: float = Field(3.0, description="initial logit b of every weight (sigmoid(3) = 0.95)")
+    grad_clip: float = Field(0.1, gt=0, description="clip of dL/dc before the step (002: [-0.1, 0.1])")
+    logit_clip: float = Field(15.0, gt=0, description="clip of the logits (002: [-15, 15])")
+    penalty: Literal["l1", "l2"] = Field("l1", description="penalty on sigmoid(b): l1 sum or l2 sum of squares")
+    penalty_weight: float = Field(3e-4, ge=0, description="weight lambda of the penalty, per weight")
 
 
 def penalty_grad(logits: torch.Tensor, kind: str, weight: float) -> torch.Tensor:
@@ -96,8 +99,13 @@ class MaskStep:
 
 
 def mask_step(
-    model: nn.Module, state: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], x: torch.Tensor,
-    y: torch.Tensor, generator: torch.Generator, options: TomOptions,
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    logits: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    options: TomOptions,
 ) -> MaskStep:
     """One update of the logits in place (002 §3.3.1): sample c, straight-through ∂L/∂c, clip, step, clip b.
 
@@ -111,7 +119,7 @@ def mask_step(
     loss = F.cross_entropy(functional_call(model, inputs, (x,)), y)
     grads = torch.autograd.grad(loss, list(sample.values()))
     with torch.no_grad():
-        for (name, b), g in zip(logits.items(), grads):
+        for (_name, b), g in zip(logits.items(), grads):
             step = g.clamp(-options.grad_clip, options.grad_clip)
             if options.penalty_weight:
                 step = step + penalty_grad(b, options.penalty, options.penalty_weight)
@@ -125,8 +133,17 @@ def topk_mask(logits: dict[str, torch.Tensor], density: float, scope: Scope, see
 
 
 def train_logits(
-    model: nn.Module, weights: StateDict, data: Dataset, *, batch_size: int, steps: int, options: TomOptions,
-    seed: int, densities: tuple[float, ...], scope: Scope, eval_every: int = 0,
+    model: nn.Module,
+    weights: StateDict,
+    data: Dataset,
+    *,
+    batch_size: int,
+    steps: int,
+    options: TomOptions,
+    seed: int,
+    densities: tuple[float, ...],
+    scope: Scope,
+    eval_every: int = 0,
     log: Any = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """The mask phase: ``steps`` logit updates on the frozen ``weights``; returns (logits, learning curve).
@@ -155,7 +172,9 @@ def train_logits(
             curve.append(row)
             if log is not None:
                 accs = ", ".join(f"{k[8:]}: {v:.4f}" for k, v in row.items() if k.startswith("val_acc@"))
-                log(f"  mask step {done}/{steps}: loss {out.loss:.4f}, mean σ(b) {row['mean_sigmoid']:.4f}, val acc of top-k {accs}")
+                log(
+                    f"  mask step {done}/{steps}: loss {out.loss:.4f}, mean σ(b) {row['mean_sigmoid']:.4f}, val acc of top-k {accs}"
+                )
     model.train(was_training)
     return {n: b.cpu() for n, b in logits.items()}, curve
 
@@ -165,7 +184,15 @@ def _mean_sigmoid(logits: dict[str, torch.Tensor]) -> float:
     return total / sum(b.numel() for b in logits.values())
 
 
-def _eval_mask(model: nn.Module, state: StateDict, logits: dict[str, torch.Tensor], density: float, scope: Scope, seed: int, data: Dataset) -> float:
+def _eval_mask(
+    model: nn.Module,
+    state: StateDict,
+    logits: dict[str, torch.Tensor],
+    density: float,
+    scope: Scope,
+    seed: int,
+    data: Dataset,
+) -> float:
     mask = topk_mask(logits, density, scope, seed)
     model.load_state_dict(masked_state(state, mask))
     return evaluate(model, data.x_val, data.y_val)["acc"]
@@ -174,59 +201,85 @@ def _eval_mask(model: nn.Module, state: StateDict, logits: dict[str, torch.Tenso
 def _tom(job: Job) -> None:
     spec, method = job.spec, job.spec.method
     options: TomOptions = options_of(method)
-    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
-    total = spec.recipe.total_steps(spe)
-    pretrain = int(round(options.pretrain * total))
+    total = job.total_steps
+    pretrain = round(options.pretrain * total)
 
     # level 0: the dense run; its step-`pretrain` snapshot is the pretrained point w_p (002: 10% of the run)
-    if job.resume(0) is None:
-        dense = Mask.ones(job.model, spec.exempt)
-        result = job.train(dense, job.init_state, 0, total, pretrain)
-        job.record(0, dense, result, job.init_state, target=1.0, rewind=result.snapshots[pretrain])
-    pretrained = job.run.level(0).weights("rewind")
-
-    # the mask phase, once for every density (skipped when a finished one is on disk)
-    logits_path = job.run.path / LOGITS_FILE
-    if logits_path.exists():
-        logits = load_tensors(logits_path)[0]
-        mask_time = _phase_time(job)
-    else:
-        steps = options.mask_steps.steps(spe) if options.mask_steps is not None else total
-        eval_every = spec.recipe.eval_every.steps(spe) if spec.recipe.eval_every is not None else 0
-        job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
-        started = time.perf_counter()
-        job.model.load_state_dict(pretrained)
-        logits, curve = train_logits(
-            job.model, pretrained, job.data, batch_size=spec.recipe.batch_size, steps=steps, options=options,
-            seed=spec.seed, densities=spec.densities, scope=method.scope, eval_every=eval_every, log=job.log,
-        )
-        mask_time = time.perf_counter() - started
-        atomic_write_json(job.run.path / PHASE_FILE, {"pretrain_steps": pretrain, "mask_steps": steps, "time": mask_time, "curve": curve})
-        save_tensors(logits_path, logits, {"kind": "tom_logits"})
+    dense = dense_level(job, total, pretrain)
+    pretrained = dense.rewind
+    logits, phase = _mask_phase(job, options, pretrained, pretrain)
+    # what the masks cost: the pretraining steps (their share of level 0's seconds) and the mask phase
+    seconds = (dense.row.get("train_time") or 0.0) * pretrain / max(total, 1)
+    cost = Cost.of_training(pretrain, spec.recipe.batch_size, seconds) + phase
 
     # one level per target density: fix the top-k mask, train w_p ⊙ mask for the full run
     for level, density in enumerate(spec.densities, start=1):
-        if job.resume(level) is None:
-            mask = topk_mask(logits, density, method.scope, seed_for(spec.seed, level))
-            job.check_collapse(mask, level)
-            start = masked_state(pretrained, mask)
-            result = job.train(mask, start, 0, total, None)
-            job.record(level, mask, result, start, target=density, score_time=mask_time, scores=logits)
-        d = job.run.level(level)
-        row = d.metrics()
-        job.run_controls(level, d.mask(), d.weights("start"), pretrained, _Span(row), density)
+        ticket = partial(_ticket, job, logits, cost, phase.seconds, pretrained, level, density)
+        pruned_level(job, level, density, pretrained, ticket)
 
 
-def _phase_time(job: Job) -> float:
+def _mask_phase(
+    job: Job, options: TomOptions, pretrained: StateDict, pretrain: int
+) -> tuple[dict[str, torch.Tensor], Cost]:
+    """The learned logits and what they cost (``methods.cost``): once for every density (read back when on
+    disk)."""
+    logits_path = job.run.path / LOGITS_FILE
+    if logits_path.exists():
+        return load_tensors(logits_path)[0], _phase_cost(job)
+    spec, spe = job.spec, job.steps_per_epoch
+    steps = options.mask_steps.steps(spe) if options.mask_steps is not None else job.total_steps
+    eval_every = spec.recipe.eval_interval(spe)
+    job.log(f"training masks for {steps} steps on the weights after {pretrain} pretraining steps")
+    job.model.load_state_dict(pretrained)
+    with measure(job.model) as meter:
+        logits, curve = train_logits(
+            job.model,
+            pretrained,
+            job.data,
+            batch_size=spec.recipe.batch_size,
+            steps=steps,
+            options=options,
+            seed=spec.seed,
+            densities=spec.densities,
+            scope=spec.method.scope,
+            eval_every=eval_every,
+            log=job.log,
+        )
+    cost = meter.cost()
+    phase = {
+        "pretrain_steps": pretrain,
+        "mask_steps": steps,
+        "time": cost.seconds,
+        "cost": asdict(cost),
+        "curve": curve,
+    }
+    atomic_write_json(job.run.path / PHASE_FILE, phase)
+    save_tensors(logits_path, logits, {"kind": "tom_logits"})
+    return logits, cost
+
+
+def _ticket(
+    job: Job,
+    logits: dict[str, torch.Tensor],
+    cost: Cost,
+    mask_time: float,
+    pretrained: StateDict,
+    level: int,
+    density: float,
+) -> Trained:
+    mask = topk_mask(logits, density, job.spec.method.scope, seed_for(job.spec.seed, level))
+    job.check_collapse(mask, level)
+    start = masked_state(pretrained, mask)
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), mask_time, logits, cost=cost)
+
+
+def _phase_cost(job: Job) -> Cost:
     import json
 
     path = job.run.path / PHASE_FILE
-    return float(json.loads(path.read_text())["time"]) if path.exists() else 0.0
-
-
-class _Span:
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    phase = json.loads(path.read_text()) if path.exists() else {}
+    return Cost(**phase["cost"]) if "cost" in phase else Cost(seconds=float(phase.get("time", 0.0)))
 
 
 METHODS.register("tom")(_tom)
+DEFAULT_CRITERIA["tom"] = None  # the masks are learned (logits), not selected by scores

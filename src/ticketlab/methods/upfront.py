@@ -7,37 +7,28 @@ level, pruned independently from the same initialisation; level 0 is the dense r
 
 from __future__ import annotations
 
+from functools import partial
+
 from ticketlab.masks import Mask
-from ticketlab.methods.registry import METHODS, resolve_method
 from ticketlab.methods.context import Job
-def dense_level(job: Job, end_step: int) -> None:
-    """Level 0: the dense network trained from initialisation (baseline and winning-ticket reference)."""
-    if job.resume(0) is not None:
-        return
-    mask = Mask.ones(job.model, job.spec.exempt)
-    result = job.train(mask, job.init_state, 0, end_step, None)
-    job.record(0, mask, result, job.init_state, target=1.0)
+from ticketlab.methods.levels import Trained, dense_level, pruned_level
+from ticketlab.methods.registry import METHODS
 
 
 def _upfront(job: Job) -> None:
-    total = job.spec.recipe.total_steps(_spe(job))
-    dense_level(job, total)
-    _, rounds = resolve_method(job.spec.method)
+    dense_level(job, job.total_steps)
+    rounds = job.resolved.rounds
     for level, density in enumerate(job.spec.densities, start=1):
-        if job.resume(level) is not None:
-            continue
-        job.model.load_state_dict(job.init_state)
-        mask, scores, score_time = job.prune(Mask.ones(job.model, job.spec.exempt), density, rounds, level)
-        job.check_collapse(mask, level)
-        start = {k: v.clone() for k, v in job.model.state_dict().items()}
-        result = job.train(mask, start, 0, total, None)
-        job.record(level, mask, result, start, target=density, score_time=score_time, scores=scores)
-        job.run_controls(level, mask, start, job.init_state, result, density)
+        pruned_level(job, level, density, job.init_state, partial(_at_init, job, level, density, rounds))
 
 
-def _spe(job: Job) -> int:
-    from ticketlab.training.loop import steps_per_epoch
-    return steps_per_epoch(len(job.data.x_train), job.spec.recipe.batch_size)
+def _at_init(job: Job, level: int, density: float, rounds: int) -> Trained:
+    """Prune the initialisation to ``density`` and train the ticket for the whole recipe."""
+    job.model.load_state_dict(job.init_state)
+    mask, scores, cost = job.prune(Mask.ones(job.model, job.spec.exempt), density, rounds, level)
+    job.check_collapse(mask, level)
+    start = {k: v.clone() for k, v in job.model.state_dict().items()}
+    return Trained(mask, start, job.train(mask, start, 0, job.total_steps, None), cost.seconds, scores, cost=cost)
 
 
 METHODS.register("oneshot")(_upfront)

@@ -21,8 +21,18 @@ from ticketlab.registry import Registry, UnknownNameError, split_name
 from ticketlab.models import conv, lenet5, mlp, resnet, vgg, wrn  # noqa: F401  isort: skip
 from ticketlab.models import init as _inits  # noqa: F401  isort: skip
 
-__all__ = ["INITS", "MODELS", "ModelBuilder", "Registry", "StateDict", "UnknownNameError", "build_model", "initialize",
-           "snapshot", "split_name"]
+__all__ = [
+    "INITS",
+    "MODELS",
+    "ModelBuilder",
+    "Registry",
+    "StateDict",
+    "UnknownNameError",
+    "build_model",
+    "initialize",
+    "snapshot",
+    "split_name",
+]
 
 
 def build_model(
@@ -54,8 +64,14 @@ def build_model(
     if not bn_eps > 0.0:
         raise ValueError(f"bn_eps must be > 0, got {bn_eps}")
     _, arg = split_name(name)
-    return builder(arg, input_shape=shape, num_classes=int(num_classes), bn_momentum=float(bn_momentum),
-                   bn_eps=float(bn_eps), dropout=float(dropout))
+    return builder(
+        arg,
+        input_shape=shape,
+        num_classes=int(num_classes),
+        bn_momentum=float(bn_momentum),
+        bn_eps=float(bn_eps),
+        dropout=float(dropout),
+    )
 
 
 def initialize(model: nn.Module, init: str = "kaiming_normal", seed: int = 0) -> nn.Module:

@@ -77,7 +77,9 @@ def no_arg(name: str, arg: str | None) -> None:
 def no_dropout(name: str, dropout: float) -> None:
     """VGG-BN and ResNets conventionally have no dropout; refuse rather than silently ignore it."""
     if dropout:
-        raise ValueError(f"model {name!r} has no dropout (the architecture uses none); dropout must be 0, got {dropout}")
+        raise ValueError(
+            f"model {name!r} has no dropout (the architecture uses none); dropout must be 0, got {dropout}"
+        )
 
 
 def batchnorm(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:

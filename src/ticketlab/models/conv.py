@@ -46,8 +46,15 @@ class ConvN(nn.Module):
 def _register(pairs: int) -> None:
     name = f"conv{2 * pairs}"
 
-    def build(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-              bn_eps: float, dropout: float) -> nn.Module:
+    def build(
+        arg: str | None,
+        *,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        bn_momentum: float,
+        bn_eps: float,
+        dropout: float,
+    ) -> nn.Module:
         no_arg(name, arg)
         return ConvN(pairs, tuple(input_shape), num_classes, dropout)
 

@@ -72,6 +72,7 @@ def kaiming_normal(model: nn.Module, generator: torch.Generator) -> None:
 @INITS.register("xavier")
 def xavier(model: nn.Module, generator: torch.Generator) -> None:
     """Glorot & Bengio 2010: N(0, 2 / (fan_in + fan_out)) (gain 1), zero biases."""
+
     def sample(w: torch.Tensor) -> torch.Tensor:
         fan_in, fan_out = fans(w)
         return _normal(w, math.sqrt(2.0 / (fan_in + fan_out)), generator)
@@ -83,6 +84,7 @@ def xavier(model: nn.Module, generator: torch.Generator) -> None:
 def signed_constant(model: nn.Module, generator: torch.Generator) -> None:
     """Zhou et al. 2019 (004 §2): every weight is +-std of its layer's Kaiming distribution, the sign
     drawn from a Kaiming normal sample; isolates the role of the sign from that of the magnitude."""
+
     def sample(w: torch.Tensor) -> torch.Tensor:
         std = kaiming_std(w)
         # >= 0 rather than sign(): a sample of exactly 0 must not give a zero weight.

@@ -36,8 +36,15 @@ class LeNet5(nn.Module):
 
 
 @MODELS.register("lenet5")
-def lenet5(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-           bn_eps: float, dropout: float) -> nn.Module:
+def lenet5(
+    arg: str | None,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    bn_momentum: float,
+    bn_eps: float,
+    dropout: float,
+) -> nn.Module:
     """LeNet-5: 61,706 parameters on 28x28 MNIST."""
     no_arg("lenet5", arg)
     if min(input_shape[1:]) < 12:

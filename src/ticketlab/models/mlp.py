@@ -3,6 +3,7 @@ and any MLP given by its layer sizes (784-200-30-10 in 004, 784-400-400-400-10 i
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,7 +26,7 @@ class MLP(nn.Module):
         super().__init__()
         self.sizes = list(sizes)
         self.dropout = dropout
-        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in itertools.pairwise(sizes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -50,22 +51,38 @@ def parse_sizes(arg: str | None) -> list[int]:
 
 
 @MODELS.register("mlp")
-def mlp(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-        bn_eps: float, dropout: float) -> nn.Module:
+def mlp(
+    arg: str | None,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    bn_momentum: float,
+    bn_eps: float,
+    dropout: float,
+) -> nn.Module:
     """``mlp:<in>-<hidden>...-<out>``; the sizes must agree with the data so a spec cannot silently
     describe a different network than the one trained."""
     sizes = parse_sizes(arg)
     if sizes[0] != flat_size(input_shape):
-        raise ValueError(f"mlp first size (input features) must be prod(input_shape) = "
-                         f"{math.prod(input_shape)} for input_shape {tuple(input_shape)}, got {sizes[0]}")
+        raise ValueError(
+            f"mlp first size (input features) must be prod(input_shape) = "
+            f"{math.prod(input_shape)} for input_shape {tuple(input_shape)}, got {sizes[0]}"
+        )
     if sizes[-1] != num_classes:
         raise ValueError(f"mlp last size (num_classes) must be {num_classes}, got {sizes[-1]}")
     return MLP(sizes, dropout)
 
 
 @MODELS.register("lenet300")
-def lenet300(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-             bn_eps: float, dropout: float) -> nn.Module:
+def lenet300(
+    arg: str | None,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    bn_momentum: float,
+    bn_eps: float,
+    dropout: float,
+) -> nn.Module:
     """LeNet-300-100: 784-300-100-10 on MNIST (266,200 weights); input and output follow the data."""
     no_arg("lenet300", arg)
     return MLP([flat_size(input_shape), 300, 100, num_classes], dropout)

@@ -25,8 +25,9 @@ class BasicBlock(nn.Module):
         self.bn1 = batchnorm(out_ch, bn_momentum, bn_eps)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = batchnorm(out_ch, bn_momentum, bn_eps)
-        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-                         if stride != 1 or in_ch != out_ch else None)
+        self.shortcut = (
+            nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if stride != 1 or in_ch != out_ch else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -36,8 +37,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, in_channels: int, num_classes: int, bn_momentum: float,
-                 bn_eps: float) -> None:
+    def __init__(
+        self, blocks_per_stage: int, in_channels: int, num_classes: int, bn_momentum: float, bn_eps: float
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn = batchnorm(16, bn_momentum, bn_eps)
@@ -60,8 +62,15 @@ class ResNet(nn.Module):
 def _register(depth: int) -> None:
     name = f"resnet{depth}"
 
-    def build(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-              bn_eps: float, dropout: float) -> nn.Module:
+    def build(
+        arg: str | None,
+        *,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        bn_momentum: float,
+        bn_eps: float,
+        dropout: float,
+    ) -> nn.Module:
         no_arg(name, arg)
         no_dropout(name, dropout)
         return ResNet((depth - 2) // 6, input_shape[0], num_classes, bn_momentum, bn_eps)

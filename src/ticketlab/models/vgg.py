@@ -20,8 +20,9 @@ CONFIGS: dict[str, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    def __init__(self, config: list[int | str], in_channels: int, num_classes: int, bn_momentum: float,
-                 bn_eps: float) -> None:
+    def __init__(
+        self, config: list[int | str], in_channels: int, num_classes: int, bn_momentum: float, bn_eps: float
+    ) -> None:
         super().__init__()
         self.plan: list[str] = []  # "C" conv+bn+relu, "M" pool, in order
         convs, bns = [], []
@@ -53,8 +54,15 @@ class VGG(nn.Module):
 
 
 def _register(name: str) -> None:
-    def build(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-              bn_eps: float, dropout: float) -> nn.Module:
+    def build(
+        arg: str | None,
+        *,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        bn_momentum: float,
+        bn_eps: float,
+        dropout: float,
+    ) -> nn.Module:
         no_arg(name, arg)
         no_dropout(name, dropout)
         return VGG(CONFIGS[name], input_shape[0], num_classes, bn_momentum, bn_eps)

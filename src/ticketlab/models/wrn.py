@@ -13,16 +13,16 @@ from ticketlab.models._common import MODELS, batchnorm, no_arg
 
 
 class WideBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float, bn_momentum: float,
-                 bn_eps: float) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float, bn_momentum: float, bn_eps: float) -> None:
         super().__init__()
         self.dropout = dropout
         self.bn1 = batchnorm(in_ch, bn_momentum, bn_eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn2 = batchnorm(out_ch, bn_momentum, bn_eps)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-                         if stride != 1 or in_ch != out_ch else None)
+        self.shortcut = (
+            nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False) if stride != 1 or in_ch != out_ch else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
@@ -37,8 +37,16 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen: int, in_channels: int, num_classes: int, dropout: float,
-                 bn_momentum: float, bn_eps: float) -> None:
+    def __init__(
+        self,
+        depth: int,
+        widen: int,
+        in_channels: int,
+        num_classes: int,
+        dropout: float,
+        bn_momentum: float,
+        bn_eps: float,
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
@@ -64,8 +72,15 @@ class WideResNet(nn.Module):
 def _register(depth: int, widen: int) -> None:
     name = f"wrn{depth}_{widen}"
 
-    def build(arg: str | None, *, input_shape: tuple[int, int, int], num_classes: int, bn_momentum: float,
-              bn_eps: float, dropout: float) -> nn.Module:
+    def build(
+        arg: str | None,
+        *,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        bn_momentum: float,
+        bn_eps: float,
+        dropout: float,
+    ) -> nn.Module:
         no_arg(name, arg)
         return WideResNet(depth, widen, input_shape[0], num_classes, dropout, bn_momentum, bn_eps)
 

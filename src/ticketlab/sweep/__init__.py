@@ -2,10 +2,23 @@
 Optuna (``tune``)."""
 
 from ticketlab.sweep.executors import (
-    MAX_STACK, Outcome, SweepReport, batches, default_batch, default_workers, run_batch, run_sweep,
+    MAX_STACK,
+    Outcome,
+    SweepReport,
+    batches,
+    default_batch,
+    default_workers,
+    run_batch,
+    run_sweep,
 )
 from ticketlab.sweep.grid import (
-    SweepSpec, expand, grid_points, instantiate, load_sweep, set_base, template_variables,
+    SweepSpec,
+    expand,
+    grid_points,
+    instantiate,
+    load_sweep,
+    set_base,
+    template_variables,
 )
 
 __all__ = [

@@ -1,23 +1,45 @@
 """Running a sweep's grid points: batches of runs handed to local worker processes or Ray tasks, each batch
-trained stacked where that pays (``ticketlab.experiment.lockstep``); finished runs are skipped."""
+trained stacked where that pays (``ticketlab.experiment.lockstep``); finished runs are skipped.
+
+Each run computed is first claimed (``claims``), so several sweeps may share one folder: a run claimed by
+another sweep is skipped, waited for, and taken over if its owner dies. Runs sharing a dense baseline wait
+for the batch that trains it (``plan``). Ray tasks compute on their own node and send their results back
+(``remote``), so the cluster's nodes need not share a filesystem."""
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.lockstep import stack_key
+from ticketlab.files import atomic_write_json
 from ticketlab.plugins import loaded
 from ticketlab.store import RunDir
-
+from ticketlab.sweep.batch import Outcome, lost, run_batch
+from ticketlab.sweep.claims import DEFAULT_TTL, ClaimKeeper, Owner, read_claim
 from ticketlab.sweep.grid import SweepSpec, expand
+from ticketlab.sweep.plan import Pool, dispatch, plan
+
+__all__ = [
+    "MAX_STACK",
+    "Outcome",
+    "SweepReport",
+    "batches",
+    "default_batch",
+    "default_workers",
+    "run_batch",
+    "run_sweep",
+]
+FAILED_FILE = "failed.json"  # the last failure of an unfinished run: its one-line reason, host and time
 
 MAX_STACK = 16  # runs per task at most when stacking by default (CUDA; MLPs on OpenBLAS CPUs)
 
@@ -46,16 +68,14 @@ def default_batch(device: str, model: str | None = None) -> int | None:
 
 
 def batches(
-    specs: Sequence[ExperimentSpec], size: int | None | Callable[[ExperimentSpec], int | None], workers: int = 1
+    specs: Sequence[ExperimentSpec], size: int | Callable[[ExperimentSpec], int | None] | None, workers: int = 1
 ) -> list[list[ExperimentSpec]]:
-    """Group runs that share an architecture and data (model, dataset, recipe) into batches of at most
-    ``size``: the unit a worker receives, whose runs train stacked. ``size=None`` shares each group
-    evenly among ``workers`` in batches of at most ``MAX_STACK``; a callable gives the size per group
-    from its first spec."""
+    """Group runs that can train stacked (``stack_key``: data, architecture, recipe) into batches of at most
+    ``size``: the unit a worker receives. ``size=None`` shares each group evenly among ``workers`` in
+    batches of at most ``MAX_STACK``; a callable gives the size per group from its first spec."""
     groups: dict[str, list[ExperimentSpec]] = {}
     for spec in specs:
-        key = f"{spec.model}|{spec.dataset}|{spec.val_size}|{spec.split_seed}|{spec.recipe.model_dump_json()}"
-        groups.setdefault(key, []).append(spec)
+        groups.setdefault(stack_key(spec), []).append(spec)
     out: list[list[ExperimentSpec]] = []
     for group in groups.values():
         n = (size(group[0]) if callable(size) else size) or min(MAX_STACK, math.ceil(len(group) / workers))
@@ -64,62 +84,6 @@ def batches(
 
 
 # -- running ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Outcome:
-    """How one run of a sweep ended."""
-
-    run_id: str
-    spec: dict[str, Any]  # the non-default fields, to name the run in reports
-    ok: bool
-    error: str = ""
-    wall_time: float = 0.0
-
-
-def run_batch(
-    specs: Iterable[dict[str, Any]],
-    root: str,
-    *,
-    device: str = "cpu",
-    threads: int | None = None,
-    tensorboard: bool = False,
-    data_root: str | None = None,
-    plugins: Sequence[str] = (),
-    plugin_dir: str | None = None,
-) -> list[Outcome]:
-    """Run a batch of specs (JSON form) in this process; a failure is recorded and the other runs go on.
-    Runs that share an architecture and recipe train stacked (``ticketlab.experiment.lockstep.run_experiments``).
-    This is the worker's unit, kept plain so it pickles for processes and Ray. ``plugins`` (and the installed
-    packages' entry points) are imported first, as the process that started the sweep did (``ticketlab.plugins``)."""
-    from ticketlab.experiment.lockstep import run_experiments
-    from ticketlab.hardware.device import set_threads
-    from ticketlab.plugins import load_plugins
-
-    load_plugins(plugins, cwd=plugin_dir)
-
-    if threads is not None:
-        set_threads(threads)
-    parsed = [ExperimentSpec.model_validate(data) for data in specs]
-
-    def log_for(spec: ExperimentSpec) -> Callable[[str], None]:
-        if not tensorboard:
-            return lambda message: None
-        from ticketlab.analysis.tensorboard import tensorboard_log
-
-        return tensorboard_log(Path(root) / spec.run_id())
-
-    started = time.perf_counter()
-    results = run_experiments(parsed, root, device=device, data_root=data_root, log_for=log_for, return_exceptions=True)
-    wall = (time.perf_counter() - started) / max(1, len(parsed))  # stacked runs share their time
-    outcomes = []
-    for spec, result in zip(parsed, results):
-        if isinstance(result, BaseException):
-            last = traceback.format_exception_only(type(result), result)[-1].strip()
-            outcomes.append(Outcome(spec.run_id(), spec.non_default(), False, last, wall))
-        else:
-            outcomes.append(Outcome(spec.run_id(), spec.non_default(), True, "", wall))
-    return outcomes
-
-
 @dataclass
 class SweepReport:
     total: int  # distinct runs in the grid
@@ -129,6 +93,11 @@ class SweepReport:
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def elsewhere(self) -> list[Outcome]:
+        """Runs another sweep on the same folder finished while this one waited for them."""
+        return [o for o in self.outcomes if o.elsewhere]
 
 
 OnDone = Callable[[Outcome], None]
@@ -146,9 +115,17 @@ def run_sweep(
     on_start: Callable[[int, int], None] | None = None,
     on_done: OnDone | None = None,
     data_root: str | os.PathLike | None = None,
-) -> SweepReport:
+    on_wait: Callable[[dict[str, Owner | None]], None] | None = None,
+    on_submit: Callable[[list[str]], None] | None = None,
+    claim_ttl: float = DEFAULT_TTL,
+    poll: float = 2.0,
+) -> SweepReport:  # long: the claim / dispatch rounds share the report and the callbacks
     """Run every unfinished grid point with the sweep's executor. ``on_start(pending, total)`` is called
-    once, ``on_done(outcome)`` as each run ends (in completion order)."""
+    once, ``on_submit(run_ids)`` as runs are handed to a worker, ``on_done(outcome)`` as each run ends (in
+    completion order), ``on_wait(held)`` (run id -> its claim's owner) when a run is first found claimed by
+    another sweep and skipped; such runs are checked every ``poll`` seconds until they are finished
+    (reported with ``elsewhere``) or free to take over."""
+    # long: the sweep's stages in order: expand, plan, claim, run, wait for held runs
     root = str(out if out is not None else sweep.out)
     specs = expand(sweep)
     pending = [s for s in specs if not RunDir(Path(root) / s.run_id()).finished]
@@ -157,64 +134,120 @@ def run_sweep(
         on_start(len(pending), len(specs))
     if not pending:
         return report
+    keeper = ClaimKeeper(claim_ttl)
 
     def done(outcome: Outcome) -> None:
+        if not outcome.elsewhere:
+            _record_failure(Path(root) / outcome.run_id, outcome)
+            keeper.release(Path(root) / outcome.run_id)
         report.outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
 
     workers = sweep.workers or (8 if sweep.executor == "ray" else default_workers(sweep.threads_per_worker))
     size = sweep.batch if sweep.batch is not None else (lambda spec: default_batch(sweep.device, spec.model))
-    work = [[s.model_dump(mode="json") for s in b] for b in batches(pending, size, workers)]
+
+    def make_batches(chosen: Sequence[ExperimentSpec]) -> list[list[ExperimentSpec]]:
+        return batches(chosen, size, workers)
+
     kwargs = dict(
-        device=sweep.device, threads=sweep.threads_per_worker, tensorboard=sweep.tensorboard,
-        data_root=None if data_root is None else str(data_root), plugins=loaded(), plugin_dir=os.getcwd(),
+        device=sweep.device,
+        threads=sweep.threads_per_worker,
+        tensorboard=sweep.tensorboard,
+        data_root=None if data_root is None else str(data_root),
+        plugins=loaded(),
+        plugin_dir=os.getcwd(),
     )
-    if sweep.executor == "ray":
-        _run_ray(work, root, sweep, kwargs, done)
-    else:
-        _run_local(work, root, sweep, kwargs, done)
+    submitted = (
+        None
+        if on_submit is None
+        else (lambda batch: on_submit([ExperimentSpec.model_validate(d).run_id() for d in batch]))
+    )
+    try:
+        with _open_pool(sweep, root, pending, kwargs, workers) as pool:
+            queue, reported = pending, set()
+            while queue:
+                held: dict[str, ExperimentSpec] = {}
+                take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl)
+                work, deps = plan(queue, root, make_batches)
+                before = len(report.outcomes)
+                dispatch(
+                    [[s.model_dump(mode="json") for s in b] for b in work],
+                    deps,
+                    pool,
+                    done,
+                    take=take,
+                    submitted=submitted,
+                )
+                if held and len(report.outcomes) == before:  # nothing ended here: the others' runs are running
+                    time.sleep(poll)
+                queue = list(held.values())
+    finally:
+        keeper.close()
     return report
 
 
-def _lost(batch: list[dict[str, Any]], why: str) -> list[Outcome]:
-    out = []
-    for data in batch:
-        spec = ExperimentSpec.model_validate(data)
-        out.append(Outcome(spec.run_id(), spec.non_default(), False, why))
-    return out
+def _claimer(
+    root: str,
+    keeper: ClaimKeeper,
+    done: OnDone,
+    held: dict[str, ExperimentSpec],
+    reported: set[str],
+    on_wait: Callable[[dict[str, Owner | None]], None] | None,
+    ttl: float,
+) -> Callable[[list[dict]], list[dict]]:
+    """``take`` for ``dispatch``: the runs of a batch this sweep claims now. A run another sweep finished
+    meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it the first time)."""
+
+    def take(batch: list[dict]) -> list[dict]:
+        keep = []
+        for data in batch:
+            spec = ExperimentSpec.model_validate(data)
+            path = Path(root) / spec.run_id()
+            if RunDir(path).finished:
+                done(Outcome(spec.run_id(), spec.non_default(), True, elsewhere=True))
+            elif keeper.claim(path):
+                keep.append(data)
+            else:
+                held[spec.run_id()] = spec
+                if on_wait is not None and spec.run_id() not in reported:
+                    reported.add(spec.run_id())
+                    on_wait({run_id: read_claim(Path(root) / run_id, ttl) for run_id in held})
+        return keep
+
+    return take
 
 
-def _run_local(work: list[list[dict]], root: str, sweep: SweepSpec, kwargs: dict, done: OnDone) -> None:
-    """Worker processes (spawned: no inherited torch threads or CUDA state), each with
-    ``threads_per_worker`` intra-op threads, so workers x threads <= cores."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    workers = sweep.workers or default_workers(sweep.threads_per_worker)
-    workers = min(workers, len(work))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_batch, batch, root, **kwargs): batch for batch in work}
-        for future in as_completed(futures):
-            try:
-                outcomes = future.result()
-            except BrokenProcessPool as exc:  # a worker died (killed, out of memory): its runs failed
-                outcomes = _lost(futures[future], f"worker process died: {exc}")
-            for outcome in outcomes:
-                done(outcome)
+def _record_failure(run: Path, outcome: Outcome) -> None:
+    """``failed.json`` in a run that failed (what ``ticketlab status`` shows), removed once it succeeds."""
+    if outcome.ok:
+        (run / FAILED_FILE).unlink(missing_ok=True)
+    elif run.is_dir():
+        atomic_write_json(
+            run / FAILED_FILE,
+            {"error": outcome.error, "host": socket.gethostname(), "node": outcome.node, "time": time.time()},
+        )
 
 
-def _run_ray(work: list[list[dict]], root: str, sweep: SweepSpec, kwargs: dict, done: OnDone) -> None:
-    """One Ray task per batch, each reserving ``threads_per_worker`` CPUs. Uses the Ray instance this
-    process is already connected to, else ``address`` (``auto`` = the local cluster), else starts one."""
+@contextmanager
+def _open_pool(
+    sweep: SweepSpec, root: str, pending: list[ExperimentSpec], kwargs: dict, workers: int
+) -> Iterator[Pool]:
+    if sweep.executor != "ray":
+        pool = LocalPool(workers, root, kwargs)
+        try:
+            yield pool
+        finally:
+            pool.close()
+        return
     try:
         import ray
     except ImportError:
         raise ValueError("executor 'ray' needs Ray: pip install 'ticketlab[ray]'") from None
+    from ticketlab.sweep.remote import RayPool
 
     started_here = False
-    if not ray.is_initialized():
+    if not ray.is_initialized():  # the instance this process is connected to, else ``address``, else a new one
         try:
             ray.init(address=sweep.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:  # no cluster there: a user's setting, not a bug
@@ -224,17 +257,75 @@ def _run_ray(work: list[list[dict]], root: str, sweep: SweepSpec, kwargs: dict, 
             ) from None
         started_here = True
     try:
-        task = ray.remote(num_cpus=sweep.threads_per_worker)(run_batch)
-        refs = {task.remote(batch, str(Path(root).resolve()), **kwargs): batch for batch in work}
-        remaining = list(refs)
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1)
-            try:
-                outcomes = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a lost worker fails its batch only
-                outcomes = _lost(refs[ready[0]], f"ray task failed: {type(exc).__name__}: {exc}")
-            for outcome in outcomes:
-                done(outcome)
+        pool = RayPool(root, pending, sweep.threads_per_worker, kwargs, kwargs["data_root"])
+        pool.capacity = max(workers, int(ray.cluster_resources().get("CPU", 1)) // sweep.threads_per_worker)
+        yield pool
     finally:
         if started_here:
             ray.shutdown()
+
+
+class LocalPool:
+    """Worker processes (spawned: no inherited torch threads or CUDA state), each with
+    ``threads_per_worker`` intra-op threads, so workers x threads <= cores. A worker whose sweep dies
+    (SIGKILL) exits too, so that no orphan keeps computing a run another sweep takes over."""
+
+    def __init__(self, workers: int, root: str, kwargs: dict) -> None:
+        self.workers, self.root, self.kwargs = workers, root, kwargs
+        self.capacity = workers
+        self.pool: Any = None
+        self.batches: dict[Any, list[dict]] = {}
+
+    def submit(self, batch: list[dict]) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        for _ in range(2):
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+            try:
+                future = self.pool.submit(_local_batch, batch, self.root, os.getpid(), self.kwargs)
+                break
+            except BrokenProcessPool:  # a worker died earlier: a fresh pool for the batches still to run
+                self.pool = None
+        self.batches[future] = batch
+        return future
+
+    def next_done(self, handles: list[Any]) -> tuple[Any, list[Outcome]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        ready, _ = wait(handles, return_when=FIRST_COMPLETED)
+        future = next(iter(ready))
+        batch = self.batches.pop(future)
+        try:
+            return future, future.result()
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory): its runs failed
+            return future, lost(batch, f"worker process died: {exc}")
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _local_batch(batch: list[dict], root: str, parent: int, kwargs: dict) -> list[Outcome]:
+    _exit_with(parent)
+    return run_batch(batch, root, **kwargs)
+
+
+_WATCHING: set[int] = set()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker process as soon as its parent (the sweep) is gone."""
+    if parent in _WATCHING:
+        return
+    _WATCHING.add(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="ticketlab-parent").start()

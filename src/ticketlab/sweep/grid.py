@@ -36,14 +36,19 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     executor: Literal["local", "ray"] = "local"
-    workers: int | None = Field(None, ge=1, description="local: worker processes (default: cores // threads); "
-                                "ray: tasks an architecture's runs are spread over (default 8)")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="local: worker processes (default: cores // threads); "
+        "ray: tasks an architecture's runs are spread over (default 8)",
+    )
     threads_per_worker: int = Field(1, ge=1)
     address: str | None = None  # ray: cluster address (default: a local instance)
     out: str = "runs"
     device: str = "auto"  # as every command: CUDA where there is one
     batch: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="runs handed to one worker task, trained stacked (default: an architecture's runs shared "
         "evenly among the workers, at most 16 per task, on CUDA and for MLPs where ticketlab.hardware.blas uses "
         "OpenBLAS on the machine expanding the sweep; else 1 on CPU; see benchmarks/README.md)",

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
+
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}  # trials are chosen on validation; test is only reported
 
 
@@ -87,7 +88,9 @@ def load_tune(path: str | os.PathLike) -> TuneSpec:
     from ticketlab.config.problems import field_problems
     from ticketlab.config.yamlfile import load_mapping
 
-    data = load_mapping(path, "tune file", "a 'base' spec and a 'search', e.g. 'search: {recipe.lr: {float: [0.01, 0.1]}}'")
+    data = load_mapping(
+        path, "tune file", "a 'base' spec and a 'search', e.g. 'search: {recipe.lr: {float: [0.01, 0.1]}}'"
+    )
     try:
         return TuneSpec.model_validate(data)
     except ValidationError as exc:
@@ -149,6 +152,7 @@ def tune(
     """Run an Optuna study over ``spec.search``: each trial instantiates the base spec with the sampled
     values and runs it; the objective's metric at every evaluation is reported so the successive-halving
     pruner can stop trials that fall behind at a rung."""
+    # long: Optuna's study, objective and pruning in one place
     import optuna
 
     from ticketlab.experiment.run import run_experiment
@@ -162,9 +166,12 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = (
         optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
-        if spec.pruner == "successive_halving" else optuna.pruners.NopPruner()
+        if spec.pruner == "successive_halving"
+        else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner)
+    study = optuna.create_study(
+        direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner
+    )
     result = TuneResult(spec.direction, spec.objective)
 
     def objective(trial: optuna.Trial) -> float:
@@ -192,8 +199,15 @@ def tune(
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
-        trial = Trial(frozen.number, dict(frozen.params), state, frozen.value, frozen.user_attrs.get("run_id"),
-                      frozen.user_attrs.get("evaluations", 0), frozen.user_attrs.get("error", ""))
+        trial = Trial(
+            frozen.number,
+            dict(frozen.params),
+            state,
+            frozen.value,
+            frozen.user_attrs.get("run_id"),
+            frozen.user_attrs.get("evaluations", 0),
+            frozen.user_attrs.get("error", ""),
+        )
         result.trials.append(trial)
         if on_trial is not None:
             on_trial(trial)

@@ -70,8 +70,7 @@ def plan_steps(
         raise ValueError("end_on_best needs a validation split (val_size > 0)")
     if recipe.early_stop is not None and len(data.x_val) == 0:
         raise ValueError("early_stop needs a validation split (val_size > 0)")
-    eval_every = recipe.eval_every.steps(spe) if recipe.eval_every is not None else 0
-    return spe, end_step, eval_every
+    return spe, end_step, recipe.eval_interval(spe)
 
 
 def is_eval_step(done: int, end_step: int, eval_every: int) -> bool:
@@ -87,8 +86,14 @@ class Batches:
     from a generator seeded with ``seed_for(augment_seeds[k], step, salt)``.
     """
 
-    def __init__(self, data: Dataset, batch_size: int, order_seeds: Sequence[int],
-                 augment_seeds: Sequence[int] | None = None, salt: int = AUGMENT_SALT) -> None:
+    def __init__(
+        self,
+        data: Dataset,
+        batch_size: int,
+        order_seeds: Sequence[int],
+        augment_seeds: Sequence[int] | None = None,
+        salt: int = AUGMENT_SALT,
+    ) -> None:
         self.data, self.batch_size = data, batch_size
         self.spe = steps_per_epoch(len(data.x_train), batch_size)
         self.order_seeds = list(order_seeds)
@@ -102,17 +107,21 @@ class Batches:
         epoch, position = divmod(step, self.spe)
         if epoch != self._epoch or self._orders is None:
             n = len(self.data.x_train)
-            self._orders = torch.stack([epoch_order(n, s, epoch) for s in self.order_seeds]).to(self.data.x_train.device)
+            self._orders = torch.stack([epoch_order(n, s, epoch) for s in self.order_seeds]).to(
+                self.data.x_train.device
+            )
             self._epoch = epoch
         idx = self._orders[:, position * self.batch_size : (position + 1) * self.batch_size]
         flat = idx.flatten()  # index_select: 3-5x faster than x_train[idx]
         xb = self.data.x_train.index_select(0, flat).view(*idx.shape, *self.data.x_train.shape[1:])
         yb = self.data.y_train.index_select(0, flat).view(idx.shape)
         if self.augment is not None:
-            xb = torch.stack([
-                self.augment(xb[k], torch.Generator().manual_seed(seed_for(s, step, self.salt)))
-                for k, s in enumerate(self.augment_seeds)
-            ])
+            xb = torch.stack(
+                [
+                    self.augment(xb[k], torch.Generator().manual_seed(seed_for(s, step, self.salt)))
+                    for k, s in enumerate(self.augment_seeds)
+                ]
+            )
         return xb, yb
 
 
@@ -137,8 +146,9 @@ class Stepper(Protocol):
         """Leave run k's model with ``state`` (None: the weights training ended on)."""
 
 
-def enforce_masks(models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor] | None],
-                  device: torch.device) -> tuple[list[str], list[torch.Tensor]]:
+def enforce_masks(
+    models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor] | None], device: torch.device
+) -> tuple[list[str], list[torch.Tensor]]:
     """Zero each model's pruned weights; return the names of the parameters any mask covers and their masks
     stacked (K, ...) as 0/1 in the parameter's dtype (a model without a mask keeps everything).
 
@@ -153,18 +163,25 @@ def enforce_masks(models: Sequence[nn.Module], masks: Sequence[Mapping[str, torc
     named = dict(models[0].named_parameters())
     names = [n for n in named if any(mk is not None and n in mk for mk in masks)]
     values = [
-        torch.stack([
-            (mk[n] if mk is not None and n in mk else torch.ones(named[n].shape, dtype=torch.bool)).to(device)
-            for mk in masks
-        ]).to(named[n].dtype)
+        torch.stack(
+            [
+                (mk[n] if mk is not None and n in mk else torch.ones(named[n].shape, dtype=torch.bool)).to(device)
+                for mk in masks
+            ]
+        ).to(named[n].dtype)
         for n in names
     ]
     return names, values
 
 
 def autograd_update(
-    optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, l2: float, params: list[torch.Tensor],
-    masked: list[torch.Tensor], mask_values: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    lr: float,
+    l2: float,
+    params: list[torch.Tensor],
+    masked: list[torch.Tensor],
+    mask_values: list[torch.Tensor],
     see_grads: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> None:
     """Backward ``loss`` (+ ``l2 * ||w||^2``), mask the gradients and step ``optimizer`` at ``lr``;
@@ -197,8 +214,16 @@ class _Books:
 
 
 def fit(
-    stepper: Stepper, data: Dataset, recipe: Recipe, *, seeds: Sequence[int], start_step: int,
-    end_step: int | None, snapshot_steps: Iterable[int], end_on_best: bool, progress: Progress | None,
+    stepper: Stepper,
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    seeds: Sequence[int],
+    start_step: int,
+    end_step: int | None,
+    snapshot_steps: Iterable[int],
+    end_on_best: bool,
+    progress: Progress | None,
 ) -> list[TrainResult]:
     """Train the stepper's K runs from ``start_step`` to ``end_step`` (default: the recipe's length); run k
     sees the data order and augmentation of ``seeds[k]``. See ``training.loop.train`` for the arguments.
@@ -208,6 +233,7 @@ def fit(
     ``snapshot_steps`` (those are needed for rewinding). In a stack the others go on; a stopped run's weights
     are restored to those of its stop (or best, with ``end_on_best``) at the end, so each equals its single run.
     """
+    # long: the one training loop of every trainer: its steps read in order
     spe, end_step, eval_every = plan_steps(data, recipe, start_step, end_step, end_on_best)
     wanted = {int(s) for s in snapshot_steps}
     stopping = None
@@ -215,7 +241,9 @@ def fit(
         stop_from = max([start_step + recipe.early_stop.min_steps.steps(spe), *wanted])
         stopping = _Stopping(recipe.early_stop.patience, stop_from, end_step)
     batches = Batches(data, recipe.batch_size, seeds)
-    books = [_Books(TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)) for _ in range(stepper.k)]
+    books = [
+        _Books(TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)) for _ in range(stepper.k)
+    ]
     running_loss = torch.zeros(stepper.k, device=data.x_train.device)
     running_count = 0
 
@@ -228,7 +256,11 @@ def fit(
             progress(step, end_step, {})
         rows = _evaluate(step, step / spe, train_loss, books, stepper, data, end_on_best, stopping)
         if progress is not None:
-            progress(step, end_step, rows[0] if len(rows) == 1 else {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]})
+            progress(
+                step,
+                end_step,
+                rows[0] if len(rows) == 1 else {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]},
+            )
 
     started = time.perf_counter()
     with stepper.running():
@@ -278,12 +310,20 @@ class _Stopping:
 
 
 def _evaluate(
-    step: int, epoch: float, train_loss: list[float], books: list[_Books], stepper: Stepper, data: Dataset,
-    end_on_best: bool, stopping: _Stopping | None,
+    step: int,
+    epoch: float,
+    train_loss: list[float],
+    books: list[_Books],
+    stepper: Stepper,
+    data: Dataset,
+    end_on_best: bool,
+    stopping: _Stopping | None,
 ) -> list[dict[str, float]]:
     """Evaluate every run on validation and test, append the rows of those still training to their
     histories, track their best and stop those whose patience ran out; returns those rows."""
-    splits = {split: stepper.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")}
+    splits = {
+        split: stepper.evaluate(getattr(data, f"x_{split}"), getattr(data, f"y_{split}")) for split in ("val", "test")
+    }
     rows = []
     for k, book in enumerate(books):
         if not book.active:

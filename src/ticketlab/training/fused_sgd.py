@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ticketlab.config.recipe import Recipe
 from ticketlab.hardware.blas import addmm_
 from ticketlab.models.mlp import MLP
-from ticketlab.config.recipe import Recipe
 
 
 def applies(model: nn.Module, recipe: Recipe) -> bool:
@@ -32,13 +32,15 @@ def applies(model: nn.Module, recipe: Recipe) -> bool:
     is computed here, not by the module), every parameter trained, SGD without Nesterov."""
     if type(model) is not MLP or recipe.optimizer != "sgd" or recipe.nesterov:
         return False
-    hooked = any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                 for m in model.modules())
+    hooked = any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
+    )
     return not hooked and all(p.requires_grad for p in model.parameters())
 
 
-def for_mlp(template: nn.Module, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-            recipe: Recipe) -> FusedSGD | None:
+def for_mlp(
+    template: nn.Module, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], recipe: Recipe
+) -> FusedSGD | None:
     """The fused step over an MLP's parameters stacked K deep (name -> (K, ...); a view of one model's
     parameters is K = 1) with stacked 0/1 ``masks``, or None where it does not apply (use autograd)."""
     if not applies(template, recipe):
@@ -59,8 +61,13 @@ class FusedSGD:
     weight. Biases are never masked (they are not prunable).
     """
 
-    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                 masks: Sequence[torch.Tensor | None], recipe: Recipe) -> None:
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor | None],
+        recipe: Recipe,
+    ) -> None:
         if not (len(weights) == len(biases) == len(masks)):
             raise ValueError("FusedSGD: give one weight, bias and mask (or None) per layer")
         self.weights, self.biases, self.masks = list(weights), list(biases), list(masks)
@@ -70,8 +77,9 @@ class FusedSGD:
         self._buffers: dict[int, torch.Tensor] = {}  # id of a parameter -> its momentum buffer
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
-             dropout: Callable[[torch.Size], torch.Tensor] | None = None) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """One update on the batch ``x`` (K, B, ...), ``y`` (K, B); returns each model's mean loss (K,).
 
         ``dropout(shape)`` gives the multiplier (0 or 1 / (1 - p)) for each hidden activation, or None.
@@ -111,8 +119,9 @@ class FusedSGD:
     def _decay(self) -> float:
         return self.decay + 2 * self.l2  # both add a multiple of w to the gradient
 
-    def _update_weight(self, w: torch.Tensor, g_t: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None,
-                       lr: float) -> None:
+    def _update_weight(
+        self, w: torch.Tensor, g_t: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, lr: float
+    ) -> None:
         c = self._decay()
         if not self.momentum:
             addmm_(w, g_t, a, alpha=-lr, beta=1.0 - lr * c)  # w - lr * (grad + c * w)

@@ -26,7 +26,13 @@ from ticketlab.models import StateDict, snapshot
 from ticketlab.seeding import seed_for
 from ticketlab.training import fused_sgd
 from ticketlab.training.core import (  # noqa: F401  (re-exported: the trainer's types live beside train)
-    Progress, TrainResult, autograd_update, enforce_masks, fit, plan_steps, steps_per_epoch,
+    Progress,
+    TrainResult,
+    autograd_update,
+    enforce_masks,
+    fit,
+    plan_steps,
+    steps_per_epoch,
 )
 from ticketlab.training.evaluate import evaluate
 
@@ -56,7 +62,10 @@ class TrainHooks(Protocol):
 
 @torch.no_grad()
 def _switch_mask(
-    update: MaskUpdate, names: list[str], params: list[torch.Tensor], mask_values: list[torch.Tensor],
+    update: MaskUpdate,
+    names: list[str],
+    params: list[torch.Tensor],
+    mask_values: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
 ) -> None:
     """Apply a mid-run mask change in place: newly kept weights take ``update.values``, newly pruned ones
@@ -87,8 +96,16 @@ class _OneModel:
 
     k = 1
 
-    def __init__(self, model: nn.Module, mask: Mapping[str, torch.Tensor] | None, recipe: Recipe, seed: int,
-                 start_step: int, device: torch.device, hooks: TrainHooks | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        mask: Mapping[str, torch.Tensor] | None,
+        recipe: Recipe,
+        seed: int,
+        start_step: int,
+        device: torch.device,
+        hooks: TrainHooks | None,
+    ) -> None:
         self.model, self.recipe, self.device, self.hooks = model, recipe, device, hooks
         self.dropout_seed = seed_for(seed, start_step, 1)
         named = dict(model.named_parameters())
@@ -97,8 +114,13 @@ class _OneModel:
         self.mask_values = [v[0] for v in stacked]
         self.params = [p for p in model.parameters() if p.requires_grad]
         # hooks see gradients, so they keep the autograd step
-        self.fused = None if hooks is not None else fused_sgd.for_mlp(
-            model, {k: p.unsqueeze(0) for k, p in named.items()}, dict(zip(self.names, stacked)), recipe)
+        self.fused = (
+            None
+            if hooks is not None
+            else fused_sgd.for_mlp(
+                model, {k: p.unsqueeze(0) for k, p in named.items()}, dict(zip(self.names, stacked)), recipe
+            )
+        )
         self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
         self.noise = _dropout_noise(model, device) if self.fused is not None else None
 
@@ -117,7 +139,10 @@ class _OneModel:
         loss = F.cross_entropy(self.model(xb[0]), yb[0])
         see = None
         if self.hooks is not None:
-            see = lambda grads: self.hooks.after_backward(step, dict(zip(self.names, grads)))
+
+            def see(grads):
+                return self.hooks.after_backward(step, dict(zip(self.names, grads)))
+
         autograd_update(self.optimizer, loss, lr, self.recipe.l2, self.params, self.masked, self.mask_values, see)
         if self.hooks is not None and (update := self.hooks.update_mask(step + 1, self.model)) is not None:
             _switch_mask(update, self.names, self.masked, self.mask_values, self.optimizer)
@@ -164,5 +189,14 @@ def train(
     if hooks is not None and mask is None:
         raise ValueError("train(hooks=...) needs a mask: hooks see and change the masked weights")
     stepper = _OneModel(model, mask, recipe, seed, start_step, device, hooks)
-    return fit(stepper, data, recipe, seeds=[seed], start_step=start_step, end_step=end_step,
-               snapshot_steps=snapshot_steps, end_on_best=end_on_best, progress=progress)[0]
+    return fit(
+        stepper,
+        data,
+        recipe,
+        seeds=[seed],
+        start_step=start_step,
+        end_step=end_step,
+        snapshot_steps=snapshot_steps,
+        end_on_best=end_on_best,
+        progress=progress,
+    )[0]

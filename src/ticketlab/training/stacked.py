@@ -161,8 +161,15 @@ class _Stacked:
     """``train_many``'s stepper: K models as one :class:`_Stack`, stepped by the fused SGD step (MLPs with
     SGD) or by autograd through one optimiser over the stacked tensors."""
 
-    def __init__(self, models: list[nn.Module], masks: list[Mapping[str, torch.Tensor] | None], seeds: list[int],
-                 recipe: Recipe, start_step: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        models: list[nn.Module],
+        masks: list[Mapping[str, torch.Tensor] | None],
+        seeds: list[int],
+        recipe: Recipe,
+        start_step: int,
+        device: torch.device,
+    ) -> None:
         self.models, self.recipe, self.device, self.k = models, recipe, device, len(models)
         names, self.mask_values = enforce_masks(models, masks, device)  # masks first, as train()
         self.stack = stack = _Stack(models, device)
@@ -224,6 +231,7 @@ def train_many(
     per model. ``wall_time`` of each result is the shared wall time divided by K (the cost per model).
     ``progress`` receives the mean over models of each evaluation row.
     """
+    # long: argument checks and the stack's set-up before the shared loop
     models = list(models)
     k_models = len(models)
     if k_models == 0:
@@ -238,13 +246,33 @@ def train_many(
             raise ValueError(f"train_many: model {i} has another architecture than model 0; stack only equal models")
     if not vectorizable(models[0]):
         return [
-            train(m, data, recipe, mask=mk, seed=s, start_step=start_step, end_step=end_step,
-                  snapshot_steps=snapshot_steps, end_on_best=end_on_best, device=device, progress=progress)
+            train(
+                m,
+                data,
+                recipe,
+                mask=mk,
+                seed=s,
+                start_step=start_step,
+                end_step=end_step,
+                snapshot_steps=snapshot_steps,
+                end_on_best=end_on_best,
+                device=device,
+                progress=progress,
+            )
             for m, mk, s in zip(models, masks, seeds)
         ]
     device = resolve_device(device)
     data = data.to(device)
     plan_steps(data, recipe, start_step, end_step, end_on_best)  # its errors before any work
     stepper = _Stacked(models, masks, seeds, recipe, start_step, device)
-    return fit(stepper, data, recipe, seeds=seeds, start_step=start_step, end_step=end_step,
-               snapshot_steps=snapshot_steps, end_on_best=end_on_best, progress=progress)
+    return fit(
+        stepper,
+        data,
+        recipe,
+        seeds=seeds,
+        start_step=start_step,
+        end_step=end_step,
+        snapshot_steps=snapshot_steps,
+        end_on_best=end_on_best,
+        progress=progress,
+    )

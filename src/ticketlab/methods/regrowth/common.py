@@ -1,9 +1,10 @@
 """What double-pruning and scored-pruning share (001 §5; the precise rules are ours, see ``double`` and
-``scored``): iterative levels whose masks may take back weights pruned earlier, exact top-k picks, and the
-value a returning weight starts from.
+``scored``): iterative levels whose masks may take back weights pruned earlier, and the value a returning
+weight starts from.
 
-Both run GIMP levels (002 algorithm 5) with the step counts of a rewinding preset (``base``); with
-``regrow: 0`` they are that preset exactly, bit for bit.
+Both are GIMP levels (002 algorithm 5, ``methods.levels``) with the step counts of a rewinding preset
+(``base``) that start from the rewound reference (:class:`Regrowing`); with ``regrow: 0`` they are that
+preset exactly, bit for bit.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ticketlab.masks import Mask, _topk_exact
-from ticketlab.methods.iterative import GimpSteps, gimp_steps
+from ticketlab.masks import Mask, masked_state
 from ticketlab.methods.context import Job
-from ticketlab.registry import split_name
+from ticketlab.methods.iterative import gimp_steps
+from ticketlab.methods.levels import Gimp, GimpSteps, Level
 from ticketlab.models import StateDict
-from ticketlab.training.loop import steps_per_epoch
+from ticketlab.registry import split_name
+
 PRESETS = ("lottery", "gimp", "finetune", "late_rewind", "lr_rewind", "sgimp")
 
 
@@ -29,8 +31,8 @@ class RegrowthOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    regrow: float = Field(0.1, ge=0, le=1)
-    base: str = "lottery"
+    regrow: float = Field(0.1, ge=0, le=1, description="most returning weights per event, as a fraction of those kept")
+    base: str = Field("lottery", description="rewinding preset of the levels: lottery, lr_rewind, sgimp:75% ...")
 
     @field_validator("base")
     @classmethod
@@ -42,9 +44,8 @@ class RegrowthOptions(BaseModel):
 
 def base_steps(job: Job, base: str) -> GimpSteps:
     """The GIMP step counts of the ``base`` preset, with the spec's explicit train/retrain/rewind fields."""
-    spe = steps_per_epoch(len(job.data.x_train), job.spec.recipe.batch_size)
     as_preset = job.spec.method.model_copy(update={"name": base, "options": {}})
-    return gimp_steps(as_preset, job.spec.recipe.total_steps(spe), spe)
+    return gimp_steps(as_preset, job.total_steps, job.steps_per_epoch)
 
 
 def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mapping[str, torch.Tensor]) -> StateDict:
@@ -59,31 +60,9 @@ def rewound_reference(previous: StateDict | None, rewind: StateDict, mask: Mappi
     return out
 
 
-def top_k(scores: Mapping[str, torch.Tensor], allowed: Mapping[str, torch.Tensor], counts: int | Mapping[str, int],
-          seed: int) -> Mask:
-    """Exactly ``counts`` entries with the highest scores among ``allowed`` ones: one global ranking for an
-    int, else that many per layer. Ties break by a seeded random order, never by position."""
-    g = torch.Generator().manual_seed(seed)
-    names = list(scores)
-    flat = [torch.where(allowed[n].reshape(-1), scores[n].reshape(-1).double(), -torch.inf) for n in names]
-    if isinstance(counts, int):
-        chosen = torch.zeros(sum(f.numel() for f in flat), dtype=torch.bool)
-        allscores = torch.cat([f.cpu() for f in flat])
-        if counts > int(torch.isfinite(allscores).sum()):
-            raise ValueError(f"asked for {counts} weights but only {int(torch.isfinite(allscores).sum())} are allowed")
-        chosen[_topk_exact(allscores, counts, g)] = True
-        parts = torch.split(chosen, [f.numel() for f in flat])
-    else:
-        parts = []
-        for n, f in zip(names, flat):
-            keep = torch.zeros(f.numel(), dtype=torch.bool)
-            keep[_topk_exact(f.cpu(), counts[n], g)] = True
-            parts.append(keep)
-    return Mask({n: p.reshape(scores[n].shape).to(scores[n].device) for n, p in zip(names, parts)})
-
-
 def budget(mask: Mapping[str, torch.Tensor], fraction: float, scope: str) -> int | dict[str, int]:
     """floor(fraction * kept): over the whole mask (global scope) or per layer (layerwise)."""
+
     def floor(kept: int) -> int:
         return math.floor(fraction * kept + 1e-9)  # 0.29 * 100 is 28.999...: not a reason to lose one
 
@@ -92,8 +71,18 @@ def budget(mask: Mapping[str, torch.Tensor], fraction: float, scope: str) -> int
     return {n: floor(int(m.sum())) for n, m in mask.items()}
 
 
-class Replay:
-    """The start/end steps of a finished level, for controls that still have to run after a resume."""
+class Regrowing(Gimp):
+    """GIMP levels in which a weight pruned earlier may return: every level starts from the rewound
+    reference (``rewound_reference``), so a returning weight starts from its rewound value, and the
+    others exactly where the ``base`` preset starts them."""
 
-    def __init__(self, row: dict) -> None:
-        self.start_step, self.end_step = row["start_step"], row["end_step"]
+    def __init__(self, job: Job, base: str) -> None:
+        super().__init__(job, base_steps(job, base))
+        self.reference: StateDict | None = None
+
+    def start(self, previous: Level, mask: Mask) -> StateDict:
+        assert self.reference is not None
+        return masked_state(self.reference, mask)
+
+    def finished(self, level: Level, last: bool) -> None:
+        self.reference = rewound_reference(self.reference, level.rewind, level.mask)

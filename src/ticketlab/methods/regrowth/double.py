@@ -13,18 +13,19 @@ preset bit for bit.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
-from ticketlab.masks import Mask, masked_state, select
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
-from ticketlab.methods.iterative import dense_level
+from ticketlab.masks import Mask, masked_state, select, top_k
 from ticketlab.methods.context import Job
-from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, rewound_reference, top_k
-from ticketlab.schedules import iterative_densities, multishot_densities
+from ticketlab.methods.cost import Cost, measure
+from ticketlab.methods.levels import Level, run_levels
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.regrowth.common import Regrowing, RegrowthOptions
 from ticketlab.models import StateDict
+from ticketlab.schedules import multishot_densities
 from ticketlab.seeding import seed_for
+
 COMPLEMENT = "complement"
 
 
@@ -55,71 +56,69 @@ def regrow_select(
     if regrow > 0:
         pruned = Mask({n: ~m for n, m in mask.items()})
         if scope == "global":
-            k = int(round(density * mask.total()))
+            k = round(density * mask.total())
             cap: int | dict[str, int] = min(math.floor(regrow * k + 1e-9), pruned.kept())
         else:
             cap = {
-                n: min(math.floor(regrow * int(round(density * m.numel())) + 1e-9), int(pruned[n].sum()))
+                n: min(math.floor(regrow * round(density * m.numel()) + 1e-9), int(pruned[n].sum()))
                 for n, m in mask.items()
             }
-        candidates = top_k(scores, pruned, cap, seed_for(seed, 1))
+        candidates = top_k(scores, cap, pruned, seed_for(seed, 1))
         allowed = Mask({n: mask[n] | candidates[n] for n in mask})
     return select(scores, density, scope, previous=allowed, seed=seed)
 
 
-def _double_pruning(job: Job) -> None:
-    spec, method = job.spec, job.spec.method
-    options: DoublePruningOptions = options_of(method)
-    if job.criterion != "magnitude":
-        raise ValueError(f"double_pruning scores by magnitude (|w_T| and |u_T|); criterion {job.criterion!r} is not allowed")
-    if method.rounds != 1:
-        raise ValueError("double_pruning prunes in one round per level; rounds must be 1")
-    s = base_steps(job, options.base)
+class DoublePruning(Regrowing):
+    """The next mask from |w_T| of the ticket run and |u_T| of the complement run (trained after each level
+    but the last, while ``regrow`` > 0)."""
 
-    mask, trained, rewind, end = dense_level(job, s)
-    dense_rewind = rewind
-    reference = rewound_reference(None, rewind, mask)
-    complement: StateDict | None = None
-
-    levels = iterative_densities(spec.densities, method.K)
-    for level, density in enumerate(levels, start=1):
-        row = job.resume(level)
-        if row is None:
-            started = time.perf_counter()
-            # the same density as job.prune computes for one round (bit-identical to the base preset)
-            d = multishot_densities(density, 1, method.round_schedule, start=mask.density())[0]
-            scores = double_pruning_scores(trained, complement, mask)
-            mask = regrow_select(scores, mask, d, options.regrow, method.scope, seed_for(spec.seed, level, 0))
-            score_time = time.perf_counter() - started
-            job.check_collapse(mask, level)
-            start = masked_state(reference, mask)
-            begin = end - s.rewind_lr
-            result = job.train(mask, start, begin, begin + s.retrain, begin + s.retrain - s.rewind_params)
-            row = job.record(
-                level, mask, result, start, target=density, score_time=score_time,
-                rewind=result.snapshots[begin + s.retrain - s.rewind_params], scores=scores,
+    def __init__(self, job: Job) -> None:
+        self.options: DoublePruningOptions = options_of(job.spec.method)
+        if job.criterion != "magnitude":
+            raise ValueError(
+                f"double_pruning scores by magnitude (|w_T| and |u_T|); criterion {job.criterion!r} is not allowed"
             )
-            job.run_controls(level, mask, start, dense_rewind, result, density)
-        else:
-            d = job.run.level(level)
-            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, Replay(row), density)
-        d = job.run.level(level)
-        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
-        if options.regrow > 0 and level < len(levels):
-            complement = _complement(job, level, mask, reference, row, density)
-        reference = rewound_reference(reference, rewind, mask)
-        end = row["end_step"]
+        if job.resolved.rounds != 1:
+            raise ValueError("double_pruning prunes in one round per level; rounds must be 1")
+        super().__init__(job, self.options.base)
+        self.complement: StateDict | None = None
+
+    def prune(self, previous: Level, density: float, index: int) -> tuple[Mask, dict[str, torch.Tensor], Cost]:
+        job = self.job
+        with measure(job.model) as meter:
+            method = job.spec.method
+            # the same density as job.prune computes for one round (bit-identical to the base preset)
+            d = multishot_densities(density, 1, method.round_schedule, start=previous.mask.density())[0]
+            scores = double_pruning_scores(previous.final, self.complement, previous.mask)
+            seed = seed_for(job.spec.seed, index, 0)
+            mask = regrow_select(scores, previous.mask, d, self.options.regrow, method.scope, seed)
+        # the complement run that scored the pruned weights is part of what this mask cost
+        complement = job.run.level(previous.index, COMPLEMENT)
+        trained = job.training_cost(complement.metrics()) if self.complement is not None and complement.done else Cost()
+        return mask, scores, meter.cost() + trained
+
+    def finished(self, level: Level, last: bool) -> None:
+        if self.options.regrow > 0 and level.index > 0 and not last:
+            self.complement = self._complement(level)
+        super().finished(level, last)  # the complement starts from the reference this level started from
+
+    def _complement(self, level: Level) -> StateDict:
+        """Train the pruned weights alone from the ticket's rewind point for the ticket's steps; their final
+        values |u_T| score them for the next level."""
+        job = self.job
+        if job.resume(level.index, COMPLEMENT) is None:
+            assert self.reference is not None
+            inverse = Mask({n: ~m for n, m in level.mask.items()})
+            start = masked_state(self.reference, inverse)
+            result = job.train(inverse, start, level.row["start_step"], level.end_step, None)
+            job.record(
+                level.index, inverse, result, start, target=1.0 - level.row["target_density"], control=COMPLEMENT
+            )
+        return job.run.level(level.index, COMPLEMENT).weights("final")
 
 
-def _complement(job: Job, level: int, mask: Mask, reference: StateDict, row: dict, density: float) -> StateDict:
-    """Train the pruned weights alone from the ticket's rewind point for the ticket's steps; their final
-    values |u_T| score them for the next level."""
-    if job.resume(level, COMPLEMENT) is None:
-        inverse = Mask({n: ~m for n, m in mask.items()})
-        start = masked_state(reference, inverse)
-        result = job.train(inverse, start, row["start_step"], row["end_step"], None)
-        job.record(level, inverse, result, start, target=1.0 - density, control=COMPLEMENT)
-    return job.run.level(level, COMPLEMENT).weights("final")
+def _double_pruning(job: Job) -> None:
+    run_levels(job, DoublePruning(job))
 
 
 METHODS.register("double_pruning")(_double_pruning)

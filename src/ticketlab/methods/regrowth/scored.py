@@ -4,11 +4,12 @@ its rewound value: the first-order drop in loss had it been active. Every ``regr
 pruned weights with the highest s replace as many kept weights with the smallest |w|, so the density
 never changes; a returning weight starts from its rewound value with fresh optimiser state.
 
-How many return per event is our reading of "the top `regrow` fraction": floor(regrow · k) of the k kept
-weights (the same meaning of ``regrow`` as in double-pruning; a fraction of the far larger pruned set
-would swap out nearly the whole ticket at high sparsity), and with ``positive_only`` (default) only
-weights with s > 0, whose return would lower the loss to first order. Each level first prunes like the
-``base`` preset (any criterion); ``regrow: 0`` is that preset bit for bit.
+How many move per event (SPEC): floor(regrow · k) with k the number of kept (active) weights, a fraction
+of the active weights as in RigL (per layer with ``scope: layerwise``), not of the far larger pruned set.
+Those are the pruned weights with the highest s, and with ``positive_only`` (default) only weights with
+s > 0, whose return would lower the loss to first order: when fewer than floor(regrow · k) have s > 0,
+only those move, and with none there is no event. As many kept weights with the smallest |w| leave. Each
+level first prunes like the ``base`` preset (any criterion); ``regrow: 0`` is that preset bit for bit.
 """
 
 from __future__ import annotations
@@ -17,30 +18,45 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ticketlab.config.duration import Duration
-from ticketlab.files import atomic_write_json
-from ticketlab.masks import Mask, masked_state
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
-from ticketlab.methods.iterative import dense_level
-from ticketlab.methods.context import Job
-from ticketlab.methods.regrowth.common import RegrowthOptions, Replay, base_steps, budget, rewound_reference, top_k
 from ticketlab.config.recipe import DurationField
-from ticketlab.schedules import iterative_densities
-from ticketlab.training.loop import MaskUpdate, TrainResult, steps_per_epoch, train
+from ticketlab.files import atomic_write_json
+from ticketlab.masks import Mask, top_k
+from ticketlab.methods.context import Job
+from ticketlab.methods.levels import run_levels
+from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.regrowth.common import Regrowing, RegrowthOptions, budget
 from ticketlab.models import StateDict
 from ticketlab.seeding import seed_for
+from ticketlab.training.loop import MaskUpdate, TrainResult, train
+
 PRUNED_MASK = "mask_pruned.safetensors"  # the level's mask before any regrowth
 EVENTS = "regrowth.json"
 
 
 class ScoredPruningOptions(RegrowthOptions):
-    """``regrow_every``: steps between regrowth events (``1ep``, ``100it``); ``positive_only``: only weights
-    with s > 0 return."""
+    """``regrow``: per event, floor(regrow · kept) weights move (only those with s > 0 under
+    ``positive_only``); ``regrow_every``: steps between regrowth events (``1ep``, ``100it``);
+    ``positive_only``: only weights with s > 0 return."""
 
-    regrow_every: DurationField = Duration.parse("1ep")
-    positive_only: bool = True
+    regrow: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="per regrowth event, floor(regrow * k) weights move, k = the number of kept (active) weights "
+        "(a fraction of the active weights, as in RigL; per layer with scope layerwise): the pruned weights with "
+        "the highest score s return, with positive_only only those with s > 0 (fewer move when fewer have s > 0), "
+        "and as many kept weights with the smallest |w| leave",
+    )
+    regrow_every: DurationField = Field(
+        Duration.parse("1ep"), description="steps between regrowth events, e.g. '1ep' or '100it'"
+    )
+    positive_only: bool = Field(
+        True, description="only pruned weights with s > 0 return (their return lowers the loss)"
+    )
 
 
 OPTIONS.register("scored_pruning")(ScoredPruningOptions)
@@ -50,8 +66,17 @@ class ScoredRegrowth:
     """The :class:`ticketlab.training.loop.TrainHooks` of one scored-pruning run from ``start`` to ``end``."""
 
     def __init__(
-        self, mask: Mask, reference: Mapping[str, torch.Tensor], *, regrow: float, every: int, start: int, end: int,
-        scope: str = "global", positive_only: bool = True, seed: int = 0,
+        self,
+        mask: Mask,
+        reference: Mapping[str, torch.Tensor],
+        *,
+        regrow: float,
+        every: int,
+        start: int,
+        end: int,
+        scope: str = "global",
+        positive_only: bool = True,
+        seed: int = 0,
     ) -> None:
         self.mask = mask.clone()
         self.reference = {n: reference[n] for n in mask}
@@ -91,7 +116,8 @@ class ScoredRegrowth:
         mask = self.mask
         cap = budget(mask, self.regrow, self.scope)
         candidates = {
-            n: (~m.to(self.s[n].device)) & ((self.s[n] > 0) if self.positive_only else torch.ones_like(m, device=self.s[n].device))
+            n: (~m.to(self.s[n].device))
+            & ((self.s[n] > 0) if self.positive_only else torch.ones_like(m, device=self.s[n].device))
             for n, m in mask.items()
         }
         if isinstance(cap, int):
@@ -103,9 +129,9 @@ class ScoredRegrowth:
         if moved == 0:
             return None
         seed = seed_for(self.seed, len(self._changes))
-        back = top_k(self.s, candidates, count, seed_for(seed, 1))
+        back = top_k(self.s, count, candidates, seed_for(seed, 1))
         smallest = {n: -params[n].detach().abs().double() for n in mask}
-        out = top_k(smallest, {n: m.to(smallest[n].device) for n, m in mask.items()}, count, seed_for(seed, 2))
+        out = top_k(smallest, count, mask, seed_for(seed, 2))
         new = Mask({n: (mask[n] & ~out[n].to(mask[n].device)) | back[n].to(mask[n].device) for n in mask})
         for n in mask:  # returning weights stop accumulating; the removed ones start again from zero
             self.s[n].masked_fill_(back[n].to(self.s[n].device), 0.0)
@@ -120,55 +146,46 @@ class ScoredRegrowth:
         return current
 
 
-def _scored_pruning(job: Job) -> None:
-    spec, method = job.spec, job.spec.method
-    options: ScoredPruningOptions = options_of(method)
-    s = base_steps(job, options.base)
-    spe = steps_per_epoch(len(job.data.x_train), spec.recipe.batch_size)
-    every = options.regrow_every.steps(spe)
-    if options.regrow > 0 and every >= s.retrain:  # events fall strictly inside a retraining
-        raise ValueError(
-            f"scored_pruning: regrow_every ({every} steps) must be shorter than the retraining ({s.retrain} steps), "
-            "else no weight ever returns; set method.options.regrow_every, e.g. '0.25ep'"
-        )
+class ScoredPruning(Regrowing):
+    """Levels pruned like the ``base`` preset, whose training swaps weights by the accumulated score s
+    every ``regrow_every`` steps (:class:`ScoredRegrowth`)."""
 
-    mask, trained, rewind, end = dense_level(job, s)
-    dense_rewind = rewind
-    reference = rewound_reference(None, rewind, mask)
-
-    for level, density in enumerate(iterative_densities(spec.densities, method.K), start=1):
-        row = job.resume(level)
-        if row is None:
-            job.model.load_state_dict(trained)
-            pruned, scores, score_time = job.prune(mask, density, method.rounds, level)
-            job.check_collapse(pruned, level)
-            start = masked_state(reference, pruned)
-            begin = end - s.rewind_lr
-            stop, snap = begin + s.retrain, begin + s.retrain - s.rewind_params
-            if options.regrow > 0:
-                hooks = ScoredRegrowth(
-                    pruned, reference, regrow=options.regrow, every=every, start=begin, end=stop,
-                    scope=method.scope, positive_only=options.positive_only, seed=seed_for(spec.seed, level, 3),
-                )
-                result = _train_with(job, pruned, start, begin, stop, snap, hooks)
-                # with end_on_best the weights are those of the best evaluation: record the mask of then
-                mask = hooks.mask_at(result.early_stop_step, pruned) if spec.end_on_best else hooks.mask
-                _write_regrowth(job, level, pruned, hooks)
-            else:
-                result = job.train(pruned, start, begin, stop, snap)
-                mask = pruned
-            row = job.record(
-                level, mask, result, start, target=density, score_time=score_time, rewind=result.snapshots[snap],
-                scores=scores,
+    def __init__(self, job: Job) -> None:
+        self.options: ScoredPruningOptions = options_of(job.spec.method)
+        super().__init__(job, self.options.base)
+        self.every = self.options.regrow_every.steps(job.steps_per_epoch)
+        if self.options.regrow > 0 and self.every >= self.steps.retrain:  # events fall strictly inside a retraining
+            raise ValueError(
+                f"scored_pruning: regrow_every ({self.every} steps) must be shorter than the retraining "
+                f"({self.steps.retrain} steps), else no weight ever returns; set method.options.regrow_every, "
+                "e.g. '0.25ep'"
             )
-            job.run_controls(level, mask, start, dense_rewind, result, density)
-        else:
-            d = job.run.level(level)
-            job.run_controls(level, d.mask(), d.weights("start"), dense_rewind, Replay(row), density)
-        d = job.run.level(level)
-        mask, trained, rewind = d.mask(), d.weights("final"), d.weights("rewind")
-        reference = rewound_reference(reference, rewind, mask)
-        end = row["end_step"]
+
+    def train(
+        self, index: int, mask: Mask, start: StateDict, begin: int, stop: int, snap: int
+    ) -> tuple[TrainResult, Mask]:
+        if self.options.regrow <= 0:
+            return super().train(index, mask, start, begin, stop, snap)
+        job = self.job
+        hooks = ScoredRegrowth(
+            mask,
+            self.reference,
+            regrow=self.options.regrow,
+            every=self.every,
+            start=begin,
+            end=stop,
+            scope=job.spec.method.scope,
+            positive_only=self.options.positive_only,
+            seed=seed_for(job.spec.seed, index, 3),
+        )
+        result = _train_with(job, mask, start, begin, stop, snap, hooks)
+        _write_regrowth(job, index, mask, hooks)
+        # with end_on_best the weights are those of the best evaluation: record the mask of then
+        return result, hooks.mask_at(result.early_stop_step, mask) if job.spec.end_on_best else hooks.mask
+
+
+def _scored_pruning(job: Job) -> None:
+    run_levels(job, ScoredPruning(job))
 
 
 def _train_with(
@@ -177,8 +194,17 @@ def _train_with(
     """``job.train`` with hooks: the same arguments, through the one training loop that runs them."""
     job.model.load_state_dict(start)
     return train(
-        job.model, job.data, job.spec.recipe, mask=mask, seed=job.spec.seed, start_step=begin, end_step=stop,
-        snapshot_steps=(snap,), end_on_best=job.spec.end_on_best, progress=job.progress, hooks=hooks,
+        job.model,
+        job.data,
+        job.spec.recipe,
+        mask=mask,
+        seed=job.spec.seed,
+        start_step=begin,
+        end_step=stop,
+        snapshot_steps=(snap,),
+        end_on_best=job.spec.end_on_best,
+        progress=job.progress,
+        hooks=hooks,
     )
 
 
