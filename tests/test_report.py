@@ -122,6 +122,27 @@ def test_report_contents(report):
     assert len([line for line in md.splitlines() if line.startswith("| lottery |")]) == 3  # + winning table
 
 
+def test_dense_only_results_have_no_mask_sections(tmp_path):
+    """A layer-size sweep (dense networks only, as 004_layer_size): every mask is full, so the report has the
+    accuracy tables and plots but no overlap / initial-value / per-layer sections or images."""
+    recipe = Recipe(steps="20it", batch_size=64, lr=0.1, eval_every="20it")
+    for model in ("mlp:784-16-10", "mlp:784-32-10"):
+        for seed in (0, 1):
+            spec = ExperimentSpec(
+                model=model, dataset="synthetic", val_size=200, seed=seed, recipe=recipe,
+                method=MethodSpec(name="lottery", K=0.5), densities=(1.0,),
+            )  # fmt: skip
+            run_experiment(spec, tmp_path / "runs")
+    report = write_report(tmp_path / "runs", tmp_path / "report")
+    assert report.density == 1
+    page = report.html.read_text()
+    assert "Accuracy vs density" in page
+    for heading in ("Mask overlap", "Initial values of kept weights", "Per-layer density", "Masks compared near"):
+        assert heading not in page
+    assert not any(key.startswith(("overlap", "initial_values", "layer_densities")) for key in report.images)
+    assert not list((tmp_path / "report").glob("overlap*.png"))
+
+
 def test_cli_report(runs, tmp_path):
     result = runner.invoke(app, ["report", str(runs), "--baseline", "snip", "--density", "0.5", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

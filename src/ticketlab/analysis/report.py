@@ -20,7 +20,7 @@ import pandas as pd
 
 from ticketlab.analysis.overlap import CLOSE, closest_levels, far_levels
 from ticketlab.analysis.results import TICKET
-from ticketlab.analysis.sections import SECTIONS, Context, Report, summary_cells
+from ticketlab.analysis.sections import MASK_SECTIONS, SECTIONS, Context, Report, summary_cells
 from ticketlab.analysis.stats import ALPHA, baseline_label, default_baseline, format_significance, tidy
 from ticketlab.analysis.style import series_styles
 from ticketlab.files import atomic_write_text
@@ -107,7 +107,10 @@ def write_report(
         ylabel=f"{metric.replace('_', ' ')}{' (%)' if percent else ''}",
         styles=series_styles(frame["label"]),
     )
-    sections = [section(ctx) for section in SECTIONS]
+    # Every mask is full at density 1 (dense-only results, e.g. a layer-size sweep): the mask sections would
+    # compare all-ones masks, so they are left out.
+    dense_only = report.density >= 1
+    sections = ["" if dense_only and section in MASK_SECTIONS else section(ctx) for section in SECTIONS]
     atomic_write_text(report.html, _page(ctx, sections))
     report.markdown = out / "report.md"
     atomic_write_text(report.markdown, _markdown(ctx))

@@ -360,3 +360,11 @@ SECTIONS: tuple[Callable[[Context], str], ...] = (
     layer_section,
     parameters_section,
 )
+
+# Sections that compare masks; nothing to compare when every mask is full (density 1).
+MASK_SECTIONS: tuple[Callable[[Context], str], ...] = (
+    levels_section,
+    overlap_section,
+    initial_values_section,
+    layer_section,
+)
