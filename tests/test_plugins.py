@@ -16,6 +16,21 @@ from ticketlab.cli import app
 from ticketlab.cli import common as cli_common
 
 cli_common.console.width = cli_common.err.width = 200
+
+
+@pytest.fixture(autouse=True)
+def _forget_plugins():
+    """What a test loads stays out of later tests: ``loaded()`` is handed to every sweep worker, and a
+    plugin file of a finished test would be imported again there."""
+    from ticketlab import plugins
+
+    loaded, done = list(plugins._loaded), set(plugins._done)
+    yield
+    plugins._loaded[:] = loaded
+    plugins._done.clear()
+    plugins._done.update(done)
+
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MODEL_PLUGIN = """
 from torch import nn

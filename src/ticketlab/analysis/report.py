@@ -107,9 +107,7 @@ def write_report(
         ylabel=f"{metric.replace('_', ' ')}{' (%)' if percent else ''}",
         styles=series_styles(frame["label"]),
     )
-    # Every mask is full at density 1 (dense-only results, e.g. a layer-size sweep): the mask sections would
-    # compare all-ones masks, so they are left out.
-    dense_only = report.density >= 1
+    dense_only = report.density >= 1  # every mask full (e.g. a layer-size sweep): no mask sections to show
     sections = ["" if dense_only and section in MASK_SECTIONS else section(ctx) for section in SECTIONS]
     atomic_write_text(report.html, _page(ctx, sections))
     report.markdown = out / "report.md"
