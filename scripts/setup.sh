@@ -10,13 +10,6 @@ if [ ! -e /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
-# Headless Chromium for the HTML report test (tests/test_report.py skips without it).
-if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
-fi
-
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

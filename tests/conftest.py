@@ -1,8 +1,13 @@
+import os
+
 import pytest
 import torch
 
 from ticketlab.data import load_dataset
 from ticketlab.hardware import blas as gemm
+
+# ticketlab.prune prints a line per finished level to stderr by default; tests that check it unset this
+os.environ.setdefault("TICKETLAB_QUIET", "1")
 
 
 @pytest.fixture(scope="session")

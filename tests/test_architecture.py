@@ -14,7 +14,7 @@ PACKAGE = SRC / "ticketlab"
 
 # Lower layers never import higher ones; a layer's packages may import each other (without cycles).
 LAYERS = [
-    ["registry", "seeding", "files"],
+    ["registry", "seeding", "files", "plugins"],
     ["config", "hardware"],
     ["data", "models"],
     ["masks"],

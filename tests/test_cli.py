@@ -84,9 +84,11 @@ def test_prune_writes_levels_and_prints_table(tmp_path):
 
 
 def test_prune_bad_method_and_criterion(tmp_path):
-    result = invoke("prune", "--dataset", "synthetic", "--method", "lotery", "--out", str(tmp_path))
+    result = invoke("prune", "--dataset", "synthetic", "--method", "lotery", "--density", "0.5", "--out", str(tmp_path))
     assert result.exit_code == 2 and "unknown method 'lotery'" in result.output and "Traceback" not in result.output
-    result = invoke("prune", "--dataset", "synthetic", "--criterion", "snipp", "--out", str(tmp_path))
+    result = invoke(
+        "prune", "--dataset", "synthetic", "--criterion", "snipp", "--density", "0.5", "--out", str(tmp_path)
+    )
     assert result.exit_code == 2 and "snip" in result.output
 
 

@@ -82,5 +82,19 @@ def test_prune_runs_each_method_from_the_command_line(tmp_path, method, options)
 
 
 def test_a_bad_option_names_the_field(tmp_path):
-    result = invoke("prune", "--dataset", "synthetic", "--method", "force", "-o", "step=3", "--out", str(tmp_path))
-    assert result.exit_code == 2 and "method.options.step" in result.output
+    result = invoke(
+        "prune",
+        "--dataset",
+        "synthetic",
+        "--method",
+        "force",
+        "-o",
+        "step=3",
+        "--density",
+        "0.1",
+        "--out",
+        str(tmp_path),
+    )
+    # named as it was typed (-o), with the method's options and the closest one as a guess
+    assert result.exit_code == 2 and "-o step=...: method force has no option 'step'" in result.output
+    assert "Did you mean 'steps'?" in result.output

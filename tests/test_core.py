@@ -25,14 +25,12 @@ def test_split_name():
     assert split_name("Snip") == ("snip", None)
 
 
-@pytest.mark.parametrize(
-    ("text", "spe", "steps"), [("40ep", 100, 4000), ("1500it", 7, 1500), ("0.5ep", 10, 5), (12, 3, 12)]
-)
+@pytest.mark.parametrize(("text", "spe", "steps"), [("40ep", 100, 4000), ("1500it", 7, 1500), ("0.5ep", 10, 5)])
 def test_duration(text, spe, steps):
     assert Duration.parse(text).steps(spe) == steps
 
 
-@pytest.mark.parametrize("bad", ["40", "ep", "1.5it", "3 epochs", "-1ep"])
+@pytest.mark.parametrize("bad", ["40", 40, "ep", "1.5it", "3 epochs", "-1ep"])
 def test_bad_duration(bad):
     with pytest.raises(ValueError, match="'ep'.*'it'|whole number"):
         Duration.parse(bad)

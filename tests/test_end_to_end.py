@@ -43,7 +43,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     table = namespace["result"].table()
-    tickets = table[table["control"] == ""]
+    tickets = table[table["control"] == "ticket"]
     assert tickets["density"].min() == pytest.approx(0.2, abs=1e-4)
     assert (tickets["test_acc"] > 0.75).all()
     assert len(namespace["frame"]) == len(table)

@@ -83,7 +83,7 @@ def test_levels_record_what_ran_and_the_results_show_it(resolved_runs):
         rows = frame.loc[runs[name].path.name]
         assert set(rows["rounds"]) == {rounds} and set(rows["criterion"]) == {criterion}
     # one-shot SynFlow is its own kind; the implied criterion is not repeated in the label
-    tickets = ticketlab.load_results(root).query("level == 1 and control == ''")
+    tickets = ticketlab.load_results(root).query("level == 1 and control == 'ticket'")
     assert sorted(labels(tickets)) == ["lottery", "synflow", "synflow ×100"]
 
 

@@ -52,14 +52,17 @@ def report(runs, tmp_path_factory):
 
 def _ticket_mask(runs, frame, method, seed, density):
     row = frame[
-        (frame.method == method) & (frame.seed == seed) & (frame.control == "") & (frame.target_density == density)
+        (frame.method == method)
+        & (frame.seed == seed)
+        & (frame.control == "ticket")
+        & (frame.target_density == density)
     ].iloc[0]
     return Mask.load(runs / row.run_id / f"level_{row.level:02d}" / "mask.safetensors"), row
 
 
 def test_overlap_matches_the_mask_files(runs):
     frame = load_results(runs)
-    matrix = overlap_matrix(frame[frame.control == ""], runs, 0.25)
+    matrix = overlap_matrix(frame[frame.control == "ticket"], runs, 0.25)
     per_seed = []
     for seed in (0, 1):
         a, _ = _ticket_mask(runs, frame, "lottery", seed, 0.25)

@@ -69,7 +69,7 @@ def test_load_results_is_one_row_per_run_level_control_with_flat_spec_fields(run
         assert row[key] == metrics[key]
     assert row["wall_time"] == pytest.approx(metrics["train_time"] + metrics["score_time"])
     assert row["layer_densities"] == RunDir(b.path).level(1).mask().layer_densities()
-    assert set(frame[frame.run_id == a.path.name]["control"]) == {"", "reinit"}
+    assert set(frame[frame.run_id == a.path.name]["control"]) == {"ticket", "reinit"}
 
 
 def test_cli_results_writes_csv_and_parquet_that_read_back(runs, tmp_path):

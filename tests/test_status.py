@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import time
 
@@ -125,5 +126,7 @@ def test_the_sweep_bar_counts_levels_runs_in_flight_and_failures(tmp_path, monke
     assert _run_with_progress(spec, fake_sweep, None) == "report"
     assert seen[0] == (3 + 2, 9, "runs 1/3, 2 in flight")
     assert seen[1] == (3 + 3, 9, "runs 2/3, 0 in flight, 1 failed")
-    assert f"failed {c.run_id()} {{}}: ValueError: bad" in err.getvalue()
+    # one line per ended run, numbered among this sweep's runs and named by its grid point
+    assert f"run 1/2 {c.run_id()} failed: ValueError: bad (seed=2)" in err.getvalue()
+    assert re.search(rf"run 2/2 {b.run_id()} finished \(0\.0 s\) seed=1 · \d:\d\d:\d\d elapsed", output.getvalue())
     assert f"{c.run_id()} is being computed by another sweep (?): skipped, waited for at the end" in err.getvalue()

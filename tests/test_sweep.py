@@ -1,6 +1,7 @@
 """Sweeps: grid expansion (dotted paths, templates, dedupe, errors), local and Ray executors, skip-if-done."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -162,6 +163,14 @@ def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
     assert result.exit_code == 1
     assert "failed" in result.output and "batch_size 5000 is larger than the training split" in result.output
     assert "1 runs finished, 1 failed" in result.output
+    # one line per finished run (what a log file of the sweep keeps): which grid point, its time, the sweep's
+    lines = [line for line in result.output.splitlines() if line.startswith("run ")]
+    assert len(lines) == 2, result.output
+    assert any(
+        re.fullmatch(r"run [12]/2 \w{12} finished \(\d+\.\d s\) recipe\.batch_size=60 · \d:\d\d:\d\d elapsed.*", line)
+        for line in lines
+    )
+    assert any(re.match(r"run [12]/2 \w{12} failed: .*\(recipe\.batch_size=5000\)", line) for line in lines)
     good, bad = expand(SweepSpec.model_validate(sweep))
     assert RunDir(tmp_path / "runs" / good.run_id()).finished and not RunDir(tmp_path / "runs" / bad.run_id()).finished
 

@@ -83,6 +83,9 @@ def test_ticket_holds_its_mask_start_and_rewind(runs):
     assert ticket.rewind is not None and not ticket.model.training
     control = load_ticket(runs["mlp"], 1, "reinit")
     assert control.rewind is None and control.control == "reinit"
+    # "ticket", the results tables' name for the ticket itself, loads the ticket (the same level as None)
+    named = load_ticket(runs["mlp"], 2, "ticket")
+    assert named.control is None and named.path == ticket.path and named.mask == ticket.mask
     # default: the last finished level; also at the package's top
     assert load_ticket(runs["mlp"]).level == 2
     import ticketlab

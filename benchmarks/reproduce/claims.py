@@ -131,7 +131,7 @@ def supermask_above_chance(frames, name="004_supermask"):
         return "no data", ""
     best = untrained.loc[untrained.groupby("seed")["val_acc"].idxmax()]
     acc = best["test_acc"].to_numpy(float)
-    trained = f[(f["control"] == "") & (f["density_key"] < 1)]
+    trained = f[(f["control"] == "ticket") & (f["density_key"] < 1)]
     verdict = "agrees" if acc.mean() > 0.5 else "disagrees"
     return verdict, (
         f"best untrained supermask per seed (chosen on validation): test {pct(acc)} at densities "
@@ -143,7 +143,7 @@ def supermask_vs_layer_size(frames):
     f, g = suite(frames, "004_supermask"), suite(frames, "004_layer_size")
     if f.empty or g.empty:
         return "no data", ""
-    trained = f[(f["control"] == "") & (f["density_key"] < 1)]
+    trained = f[(f["control"] == "ticket") & (f["density_key"] < 1)]
     if trained.empty:
         return "no data", ""
     kept = trained["kept"].mean()

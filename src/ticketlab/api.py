@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from ticketlab.analysis.results import load_results
 from ticketlab.config.recipe import Recipe
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.data import load_dataset
+from ticketlab.experiment.progress import RunStatus
 from ticketlab.experiment.run import RunResult, run_experiment, run_on
 from ticketlab.hardware.device import resolve_device
 from ticketlab.models import build_model, initialize
@@ -24,6 +27,16 @@ from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, trai
 # times per training (``eval_every: auto``), so the early-stop step and the winning flag are placed in
 # short runs too. Recipe() itself keeps eval_every 1ep: run ids of specs that leave it out keep their meaning.
 DEFAULT_RECIPE = Recipe(eval_every="auto")
+
+# MethodSpec fields prune() takes as keywords besides those it names
+_EXTRA_METHOD_FIELDS = frozenset(MethodSpec.model_fields) - {"name", "criterion", "scope", "K", "rounds", "options"}
+
+
+def to_stderr(message: str) -> None:
+    """The default ``log`` of :func:`prune`: each line (one per finished level, with the time so far and an
+    estimate of the time left) to stderr, unless the environment sets ``TICKETLAB_QUIET``; ``log=None`` is quiet."""
+    if not os.environ.get("TICKETLAB_QUIET"):
+        print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -115,10 +128,25 @@ def prune(
     device: str | torch.device | None = None,
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    log: Any = None,
-    **method_options: Any,
+    log: Callable[[str], None] | None = to_stderr,
+    status: RunStatus | None = None,
+    options: dict[str, Any] | None = None,
+    **method_fields: Any,
 ) -> RunResult:
-    """Find tickets with one method and train them; returns the per-level results (``.table()``)."""
+    """Find tickets with one method and train them; returns the per-level results (``.table()``).
+
+    ``log`` gets one line per finished level (default: stderr, see :func:`to_stderr`); ``progress`` gets
+    every training step (``progress(step, end_step, row)``); ``status`` follows the run for a live display.
+
+    ``options`` are the method's own options (``options={"regrow": 0.1}`` for ``double_pruning``); further
+    keywords set other :class:`MethodSpec` fields (``rewind_params="1ep"``, ``pruning_batches=5`` ...)."""
+    stray = sorted(set(method_fields) - _EXTRA_METHOD_FIELDS)
+    if stray:
+        raise TypeError(
+            f"prune() got unexpected keyword argument{'s' if len(stray) > 1 else ''} {', '.join(map(repr, stray))}: "
+            f"a method's options go in options={{{', '.join(f'{k!r}: ...' for k in stray)}}}; other keywords are "
+            f"MethodSpec fields: {', '.join(sorted(_EXTRA_METHOD_FIELDS))}"
+        )
     densities = (density,) if isinstance(density, (int, float)) else tuple(density)
     spec = ExperimentSpec(
         model=model,
@@ -127,12 +155,14 @@ def prune(
         seed=seed,
         val_size=val_size,
         recipe=recipe or DEFAULT_RECIPE,
-        method=MethodSpec(name=method, criterion=criterion, scope=scope, K=K, rounds=rounds, **method_options),
+        method=MethodSpec(
+            name=method, criterion=criterion, scope=scope, K=K, rounds=rounds, options=options or {}, **method_fields
+        ),
         densities=densities,
         controls=controls,
         end_on_best=end_on_best,
     )
-    return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log)
+    return run_experiment(spec, out, device=device, data_root=data_root, progress=progress, log=log, status=status)
 
 
 __all__ = ["DenseRun", "Ticket", "load_results", "load_ticket", "prune", "train_dense"]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,37 @@ class CorruptFileError(ValueError):
     """A file exists but is truncated, altered or not what it claims to be."""
 
 
+def umask() -> int:
+    """The process's file-creation mask (read, not changed, where the system shows it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore it, which no other thread may see half-done
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def mkstemp_shared(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` whose file gets the mode a plain ``open`` would give (0o666 less the umask,
+    typically 0644), not mkstemp's private 0600: the file is renamed into place for others to read."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename; the file gets the
+    mode ``open`` would give it (umask respected)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_shared(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -53,6 +80,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Strict JSON (RFC 8259): NaN and infinities, which strict parsers reject, are written as null."""
     text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
     return atomic_write_text(path, text + "\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """A JSON file ticketlab wrote; one cut short or altered is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(
+            f"{path}: not valid JSON ({exc}); the file was cut short or altered: delete it, or the level folder "
+            "holding it, and run again to redo that part"
+        ) from None
 
 
 def _finite(obj: Any) -> Any:

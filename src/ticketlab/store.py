@@ -10,7 +10,6 @@ when there is one, and a run that computes it publishes it there, so it is train
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from ticketlab.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    load_json,
     load_tensors,
     save_tensors,
 )
@@ -100,7 +100,7 @@ class LevelDir:
         return self.shared is not None and self.shared.copy_to(self.path)
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads((self.path / "metrics.json").read_text())
+        return load_json(self.path / "metrics.json")
 
     def mask(self) -> Mask:
         return Mask.load(self.path / "mask.safetensors")
@@ -151,7 +151,7 @@ class RunDir:
         """The spec as recorded. A run recorded before ``env.json`` existed wrote ``method.rounds: 1`` where the
         spec left it unset (then the default, meaning the method's own number: 100 rounds for the synflow
         shorthand); that is read back as unset, so the spec means what ran and keeps its run id."""
-        spec = json.loads((self.path / "spec.json").read_text())
+        spec = load_json(self.path / "spec.json")
         method = spec.get("method")
         if isinstance(method, dict) and method.get("rounds") == 1 and not (self.path / ENV_FILE).exists():
             method["rounds"] = None
@@ -163,7 +163,7 @@ class RunDir:
 
     def env(self) -> dict[str, Any] | None:
         path = self.path / ENV_FILE
-        return json.loads(path.read_text()) if path.exists() else None
+        return load_json(path) if path.exists() else None
 
     def write_data_info(self, info: dict[str, Any]) -> None:
         """What the model was built for and how its inputs were standardised (``data.json``), so a level's
@@ -172,7 +172,7 @@ class RunDir:
 
     def data_info(self) -> dict[str, Any] | None:
         path = self.path / "data.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return load_json(path) if path.exists() else None
 
     def levels(self) -> list[int]:
         """The finished levels (their tickets), in order."""

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ticketlab.analysis.results import is_ticket
 from ticketlab.analysis.stats import tidy
 from ticketlab.files import load_tensors
 from ticketlab.masks import Mask
@@ -42,7 +43,7 @@ def level_path(root: str | os.PathLike, row: pd.Series) -> Path:
     """The level directory of a results row: ``root/<run_id>/level_XX[/<control>]``."""
     path = Path(root) / str(row["run_id"]) / f"level_{int(row['level']):02d}"
     control = row.get("control")
-    return path / control if isinstance(control, str) and control else path
+    return path if is_ticket(control) else path / str(control)
 
 
 def closest_levels(frame: pd.DataFrame, density: float, factor: float | None = CLOSE) -> pd.DataFrame:
@@ -109,7 +110,9 @@ def kept_initial_values(
     for _, row in picked.iterrows():
         level = level_path(root, row)
         mask_file = level / "mask.safetensors"
-        init_file = (level if row["control"] else Path(root) / str(row["run_id"]) / "level_00") / "start.safetensors"
+        init_file = (
+            level if not is_ticket(row["control"]) else Path(root) / str(row["run_id"]) / "level_00"
+        ) / "start.safetensors"
         if not (mask_file.exists() and init_file.exists()):
             continue
         mask = Mask.load(mask_file)

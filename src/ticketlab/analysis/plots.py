@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ticketlab.analysis.results import TICKET, is_ticket
 from ticketlab.analysis.style import Style, density_axis, legend_outside, styles_for
 
 
@@ -28,7 +29,8 @@ def plot_accuracy_vs_density(frame: pd.DataFrame, path: str | os.PathLike, title
     """Test accuracy vs density (log x, densest on the left as in 003), one line per ticket/control."""
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    groups = {control or "ticket": g for control, g in frame.groupby(frame["control"].fillna(""))}
+    kind = frame["control"].map(lambda c: TICKET if is_ticket(c) else str(c))
+    groups = {str(control): g for control, g in frame.groupby(kind)}
     styles = styles_for(groups, None)
     for name, group in groups.items():
         group = group.sort_values("density", ascending=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ticketlab.analysis.overlap import CLOSE, closest_levels, far_levels
+from ticketlab.analysis.results import TICKET
 from ticketlab.analysis.sections import MASK_SECTIONS, SECTIONS, Context, Report, summary_cells
 from ticketlab.analysis.stats import ALPHA, baseline_label, default_baseline, format_significance, tidy
 from ticketlab.analysis.style import series_styles
@@ -45,7 +46,7 @@ p.note { color: #555; font-size: 0.9em; }
 def choose_density(frame: pd.DataFrame) -> float:
     """The pruned density (< 1) reached by the most ticket kinds; among equals the sparsest."""
     t = tidy(frame)
-    t = t[(t["control"] == "") & (t["density_key"] < 1)]
+    t = t[(t["control"] == TICKET) & (t["density_key"] < 1)]
     if t.empty:
         return 1.0
     counts = t.groupby("density_key")["label"].nunique()
@@ -91,7 +92,7 @@ def write_report(
     report.density_reason = "given" if density is not None else "the density most ticket kinds reach"
     report.density = choose_density(frame) if density is None else density
     _compared_densities(report, frame)
-    tickets = frame[frame["control"] == ""]
+    tickets = frame[frame["control"] == TICKET]
     out.mkdir(parents=True, exist_ok=True)
     percent = metric.endswith("acc")
     ctx = Context(
@@ -106,9 +107,7 @@ def write_report(
         ylabel=f"{metric.replace('_', ' ')}{' (%)' if percent else ''}",
         styles=series_styles(frame["label"]),
     )
-    # Every mask is full at density 1 (dense-only results, e.g. a layer-size sweep): the mask sections would
-    # compare all-ones masks, so they are left out.
-    dense_only = report.density >= 1
+    dense_only = report.density >= 1  # every mask full (e.g. a layer-size sweep): no mask sections to show
     sections = ["" if dense_only and section in MASK_SECTIONS else section(ctx) for section in SECTIONS]
     atomic_write_text(report.html, _page(ctx, sections))
     report.markdown = out / "report.md"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import pandas as pd
 
 from ticketlab.config.spec import MethodSpec
+from ticketlab.experiment.run import TICKET
+from ticketlab.files import load_json
 from ticketlab.methods import Resolved
 from ticketlab.store import RunDir
 
@@ -23,7 +24,8 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
     the environment the level ran in (``env.torch``, ``env.device``, ``env.device_name``, ``env.cpu``,
     ``env.threads``, ``env.blas``, ``env.ticketlab``; empty for levels recorded before it was); then the
     level's metrics (density, accuracies, losses, early-stop step, ``wall_time`` = training + scoring time,
-    ``winning``, ``layer_densities`` as a dict per row) and ``run_finished``.
+    ``winning``, ``layer_densities`` as a dict per row) and ``run_finished``. ``control`` is ``"ticket"``
+    for the ticket itself.
     """
     rows = []
     for spec_file in sorted(Path(root).glob("*/spec.json")):
@@ -33,7 +35,8 @@ def load_results(root: str | os.PathLike = "runs") -> pd.DataFrame:
         resolved = _resolved(spec)  # for levels recorded before they recorded it
         finished = run.finished
         for metrics in sorted(run.path.glob("level_*/**/metrics.json")):
-            row = json.loads(metrics.read_text())
+            row = load_json(metrics)
+            row["control"] = row.get("control") or TICKET
             row.pop("history", None)
             env = row.pop("env", None) or {}
             row["wall_time"] = (row.get("train_time") or 0.0) + (row.get("score_time") or 0.0)
@@ -71,3 +74,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def is_ticket(control: object) -> bool:
+    """Whether a ``control`` cell names the ticket itself: ``"ticket"``, or empty in tables of older versions."""
+    return control is None or control in ("", TICKET) or (isinstance(control, float) and control != control)

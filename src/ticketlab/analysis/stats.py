@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ticketlab.analysis.results import TICKET, is_ticket
 from ticketlab.config.spec import MethodSpec
 from ticketlab.methods import resolve_criterion
 
@@ -150,8 +151,8 @@ def labels(frame: pd.DataFrame) -> pd.Series:
             _field_text(col, row) for col in [*shared, *own[name]] if has_env or not col.startswith("env.")
         )
         text += " · env=?" if mixed[name] and not has_env else ""
-        control = _text(row.get("control"))
-        return text + (f" [{control}]" if control else "")
+        control = row.get("control")
+        return text + ("" if is_ticket(control) else f" [{control}]")
 
     return pd.Series(
         [one(row, name, has) for (_, row), name, has in zip(frame.iterrows(), base, recorded)], index=frame.index
@@ -159,13 +160,14 @@ def labels(frame: pd.DataFrame) -> pd.Series:
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control None -> ''). A frame
+    """``frame`` with ``label`` and ``density_key`` columns added (a copy; control ``"ticket"`` for the
+    ticket, also where a table of an older version left it empty or NaN). A frame
     that already has labels keeps them: a part of a tidy frame (e.g. one model's rows) keeps the labels of
     the whole, which name what differs in the whole (``lottery · lenet5``, not ``lottery``)."""
     out = frame.copy()
     if "control" not in out:
-        out["control"] = ""
-    out["control"] = out["control"].map(_text)
+        out["control"] = TICKET
+    out["control"] = out["control"].map(lambda c: TICKET if is_ticket(c) else _text(c))
     if "label" not in out:
         out["label"] = labels(out)
     out["density_key"] = density_key(out)
@@ -213,7 +215,7 @@ def baseline_label(frame: pd.DataFrame, baseline: str) -> str:
     names = sorted(t["label"].unique())
     if baseline in names:
         return baseline
-    tickets = t[t["control"] == ""]
+    tickets = t[t["control"] == TICKET]
     keys = {
         "method": tickets["method"].map(_text) if "method" in tickets else None,
         "method(criterion)": tickets.apply(_base, axis=1) if len(tickets) else None,
@@ -241,7 +243,7 @@ def default_baseline(frame: pd.DataFrame, metric: str = "test_acc") -> tuple[str
     ticket kind (no control) with the most samples (density x seed) of ``metric``, so that most
     cells can be tested; among equals the first by name. Returns (label, reason)."""
     t = samples(frame, metric)
-    tickets = t[t["control"] == ""]
+    tickets = t[t["control"] == TICKET]
     if tickets.empty:
         raise ValueError(f"baseline: no ticket has a value of {metric!r}; give --baseline")
     counts = tickets.groupby("label").size()

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find, train and study lottery tickets.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: where they are found.")
-app.add_typer(data_app, name="data")
 
 from ticketlab.cli.common import (  # noqa: E402
+    DEFAULT_STEPS,
     L2,
+    PRUNE_FLAGS,
+    RUN_FLAGS,
     BatchSize,
     CliError,
     DataRoot,
@@ -29,6 +30,7 @@ from ticketlab.cli.common import (  # noqa: E402
     Nesterov,
     Optim,
     Patience,
+    RegistryHelp,
     Schedule,
     Seed,
     Steps,
@@ -40,7 +42,6 @@ from ticketlab.cli.common import (  # noqa: E402
     clean_errors,
     console,
     fmt,
-    fmt_count,
     make_recipe,
     method_options,
     print_table,
@@ -48,12 +49,41 @@ from ticketlab.cli.common import (  # noqa: E402
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ticketlab import __version__
+
+        console.print(f"ticketlab {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="Import this module (a name, or the path of a .py file) first: its registrations (datasets, "
+            "models, criteria, methods) become usable by name, in sweep workers too. Repeatable; before the command.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find, train and study lottery tickets."""
+    from ticketlab.plugins import load_plugins
+
+    with clean_errors():
+        load_plugins(plugin or ())
+
+
 # -- train ------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=RegistryHelp)
 def train(
     model: Model = "lenet300",
     dataset: DatasetOpt = "fashion-mnist",
-    steps: Steps = "20ep",
+    steps: Steps = DEFAULT_STEPS,
     batch_size: BatchSize = 60,
     lr: Lr = 0.1,
     optimizer: Optim = "sgd",
@@ -85,7 +115,7 @@ def train(
     from ticketlab.api import train_dense
     from ticketlab.hardware.device import set_threads
 
-    with clean_errors():
+    with clean_errors(RUN_FLAGS):
         set_threads(threads)
         recipe = make_recipe(
             steps=steps,
@@ -150,25 +180,34 @@ def train(
 
 
 # -- prune ------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=RegistryHelp)
 def prune(
     model: Model = "lenet300",
     dataset: DatasetOpt = "fashion-mnist",
     method: Annotated[
         str,
         typer.Option(
-            help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, or a criterion (snip, synflow, ...)."
+            help="Method: {methods} (late_rewind:<duration>, sgimp:<X%>); or a criterion, pruned at "
+            "initialisation (one shot; synflow in 100 rounds)."
         ),
     ] = "lottery",
     density: Annotated[
-        list[float] | None, typer.Option(help="Target density (repeatable for upfront methods).")
+        list[float] | None,
+        typer.Option(
+            help="Target density, the fraction of weights kept (repeatable: each is a level); this or --sparsity "
+            "is required."
+        ),
     ] = None,
     sparsity: Annotated[
-        float | None, typer.Option(help="Target sparsity = 1 - density (instead of --density).")
+        list[float] | None,
+        typer.Option(help="Target sparsity = 1 - density, instead of --density (repeatable)."),
     ] = None,
     criterion: Annotated[
         str | None,
-        typer.Option(help="Scoring criterion of the prune step (default: magnitude for iterative methods)."),
+        typer.Option(
+            help="Scoring criterion of the prune step: {criteria}; stacked(A,B) combines two; meta:<model.json> a "
+            "fitted meta model (default: magnitude for iterative methods)."
+        ),
     ] = None,
     scope: Annotated[str, typer.Option(help="global or layerwise.")] = "global",
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of iterative pruning.")] = 0.8,
@@ -184,11 +223,9 @@ def prune(
     ] = None,
     control: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Control on each ticket (repeatable): reinit, shuffle_weights, shuffle_mask, shuffle_mask_reinit, random_same_layer_density."
-        ),
+        typer.Option(help="Control on each ticket (repeatable): {controls}."),
     ] = None,
-    steps: Steps = "10ep",
+    steps: Steps = DEFAULT_STEPS,
     batch_size: BatchSize = 60,
     lr: Lr = 0.1,
     optimizer: Optim = "sgd",
@@ -214,14 +251,25 @@ def prune(
     """Find tickets with one method; write mask + weights per level and print a per-level table."""
     # long: one typer option per parameter (the spec's fields), then the run and its table
     from ticketlab.api import prune as api_prune
+    from ticketlab.cli.live import plot_levels, print_levels, run_display
+    from ticketlab.config.spec import sparsity_to_density
     from ticketlab.hardware.device import set_threads
 
-    with clean_errors():
+    with clean_errors(PRUNE_FLAGS):
         set_threads(threads)
-        if sparsity is not None:
+        options = method_options(option)
+        if not density and not sparsity:
+            raise CliError(
+                "--density: give the target, e.g. --density 0.05 (the fraction of weights kept; iterative methods "
+                "prune by --K per level down to it) or --sparsity 0.95"
+            )
+        if sparsity:
             if density:
-                raise CliError("give --density or --sparsity, not both")
-            density = [1.0 - sparsity]
+                raise CliError("--density and --sparsity: give one of them (sparsity = 1 - density), not both")
+            for s in sparsity:
+                if not 0 <= s < 1:
+                    raise CliError(f"--sparsity: {s} is not in [0, 1) (sparsity = fraction of weights pruned)")
+            density = [sparsity_to_density(s) for s in sparsity]
         recipe = make_recipe(
             steps=steps,
             batch_size=batch_size,
@@ -237,23 +285,12 @@ def prune(
             eval_every=eval_every,
             patience=patience,
         )
-        with progress_bar() as bar:
-            task = bar.add_task("level 0", total=None, info="")
-            state = {"levels": 0}
-
-            def report(step: int, total: int, row: dict | None) -> None:
-                bar.update(task, completed=step, total=total)
-
-            def log(message: str) -> None:
-                state["levels"] += 1
-                bar.console.print(message, markup=False, highlight=False)
-                bar.update(task, description=f"after {state['levels']} trainings")
-
+        with run_display() as (status, log):
             result = api_prune(
                 model=model,
                 dataset=dataset,
                 method=method,
-                density=tuple(density or (0.05,)),
+                density=tuple(density),
                 criterion=criterion,
                 scope=scope,
                 K=k,
@@ -267,53 +304,16 @@ def prune(
                 out=out,
                 device=device,
                 data_root=data_root,
-                progress=report,
                 log=log,
-                options=method_options(option),
+                status=status,
+                options=options,
             )
     if tensorboard:
         from ticketlab.analysis.tensorboard import export_tensorboard
 
         export_tensorboard(result.path)
-    _print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
-    from ticketlab.analysis.plots import plot_accuracy_vs_density
-
-    png = plot_accuracy_vs_density(
-        result.table(), result.path / "accuracy_vs_density.png", title=f"{method} on {model}/{dataset}"
-    )
-    console.print(f"run directory: {result.path}\nplot: {png}")
-
-
-def _print_levels(frame, title: str) -> None:
-    header = (
-        "level",
-        "control",
-        "density",
-        "sparsity",
-        "test acc",
-        "early-stop step",
-        "winning",
-        "collapsed",
-        "time (s)",
-    )
-    print_table(
-        title,
-        header,
-        [
-            [
-                str(row["level"]),
-                row["control"] or "ticket",
-                f"{row['density']:.4f}",
-                f"{row['sparsity']:.4f}",
-                fmt(row["test_acc"]),
-                fmt_count(row["early_stop_step"]),
-                fmt(row["winning"]),
-                fmt(bool(row["collapsed"])),
-                f"{row['train_time'] + row['score_time']:.1f}",
-            ]
-            for _, row in frame.iterrows()
-        ],
-    )
+    print_levels(result.table(), f"{method} · {model} · {dataset} · seed {seed}")
+    plot_levels(result, f"{method} on {model}/{dataset}")
 
 
 # -- run a spec file --------------------------------------------------------------------------------
@@ -325,53 +325,45 @@ def run(
     threads: Threads = None,
     data_root: DataRoot = None,
     tensorboard: TensorBoard = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a spec field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) the experiment a YAML spec describes."""
+    from ticketlab.cli.live import plot_levels, print_levels, run_display
     from ticketlab.config.spec import load_spec
+    from ticketlab.experiment.check import check_spec
     from ticketlab.experiment.run import run_experiment
     from ticketlab.hardware.device import set_threads
 
     with clean_errors():
         set_threads(threads)
-        spec = load_spec(spec_file)
-        with progress_bar() as bar:
-            task = bar.add_task("training", total=None, info="")
-
-            def show(message: str) -> None:
-                bar.console.print(message, markup=False, highlight=False)
-
+        spec = load_spec(spec_file, set_ or ())
+        try:  # names checked before anything is written: a wrong one is a mistake in the file
+            check_spec(spec)
+        except ValueError as exc:
+            raise CliError(f"{spec_file}: {exc}") from None
+        with run_display() as (status, show):
             result = run_experiment(
                 spec,
                 out,
                 device=device,
                 data_root=data_root,
-                progress=lambda step, total, row: bar.update(task, completed=step, total=total),
+                status=status,
                 log=_tensorboard_log(out / spec.run_id(), show) if tensorboard else show,
             )
-    _print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
-    console.print(f"run directory: {result.path}")
+    print_levels(result.table(), f"{spec.method.name} · {spec.model} · {spec.dataset} · seed {spec.seed}")
+    plot_levels(result, f"{spec.method.name} on {spec.model}/{spec.dataset}")
 
 
 def _tensorboard_log(run_path: Path, log: Any) -> Any:
     from ticketlab.analysis.tensorboard import tensorboard_log
 
     return tensorboard_log(run_path, log)
-
-
-# -- data -------------------------------------------------------------------------------------------
-@data_app.command("list")
-def data_list() -> None:
-    """Show which datasets are available, and where."""
-    from ticketlab.data import dataset_status
-
-    print_table(
-        "datasets",
-        ("dataset", "found", "where", "source"),
-        [
-            [row["name"], "yes" if row["found"] else "no", str(row.get("where") or "-"), str(row.get("source") or "-")]
-            for row in dataset_status()
-        ],
-    )
 
 
 def _register_commands() -> None:
@@ -382,7 +374,7 @@ def _register_commands() -> None:
     from ticketlab import cli
 
     for module in pkgutil.iter_modules(cli.__path__):
-        if module.name not in ("__main__", "app", "common"):
+        if module.name not in ("__main__", "app", "common", "live"):
             importlib.import_module(f"ticketlab.cli.{module.name}").register(app)
 
 

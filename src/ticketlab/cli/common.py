@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from ticketlab.config.recipe import Recipe
@@ -26,9 +27,15 @@ console = Console()
 err = Console(stderr=True)
 
 # -- shared options ---------------------------------------------------------------------------------
-Model = Annotated[str, typer.Option(help="Model name, e.g. lenet300, mlp:784-400-400-400-10, resnet20.")]
+Model = Annotated[
+    str,
+    typer.Option(help="Model: {models} (mlp takes its sizes, mlp:784-300-100-10; `ticketlab models` describes each)."),
+]
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist, cifar10 or synthetic.")]
-Steps = Annotated[str, typer.Option(help="Training length: '20ep' (epochs) or '1500it' (steps).")]
+DEFAULT_STEPS = "20ep"  # the Recipe's default length (tested equal): one default everywhere
+Steps = Annotated[
+    str, typer.Option(help="Training length per level: '20ep' (epochs) or '1500it' (steps); the unit is required.")
+]
 BatchSize = Annotated[int, typer.Option(help="Batch size.")]
 Lr = Annotated[float, typer.Option(help="Learning rate.")]
 Optim = Annotated[str, typer.Option(help="sgd or adam.")]
@@ -48,7 +55,12 @@ EvalEvery = Annotated[
     ),
 ]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation and data order.")]
-Init = Annotated[str, typer.Option(help="Initialisation: kaiming_normal, xavier, signed_constant.")]
+Init = Annotated[
+    str,
+    typer.Option(
+        help="Initialisation: {inits}; or saw:<criterion>, the criterion's scores as the initial weights (e.g. saw:snip)."
+    ),
+]
 ValSize = Annotated[int, typer.Option(help="Examples held out from the training set for validation.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")]
 Threads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's or $TICKETLAB_THREADS).")]
@@ -65,26 +77,126 @@ TensorBoard = Annotated[
 ]
 
 
+# spec fields -> the flags that set them (clean_errors(flags=...)): a problem is said with what was typed
+RECIPE_FLAGS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "momentum": "--momentum",
+    "nesterov": "--nesterov",
+    "weight_decay": "--weight-decay",
+    "l2": "--l2",
+    "lr_schedule": "--schedule",
+    "milestones": "--milestone",
+    "warmup": "--warmup",
+    "eval_every": "--eval-every",
+    "patience": "--patience",
+    "early_stop": "--patience",
+}
+RUN_FLAGS = {
+    **RECIPE_FLAGS,
+    "model": "--model",
+    "dataset": "--dataset",
+    "init": "--init",
+    "seed": "--seed",
+    "val_size": "--val-size",
+    "end_on_best": "--end-on-best",
+    "device": "--device",
+}
+PRUNE_FLAGS = {
+    **RUN_FLAGS,
+    "densities": "--density",
+    "controls": "--control",
+    "method": "--method",
+    "name": "--method",
+    "method.name": "--method",
+    "method.criterion": "--criterion",
+    "criterion": "--criterion",
+    "scope": "--scope",
+    "K": "--K",
+    "rounds": "--rounds",
+    "method.options": "-o",
+}
+
+
+class RegistryHelp(TyperCommand):
+    """A command whose help fills ``{methods}``, ``{criteria}``, ``{inits}``, ``{controls}`` and ``{models}`` in
+    its options' help from the registries when the help is shown: every name is listed (a plugin's too), and
+    the registries (torch) are imported only then."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        names = registry_names()
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                for key, value in names.items():
+                    text = text.replace(f"{{{key}}}", value)
+                param.help = text  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
+def registry_names() -> dict[str, str]:
+    """The registered names, as the option help lists them."""
+    from ticketlab.criteria import CRITERIA
+    from ticketlab.methods import CONTROLS, METHODS
+    from ticketlab.models import INITS, MODELS
+
+    return {
+        "methods": ", ".join(METHODS.names()),
+        "criteria": ", ".join(CRITERIA.names()),
+        "inits": ", ".join(INITS.names()),
+        "controls": ", ".join(CONTROLS.names()),
+        "models": ", ".join(MODELS.names()),
+    }
+
+
 class CliError(Exception):
     """A mistake in the command line that no lower layer can see (e.g. two flags that exclude each other)."""
 
 
 @contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn a user's mistake into one clear line and exit code 2; bugs keep their traceback."""
+def clean_errors(flags: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn a user's mistake into one clear line per problem (``error: ...``) and exit code 2; bugs keep
+    their traceback. ``flags`` maps spec fields to the command's flags (``{"densities": "--density"}``), so a
+    problem with a value given on the command line names the flag that gave it."""
+    from ticketlab.config import EarlyStop, ExperimentSpec, MethodSpec, Recipe
+    from ticketlab.config.problems import problem
+    from ticketlab.data import DownloadError
     from ticketlab.files import CorruptFileError
 
+    roots = {cls.__name__: cls for cls in (ExperimentSpec, MethodSpec, Recipe, EarlyStop)}
     try:
         yield
     except ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "spec"
-            message = error["msg"].removeprefix("Value error, ")
-            err.print(f"error: {where}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
+            _error(in_flags(problem(error, roots.get(exc.title)), flags))
         raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError, CorruptFileError, CliError) as exc:
-        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+    except (ValueError, FileNotFoundError, CorruptFileError, DownloadError, CliError) as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            _error(in_flags(line, flags))
         raise typer.Exit(2) from None
+
+
+def in_flags(line: str, flags: dict[str, str] | None) -> str:
+    """``method.options.regrow_every: ...`` -> ``-o regrow_every=...: ...`` and ``densities: ...`` ->
+    ``--density: ...`` where ``flags`` knows the field: a problem said with what the user typed."""
+    if not flags:
+        return line
+    field, sep, rest = line.partition(": ")
+    if sep and " " not in field:
+        if field.startswith("method.options.") and "method.options" in flags:
+            field = f"{flags['method.options']} {field.removeprefix('method.options.')}=..."
+        else:
+            field = next((flags[k] for k in (field, field.rpartition(".")[2]) if k in flags), field)
+        line = f"{field}: {rest}"
+    if "method.options" in flags:  # "set method.options.regrow_every" inside a message
+        line = re.sub(r"\bmethod\.options\.(\w+)", lambda m: f"{flags['method.options']} {m.group(1)}=...", line)
+    return line
+
+
+def _error(line: str) -> None:
+    err.print(f"error: {line}", style="red", highlight=False, markup=False, soft_wrap=True)
 
 
 def make_recipe(**kw: Any) -> Recipe:

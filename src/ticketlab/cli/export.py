@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory (runs/<run id>).")],
     level: Annotated[int | None, typer.Option(help="Level to export (0 = the dense network).")] = None,
-    control: Annotated[str | None, typer.Option(help="Export this control of the level instead of its ticket.")] = None,
+    control: Annotated[
+        str | None, typer.Option(help="Export this control of the level instead of its ticket ('ticket': the ticket).")
+    ] = None,
     fmt: Annotated[
         str | None,
         typer.Option(
@@ -56,7 +58,7 @@ def export(
     check = "" if done.max_abs_diff is None else f"; max |difference| to PyTorch {done.max_abs_diff:.2g}"
     console.print(
         f"wrote {done.path} ({done.format}, {done.bytes:,} bytes): level {ticket.level}"
-        f"{f' [{control}]' if control else ''}, density {ticket.density:.4g}, "
+        f"{f' [{ticket.control}]' if ticket.control else ''}, density {ticket.density:.4g}, "
         f"test acc {ticket.metrics.get('test_acc')}{check}",
         highlight=False,
         markup=False,

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from ticketlab.cli.common import DEFAULT_STEPS, RegistryHelp
+
 meta_app = typer.Typer(no_args_is_help=True, help="Meta-learned scores: build the per-weight table, fit regressors.")
 
 
@@ -19,9 +21,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(meta_app, name="meta")
 
 
-@meta_app.command("build")
+@meta_app.command("build", cls=RegistryHelp)
 def build(
-    model: Annotated[str, typer.Option(help="Model name, e.g. lenet300.")] = "lenet300",
+    model: Annotated[str, typer.Option(help="Model: {models}.")] = "lenet300",
     dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10 or synthetic.")] = "fashion-mnist",
     density: Annotated[float, typer.Option(help="Density of the reference ticket (000 used 0.005).")] = 0.01,
     out: Annotated[Path, typer.Option(help="Table file: .parquet, .csv or .csv.gz.")] = Path("meta_table.parquet"),
@@ -35,7 +37,9 @@ def build(
     ranks: Annotated[bool, typer.Option("--ranks", help="Add per-layer ranks of each score (000 §5.2.1).")] = False,
     criteria: Annotated[
         list[str] | None,
-        typer.Option("--criterion", help="Score feature (repeatable; default magnitude, snip, grasp, synflow)."),
+        typer.Option(
+            "--criterion", help="Score feature (repeatable; default magnitude, snip, grasp, synflow): {criteria}."
+        ),
     ] = None,
     reference: Annotated[
         str,
@@ -51,11 +55,13 @@ def build(
     ] = 10,
     k: Annotated[float, typer.Option("--K", "--k", help="Per-level keep fraction of an iterative reference.")] = 0.8,
     steps: Annotated[
-        str, typer.Option(help="Training length of the reference ('10ep', '1500it'), per level.")
-    ] = "10ep",
+        str, typer.Option(help="Training length of the reference ('20ep', '1500it'), per level.")
+    ] = DEFAULT_STEPS,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 60,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
-    init: Annotated[str, typer.Option(help="Initialisation.")] = "kaiming_normal",
+    init: Annotated[
+        str, typer.Option(help="Initialisation: {inits}; or saw:<criterion> (scores as weights).")
+    ] = "kaiming_normal",
     val_size: Annotated[int, typer.Option(help="Examples held out from the training set for validation.")] = 5000,
     runs: Annotated[Path, typer.Option(help="Root folder of run directories (the reference runs live there).")] = Path(
         "runs"

@@ -24,10 +24,17 @@ def tune(
     out: Annotated[
         Path | None, typer.Option(help="Root folder of run directories (default: the file's, else runs).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: the file's, else cpu).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: the file's, else auto).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="Folder holding the dataset files (else the usual lookup).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a base field: key=value, dotted path, YAML value (repeatable), e.g. --set recipe.steps=1ep.",
+        ),
     ] = None,
 ) -> None:
     """Run the study and print every trial and the best one."""
@@ -36,12 +43,12 @@ def tune(
 
     from ticketlab.cli.common import clean_errors, console
     from ticketlab.hardware.device import set_threads
-    from ticketlab.sweep.tune import load_tune
+    from ticketlab.sweep.tune import load_tune, set_tune_base
     from ticketlab.sweep.tune import tune as run_tune
 
     with clean_errors():
         set_threads(threads)
-        spec = load_tune(tune_file)
+        spec = set_tune_base(load_tune(tune_file), set_ or ())
         overrides = {"trials": trials, "out": None if out is None else str(out), "device": device}
         spec = spec.model_validate(
             {**spec.model_dump(by_alias=True), **{k: v for k, v in overrides.items() if v is not None}}
@@ -49,9 +56,12 @@ def tune(
 
         def on_trial(trial) -> None:
             value = "-" if trial.value is None else f"{trial.value:.4f}"
+            why = f" ({trial.error})" if trial.error else ""
             console.print(
-                f"trial {trial.number}: {trial.state} {json.dumps(trial.params)} {spec.objective} {value}",
+                f"trial {trial.number}: {trial.state} {json.dumps(trial.params)} {spec.objective} {value}{why}",
                 highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
 
         with console.status(f"tuning {', '.join(spec.search)} ({spec.trials} trials)"):

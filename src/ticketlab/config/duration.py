@@ -20,11 +20,15 @@ class Duration:
     unit: str  # "ep" or "it"
 
     @classmethod
-    def parse(cls, text: str | int | Duration) -> Duration:
+    def parse(cls, text: str | Duration) -> Duration:
         if isinstance(text, Duration):
             return text
-        if isinstance(text, int) and not isinstance(text, bool):
-            text = f"{text}it"
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", str(text)):  # 20 or "20": epochs or steps? never guessed
+            number = str(text).strip()
+            raise ValueError(
+                f"duration {number!r} has no unit: write a number followed by 'ep' (epochs) or 'it' (steps), "
+                f"'{number}ep' or '{number}it'"
+            )
         match = _PATTERN.match(str(text))
         if match is None:
             raise ValueError(

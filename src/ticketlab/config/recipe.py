@@ -79,6 +79,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
+        if self.steps.amount <= 0:
+            raise ValueError(f"steps: {self.steps} trains nothing; give a length above 0, e.g. 20ep or 1500it")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         if self.milestones and self.lr_schedule != "multistep":

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ticketlab.config.recipe import DurationField, Recipe
 from ticketlab.config.recipes import expand_recipe
@@ -21,6 +21,11 @@ from ticketlab.registry import split_name
 
 UPFRONT = ("oneshot", "multishot")  # methods that prune at initialisation and need a criterion
 SAW = "saw"  # init prefix of scores as weights (ticketlab.criteria.saw)
+
+
+def sparsity_to_density(sparsity: float) -> float:
+    """1 - sparsity, rounded to 12 decimals so that sparsity 0.95 is density 0.05 exactly (same run id)."""
+    return round(1.0 - float(sparsity), 12)
 
 
 class _Frozen(BaseModel):
@@ -77,6 +82,30 @@ class ExperimentSpec(_Frozen):
     end_on_best: bool = False
     save_scores: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _density_or_sparsity(cls, data: Any) -> Any:
+        # ``density`` (one or a list) and ``sparsity`` (= 1 - density) are ways to write ``densities``; only
+        # ``densities`` is stored, so a spec written either way has the same run id
+        if not isinstance(data, dict) or not ({"density", "sparsity"} & data.keys()):
+            return data
+        given = [k for k in ("densities", "density", "sparsity") if k in data]
+        if len(given) > 1:
+            raise ValueError(
+                f"{' and '.join(given)}: give one of densities, density or sparsity (= 1 - density), not both"
+            )
+        data = dict(data)
+        key = given[0]
+        values = data.pop(key)
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if key == "sparsity":
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                    raise ValueError(f"sparsity: {v!r} is not in [0, 1) (sparsity = fraction of weights pruned)")
+            values = [sparsity_to_density(v) for v in values]
+        data["densities"] = values
+        return data
+
     @field_validator("recipe", mode="before")
     @classmethod
     def _named_recipe(cls, value: Any) -> Any:
@@ -93,10 +122,10 @@ class ExperimentSpec(_Frozen):
     @classmethod
     def _densities(cls, values: tuple[float, ...]) -> tuple[float, ...]:
         if not values:
-            raise ValueError("densities: give at least one target density in (0, 1]")
+            raise ValueError("give at least one target density in (0, 1]")
         for d in values:
             if not 0 < d <= 1:
-                raise ValueError(f"densities: {d} is not in (0, 1] (density = fraction of weights kept)")
+                raise ValueError(f"{d} is not in (0, 1] (density = fraction of weights kept; sparsity = 1 - density)")
         return tuple(sorted(set(values), reverse=True))
 
     @field_validator("init")
@@ -141,12 +170,28 @@ def _non_default(obj: BaseModel) -> dict[str, Any]:
     return out
 
 
-def load_spec(path: str | os.PathLike) -> ExperimentSpec:
-    """Read a YAML spec; unknown keys, wrong types and impossible values are rejected by field name."""
-    import yaml
+def load_spec(path: str | os.PathLike, sets: Iterable[str] = ()) -> ExperimentSpec:
+    """Read a YAML spec, with ``--set key=value`` assignments (dotted paths, YAML values) applied; unknown
+    keys, wrong types and impossible values are rejected by field name, each problem one line naming the
+    file (or the ``--set`` that gave the value). An empty file is refused: it would run the all-defaults
+    experiment."""
+    from ticketlab.config.keyvalue import apply_sets
+    from ticketlab.config.problems import problem
+    from ticketlab.config.yamlfile import load_mapping
 
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a spec is a mapping of fields, got {type(data).__name__}")
-    return ExperimentSpec.model_validate(data)
+    sets = list(sets)
+    data = apply_sets(
+        load_mapping(path, "spec", "model, dataset, densities and a method, e.g. 'densities: [0.05]'"), sets
+    )
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        keys = {text.partition("=")[0].strip() for text in sets}
+        lines = []
+        for error in exc.errors():
+            line = problem(error, ExperimentSpec)
+            field = line.partition(": ")[0]
+            lines.append(
+                f"--set {line}" if any(field == k or field.startswith(k + ".") for k in keys) else f"{path}: {line}"
+            )
+        raise ValueError("\n".join(lines)) from None

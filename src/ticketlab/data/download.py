@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from ticketlab.data import sources
 from ticketlab.data.sources import RemoteFile
+from ticketlab.files import mkstemp_shared
 
 _CHUNK = 1 << 20
 
@@ -59,7 +59,7 @@ def download_file(
     failures = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + file.name
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{file.name}.", suffix=".partial")
+        fd, tmp_name = mkstemp_shared(dest_dir, f".{file.name}.", ".partial")
         os.close(fd)
         tmp = Path(tmp_name)
         try:
@@ -67,12 +67,12 @@ def download_file(
             os.replace(tmp, dest_dir / file.name)
             return dest_dir / file.name
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            failures.append(f"  - {url}: {exc}")
+            failures.append(f"{url}: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
     expected = f"sha256 {file.sha256}" if file.sha256 else f"md5 {file.md5}"
     raise DownloadError(
-        f"could not download {file.name} (expected {expected}); nothing was saved. Tried:\n" + "\n".join(failures)
+        f"could not download {file.name} (expected {expected}); nothing was saved. Tried " + "; ".join(failures)
     )
 
 

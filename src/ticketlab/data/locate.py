@@ -77,5 +77,5 @@ def not_found_message(name: str, root: str | os.PathLike | None = None) -> str:
     """Where we looked and how to get the data, for FileNotFoundError."""
     source = SOURCES[name]
     wanted = ", ".join(" or ".join(item) for item in source.items)
-    looked = "\n".join(f"  - {folder} ({label})" for folder, label in candidates(name, root))
-    return f"dataset {name!r} not found (need {wanted}). Looked in:\n{looked}\nTo get it: {source.how_to_get}."
+    looked = ", ".join(f"{folder} ({label})" for folder, label in candidates(name, root))
+    return f"dataset {name!r} not found (need {wanted}); looked in {looked}. To get it: {source.how_to_get}."

@@ -12,7 +12,7 @@ import torch
 
 from ticketlab.data import cifar
 from ticketlab.data.dataset import DATASETS, RawSplits
-from ticketlab.data.download import download_dataset
+from ticketlab.data.download import DownloadError, download_dataset
 from ticketlab.data.idx import read_idx
 from ticketlab.data.locate import Found, download_dir, locate, not_found_message
 from ticketlab.data.sources import SOURCES
@@ -25,7 +25,14 @@ def find_or_download(name: str, root: str | os.PathLike | None, download: bool) 
     if found is None:
         if not download:
             raise FileNotFoundError(not_found_message(name, root))
-        download_dataset(name, download_dir(name, root))
+        try:
+            download_dataset(name, download_dir(name, root))
+        except DownloadError as exc:
+            raise DownloadError(
+                f"dataset {name!r} is not on this machine and downloading it failed ({exc}). Put its files in "
+                f"$TICKETLAB_DATA/{SOURCES[name].subdir}/ or in a folder given as the data root (--data-root); "
+                f"or: {SOURCES[name].how_to_get}"
+            ) from None
         found = locate(name, root)
         assert found is not None, "downloaded files were not found where they were written"
     return found

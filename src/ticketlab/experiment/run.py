@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ticketlab.criteria.saw import is_saw, saw_criterion, saw_initialize
 from ticketlab.data import Dataset, load_dataset
 from ticketlab.experiment.check import check_spec
 from ticketlab.experiment.dense import dense_store
+from ticketlab.experiment.progress import RunStatus
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 from ticketlab.hardware.device import resolve_device
 from ticketlab.hardware.environment import differences, environment
@@ -26,6 +27,41 @@ from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import build_model, initialize, snapshot
 from ticketlab.store import RunDir
 from ticketlab.training.loop import Progress
+
+TICKET = "ticket"  # the control column's value for the ticket itself in tables (its level stores control "")
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class _WatchedJob(Job):
+    """A job that tells its :class:`RunStatus` about every finished level and logs the status's line for it
+    (level k/N, time so far and left) instead of the job's own."""
+
+    status: RunStatus = field(default_factory=RunStatus)
+
+    def record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        log, self.log = self.log, _quiet
+        try:
+            row = super().record(*args, **kwargs)
+        finally:
+            self.log = log
+        self.status.finished(row, resumed=False)
+        self.log(self.status.line(row))
+        return row
+
+    def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
+        log, self.log = self.log, _quiet
+        try:
+            row = super().resume(level, control)
+        finally:
+            self.log = log
+        if row is not None:
+            self.status.finished(row, resumed=True)
+            self.log(self.status.line(row, resumed=True))
+        return row
 
 
 @dataclass
@@ -35,12 +71,14 @@ class RunResult:
     rows: list[dict[str, Any]]
 
     def table(self) -> pd.DataFrame:
-        """One row per level (and control), sorted by level, tickets before their controls."""
+        """One row per level (and control), sorted by level, tickets (control ``"ticket"``) before their controls."""
         frame = pd.DataFrame(self.rows)
         if frame.empty:
             return frame
-        frame = frame.sort_values(["level", "control"], kind="stable").reset_index(drop=True)
-        return frame
+        frame["control"] = frame["control"].map(lambda c: c or TICKET)
+        order = frame["control"].map(lambda c: (c != TICKET, c))
+        frame = frame.assign(_order=order).sort_values(["level", "_order"], kind="stable")
+        return frame.drop(columns="_order").reset_index(drop=True)
 
 
 def init_file_prefix(spec: ExperimentSpec) -> str:
@@ -157,12 +195,16 @@ def run_experiment(
     data_root: str | os.PathLike | None = None,
     progress: Progress | None = None,
     log: Any = None,
+    status: RunStatus | None = None,
 ) -> RunResult:
-    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone."""
+    """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone.
+
+    ``log`` receives one line per finished level (``level 3/14: density ..., test acc ... · elapsed, ~left``)
+    and the method's own messages; ``status`` (a :class:`RunStatus`) follows the run for a live display."""
     check_spec(spec)
     device = resolve_device(device)
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
-    return run_on(spec, data, root, device=device, progress=progress, log=log)
+    return run_on(spec, data, root, device=device, progress=progress, log=log, status=status)
 
 
 def run_on(
@@ -173,14 +215,23 @@ def run_on(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     log: Any = None,
+    status: RunStatus | None = None,
 ) -> RunResult:
     """:func:`run_experiment` on data already loaded (the spec's dataset, validation split and split seed)."""
     check_spec(spec)
     device = resolve_device(device)
     data = data.to(device)
     run, model, init_state = prepare_run(spec, data, root, device)
+    watch = status or RunStatus()
+    watch.begin(spec, run.path)
     env = record_environment(run, device, log)
-    job = Job(spec, data, model, init_state, run, progress=progress, log=log or (lambda message: None), env=env)
+
+    def watched(step: int, total: int, row: dict | None) -> None:
+        watch.step(step, total, row)
+        if progress is not None:
+            progress(step, total, row)
+
+    job = _WatchedJob(spec, data, model, init_state, run, progress=watched, log=log or _quiet, env=env, status=watch)
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
     run.mark_finished(job.counts())

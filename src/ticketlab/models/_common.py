@@ -50,6 +50,10 @@ class AliasRegistry(Registry):
         key = self._aliases.get(key, key)
         return key if arg is None else f"{key}:{arg}"
 
+    def aliases(self, name: str) -> list[str]:
+        """The other spellings of a registered name (``wrn16_4`` -> ``["wrn-16-4"]``)."""
+        return sorted(a for a, target in self._aliases.items() if target == name.lower())
+
     def get(self, name: str):  # type: ignore[override]
         key, _ = split_name(self.canonical(name))
         if key not in self._entries:

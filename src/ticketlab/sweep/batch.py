@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,18 @@ def run_batch(
     threads: int | None = None,
     tensorboard: bool = False,
     data_root: str | None = None,
+    plugins: Sequence[str] = (),
+    plugin_dir: str | None = None,
 ) -> list[Outcome]:
     """Run a batch of specs (JSON form) in this process; a failure is recorded and the other runs go on.
     Runs that share an architecture and recipe train stacked (``ticketlab.experiment.lockstep.run_experiments``).
-    This is the worker's unit, kept plain so it pickles for processes and Ray."""
+    This is the worker's unit, kept plain so it pickles for processes and Ray. ``plugins`` (and the installed
+    packages' entry points) are imported first, as the process that started the sweep did (``ticketlab.plugins``)."""
     from ticketlab.experiment.lockstep import run_experiments
     from ticketlab.hardware.device import set_threads
+    from ticketlab.plugins import load_plugins
+
+    load_plugins(plugins, cwd=plugin_dir)
 
     if threads is not None:
         set_threads(threads)

@@ -22,6 +22,7 @@ from typing import Any
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.lockstep import stack_key
 from ticketlab.files import atomic_write_json
+from ticketlab.plugins import loaded
 from ticketlab.store import RunDir
 from ticketlab.sweep.batch import Outcome, lost, run_batch
 from ticketlab.sweep.claims import DEFAULT_TTL, ClaimKeeper, Owner, read_claim
@@ -154,6 +155,8 @@ def run_sweep(
         threads=sweep.threads_per_worker,
         tensorboard=sweep.tensorboard,
         data_root=None if data_root is None else str(data_root),
+        plugins=loaded(),
+        plugin_dir=os.getcwd(),
     )
     submitted = (
         None
@@ -245,7 +248,13 @@ def _open_pool(
 
     started_here = False
     if not ray.is_initialized():  # the instance this process is connected to, else ``address``, else a new one
-        ray.init(address=sweep.address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=sweep.address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:  # no cluster there: a user's setting, not a bug
+            raise ValueError(
+                f"executor ray: could not connect to Ray at address {sweep.address!r} ({exc}); start a cluster "
+                "(ray start --head) or leave out the address to start a local instance"
+            ) from None
         started_here = True
     try:
         pool = RayPool(root, pending, sweep.threads_per_worker, kwargs, kwargs["data_root"])

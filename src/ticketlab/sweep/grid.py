@@ -16,12 +16,12 @@ import itertools
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ticketlab.config.keyvalue import parse_key_value
+from ticketlab.config.keyvalue import parse_key_value, set_path
+from ticketlab.config.problems import problem
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.check import check_spec
 
@@ -45,7 +45,7 @@ class SweepSpec(BaseModel):
     threads_per_worker: int = Field(1, ge=1)
     address: str | None = None  # ray: cluster address (default: a local instance)
     out: str = "runs"
-    device: str = "cpu"
+    device: str = "auto"  # as every command: CUDA where there is one
     batch: int | None = Field(
         None,
         ge=1,
@@ -65,13 +65,16 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read a sweep YAML file (``base``, ``grid`` and executor settings)."""
-    import yaml
+    """Read a sweep YAML file (``base``, ``grid`` and executor settings); each problem is one line naming the
+    file (an empty file too: it would run the all-defaults experiment)."""
+    from ticketlab.config.problems import field_problems
+    from ticketlab.config.yamlfile import load_mapping
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a sweep is a mapping with 'base' and 'grid', got {type(data).__name__}")
-    return SweepSpec.model_validate(data)
+    data = load_mapping(path, "sweep", "a 'base' spec and a 'grid', e.g. 'grid: {seed: [0, 1]}'")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(field_problems(exc, f"{path}: ", SweepSpec)) from None
 
 
 def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
@@ -82,7 +85,7 @@ def set_base(sweep: SweepSpec, assignments: Iterable[str]) -> SweepSpec:
         key, value = parse_key_value(text, "--set", "recipe.steps=1ep")
         if key in sweep.grid:
             raise ValueError(f"--set {key}: {key!r} is a grid key of this sweep; change the grid instead")
-        _set_path(base, key, value)
+        set_path(base, key, value)
     return sweep.model_copy(update={"base": base})
 
 
@@ -136,21 +139,6 @@ def _substitute(base: Any, values: dict[str, Any]) -> Any:
     return base
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        child = node.get(name)
-        if child is None:
-            child = node[name] = {}
-        elif isinstance(child, str):  # a named group (recipe: cifar_wrn) whose fields are being overridden
-            child = node[name] = {"name": child}
-        elif not isinstance(child, dict):
-            raise ValueError(f"grid key {dotted!r}: {name!r} is not a group of fields")
-        node = child
-    node[leaf] = value
-
-
 def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
     """The spec of one grid point: template variables substituted, dotted paths set, then validated.
 
@@ -164,10 +152,10 @@ def instantiate(base: dict[str, Any], point: dict[str, Any]) -> ExperimentSpec:
         data = _substitute(copy.deepcopy(base), {k: v for k, v in point.items() if k in variables})
         for key, value in point.items():
             if key not in variables:
-                _set_path(data, key, value)
+                set_path(data, key, value, "grid key")
         return check_spec(ExperimentSpec.model_validate(data))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(problem(e, ExperimentSpec) for e in exc.errors())
         raise ValueError(f"grid point ({where}): {problems}") from None
     except ValueError as exc:
         raise ValueError(f"grid point ({where}): {exc}") from None

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.dense import dense_name, dense_store
+from ticketlab.experiment.progress import ITERATIVE
 from ticketlab.methods.registry import resolve_method
 from ticketlab.schedules import iterative_densities
 
@@ -104,7 +105,7 @@ def expected_levels(spec: ExperimentSpec) -> int:
     """Levels a run writes (dense level included): its pruning schedule's for iterative methods, else one
     per target density (supermask's threshold points are not known before it runs: counted the same way)."""
     key, _ = resolve_method(spec.method)
-    if key in ("gimp", "finetune", "lottery", "late_rewind", "lr_rewind", "sgimp", "double_pruning", "scored_pruning"):
+    if key in ITERATIVE:
         try:
             return 1 + len(iterative_densities(spec.densities, spec.method.K))
         except ValueError:  # reported when the run starts

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
@@ -69,7 +70,7 @@ class TuneSpec(BaseModel):
     reduction_factor: int = Field(3, ge=2)
     seed: int = 0  # of the sampler
     out: str = "runs"
-    device: str = "cpu"
+    device: str = "auto"  # as every command: CUDA where there is one
 
     @model_validator(mode="after")
     def _search_not_empty(self) -> TuneSpec:
@@ -83,13 +84,29 @@ class TuneSpec(BaseModel):
 
 
 def load_tune(path: str | os.PathLike) -> TuneSpec:
-    """Read a tune YAML file."""
-    import yaml
+    """Read a tune YAML file; each problem is one line naming the file."""
+    from ticketlab.config.problems import field_problems
+    from ticketlab.config.yamlfile import load_mapping
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a tune file is a mapping with 'base' and 'search', got {type(data).__name__}")
-    return TuneSpec.model_validate(data)
+    data = load_mapping(
+        path, "tune file", "a 'base' spec and a 'search', e.g. 'search: {recipe.lr: {float: [0.01, 0.1]}}'"
+    )
+    try:
+        return TuneSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(field_problems(exc, f"{path}: ", TuneSpec)) from None
+
+
+def set_tune_base(spec: TuneSpec, assignments: Iterable[str]) -> TuneSpec:
+    """The tune spec with ``--set key=value`` applied to its base (e.g. ``recipe.steps=1ep``); a key that is
+    searched is rejected."""
+    from ticketlab.config.keyvalue import apply_sets, parse_key_value
+
+    for text in assignments:
+        key, _ = parse_key_value(text, "--set", "recipe.steps=1ep")
+        if key in spec.search:
+            raise ValueError(f"--set {key}: {key!r} is searched by this tune file; change its search instead")
+    return spec.model_copy(update={"base": apply_sets(spec.base, assignments)})
 
 
 @dataclass
@@ -100,6 +117,7 @@ class Trial:
     value: float | None
     run_id: str | None
     evaluations: int = 0  # intermediate values reported before it ended
+    error: str = ""  # why a failed trial failed (one line)
 
 
 @dataclass
@@ -144,7 +162,8 @@ def tune(
     probe = {name: _any_value(dist) for name, dist in spec.search.items()}
     instantiate(spec.base, probe)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial is reported through on_trial with its error in one line; optuna would log a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = (
         optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource, reduction_factor=spec.reduction_factor)
         if spec.pruner == "successive_halving"
@@ -171,7 +190,11 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        run = run_experiment(run_spec, root, device=spec.device, data_root=data_root, progress=progress)
+        try:
+            run = run_experiment(run_spec, root, device=spec.device, data_root=data_root, progress=progress, log=None)
+        except (RuntimeError, ValueError) as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            raise
         return objective_value(run.rows, spec.objective)
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
@@ -183,6 +206,7 @@ def tune(
             frozen.value,
             frozen.user_attrs.get("run_id"),
             frozen.user_attrs.get("evaluations", 0),
+            frozen.user_attrs.get("error", ""),
         )
         result.trials.append(trial)
         if on_trial is not None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from ticketlab.config.spec import ExperimentSpec
+from ticketlab.experiment.run import TICKET
 from ticketlab.files import CorruptFileError
 from ticketlab.masks import Mask
 from ticketlab.models import StateDict, build_model
@@ -150,12 +151,14 @@ def load_ticket(
     data_root: str | os.PathLike | None = None,
 ) -> Ticket:
     """Level ``level`` of the run in ``run_dir`` (default: its last finished level), or the control named
-    ``control`` of that level, as a :class:`Ticket` whose ``model`` gives the recorded test accuracy.
+    ``control`` of that level (``"ticket"``, as the results tables call it, or None: the ticket itself), as a
+    :class:`Ticket` whose ``model`` gives the recorded test accuracy.
 
     ``data_root`` is only used for runs written before ``data.json`` existed, whose data shape is read off
     the dataset. Raises :class:`TicketError` (naming ``run``, ``level`` or ``control``) for a level that is
     not there and :class:`~ticketlab.files.CorruptFileError` for a damaged file.
     """
+    control = None if control in (None, "", TICKET) else control  # "ticket", as tables name it: the ticket
     run = RunDir(run_dir)
     spec = read_spec(run)
     level = pick_level(run, level, control)

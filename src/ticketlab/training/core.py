@@ -26,6 +26,8 @@ from ticketlab.masks import Mask
 from ticketlab.models import StateDict
 from ticketlab.seeding import epoch_order, seed_for
 
+# progress(step, end_step, row): after every step, with the evaluation's row (mean over a stack) when the
+# weights were evaluated, None otherwise, and with an empty row just before each evaluation starts
 Progress = Callable[[int, int, "dict[str, float] | None"], None]
 AUGMENT_SALT = 2  # a training step's augmentation draws from seed_for(seed, step, AUGMENT_SALT)
 
@@ -250,6 +252,8 @@ def fit(
         train_loss = [float(v) / running_count if running_count else float("nan") for v in running_loss]
         running_loss.zero_()
         running_count = 0
+        if progress is not None:  # an empty row: an evaluation starts (a display can say so; it may take long)
+            progress(step, end_step, {})
         rows = _evaluate(step, step / spe, train_loss, books, stepper, data, end_on_best, stopping)
         if progress is not None:
             progress(
