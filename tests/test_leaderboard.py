@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import pytest
 from scipy import stats as sps
 
@@ -190,3 +191,30 @@ def test_lenet300_suite_covers_the_issue():
     assert all(d == {0.1, 0.02, 0.01, 0.005} for d in densities.values())
     synflow = next(s for s in specs if s.method.criterion == "synflow")
     assert synflow.method.rounds == 100
+
+
+plain = load("plain_check")
+
+
+def test_plain_loop_retrains_a_stored_ticket(tmp_path, capsys):
+    recipe = Recipe(steps="200it", batch_size=32, lr=0.05, eval_every="200it")
+    tiny = {**TINY, "model": "mlp:784-64-10", "recipe": recipe}
+    ticketlab.prune(method="snip", density=0.2, out=tmp_path, **tiny)
+    ticketlab.prune(method="edge_popup", density=0.5, out=tmp_path, options={"steps": "50it"}, **tiny)
+    run = next(p.parent for p in tmp_path.glob("*/spec.json") if "snip" in p.read_text())
+    ticket = ticketlab.load_ticket(run, level=1)
+    acc, model = plain.train_plain(ticket, plain.plain_data(ticket, None))
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for lin, name in zip(linears, ["layers.0", "layers.1"]):
+        keep = ticket.mask[f"{name}.weight"]
+        assert torch.all(lin.weight[~keep] == 0)  # the mask held through training
+        assert not torch.equal(lin.weight[keep], ticket.start[f"{name}.weight"][keep])  # and it trained
+    assert acc > 0.5 and abs(acc - ticket.metrics["test_acc"]) < 0.05  # same accuracy as the run, within noise
+    # a whole folder: every pruned level; the untrained edge-popup supermask is evaluated as stored
+    assert plain.main([str(tmp_path), "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 2
+    popup = next(r for r in rows if r["density"] == pytest.approx(0.5, abs=1e-3))
+    assert popup["plain"] == pytest.approx(popup["recorded"], abs=1e-9)
+    assert plain.main([str(tmp_path / "nothing")]) == 2
+    assert "no finished pruned level" in capsys.readouterr().err
