@@ -118,7 +118,9 @@ def train_plain(ticket, data, seed: int = 0) -> tuple[float, nn.Module]:
             opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                   nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)  # fmt: skip
         else:
-            opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+            opt = torch.optim.Adam(
+                model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay
+            )
         g = torch.Generator().manual_seed(seed)
         step = 0
         while step < total:

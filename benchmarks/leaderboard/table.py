@@ -25,6 +25,7 @@ import math
 import platform
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,10 @@ from ticketlab.hardware.environment import cpu_model
 
 METRIC = "test_acc"
 DEFAULT_INIT = " on kaiming_normal"
+CONTROL_NAMES = {  # the page's column names of the controls (ticketlab.methods.controls)
+    "random_same_layer_density": "layerwise shuffle on W_0 (random_same_layer_density)",
+    "reinit": "reinit (same mask, fresh weights)",
+}
 COST = ("mask_cost_epochs", "mask_cost_passes", "mask_cost_seconds")
 
 
@@ -154,7 +159,7 @@ def density_table(board: Leaderboard, d: float) -> list[str]:
     rows = board.rows[np.isclose(board.rows["density"], d)]
     head = ["ticket", "test acc % (mean ± std)", "n", "p vs SynFlow", "gap to IMP (points)"]
     head += ["mask cost (model-epochs)", "mask cost (passes)", "mask cost (s)"]
-    head += [f"{c}: drop (points), p, survives" for c in board.controls]
+    head += [f"{CONTROL_NAMES.get(c, c)}: drop (points), p, survives" for c in board.controls]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in rows.iterrows():
         name = f"**{r['name']}**" if r["ticket"] in (board.baseline, board.imp) else r["name"]
@@ -193,10 +198,18 @@ def environment(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def render(board: Leaderboard, frame: pd.DataFrame, title: str, commands: list[str]) -> str:
+def compared_densities(board: Leaderboard) -> list[float]:
+    """The densities at which at least two ticket kinds have results, densest first."""
+    if not len(board.rows):
+        return []
+    kinds = board.rows.groupby("density")["ticket"].nunique()
+    return sorted((float(d) for d, k in kinds.items() if k >= 2), reverse=True)
+
+
+def render(board: Leaderboard, frame: pd.DataFrame, title: str, commands: list[str], notes: list[str] = ()) -> str:
     lines = [f"# {title}", ""]
     lines += ["**Commands that produced this page:**", "", "```bash", *commands, "```", ""]
-    lines += environment(frame) + [""]
+    lines += [*environment(frame), ""]
     lines += [
         f"Baseline of the stars: **{display(board.baseline) if board.baseline else 'none (no SynFlow runs)'}**; "
         f"IMP: **{display(board.imp) if board.imp else 'none (no IMP runs)'}**. Stars: Welch's two-sided t-test "
@@ -207,16 +220,29 @@ def render(board: Leaderboard, frame: pd.DataFrame, title: str, commands: list[s
         "Welch's p; the accuracy survives the control unless the drop is positive with p < 0.05.",
         "",
     ]
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     if len(board.dense):  # runs of several methods share one dense level 0: equal figures are said once
-        groups = board.dense.groupby(["mean", "std", "n"], dropna=False, sort=False)["base"].apply(list)
+        keyed = board.dense.assign(mean=board.dense["mean"].round(9), std=board.dense["std"].round(9))
+        groups = keyed.groupby(["mean", "std", "n"], dropna=False, sort=False)["base"].apply(list)
         dense = "; ".join(
-            f"{pct(mean)}" + ("" if math.isnan(std) else f" ± {pct(std)}") + f" (n={n}; level 0 of "
-            + ", ".join(display(b) for b in bases) + ")"
+            f"{pct(mean)}"
+            + ("" if math.isnan(std) else f" ± {pct(std)}")
+            + f" (n={n}; level 0 of "
+            + ", ".join(display(b) for b in bases)
+            + ")"
             for (mean, std, n), bases in groups.items()
         )
         lines += [f"Dense network (level 0): {dense}.", ""]
-    for d in sorted(board.rows["density"].unique(), reverse=True) if len(board.rows) else []:
+    shown = compared_densities(board)
+    left = sorted(set(board.rows["density"]) - set(shown), reverse=True) if len(board.rows) else []
+    for d in shown:
         lines += [f"## Density {100 * d:g}%", "", *density_table(board, d), ""]
+    if left:
+        lines += [
+            "Densities with a single ticket kind (IMP's path between the compared densities) are in "
+            f"`results.csv` only: {', '.join(f'{100 * d:.3g}%' for d in left)}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -228,13 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, help="ticket the stars compare with (default: synflow)")
     parser.add_argument("--imp", default=None, help="IMP's ticket (default: lottery)")
     parser.add_argument("--command", action="append", default=[], help="command that produced the runs")
+    parser.add_argument("--note", action="append", default=[], help="a sentence for the page's notes")
     args = parser.parse_args(argv)
     frame = load_results(args.runs)
     if frame.empty:
         print(f"error: no finished levels under {args.runs}", file=sys.stderr)
         return 2
     try:
-        board = leaderboard(frame, args.baseline, args.imp)
+        with warnings.catch_warnings():  # scipy on near-equal samples; the p-value is still reported
+            warnings.simplefilter("ignore", RuntimeWarning)
+            board = leaderboard(frame, args.baseline, args.imp)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -242,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = [*commands, shlex.join(["python", "benchmarks/leaderboard/table.py", *(argv or sys.argv[1:])])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "README.md").write_text(render(board, frame, args.title, commands))
+    (out / "README.md").write_text(render(board, frame, args.title, commands, args.note))
     board.rows.to_csv(out / "results.csv", index=False)
     print(f"wrote {out / 'README.md'} and {out / 'results.csv'} ({len(board.rows)} rows)")
     return 0

@@ -157,11 +157,8 @@ def prune(
     method: Annotated[
         str,
         typer.Option(
-            help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, iter_snip, "
-            "force, edge_popup, gem_miner, supermask, tom, double_pruning, scored_pruning, or a criterion alone "
-            "(snip, grasp, grasp_abs, synflow, magnitude, random, random_er, random_erk, prospr, ntk_sap, phew, "
-            "...: one shot at initialisation; synflow: 100 rounds). Options: -o key=value, or settings in the "
-            "criterion's name (prospr:steps=5); `ticketlab methods [NAME]` lists them all."
+            help="lottery, finetune, lr_rewind, late_rewind:<dur>, sgimp:<X%>, gimp, oneshot, multishot, iter_snip, force, edge_popup, gem_miner, supermask, tom, double_pruning, scored_pruning, or a criterion alone (snip, grasp, grasp_abs, synflow, magnitude, random, random_er, random_erk, prospr, ntk_sap, phew, ...: one shot at init; synflow: 100 rounds)."
+            " Options: -o key=value, or in the criterion's name (prospr:steps=5); `ticketlab methods [NAME]` lists all."
         ),
     ] = "lottery",
     density: Annotated[

@@ -81,7 +81,9 @@ def criterion_settings(key: str) -> str:
 def criteria_table() -> Table:
     from ticketlab.criteria import CRITERIA
 
-    table = Table(title="criteria (--method NAME: one shot at initialisation; --criterion NAME: the prune step of a method)")
+    table = Table(
+        title="criteria (--method NAME: one shot at initialisation; --criterion NAME: the prune step of a method)"
+    )
     for col in ("criterion", "what", "settings (NAME:key=value)"):
         table.add_column(col)
     for key in CRITERIA.names():
