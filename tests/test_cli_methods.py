@@ -98,3 +98,55 @@ def test_a_bad_option_names_the_field(tmp_path):
     # named as it was typed (-o), with the method's options and the closest one as a guess
     assert result.exit_code == 2 and "-o step=...: method force has no option 'step'" in result.output
     assert "Did you mean 'steps'?" in result.output
+
+
+# -- every method and criterion from the command line (issue 22, item 5) ------------------------------
+def test_prune_help_names_every_method_and_methods_lists_every_criterion():
+    from ticketlab.criteria import CRITERIA
+    from ticketlab.criteria.scoring import PARAMETRIC
+
+    text = " ".join(invoke("prune", "--help").output.replace("│", " ").split())
+    for name in METHODS.names():
+        assert name in text, f"prune --help does not name method {name!r}"
+    for name in ("prospr", "ntk_sap", "phew", "random_erk", "random_er"):
+        assert name in text
+    listing = invoke("methods").output
+    rows = {line.split("│")[1].strip() for line in listing.splitlines() if line.startswith("│")}
+    assert set(CRITERIA.names()) <= rows
+    for name in PARAMETRIC.names():
+        if name in CRITERIA:
+            assert PARAMETRIC.get(name).usage in listing
+
+
+@pytest.mark.parametrize("name", ["prospr", "ntk_sap", "phew", "random_erk", "snip"])
+def test_methods_shows_a_criterion_and_its_settings(name):
+    from ticketlab.criteria.scoring import PARAMETRIC
+
+    result = invoke("methods", name)
+    assert result.exit_code == 0, result.output
+    assert f"{name} (criterion)" in result.output and f"--method {name}" in result.output
+    usage = PARAMETRIC.get(name).usage if name in PARAMETRIC else "takes no settings"
+    assert usage in result.output
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("prospr", []),
+        ("prospr:steps=1:first_order", []),
+        ("phew", []),
+        ("random_er", []),
+        ("random_erk", []),
+        ("multishot", ["--criterion", "ntk_sap:draws=2", "--rounds", "3"]),
+    ],
+)
+def test_prune_runs_each_criterion_from_the_command_line(tmp_path, method, options):
+    result = invoke(
+        "prune",
+        *("--model", "mlp:784-16-10", "--dataset", "synthetic", "--method", method, "--density", "0.2"),
+        *options,
+        *("--steps", "4it", "--val-size", "100", "--device", "cpu", "--out", str(tmp_path)),
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(next(tmp_path.glob("*/level_01/metrics.json")).read_text())
+    assert metrics["density"] == pytest.approx(0.2, abs=1e-4) and metrics["test_acc"] is not None

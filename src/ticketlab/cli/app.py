@@ -188,7 +188,8 @@ def prune(
         str,
         typer.Option(
             help="Method: {methods} (late_rewind:<duration>, sgimp:<X%>); or a criterion, pruned at "
-            "initialisation (one shot; synflow in 100 rounds)."
+            "initialisation (one shot; synflow in 100 rounds). Options: -o key=value, or in the criterion's name "
+            "(prospr:steps=5); `ticketlab methods [NAME]` lists all."
         ),
     ] = "lottery",
     density: Annotated[

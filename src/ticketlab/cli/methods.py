@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 
 
 def methods(
-    name: Annotated[str | None, typer.Argument(help="A method: show its options in full.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="A method (its options in full) or a criterion (its settings).")
+    ] = None,
 ) -> None:
     """List the methods of --method and the options each takes as -o key=value (type, default, meaning)."""
     from ticketlab.cli.common import clean_errors, console
@@ -28,6 +30,10 @@ def methods(
     with clean_errors():
         if name is not None:
             key = name.strip().lower()
+            criterion = criterion_key(key) if key not in METHODS else None
+            if criterion is not None:
+                show_criterion(criterion)
+                return
             METHODS.get(key)  # an unknown name: one line with the close matches
             console.print(f"[bold]{key}[/bold]: {summary(key)}", highlight=False)
             if key not in OPTIONS:
@@ -42,7 +48,62 @@ def methods(
         fields = ", ".join(OPTIONS.get(key).model_fields) if key in OPTIONS else "-"
         table.add_row(key, summary(key), fields)
     console.print(table)
-    console.print("ticketlab methods NAME: the options of one method, with their types, defaults and meaning")
+    console.print(criteria_table())
+    console.print(
+        "ticketlab methods NAME: the options of one method (or the settings of one criterion), with their types, "
+        "defaults and meaning"
+    )
+
+
+def criterion_key(name: str) -> str | None:
+    """The registered criterion ``name`` is (``prospr`` or ``prospr:steps=5``), else None."""
+    from ticketlab.criteria import CRITERIA
+    from ticketlab.registry import split_name
+
+    key = split_name(name)[0]
+    return key if key in CRITERIA else None
+
+
+def criterion_summary(key: str, width: int = 110) -> str:
+    """The first sentence of the criterion's docstring, else of its module's."""
+    from ticketlab.criteria import CRITERIA
+
+    fn = CRITERIA.get(key)
+    return first_sentence(fn.__doc__ or sys.modules[fn.__module__].__doc__ or "-", width)
+
+
+def criterion_settings(key: str) -> str:
+    from ticketlab.criteria.scoring import PARAMETRIC
+
+    return PARAMETRIC.get(key).usage if key in PARAMETRIC else "-"
+
+
+def criteria_table() -> Table:
+    from ticketlab.criteria import CRITERIA
+
+    table = Table(
+        title="criteria (--method NAME: one shot at initialisation; --criterion NAME: the prune step of a method)"
+    )
+    for col in ("criterion", "what", "settings (NAME:key=value)"):
+        table.add_column(col)
+    for key in CRITERIA.names():
+        table.add_row(key, criterion_summary(key), criterion_settings(key))
+    return table
+
+
+def show_criterion(key: str) -> None:
+    from ticketlab.cli.common import console
+
+    console.print(f"[bold]{key}[/bold] (criterion): {criterion_summary(key, width=400)}", highlight=False)
+    console.print(
+        f"--method {key}: scores the network at initialisation once and prunes to each --density"
+        + (" (100 rounds for synflow)" if key == "synflow" else "")
+        + f"; --method multishot --criterion {key} --rounds R: R rounds; --method lottery --criterion {key}: "
+        "the prune step of iterative pruning.",
+        highlight=False,
+    )
+    usage = criterion_settings(key)
+    console.print(f"settings: {usage}" if usage != "-" else "takes no settings", highlight=False)
 
 
 def summary(key: str, width: int = 110) -> str:
@@ -50,7 +111,11 @@ def summary(key: str, width: int = 110) -> str:
     from ticketlab.methods import METHODS
 
     fn = METHODS.get(key)
-    doc = fn.__doc__ or sys.modules[fn.__module__].__doc__ or "-"
+    return first_sentence(fn.__doc__ or sys.modules[fn.__module__].__doc__ or "-", width)
+
+
+def first_sentence(doc: str, width: int) -> str:
+    """The first sentence of ``doc``'s first paragraph, shortened to ``width``."""
     text = " ".join(doc.strip().split("\n\n")[0].split())
     # a sentence ends at ". " - not at "et al. " or "e.g. "
     end = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.(\s|$)", text)
