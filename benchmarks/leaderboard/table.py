@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ticketlab.analysis.results import is_ticket
 from ticketlab.analysis.stats import baseline_label, samples, welch_p
 from ticketlab.api import load_results
 from ticketlab.hardware.environment import cpu_model
@@ -86,13 +87,14 @@ def leaderboard(frame: pd.DataFrame, baseline: str | None = None, imp: str | Non
     """Every figure of the page from ``load_results``' frame."""
     t = samples(frame, METRIC)
     t["base"] = [
-        lbl[: -len(f" [{c}]")] if c and lbl.endswith(f" [{c}]") else lbl for lbl, c in zip(t["label"], t["control"])
+        lbl[: -len(f" [{c}]")] if not is_ticket(c) and lbl.endswith(f" [{c}]") else lbl
+        for lbl, c in zip(t["label"], t["control"])
     ]
     pruned, dense = t[t["density_key"] < 1], t[t["density_key"] >= 1]
-    tickets = pruned[pruned["control"] == ""]
+    tickets = pruned[pruned["control"].map(is_ticket)]
     base_label = find_label(tickets, baseline, "synflow")
     imp_label = find_label(tickets, imp, "lottery")
-    controls = sorted(c for c in pruned["control"].unique() if c)
+    controls = sorted(c for c in pruned["control"].unique() if not is_ticket(c))
 
     def acc(rows: pd.DataFrame) -> np.ndarray:
         return rows.sort_values("seed")[METRIC].to_numpy(dtype=float)
