@@ -9,7 +9,11 @@ In one run on one machine it measures
       in one process, and (d2, MLPs) two one-thread processes with K/2 stacked models each;
   (e) two plain-loop processes with one thread each, run at the same time;
   (f) scoring: SNIP, GraSP and 100-round SynFlow on LeNet-300-100 and ResNet-20;
-and writes JSON plus a markdown summary to --out (default benchmarks/results/).
+  (g) the layout (processes x threads x stacked K) a sweep would choose here for 8, 3 and 1 LeNet-300-100
+      runs, and the timed candidates behind it (speed/layouts.py);
+  (h) the 3-seed IMP job of imp_wall_time.yaml at a few hundred steps per level, its per-level phases
+      (train, evaluate, score, write) and its wall time extrapolated to 20 epochs per level (speed/imp.py);
+and the goals of issue 21 as ratios from this run; it writes JSON plus a markdown summary to --out (default benchmarks/results/).
 
     python benchmarks/bench.py [--quick | --smoke] [--models lenet300,conv6] [--ks 1,4,8,16]
                                [--batches 60,128] [--threads N] [--rounds N] [--device cpu|cuda] [--out DIR]
