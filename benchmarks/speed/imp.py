@@ -4,7 +4,7 @@
 
 Measured: the job's wall time W, and per level (``time_s`` in each metrics.json, seconds per model) the
 training, evaluation, scoring and writing. The level work spans from the first level's start (its
-metrics.json's time less its phases) to the last run's end; the rest of W is start-up (worker processes,
+metrics.json's time less its phases times its stack size) to the last run's end; the rest of W is start-up (worker processes,
 data). Extrapolation, stated as such: start-up + span x (the phases with training scaled to 20 epochs'
 steps and evaluation to 20 epochs' evaluations) / (the phases measured). Per-level overhead at the default
 evaluation cadence (one evaluation per epoch, and one at the start) is computed from the same figures:
@@ -57,7 +57,8 @@ def imp_job(
         ]
         ends = [(Path(out) / spec.run_id() / "done.json").stat().st_mtime for spec in expand(sweep)]
     sums = {phase: sum(row["time_s"][phase] for row, _ in levels) for phase in PHASES}
-    first_start = min(mtime - sum(row["time_s"].values()) for row, mtime in levels)
+    # a level trained in a stack of K took K times its per-model seconds
+    first_start = min(mtime - row.get("stacked", 1) * sum(row["time_s"].values()) for row, mtime in levels)
     span = max(ends) - first_start
     startup = wall - span
     last = levels[0][0]["history"][-1]  # epoch = step / steps per epoch
