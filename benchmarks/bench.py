@@ -17,6 +17,7 @@ and the goals of issue 21 as ratios from this run; it writes JSON plus a markdow
 
     python benchmarks/bench.py [--quick | --smoke] [--models lenet300,conv6] [--ks 1,4,8,16]
                                [--batches 60,128] [--threads N] [--rounds N] [--device cpu|cuda] [--out DIR]
+                               [--no-scoring]
 
 --rounds N also times (b), (e), (c) without mask and (d2) for K >= 8 on LeNet-300-100 in N interleaved
 rounds, and takes the ratios between them per round (steadier on a shared machine). --device cuda runs
@@ -27,6 +28,7 @@ the same rows on a GPU, without the CPU's process layouts (c2), (d2), (e) and wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -74,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=integers, default=(60, 128), help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's or $TICKETLAB_THREADS)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of the LeNet-300-100 comparison (0: off)")
+    p.add_argument("--no-scoring", action="store_true", help="leave out the scoring rows (f)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the trainers and the limit run")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one of two processes run together (speed/processes.py)
     return p
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 0:
         parser().error(f"--rounds takes an integer >= 0, got {args.rounds}")
     settings = Settings.named("quick" if args.quick else "smoke" if args.smoke else "full")
+    if args.no_scoring:
+        settings = dataclasses.replace(settings, scoring_models=())
     report = run_benchmark(
         settings, args.models, args.ks, args.batches, threads=args.threads, rounds=args.rounds, device=args.device
     )

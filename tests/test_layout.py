@@ -58,18 +58,25 @@ def test_layout_text_round_trips_and_bad_text_names_the_field():
 
 
 def test_candidates_fill_the_cores_and_never_exceed_the_runs():
-    # 3 runs on 2 cores: one process with both threads (stacks 1, 2, 3) or two one-thread processes
-    assert candidates(3, 2) == [L("1x2x1"), L("1x2x2"), L("1x2x3"), L("2x1x1"), L("2x1x2")]
-    assert candidates(1, 2) == [L("1x2x1")]  # a lone run gets every core as intra-op threads
-    assert candidates(1, 16) == [L("1x16x1")]
+    # 3 runs on 2 cores: one process with both threads or one (stacks 1, 2, 3), or two one-thread processes
+    assert candidates(3, 2) == [
+        *(L(f"1x1x{k}") for k in (1, 2, 3)),
+        *(L(f"1x2x{k}") for k in (1, 2, 3)),
+        L("2x1x1"),
+        L("2x1x2"),
+    ]
+    assert candidates(1, 2) == [L("1x1x1"), L("1x2x1")]  # a lone run: all the cores as threads, or fewer
+    assert candidates(1, 6) == [L("1x1x1"), L("1x2x1"), L("1x4x1"), L("1x6x1")]
     eight = candidates(8, 6)
     assert {c.processes for c in eight} == {1, 2, 4, 6}
+    assert {c.threads for c in eight if c.processes == 2} == {1, 2, 3}
     assert all(c.processes * c.threads <= 6 for c in eight)
     assert all(c.stack <= -(-8 // c.processes) for c in eight)
     assert max(c.stack for c in candidates(100, 1)) == 16
     assert candidates(5, 4, cuda=True) == [L("1x1x1"), L("1x1x2"), L("1x1x4"), L("1x1x5")]
     assert candidates(8, 2, processes=2, threads=1) == [L("2x1x1"), L("2x1x2"), L("2x1x4")]
-    assert candidates(8, 2, stack=3) == [L("1x2x3"), L("2x1x3")]
+    assert candidates(8, 2, stack=3) == [L("1x1x3"), L("1x2x3"), L("2x1x3")]
+    assert candidates(1, 2, threads=2) == [L("1x2x1")]
 
 
 def test_the_chooser_picks_the_least_estimated_job_time():
@@ -96,7 +103,7 @@ def test_cache_hit_miss_and_key(tmp_path):
     among = candidates(3, 2)
     fake = Fake(lambda layout: 1.0 / layout.stack + layout.processes)
     first = decide(key, among, 3, fake, root=tmp_path)
-    assert first.source == "measured" and fake.asked == [among] and first.layout == L("1x2x3")
+    assert first.source == "measured" and fake.asked == [among] and first.layout == L("1x1x3")
     assert cache_file(key, tmp_path).exists()
     again = decide(key, among, 3, fake, root=tmp_path)
     assert again.source == "cache" and len(fake.asked) == 1 and again.layout == first.layout
@@ -192,3 +199,15 @@ def test_time_layouts_measures_each_candidate_in_its_processes():
     rows = time_layouts(workload, [L("1x1x1"), L("1x1x2"), L("2x1x1")], budget=0.01)
     assert set(rows) == {L("1x1x1"), L("1x1x2"), L("2x1x1")}
     assert all(seconds > 0 for seconds in rows.values())
+
+
+def test_a_failed_timing_runs_one_run_per_process_and_caches_nothing(tmp_path):
+    key = cache_key({"cpu": "x", "cores": 2}, {"model": "m"})
+
+    def broken(layouts):
+        raise RuntimeError("out of memory")
+
+    logged = []
+    decision = decide(key, candidates(3, 2), 3, broken, root=tmp_path, log=logged.append)
+    assert decision.layout == L("2x1x1") and decision.source == "timing failed"
+    assert "out of memory" in logged[0] and not cache_file(key, tmp_path).exists()

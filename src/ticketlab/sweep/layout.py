@@ -83,25 +83,36 @@ def candidates(
     stack: int | None = None,
 ) -> list[Layout]:
     """The layouts worth timing for ``runs`` runs on ``cores`` cores: every process count that is a power of
-    two or all the cores and at most the runs (more would idle), each with the threads that fill the cores,
-    each with the stack sizes of :data:`STACKS` and the one that gives every worker one stack. On CUDA one
-    process. ``processes``/``threads``/``stack``, when given, fix that part (an override)."""
+    two or all the cores and at most the runs (more would idle), each with the threads that fill the cores
+    and every power of two below that, each with the stack sizes of :data:`STACKS` and the one that gives
+    every worker one stack. On CUDA one process of one thread. ``processes``/``threads``/``stack``, when
+    given, fix that part (an override)."""
     runs, cores = max(1, runs), max(1, cores)
     if cuda:
         counts = [1]
     else:
-        counts = sorted({p for p in (2**i for i in range(cores.bit_length())) if p <= cores} | {cores})
-        counts = [p for p in counts if p <= runs] or [1]
+        counts = [p for p in _powers_and(cores) if p <= runs] or [1]
     if processes is not None:
         counts = [processes]
     out = []
     for p in counts:
-        t = threads if threads is not None else (1 if cuda else max(1, cores // p))
+        if threads is not None:
+            thread_counts = [threads]
+        elif cuda:
+            thread_counts = [1]
+        else:  # the threads that fill the cores, and fewer (a loaded machine can run faster on fewer)
+            thread_counts = _powers_and(max(1, cores // p))
         per_worker = min(MAX_STACK, math.ceil(runs / p))
         ks = {k for k in STACKS if k <= per_worker} | {per_worker}
-        for k in sorted({stack} if stack is not None else ks):
-            out.append(Layout(p, t, k))
+        for t in thread_counts:
+            for k in sorted({stack} if stack is not None else ks):
+                out.append(Layout(p, t, k))
     return out
+
+
+def _powers_and(n: int) -> list[int]:
+    """The powers of two up to ``n``, and ``n``."""
+    return sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
 
 
 def job_seconds(layout: Layout, seconds_per_step: float, runs: int) -> float:
@@ -197,7 +208,7 @@ class Decision:
     layout: Layout
     rows: dict[Layout, float]  # seconds per step of each candidate
     runs: int
-    source: str  # "override", "cache", "measured" (some or all rows measured now), "only candidate"
+    source: str  # "cache", "measured" (some or all rows measured now), "only candidate", "timing failed"
 
     def describe(self) -> str:
         return f"layout {self.layout} for {self.runs} runs ({self.source})"
@@ -224,7 +235,12 @@ def decide(
     missing = [layout for layout in among if layout not in rows]
     source = "cache"
     if missing:
-        rows.update(measure(missing))
+        try:
+            rows.update(measure(missing))
+        except Exception as err:  # e.g. the machine ran out of memory timing a big stack: run, don't cache
+            fallback = max(among, key=lambda layout: (layout.processes, -layout.stack))
+            log(f"warning: timing layouts failed ({type(err).__name__}: {err}); running {fallback}, not cached")
+            return Decision(fallback, {}, runs, "timing failed")
         write_rows(key, rows, root)
         source = "measured"
     chosen = choose(rows, runs, among)
