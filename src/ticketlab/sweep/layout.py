@@ -88,10 +88,7 @@ def candidates(
     every worker one stack. On CUDA one process of one thread. ``processes``/``threads``/``stack``, when
     given, fix that part (an override)."""
     runs, cores = max(1, runs), max(1, cores)
-    if cuda:
-        counts = [1]
-    else:
-        counts = [p for p in _powers_and(cores) if p <= runs] or [1]
+    counts = [1] if cuda else ([p for p in _powers_and(cores) if p <= runs] or [1])
     if processes is not None:
         counts = [processes]
     out = []
