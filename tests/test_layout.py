@@ -55,6 +55,7 @@ def test_layout_text_round_trips_and_bad_text_names_the_field():
     with pytest.raises(ValueError, match="layout"):
         SweepSpec(base=BASE, layout="2-1-4")
     assert SweepSpec(base=BASE, layout="auto").layout == "auto"
+    assert SweepSpec(base=BASE, layout="remeasure").layout == "remeasure"
 
 
 def test_candidates_fill_the_cores_and_never_exceed_the_runs():
@@ -143,7 +144,8 @@ def test_a_damaged_cache_file_is_detected_and_measured_again(tmp_path, damage):
     assert read_rows(key, tmp_path)[L("2x1x2")] == 5.0  # rewritten, sound
 
 
-def test_the_sweep_runs_the_chosen_layout_and_overrides_skip_the_measurement(monkeypatch):
+def test_the_sweep_runs_the_chosen_layout_and_overrides_skip_the_measurement(monkeypatch, tmp_path):
+    monkeypatch.setenv("TICKETLAB_CACHE_DIR", str(tmp_path))  # a cache of its own: no other test's rows
     sweep = SweepSpec(base=BASE, grid={"seed": [0, 1, 2]})
     pending = expand(sweep)
     fake = Fake(lambda layout: {L("1x2x3"): 1.0}.get(layout, 9.0))
@@ -162,6 +164,15 @@ def test_the_sweep_runs_the_chosen_layout_and_overrides_skip_the_measurement(mon
     both = SweepSpec(base=BASE, grid={"seed": [0, 1, 2]}, layout="1x2x3", workers=2, threads_per_worker=1)
     chosen = choose_layout(both, pending, measure_for=lambda spec: fake)
     assert (chosen.processes, chosen.threads, chosen.size(pending[0])) == (2, 1, 3)
+    # remeasure: timed again though cached, and the new rows replace the old
+    again = Fake(lambda layout: {L("2x1x2"): 1.0}.get(layout, 9.0))
+    monkeypatch.setenv("TICKETLAB_LAYOUT", "auto")
+    assert choose_layout(sweep, pending, measure_for=lambda spec: again).size(pending[0]) == 3  # cached: 1x2x3
+    assert again.asked == []
+    redo = SweepSpec(base=BASE, grid={"seed": [0, 1, 2]}, layout="remeasure")
+    chosen = choose_layout(redo, pending, measure_for=lambda spec: again)
+    assert (chosen.processes, chosen.threads, chosen.size(pending[0])) == (2, 1, 2) and len(again.asked) == 1
+    assert choose_layout(sweep, pending, measure_for=lambda spec: fake).processes == 2  # the new rows, cached
     monkeypatch.setenv("TICKETLAB_LAYOUT", "two")
     with pytest.raises(ValueError, match="TICKETLAB_LAYOUT must be"):
         choose_layout(sweep, pending, measure_for=lambda spec: fake)

@@ -38,7 +38,7 @@ def sweep(
         typer.Option(
             help="Local layout PROCESSESxTHREADSxSTACK, e.g. 2x1x4, or auto (default; also $TICKETLAB_LAYOUT): "
             "auto times the candidates once per machine and workload and caches the fastest "
-            "($TICKETLAB_CACHE_DIR, else ~/.cache/ticketlab)."
+            "($TICKETLAB_CACHE_DIR, else ~/.cache/ticketlab); remeasure times them again."
         ),
     ] = None,
     out: Annotated[

@@ -37,10 +37,12 @@ class Chosen:
         return self.stacks[stack_key(spec)]
 
 
-def fixed_layout(sweep: SweepSpec) -> Layout | None:
-    """The layout the sweep file (``layout``) or ``$TICKETLAB_LAYOUT`` fixes, if any (the file wins)."""
+def fixed_layout(sweep: SweepSpec) -> Layout | str | None:
+    """The layout the sweep file (``layout``) or ``$TICKETLAB_LAYOUT`` fixes (the file wins), ``"remeasure"``,
+    or None (measured, from the cache where it can)."""
     if sweep.layout is not None and sweep.layout.strip().lower() != "auto":
-        return Layout.parse(sweep.layout)
+        text = sweep.layout.strip().lower()
+        return "remeasure" if text == "remeasure" else Layout.parse(sweep.layout)
     return env_layout()
 
 
@@ -56,7 +58,8 @@ def choose_layout(
     function timing layouts of ``spec``'s workload (default: :func:`measured`; tests inject timings)."""
     device = resolve_device(sweep.device)
     cuda = device.type == "cuda"
-    fixed = fixed_layout(sweep)
+    asked = fixed_layout(sweep)
+    fixed = asked if isinstance(asked, Layout) else None
     processes = sweep.workers or (fixed.processes if fixed else None)
     threads = sweep.threads_per_worker or (fixed.threads if fixed else None)
     stack = sweep.batch or (fixed.stack if fixed else None)
@@ -72,7 +75,7 @@ def choose_layout(
         t = chosen.threads if chosen else threads
         among = candidates(len(group), cores, cuda, processes=p, threads=t, stack=stack)
         key = cache_key(machine, workload_key(group[0], device))
-        decision = decide(key, among, len(group), measure_for(group[0]), log=log)
+        decision = decide(key, among, len(group), measure_for(group[0]), log=log, fresh=asked == "remeasure")
         if chosen is None:
             chosen = Chosen(decision.layout.processes, decision.layout.threads)
         chosen.stacks[name] = decision.layout.stack

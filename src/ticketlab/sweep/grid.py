@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ticketlab.config.keyvalue import parse_key_value
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.check import check_spec
-from ticketlab.sweep.layout import Layout
+from ticketlab.sweep.layout import MODES, Layout
 
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
@@ -57,16 +57,16 @@ class SweepSpec(BaseModel):
     )
     layout: str | None = Field(
         None,
-        description="local: PROCESSESxTHREADSxSTACK, e.g. 2x1x4, or auto (default, also $TICKETLAB_LAYOUT): "
-        "timed once per machine and workload and cached (ticketlab.sweep.layout); workers, "
-        "threads_per_worker and batch fix one part each",
+        description="local: PROCESSESxTHREADSxSTACK, e.g. 2x1x4, auto (default, also $TICKETLAB_LAYOUT): "
+        "timed once per machine and workload and cached (ticketlab.sweep.layout), or remeasure (timed "
+        "again, cache replaced); workers, threads_per_worker and batch fix one part each",
     )
     tensorboard: bool = False
 
     @field_validator("layout")
     @classmethod
     def _layout(cls, value: str | None) -> str | None:
-        if value is not None and value.strip().lower() != "auto":
+        if value is not None and value.strip().lower() not in MODES:
             Layout.parse(value)
         return value
 

@@ -11,7 +11,8 @@ estimated wall time for R runs (:func:`job_seconds`) is least, so a job smaller 
 on 2 cores, one run) still fills it: its candidates include one process with all the threads, stacking
 all its runs.
 
-Overrides: ``layout: 2x1x4`` in a sweep file or ``--layout`` (or ``$TICKETLAB_LAYOUT``) fix the layout;
+Overrides: ``layout: 2x1x4`` in a sweep file or ``--layout`` (or ``$TICKETLAB_LAYOUT``) fix the layout,
+``remeasure`` times the candidates again and replaces the cached rows (e.g. measured at a busy hour);
 ``workers``, ``threads_per_worker`` and ``batch`` fix one part each and the others are measured.
 Cache: ``$TICKETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/ticketlab``, else ``~/.cache/ticketlab``. A cache
 file that does not parse, fails its checksum or names another key is reported, never used, and replaced
@@ -61,15 +62,21 @@ class Layout:
         match = _PATTERN.match(str(text))
         if match is None or min(int(g) for g in match.groups()) < 1:
             raise ValueError(
-                f"{where} must be PROCESSESxTHREADSxSTACK with integers >= 1, e.g. 2x1x4; got {str(text)!r}"
+                f"{where} must be PROCESSESxTHREADSxSTACK with integers >= 1, e.g. 2x1x4 (or auto, remeasure); "
+                f"got {str(text)!r}"
             )
         return cls(*(int(g) for g in match.groups()))
 
 
-def env_layout() -> Layout | None:
-    """The layout ``$TICKETLAB_LAYOUT`` fixes (unset, empty or ``auto``: none)."""
+MODES = ("auto", "remeasure")  # measured, from the cache where it has the rows; measured again, cache replaced
+
+
+def env_layout() -> Layout | str | None:
+    """What ``$TICKETLAB_LAYOUT`` asks for: a layout, ``"remeasure"``, or None (unset, empty or ``auto``)."""
     text = os.environ.get(LAYOUT_ENV, "").strip()
-    return None if text.lower() in ("", "auto") else Layout.parse(text, LAYOUT_ENV)
+    if text.lower() in ("", "auto"):
+        return None
+    return "remeasure" if text.lower() == "remeasure" else Layout.parse(text, LAYOUT_ENV)
 
 
 # -- candidates and the choice -----------------------------------------------------------------------
@@ -219,13 +226,15 @@ def decide(
     *,
     root: Path | None = None,
     log: Callable[[str], None] = lambda message: None,
+    fresh: bool = False,
 ) -> Decision:
     """The fastest of ``among`` for ``runs`` runs: cached rows where the cache has them, the missing ones
-    measured by ``measure`` and added to the cache. A damaged cache file is reported, ignored and rewritten."""
+    measured by ``measure`` and added to the cache. A damaged cache file is reported, ignored and rewritten.
+    ``fresh``: every candidate measured again and the cache file replaced (``layout: remeasure``)."""
     if len(among) == 1:
         return Decision(among[0], {}, runs, "only candidate")
     try:
-        rows = read_rows(key, root)
+        rows = {} if fresh else read_rows(key, root)
     except CorruptCacheError as err:
         log(f"warning: {err}; measuring again")
         rows = {}
