@@ -9,10 +9,15 @@ In one run on one machine it measures
       in one process, and (d2, MLPs) two one-thread processes with K/2 stacked models each;
   (e) two plain-loop processes with one thread each, run at the same time;
   (f) scoring: SNIP, GraSP and 100-round SynFlow on LeNet-300-100 and ResNet-20;
-and writes JSON plus a markdown summary to --out (default benchmarks/results/).
+  (g) the layout (processes x threads x stacked K) a sweep would choose here for 8, 3 and 1 LeNet-300-100
+      runs, and the timed candidates behind it (speed/layouts.py);
+  (h) the 3-seed IMP job of imp_wall_time.yaml at a few hundred steps per level, its per-level phases
+      (train, evaluate, score, write) and its wall time extrapolated to 20 epochs per level (speed/imp.py);
+and the goals of issue 21 as ratios from this run; it writes JSON plus a markdown summary to --out (default benchmarks/results/).
 
     python benchmarks/bench.py [--quick | --smoke] [--models lenet300,conv6] [--ks 1,4,8,16]
                                [--batches 60,128] [--threads N] [--rounds N] [--device cpu|cuda] [--out DIR]
+                               [--no-scoring]
 
 --rounds N also times (b), (e), (c) without mask and (d2) for K >= 8 on LeNet-300-100 in N interleaved
 rounds, and takes the ratios between them per round (steadier on a shared machine). --device cuda runs
@@ -23,6 +28,7 @@ the same rows on a GPU, without the CPU's process layouts (c2), (d2), (e) and wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -70,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=integers, default=(60, 128), help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's or $TICKETLAB_THREADS)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of the LeNet-300-100 comparison (0: off)")
+    p.add_argument("--no-scoring", action="store_true", help="leave out the scoring rows (f)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the trainers and the limit run")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one of two processes run together (speed/processes.py)
     return p
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.rounds < 0:
         parser().error(f"--rounds takes an integer >= 0, got {args.rounds}")
     settings = Settings.named("quick" if args.quick else "smoke" if args.smoke else "full")
+    if args.no_scoring:
+        settings = dataclasses.replace(settings, scoring_models=())
     report = run_benchmark(
         settings, args.models, args.ks, args.batches, threads=args.threads, rounds=args.rounds, device=args.device
     )

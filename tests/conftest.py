@@ -16,6 +16,20 @@ def synthetic():
     return load_dataset("synthetic", val_size=200, seed=0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _layout_cache(tmp_path_factory):
+    """Layouts measured by the tests' sweeps go to a cache of their own, never the user's."""
+    import os
+
+    before = os.environ.get("TICKETLAB_CACHE_DIR")
+    os.environ["TICKETLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["TICKETLAB_CACHE_DIR"]
+    else:
+        os.environ["TICKETLAB_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     # Two cores on CI: one intra-op thread keeps small tests fast and timings stable.

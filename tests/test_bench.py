@@ -259,7 +259,9 @@ def test_comparisons_from_rounds_are_medians_of_per_round_ratios():
     assert two["value"] == pytest.approx(1.2) and not two["met"]  # ratios 1.25, 1.2, 1.125
     assert found["of_limit"]["value"] == pytest.approx(3.6e8 / 0.4 / 100e9)  # 6 x 1000 x 60 x 1000 per model-epoch
     single = found["single_vs_plain"]
-    assert single["value"] == pytest.approx(1.0) and single["met"] and single["rounds"] == 3  # ratios 1.0, 1.2, 0.875
+    assert (
+        single["value"] == pytest.approx(1.0) and not single["met"] and single["rounds"] == 3
+    )  # ratios 1.0, 1.2, 0.875; goal 1.5x
     text = report.markdown({**_empty_report(), **report_, "comparisons": compare.comparisons(report_)})
     assert "median of the per-round ratios" in text and "| 2.00 (1.75-2.40) | 2.0 | yes |" in text
 
@@ -399,3 +401,39 @@ def test_the_script_runs_and_writes_its_report(tmp_path):
     text = md_path.read_text()
     assert text == report.markdown(result) and text in done.stdout
     assert text.count("| lenet300 | 8 |") == 7 and "| ours_many_2proc K=8 | " in text
+    # (g) the layout it would choose for 8, 3 and 1 runs, with the rows behind the choice
+    layouts = result["layouts"]
+    assert [c["runs"] for c in layouts["choices"]] == [8, 3, 1]
+    timed = {r["layout"] for r in layouts["rows"]}
+    for choice in layouts["choices"]:
+        assert choice["layout"] in choice["candidates"] and set(choice["candidates"]) <= timed
+    assert "(g) Layouts" in text and "| issue 21 goal |" in text
+
+
+# -- issue 21's goals --------------------------------------------------------------------------------
+def test_imp_evaluation_count():
+    from speed.imp import evaluations
+
+    assert evaluations(600, 300) == 3 and evaluations(30, 300) == 2 and evaluations(18320, 300) == 63
+
+
+def test_issue_goals_are_stated_with_their_direction():
+    report_ = {
+        "layouts": {"choices": [{"runs": 8, "layout": "2x1x4", "fraction_of_limit": 0.81}]},
+        "imp": {
+            "extrapolated_wall_s": 660.0,
+            "steps_per_level": 300,
+            "extrapolated_fraction_of_limit": 0.5,
+            "overhead_default_cadence": 0.04,
+        },
+        "comparisons": [{"comparison": "single_vs_plain", "batch": 60, "value": 1.6}],
+    }
+    found = compare.goals(report_)
+    assert [(g["text"], g["met"]) for g in found] == [
+        ("81%", True),
+        ("11.0 min", False),  # 660 s > 10 min
+        ("50%", False),
+        ("4.0%", True),
+        ("1.60x", True),
+    ]
+    assert compare.goals({}) == []

@@ -106,7 +106,8 @@ def test_the_sweep_bar_counts_levels_runs_in_flight_and_failures(tmp_path, monke
     monkeypatch.setattr(cli_common, "progress_bar", bar)
     seen = []
 
-    def fake_sweep(sweep, *, on_start, on_done, on_submit, on_wait, data_root):
+    def fake_sweep(sweep, *, on_start, on_done, on_submit, on_wait, data_root, log):
+        log("lenet300 (synthetic, batch 60): layout 1x1x3 for 3 runs (measured)")  # the layout line, on stderr
         on_start(2, 3)
         on_submit([b.run_id(), c.run_id()])
         run_experiment(b, tmp_path, device="cpu")  # b done on disk, reported later

@@ -37,6 +37,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['criterion']} | {r['model']} | {r['rounds']} | {r['seconds']:.2f} |")
     for block in report.get("interleaved", []):
         lines += interleaved_table(block)
+    lines += layout_tables(report)
     if report.get("comparisons"):
         source = "median of the per-round ratios (range)" if report.get("interleaved") else "from the table"
         lines += ["", f"| LeNet-300-100 | batch | measured: {source} | goal | met |", "|---|---|---|---|---|"]
@@ -45,7 +46,52 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['label']} | {c['batch']} | {c['value']:.2f}{spread} | {c['goal']} | {'yes' if c['met'] else 'NO'} |"
             )
+    if report.get("goals"):
+        lines += ["", "| issue 21 goal | measured in this run | goal | met |", "|---|---|---|---|"]
+        for g in report["goals"]:
+            lines.append(f"| {g['label']} | {g['text']} | {g['goal']} | {'yes' if g['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def layout_tables(report: dict[str, Any]) -> list[str]:
+    """(g) the candidate layouts and the choice per job size; (h) the IMP job's phases and extrapolation."""
+    lines: list[str] = []
+    layouts = report.get("layouts")
+    if layouts:
+        lines += [
+            "",
+            f"(g) Layouts (processes x threads x stacked K), LeNet-300-100 batch {layouts['batch']}, "
+            f"{layouts['cores']} cores, each timed for about {layouts['budget_s']} s with every worker busy:",
+            "",
+            "| layout | ms / step | of limit |",
+            "|---|---|---|",
+        ]
+        for r in layouts["rows"]:
+            lines.append(f"| {r['layout']} | {r['seconds_per_step'] * 1e3:.2f} | {r['fraction_of_limit']:.0%} |")
+        lines += ["", "| runs | chosen | candidates | of limit |", "|---|---|---|---|"]
+        for c in layouts["choices"]:
+            lines.append(
+                f"| {c['runs']} | {c['layout']} | {', '.join(c['candidates'])} | {c['fraction_of_limit']:.0%} |"
+            )
+    imp = report.get("imp")
+    if imp:
+        per = imp["per_level_s"]
+        lines += [
+            "",
+            f"(h) IMP job ({imp['job']}: {imp['runs']} runs, {imp['levels']} levels in all) at "
+            f"{imp['steps_per_level']} steps per level, layout {imp['layout']}: {imp['wall_s']:.1f} s "
+            f"(start-up {imp['startup_s']:.1f} s). Per level, seconds per model:",
+            "",
+            "| train | evaluate | score | write |",
+            "|---|---|---|---|",
+            f"| {per['train']:.3f} | {per['evaluate']:.3f} | {per['score']:.3f} | {per['write']:.3f} |",
+            "",
+            f"Extrapolated to {imp['target_steps_per_level']} steps (20 epochs) per level: "
+            f"{imp['extrapolated_wall_s'] / 60:.1f} min, {imp['extrapolated_fraction_of_limit']:.0%} of the limit; "
+            f"overhead {imp['overhead_default_cadence']:.1%} at one evaluation per epoch, "
+            f"{imp['overhead_job_cadence']:.1%} at the job's {imp['eval_every']} steps.",
+        ]
+    return lines
 
 
 def header(report: dict[str, Any]) -> list[str]:

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from speed.compare import comparisons
+from speed.compare import comparisons, goals
+from speed.imp import imp_job
+from speed.layouts import layout_report
 from speed.limits import limit_meter, settle_limit
 from speed.processes import two_processes
 from speed.scoring import scoring_times
@@ -50,12 +52,23 @@ class Settings:
     scoring_repeats: int = 3
     synflow_rounds: int = 100
     scoring_models: tuple[str, ...] = ("lenet300", "resnet20")
+    layout_budget: float = 2.0  # seconds of timed steps per candidate layout (g)
+    imp_steps: int = 1832  # training steps per level of the IMP job (h), 2 epochs at batch 60; 0: not run
 
     @classmethod
     def named(cls, mode: str) -> Settings:
         presets = {
             "full": cls(),
-            "quick": cls("quick", mlp_steps=100, conv_steps=2, repeats=3, conv_max_k=4, scoring_repeats=1),
+            "quick": cls(
+                "quick",
+                mlp_steps=100,
+                conv_steps=2,
+                repeats=3,
+                conv_max_k=4,
+                scoring_repeats=1,
+                layout_budget=0.5,
+                imp_steps=300,
+            ),
             # checks that the script runs end to end in seconds; its figures mean nothing
             "smoke": cls(
                 "smoke",
@@ -69,6 +82,8 @@ class Settings:
                 scoring_repeats=1,
                 synflow_rounds=2,
                 scoring_models=("lenet300",),
+                layout_budget=0.01,
+                imp_steps=0,
             ),
         }
         return presets[mode]
@@ -141,11 +156,17 @@ def run_benchmark(
             )
     limits.append(measure("after"))
     settle_limit(report, limits)
+    if not cuda and "lenet300" in models:
+        report["layouts"] = layout_report(batches[0], settings.layout_budget, report["matmul_flops"], log)
+        if settings.imp_steps:
+            three = next(c["layout"] for c in report["layouts"]["choices"] if c["runs"] == 3)
+            report["imp"] = imp_job(settings.imp_steps, three, report["matmul_flops"], log)
     report["scoring"] = scoring_times(settings.scoring_repeats, settings.synflow_rounds, settings.scoring_models, dev)
     for r in report["scoring"]:
         log(f"(f) {r['model']} {r['criterion']} x{r['rounds']}: {r['seconds']:.2f} s")
     report["load_average_after"] = os.getloadavg()
     report["comparisons"] = comparisons(report)
+    report["goals"] = goals(report)
     return report
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,14 +118,20 @@ class LevelDir:
         weights: dict[str, dict[str, torch.Tensor]],
         metrics: dict[str, Any],
         scores: dict[str, torch.Tensor] | None = None,
+        *,
+        timed_from: float | None = None,
     ) -> None:
-        """Write the level's files; ``metrics.json`` goes last and marks the level finished."""
+        """Write the level's files; ``metrics.json`` goes last and marks the level finished. With ``timed_from``
+        (a ``time.perf_counter()`` value) the seconds from then to just before ``metrics.json`` are recorded in
+        it as ``time_s.write``."""
         self.path.mkdir(parents=True, exist_ok=True)
         mask.save(self.path / "mask.safetensors")
         for which, tensors in weights.items():
             save_tensors(self.path / f"{which}.safetensors", tensors, {"kind": which})
         if scores is not None:
             save_tensors(self.path / "scores.safetensors", scores, {"kind": "scores"})
+        if timed_from is not None and isinstance(metrics.get("time_s"), dict):
+            metrics["time_s"]["write"] = time.perf_counter() - timed_from
         atomic_write_json(self.path / "metrics.json", metrics)
         if self.shared is not None:
             self.shared.publish(self.path)

@@ -26,15 +26,20 @@ def sweep(
         str | None, typer.Option(help="Ray cluster address, e.g. auto or 10.0.0.1:6379 (default: a local instance).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Local worker processes (default: cores // threads per worker).")
+        int | None, typer.Option(help="Local worker processes (default: measured, see --layout).")
     ] = None,
     threads_per_worker: Annotated[
-        int | None, typer.Option(help="torch threads per worker / CPUs per Ray task.")
+        int | None, typer.Option(help="torch threads per worker (default: measured) / CPUs per Ray task (default 1).")
     ] = None,
     batch: Annotated[
-        int | None,
+        int | None, typer.Option(help="Runs per worker task, trained stacked (default: measured, see --layout).")
+    ] = None,
+    layout: Annotated[
+        str | None,
         typer.Option(
-            help="Runs per worker task, trained stacked (default: stacked on CUDA and for MLPs on OpenBLAS CPUs, else 1 on CPU)."
+            help="Local layout PROCESSESxTHREADSxSTACK, e.g. 2x1x4, or auto (default; also $TICKETLAB_LAYOUT): "
+            "auto times the candidates once per machine and workload and caches the fastest "
+            "($TICKETLAB_CACHE_DIR, else ~/.cache/ticketlab); remeasure times them again."
         ),
     ] = None,
     out: Annotated[
@@ -74,6 +79,7 @@ def sweep(
             "workers": workers,
             "threads_per_worker": threads_per_worker,
             "batch": batch,
+            "layout": layout,
             "out": None if out is None else str(out),
             "device": device,
             "tensorboard": tensorboard or None,
@@ -215,7 +221,13 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
             watcher.start()
             try:
                 return run_sweep(
-                    spec, on_start=on_start, on_done=on_done, on_submit=on_submit, on_wait=on_wait, data_root=data_root
+                    spec,
+                    on_start=on_start,
+                    on_done=on_done,
+                    on_submit=on_submit,
+                    on_wait=on_wait,
+                    data_root=data_root,
+                    log=lambda message: err.print(message, markup=False, highlight=False, soft_wrap=True),
                 )
             finally:
                 stop.set()

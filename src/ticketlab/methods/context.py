@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,7 +141,13 @@ class Job:
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a finished level (mask, start and final weights, metrics) and return its row. ``cost``: what
-        its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics."""
+        its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics.
+
+        ``time_s``: where the level's seconds went: ``train`` (training steps), ``evaluate`` (the evaluations
+        during training), ``score`` (this level's own scoring), ``write`` (recording: the layer-collapse check,
+        the weight snapshot and the files, ``metrics.json`` aside); ``stacked``: models it trained with."""
+        # long: the one row of every field a level records, listed in full
+        began = time.perf_counter()
         collapse = layer_collapse(self.model, mask, self.data.input_shape)
         final = result.final
         es = result.early_stop_step
@@ -163,6 +170,13 @@ class Job:
             "stopped_step": result.stopped_step,
             "train_time": result.wall_time,
             "score_time": score_time,
+            "time_s": {
+                "train": max(0.0, result.wall_time - result.eval_time),
+                "evaluate": result.eval_time,
+                "score": score_time,
+                "write": 0.0,  # measured by LevelDir.write, just before metrics.json
+            },
+            "stacked": result.stacked,
             "collapsed": collapse.collapsed,
             "empty_layers": collapse.empty_layers,
             "layer_densities": mask.layer_densities(),
@@ -180,7 +194,9 @@ class Job:
         weights = {"start": start, "final": snapshot(self.model)}
         if rewind is not None:
             weights["rewind"] = rewind
-        self.run.level(level, control).write(mask, weights, row, scores if self.spec.save_scores else None)
+        self.run.level(level, control).write(
+            mask, weights, row, scores if self.spec.save_scores else None, timed_from=began
+        )
         self.rows.append(row)
         self.log(self._describe(row))
         return row

@@ -6,8 +6,6 @@ from ticketlab.sweep.executors import (
     Outcome,
     SweepReport,
     batches,
-    default_batch,
-    default_workers,
     run_batch,
     run_sweep,
 )
@@ -22,6 +20,6 @@ from ticketlab.sweep.grid import (
 )
 
 __all__ = [
-    "MAX_STACK", "Outcome", "SweepReport", "SweepSpec", "batches", "default_batch", "default_workers", "expand",
+    "MAX_STACK", "Outcome", "SweepReport", "SweepSpec", "batches", "expand",
     "grid_points", "instantiate", "load_sweep", "run_batch", "run_sweep", "set_base", "template_variables",
 ]  # fmt: skip

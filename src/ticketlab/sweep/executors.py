@@ -1,5 +1,6 @@
 """Running a sweep's grid points: batches of runs handed to local worker processes or Ray tasks, each batch
-trained stacked where that pays (``ticketlab.experiment.lockstep``); finished runs are skipped.
+trained stacked (``ticketlab.experiment.lockstep``); finished runs are skipped. A local sweep's processes,
+threads and runs per batch are the layout measured fastest for its runs on this machine (``choose``).
 
 Each run computed is first claimed (``claims``), so several sweeps may share one folder: a run claimed by
 another sweep is skipped, waited for, and taken over if its owner dies. Runs sharing a dense baseline wait
@@ -22,49 +23,18 @@ from typing import Any
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.lockstep import stack_key
 from ticketlab.files import atomic_write_json
+from ticketlab.hardware.device import resolve_device
 from ticketlab.plugins import loaded
 from ticketlab.store import RunDir
 from ticketlab.sweep.batch import Outcome, lost, run_batch
+from ticketlab.sweep.choose import choose_layout
 from ticketlab.sweep.claims import DEFAULT_TTL, ClaimKeeper, Owner, read_claim
 from ticketlab.sweep.grid import SweepSpec, expand
+from ticketlab.sweep.layout import MAX_STACK
 from ticketlab.sweep.plan import Pool, dispatch, plan
 
-__all__ = [
-    "MAX_STACK",
-    "Outcome",
-    "SweepReport",
-    "batches",
-    "default_batch",
-    "default_workers",
-    "run_batch",
-    "run_sweep",
-]
+__all__ = ["MAX_STACK", "Outcome", "SweepReport", "batches", "run_batch", "run_sweep"]
 FAILED_FILE = "failed.json"  # the last failure of an unfinished run: its one-line reason, host and time
-
-MAX_STACK = 16  # runs per task at most when stacking by default (CUDA; MLPs on OpenBLAS CPUs)
-
-
-def default_batch(device: str, model: str | None = None) -> int | None:
-    """``None`` (stack: each architecture's runs shared evenly among the workers) or 1 (one run per task).
-
-    Stacking pays on CUDA, where one small model cannot fill the device, and for MLPs on CPUs where
-    ``ticketlab.hardware.blas`` runs their layers on OpenBLAS's batched sgemm, where stacking beat one model
-    per one-thread worker. Other models on CPU train one per one-thread worker, which beat stacking for them
-    (figures: benchmarks/README.md).
-    """
-    from ticketlab.hardware import blas as gemm
-    from ticketlab.hardware.device import resolve_device
-    from ticketlab.models import MODELS
-    from ticketlab.models.mlp import lenet300, mlp
-    from ticketlab.registry import UnknownNameError
-
-    if resolve_device(device).type == "cuda":
-        return None
-    try:
-        is_mlp = model is not None and MODELS.get(model) in (mlp, lenet300)
-    except UnknownNameError:  # reported where the spec is checked
-        is_mlp = False
-    return None if is_mlp and gemm.active() else 1
 
 
 def batches(
@@ -103,11 +73,6 @@ class SweepReport:
 OnDone = Callable[[Outcome], None]
 
 
-def default_workers(threads_per_worker: int) -> int:
-    """Processes that fill the machine's cores without oversubscribing them."""
-    return max(1, (os.cpu_count() or 1) // threads_per_worker)
-
-
 def run_sweep(
     sweep: SweepSpec,
     *,
@@ -119,12 +84,13 @@ def run_sweep(
     on_submit: Callable[[list[str]], None] | None = None,
     claim_ttl: float = DEFAULT_TTL,
     poll: float = 2.0,
+    log: Callable[[str], None] | None = None,
 ) -> SweepReport:  # long: the claim / dispatch rounds share the report and the callbacks
     """Run every unfinished grid point with the sweep's executor. ``on_start(pending, total)`` is called
     once, ``on_submit(run_ids)`` as runs are handed to a worker, ``on_done(outcome)`` as each run ends (in
     completion order), ``on_wait(held)`` (run id -> its claim's owner) when a run is first found claimed by
     another sweep and skipped; such runs are checked every ``poll`` seconds until they are finished
-    (reported with ``elsewhere``) or free to take over."""
+    (reported with ``elsewhere``) or free to take over. ``log`` hears the layout chosen (``sweep.choose``)."""
     # long: the sweep's stages in order: expand, plan, claim, run, wait for held runs
     root = str(out if out is not None else sweep.out)
     specs = expand(sweep)
@@ -144,15 +110,22 @@ def run_sweep(
         if on_done is not None:
             on_done(outcome)
 
-    workers = sweep.workers or (8 if sweep.executor == "ray" else default_workers(sweep.threads_per_worker))
-    size = sweep.batch if sweep.batch is not None else (lambda spec: default_batch(sweep.device, spec.model))
+    size: int | Callable[[ExperimentSpec], int | None] | None
+    if sweep.executor == "ray":
+        workers, threads = sweep.workers or 8, sweep.threads_per_worker or 1
+        size = sweep.batch or (None if resolve_device(sweep.device).type == "cuda" else 1)
+    else:  # measured (or fixed by the sweep): processes x threads x runs stacked per task
+        chosen = choose_layout(
+            sweep, pending, data_root=None if data_root is None else str(data_root), log=log or _quiet
+        )
+        workers, threads, size = chosen.processes, chosen.threads, chosen.size
 
     def make_batches(chosen: Sequence[ExperimentSpec]) -> list[list[ExperimentSpec]]:
         return batches(chosen, size, workers)
 
     kwargs = dict(
         device=sweep.device,
-        threads=sweep.threads_per_worker,
+        threads=threads,
         tensorboard=sweep.tensorboard,
         data_root=None if data_root is None else str(data_root),
         plugins=loaded(),
@@ -164,7 +137,7 @@ def run_sweep(
         else (lambda batch: on_submit([ExperimentSpec.model_validate(d).run_id() for d in batch]))
     )
     try:
-        with _open_pool(sweep, root, pending, kwargs, workers) as pool:
+        with _open_pool(sweep, root, pending, kwargs, workers, threads) as pool:
             queue, reported = pending, set()
             while queue:
                 held: dict[str, ExperimentSpec] = {}
@@ -218,6 +191,10 @@ def _claimer(
     return take
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def _record_failure(run: Path, outcome: Outcome) -> None:
     """``failed.json`` in a run that failed (what ``ticketlab status`` shows), removed once it succeeds."""
     if outcome.ok:
@@ -231,7 +208,7 @@ def _record_failure(run: Path, outcome: Outcome) -> None:
 
 @contextmanager
 def _open_pool(
-    sweep: SweepSpec, root: str, pending: list[ExperimentSpec], kwargs: dict, workers: int
+    sweep: SweepSpec, root: str, pending: list[ExperimentSpec], kwargs: dict, workers: int, threads: int
 ) -> Iterator[Pool]:
     if sweep.executor != "ray":
         pool = LocalPool(workers, root, kwargs)
@@ -257,8 +234,8 @@ def _open_pool(
             ) from None
         started_here = True
     try:
-        pool = RayPool(root, pending, sweep.threads_per_worker, kwargs, kwargs["data_root"])
-        pool.capacity = max(workers, int(ray.cluster_resources().get("CPU", 1)) // sweep.threads_per_worker)
+        pool = RayPool(root, pending, threads, kwargs, kwargs["data_root"])
+        pool.capacity = max(workers, int(ray.cluster_resources().get("CPU", 1)) // threads)
         yield pool
     finally:
         if started_here:

@@ -24,6 +24,7 @@ from ticketlab.config.keyvalue import parse_key_value, set_path
 from ticketlab.config.problems import problem
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.check import check_spec
+from ticketlab.sweep.layout import MODES, Layout
 
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
@@ -39,21 +40,35 @@ class SweepSpec(BaseModel):
     workers: int | None = Field(
         None,
         ge=1,
-        description="local: worker processes (default: cores // threads); "
+        description="local: worker processes (default: measured, see layout); "
         "ray: tasks an architecture's runs are spread over (default 8)",
     )
-    threads_per_worker: int = Field(1, ge=1)
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads per worker (local default: measured, see layout; ray: 1)"
+    )
     address: str | None = None  # ray: cluster address (default: a local instance)
     out: str = "runs"
     device: str = "auto"  # as every command: CUDA where there is one
     batch: int | None = Field(
         None,
         ge=1,
-        description="runs handed to one worker task, trained stacked (default: an architecture's runs shared "
-        "evenly among the workers, at most 16 per task, on CUDA and for MLPs where ticketlab.hardware.blas uses "
-        "OpenBLAS on the machine expanding the sweep; else 1 on CPU; see benchmarks/README.md)",
+        description="runs handed to one worker task, trained stacked (local default: measured, see layout; "
+        "ray: an architecture's runs shared evenly among the tasks, at most 16 per task, on CUDA, else 1)",
+    )
+    layout: str | None = Field(
+        None,
+        description="local: PROCESSESxTHREADSxSTACK, e.g. 2x1x4, auto (default, also $TICKETLAB_LAYOUT): "
+        "timed once per machine and workload and cached (ticketlab.sweep.layout), or remeasure (timed "
+        "again, cache replaced); workers, threads_per_worker and batch fix one part each",
     )
     tensorboard: bool = False
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() not in MODES:
+            Layout.parse(value)
+        return value
 
     @field_validator("grid")
     @classmethod

@@ -51,6 +51,8 @@ class TrainResult:
     wall_time: float = 0.0
     steps_per_epoch: int = 0
     stopped_step: int | None = None  # the step training ended at: end_step unless the recipe's early_stop hit
+    eval_time: float = 0.0  # the part of wall_time spent evaluating (per model, as wall_time)
+    stacked: int = 1  # models trained together in one stack (train_many), this one included
 
     def __post_init__(self) -> None:
         if self.stopped_step is None:
@@ -246,15 +248,18 @@ def fit(
     ]
     running_loss = torch.zeros(stepper.k, device=data.x_train.device)
     running_count = 0
+    evaluating = 0.0
 
     def record(step: int) -> None:
-        nonlocal running_count
+        nonlocal running_count, evaluating
+        began = time.perf_counter()
         train_loss = [float(v) / running_count if running_count else float("nan") for v in running_loss]
         running_loss.zero_()
         running_count = 0
         if progress is not None:  # an empty row: an evaluation starts (a display can say so; it may take long)
             progress(step, end_step, {})
         rows = _evaluate(step, step / spe, train_loss, books, stepper, data, end_on_best, stopping)
+        evaluating += time.perf_counter() - began
         if progress is not None:
             progress(
                 step,
@@ -292,7 +297,7 @@ def fit(
         else:
             stepper.finish(k, book.stopped)
             result.final = dict(result.history[-1])
-        result.wall_time = wall
+        result.wall_time, result.eval_time, result.stacked = wall, evaluating / stepper.k, stepper.k
     return [book.result for book in books]
 
 

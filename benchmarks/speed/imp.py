@@ -1,0 +1,111 @@
+"""(h) The IMP job of ``benchmarks/imp_wall_time.yaml`` (LeNet-300-100, K = 0.8 to 1%: 21 levels + dense,
+3 seeds, Adam, batch 60, evaluations every 300 steps), run for real as a ``ticketlab sweep`` but with
+``steps`` training steps per level instead of 20 epochs, then extrapolated to 20 epochs per level.
+
+Measured: the job's wall time W, and per level (``time_s`` in each metrics.json, seconds per model) the
+training, evaluation, scoring and writing. The level work spans from the first level's start (its
+metrics.json's time less its phases times its stack size) to the last run's end; the rest of W is start-up (worker processes,
+data). Extrapolation, stated as such: start-up + span x (the phases with training scaled to 20 epochs'
+steps and evaluation to 20 epochs' evaluations) / (the phases measured). Per-level overhead at the default
+evaluation cadence (one evaluation per epoch, and one at the start) is computed from the same figures:
+(21 evaluations + scoring + writing) / (20 epochs of training steps), averaged over levels.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from speed.workload import build, macs_per_example
+from ticketlab.sweep import SweepSpec, expand, run_sweep
+
+JOB = Path(__file__).resolve().parents[1] / "imp_wall_time.yaml"
+EPOCHS = 20
+PHASES = ("train", "evaluate", "score", "write")
+
+
+def evaluations(steps: int, every: int) -> int:
+    """Evaluations of one training of ``steps`` steps: at the start, every ``every`` steps and at the end."""
+    return 1 + steps // every + (1 if steps % every else 0)
+
+
+def imp_job(
+    steps: int, layout: str | None, limit: float, log: Callable[[str], object] = print, data_root: str | None = None
+) -> dict[str, Any]:
+    """Run the job with ``steps`` per level in ``layout`` (None: the sweep's own choice) and extrapolate."""
+    data = yaml.safe_load(JOB.read_text())
+    recipe = dict(data["base"]["recipe"])
+    every = int(str(recipe["eval_every"]).removesuffix("it"))
+    data["base"]["recipe"] = {**recipe, "steps": f"{steps}it"}
+    sweep = SweepSpec.model_validate({**data, "layout": layout})
+    with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
+        started = time.time()
+        report = run_sweep(sweep, out=out, log=lambda line: log(f"(h) {line}"), data_root=data_root)
+        wall = time.time() - started
+        if report.failed:
+            raise RuntimeError(f"IMP job: {report.failed[0].run_id} failed: {report.failed[0].error}")
+        levels = [
+            (json.loads(path.read_text()), path.stat().st_mtime)
+            for spec in expand(sweep)
+            for path in sorted((Path(out) / spec.run_id()).glob("level_*/metrics.json"))
+        ]
+        ends = [(Path(out) / spec.run_id() / "done.json").stat().st_mtime for spec in expand(sweep)]
+    sums = {phase: sum(row["time_s"][phase] for row, _ in levels) for phase in PHASES}
+    # a level trained in a stack of K took K times its per-model seconds
+    first_start = min(mtime - row.get("stacked", 1) * sum(row["time_s"].values()) for row, mtime in levels)
+    span = max(ends) - first_start
+    startup = wall - span
+    last = levels[0][0]["history"][-1]  # epoch = step / steps per epoch
+    spe = round(last["step"] / last["epoch"])
+    target_steps = EPOCHS * spe
+    measured_evals = evaluations(steps, every)
+    scale = {
+        "train": target_steps / steps,
+        "evaluate": evaluations(target_steps, every) / measured_evals,
+        "score": 1.0,
+        "write": 1.0,
+    }
+    total = sum(sums.values())
+    scaled = sum(sums[p] * scale[p] for p in PHASES)
+    wall_20 = startup + span * scaled / total
+    n_levels = len(levels)
+    flops = 6 * macs_per_example(build("lenet300")) * int(recipe["batch_size"]) * target_steps * n_levels
+    per_level = {p: sums[p] / n_levels for p in PHASES}
+    per_eval = sums["evaluate"] / (n_levels * measured_evals)
+    per_step = sums["train"] / (n_levels * steps)
+    default_overhead = ((EPOCHS + 1) * per_eval + per_level["score"] + per_level["write"]) / (per_step * target_steps)
+    job_overhead = (scale["evaluate"] * per_level["evaluate"] + per_level["score"] + per_level["write"]) / (
+        scale["train"] * per_level["train"]
+    )
+    result = {
+        "job": JOB.name,
+        "runs": len(expand(sweep)),
+        "levels": n_levels,
+        "steps_per_level": steps,
+        "eval_every": every,
+        "layout": layout,
+        "wall_s": wall,
+        "startup_s": startup,
+        "span_s": span,
+        "phase_sums_s": sums,
+        "per_level_s": per_level,
+        "target_steps_per_level": target_steps,
+        "extrapolated_wall_s": wall_20,
+        "extrapolated_fraction_of_limit": flops / wall_20 / limit,
+        "overhead_default_cadence": default_overhead,
+        "overhead_job_cadence": job_overhead,
+    }
+    log(
+        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}); per level "
+        + ", ".join(f"{p} {per_level[p]:.3f} s" for p in PHASES)
+        + f"; at {EPOCHS} epochs per level ~{wall_20 / 60:.1f} min (extrapolated), "
+        f"{result['extrapolated_fraction_of_limit']:.0%} of the limit; overhead at one evaluation per epoch "
+        f"{default_overhead:.1%}, at the job's cadence {job_overhead:.1%}"
+    )
+    return result

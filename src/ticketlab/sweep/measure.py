@@ -1,0 +1,176 @@
+"""Timing candidate layouts (``ticketlab.sweep.layout``) of one workload: a few dozen training steps each.
+
+Each layout ``PxTxK`` is timed as it would run: ``P`` spawned processes (no inherited torch threads) with
+``T`` intra-op threads each, every one training ``K`` stacked models of the workload's architecture with
+its recipe (optimiser, batch size) on random data of its input shape, all started together. After two
+warm-up steps a short probe sizes the timed run to about ``budget`` seconds (at least ``MIN_STEPS``,
+at most ``MAX_STEPS`` steps, the same count in every process); the layout's figure is the slowest
+process's seconds per step. Values of the data do not change the time of a dense float32 step.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ticketlab.config.spec import ExperimentSpec
+from ticketlab.sweep.layout import Layout
+
+MIN_STEPS, MAX_STEPS = 5, 200
+DEFAULT_BUDGET = 0.5  # seconds of timed steps per layout and process
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a layout is timed on: one stack group of a job (picklable, for the spawned processes)."""
+
+    model: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    recipe: dict[str, Any]  # the spec's recipe as JSON
+    exempt: tuple[str, ...] = ()
+    dropout: float = 0.0
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, spec: ExperimentSpec, input_shape: tuple[int, int, int], num_classes: int, device: str) -> Workload:
+        return cls(
+            spec.model,
+            (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])),
+            num_classes,
+            spec.recipe.model_dump(mode="json"),
+            tuple(spec.exempt),
+            spec.dropout,
+            spec.bn_momentum,
+            spec.bn_eps,
+            device,
+        )
+
+
+def workload_key(spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
+    """The cache key's workload: architecture and data (model, dataset: input shape and classes, dropout),
+    batch size, optimiser, dtype and device."""
+    return {
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "dropout": spec.dropout,
+        "batch_size": spec.recipe.batch_size,
+        "optimizer": spec.recipe.optimizer,
+        "dtype": "float32",
+        "device": device.type,
+    }
+
+
+def time_layouts(workload: Workload, layouts: list[Layout], budget: float = DEFAULT_BUDGET) -> dict[Layout, float]:
+    """Seconds per step of each layout (see the module docstring); one set of processes per process count."""
+    ctx = mp.get_context("spawn")
+    out: dict[Layout, float] = {}
+    by_processes: dict[int, list[Layout]] = {}
+    for layout in layouts:
+        by_processes.setdefault(layout.processes, []).append(layout)
+    for p, group in sorted(by_processes.items()):
+        jobs = [(layout.threads, layout.stack) for layout in group]
+        barrier, steps, queue = ctx.Barrier(p), ctx.Array("i", p), ctx.Queue()
+        procs = [
+            ctx.Process(target=_worker, args=(workload, jobs, rank, budget, barrier, steps, queue), daemon=True)
+            for rank in range(p)
+        ]
+        for proc in procs:
+            proc.start()
+        seconds: dict[int, float] = {}
+        try:
+            for _ in range(p * len(jobs)):
+                _, i, value = queue.get(timeout=600)
+                if isinstance(value, str):
+                    raise RuntimeError(f"timing layout {group[i]} failed: {value}")
+                seconds[i] = max(seconds.get(i, 0.0), value)
+        finally:
+            barrier.abort()
+            for proc in procs:
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.terminate()
+        out.update({layout: seconds[i] for i, layout in enumerate(group)})
+    return out
+
+
+def _worker(
+    workload: Workload, jobs: list[tuple[int, int]], rank: int, budget: float, barrier: Any, steps: Any, queue: Any
+) -> None:
+    for i, (threads, stack) in enumerate(jobs):
+        try:
+            torch.set_num_threads(threads)
+            run = runner(workload, stack)
+            run(2)  # warm-up: first-call allocations
+            probe = max(run(2) / 2, 1e-6)
+            steps[rank] = max(MIN_STEPS, min(MAX_STEPS, math.ceil(budget / probe)))
+            barrier.wait()
+            n = min(steps[:])
+            barrier.wait()
+            queue.put((rank, i, run(n) / n))
+        except Exception as err:  # reported by the parent, which stops the others
+            queue.put((rank, i, f"{type(err).__name__}: {err}"))
+            return
+
+
+def runner(workload: Workload, stack: int) -> Any:
+    """A function ``run(n)`` training ``stack`` models of the workload for ``n`` steps, returning its seconds."""
+    from ticketlab.config.recipe import Recipe
+    from ticketlab.data.dataset import Dataset
+    from ticketlab.masks import Mask
+    from ticketlab.models import build_model
+    from ticketlab.training.loop import train
+    from ticketlab.training.stacked import train_many
+
+    device = torch.device(workload.device)
+    recipe = Recipe.model_validate({**workload.recipe, "steps": "1000000it", "eval_every": None, "early_stop": None})
+    n = max(4096, 4 * recipe.batch_size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *workload.input_shape, generator=g)
+    y = torch.randint(workload.num_classes, (n,), generator=g)
+    data = Dataset("layout-probe", x, y, x[:0], y[:0], x[:0], y[:0], workload.num_classes, None).to(device)
+    models = [
+        build_model(
+            workload.model,
+            input_shape=workload.input_shape,
+            num_classes=workload.num_classes,
+            dropout=workload.dropout,
+            bn_momentum=workload.bn_momentum,
+            bn_eps=workload.bn_eps,
+        ).to(device)
+        for _ in range(stack)
+    ]
+    masks = [Mask.ones(m, workload.exempt) for m in models]
+    done = [0]
+
+    def run(steps: int) -> float:
+        start, end = done[0], done[0] + steps
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        if stack == 1:
+            train(models[0], data, recipe, mask=masks[0], start_step=start, end_step=end, device=device)
+        else:
+            train_many(
+                models,
+                data,
+                recipe,
+                masks=masks,
+                seeds=list(range(stack)),
+                start_step=start,
+                end_step=end,
+                device=device,
+            )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        done[0] = end
+        return time.perf_counter() - t0
+
+    return run
