@@ -8,6 +8,7 @@ from ticketlab.criteria.saw import is_saw, saw_criterion
 from ticketlab.data import DATASETS
 from ticketlab.methods import CONTROLS, check_method
 from ticketlab.models import INITS, MODELS
+from ticketlab.training import sparse
 
 
 def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
@@ -26,4 +27,5 @@ def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
         if name not in CONTROLS:
             raise ValueError(f"controls: {CONTROLS.unknown_message(name)}")
     check_method(spec.method)
+    sparse.mode()  # a bad $TICKETLAB_SPARSE_TRAINING fails here, before a run writes anything
     return spec

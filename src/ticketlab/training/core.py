@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ class TrainResult:
     wall_time: float = 0.0
     steps_per_epoch: int = 0
     stopped_step: int | None = None  # the step training ended at: end_step unless the recipe's early_stop hit
+    sparse_training: dict[str, Any] | None = None  # training.sparse's choice per layer (None: none considered)
 
     def __post_init__(self) -> None:
         if self.stopped_step is None:
