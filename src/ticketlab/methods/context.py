@@ -141,6 +141,7 @@ class Job:
     ) -> dict[str, Any]:
         """Write a finished level (mask, start and final weights, metrics) and return its row. ``cost``: what
         its mask cost to find (``methods.cost``; none = the dense mask, 0); ``extra``: method-specific metrics."""
+        # long: the level's row, one field a line
         collapse = layer_collapse(self.model, mask, self.data.input_shape)
         final = result.final
         es = result.early_stop_step
