@@ -6,7 +6,6 @@ import torch
 from ticketlab.data import load_dataset
 from ticketlab.hardware import blas as gemm
 
-
 # The sparse training path (ticketlab.training.sparse) is chosen by timing under "auto": tests stay
 # deterministic and keep the user cache untouched with it off; its own tests turn it on. Set the variable
 # to "on" to run the suite on the sparse path.

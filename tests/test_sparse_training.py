@@ -150,11 +150,11 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
     timings = {"sparse_wins": (2e-3, 1e-3), "dense_wins": (1e-3, 2e-3), "too_close": (1e-3, 0.95e-3)}
-    verdict = "sparse_wins"
+    now = {"verdict": "sparse_wins"}
 
     def fake_measure(weight, mask, recipe, input_grad):
         calls.append((tuple(weight.shape), input_grad))
-        return timings[verdict]
+        return timings[now["verdict"]]
 
     monkeypatch.setattr(sparse, "measure", fake_measure)
     net = initialize(build_model("mlp:784-64-32-10"), seed=0)
@@ -174,7 +174,7 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     step, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert len(calls) == 1 and report["layers"]["layers.0.weight"]["cached"] and isinstance(step, SparseSGD)
     # where dense is faster, or sparse is not faster by the margin, the fused step itself is kept
-    for verdict in ("dense_wins", "too_close"):
+    for now["verdict"] in ("dense_wins", "too_close"):
         (tmp_path / "ticketlab" / sparse.CACHE_FILE).unlink()
         fused = _fused(net, mask, recipe)
         step, report = sparse.replace(fused, recipe, torch.device("cpu"))

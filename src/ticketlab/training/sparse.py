@@ -28,6 +28,7 @@ each level records (``sparse_training`` in its ``metrics.json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -281,10 +282,8 @@ def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: R
     }
     cache = _read_cache()  # another process may have written meanwhile
     cache[key] = verdict
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache: measured again next time
         atomic_write_json(cache_dir() / CACHE_FILE, cache)
-    except OSError:
-        pass  # a read-only cache: measured again next time
     return {**verdict, "cached": False}
 
 
@@ -299,8 +298,10 @@ def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[Fuse
     for i, (w, m) in enumerate(zip(fused.weights, fused.masks)):
         kept = int(torch.count_nonzero(m)) if m is not None else 0
         density = kept / m.numel() if m is not None else 1.0
-        if m is None or kept == 0 or (
-            chosen == "auto" and (density > MAX_AUTO_DENSITY or m.numel() < MIN_AUTO_WEIGHTS)
+        if (
+            m is None
+            or kept == 0
+            or (chosen == "auto" and (density > MAX_AUTO_DENSITY or m.numel() < MIN_AUTO_WEIGHTS))
         ):
             sparse.append(False)
             continue
