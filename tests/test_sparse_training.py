@@ -189,6 +189,7 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
 def test_measure_times_both_paths_on_copies():
     w, m, _ = _layer(out=40, inp=50, density=0.05)
     before = w.clone()
+    w = torch.nn.Parameter(w)  # as training passes it
     dense_s, sparse_s = sparse.measure(w, m, Recipe(batch_size=8), input_grad=True)
     assert dense_s > 0 and sparse_s > 0
     assert torch.equal(w, before)
@@ -238,3 +239,22 @@ def test_levels_record_the_sparse_choice(tmp_path, mode):
     assert "sparse_training" not in metrics["level_00"]  # dense: nothing pruned
     assert metrics["level_01"]["sparse_training"]["mode"] == "on"
     assert all(layer["sparse"] for layer in metrics["level_01"]["sparse_training"]["layers"].values())
+
+
+def test_auto_through_train_measures_for_real_and_matches_the_dense_trainer(synthetic, mode, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = initialize(build_model("mlp:784-64-32-10"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
+    recipe = Recipe(steps="10it", batch_size=50, lr=0.1)
+    mode("off")
+    dense = copy.deepcopy(net)
+    train(dense, synthetic, recipe, mask=mask)
+    mode("auto")
+    model = copy.deepcopy(net)
+    report = train(model, synthetic, recipe, mask=mask).sparse_training
+    layer = report["layers"]["layers.0.weight"]  # whichever way the timing went
+    assert list(report["layers"]) == ["layers.0.weight"] and isinstance(layer["sparse"], bool)
+    assert layer["dense_us"] > 0 and layer["sparse_us"] > 0 and not layer["cached"]
+    for key, p in model.state_dict().items():
+        assert torch.allclose(p, dense.state_dict()[key], atol=2e-5, rtol=1e-4), key

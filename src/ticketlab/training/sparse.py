@@ -205,6 +205,7 @@ class SparseSGD(FusedSGD):
         return loss.view(1)
 
 
+@torch.no_grad()
 def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad: bool) -> tuple[float, float]:
     """Seconds of one training step of this layer (forward, input gradient if ``input_grad``, update) on
     the dense path and on the sparse one, on copies of the layer and random data of the recipe's batch
@@ -216,7 +217,7 @@ def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad
 
     def runner(sparse: bool) -> Callable[[], None]:
         m = mask.to(weight.dtype).unsqueeze(0)
-        step = SparseSGD([weight.unsqueeze(0) * m], [torch.zeros(1, out)], [m], recipe, [sparse])
+        step = SparseSGD([weight.detach().unsqueeze(0) * m], [torch.zeros(1, out)], [m], recipe, [sparse])
 
         def once() -> None:
             step.forward(0, a)
@@ -234,13 +235,12 @@ def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad
         fn()
         calls.append(max(1, int(0.005 / max(time.perf_counter() - started, 1e-7))))
     times: list[list[float]] = [[], []]
-    with torch.no_grad():
-        for _ in range(7):
-            for j, fn in enumerate(fns):
-                started = time.perf_counter()
-                for _ in range(calls[j]):
-                    fn()
-                times[j].append((time.perf_counter() - started) / calls[j])
+    for _ in range(7):
+        for j, fn in enumerate(fns):
+            started = time.perf_counter()
+            for _ in range(calls[j]):
+                fn()
+            times[j].append((time.perf_counter() - started) / calls[j])
     return statistics.median(times[0]), statistics.median(times[1])
 
 
