@@ -110,9 +110,10 @@ def markdown(jobs: list[dict], threads: int, load_before: str, load_after: str, 
         "## Per level: training time (s, median over rounds) and what `auto` chose",
         "",
         "| level | density | " + " | ".join(f"train s ({m})" for m in MODES) + " | sparse layers (auto, last round) | "
-        "auto verdict (dense us / sparse us per layer step) | test acc off / auto / on |",
+        "auto's measurement in round 1 (dense us / sparse us per step of the layer) | test acc off / auto / on |",
         "|---:|---:|" + "---:|" * len(MODES) + "---|---|---|",
     ]
+    levels = range(len(by_mode["off"][0]["rows"]))
     for i, row in enumerate(by_mode["off"][0]["rows"]):
         times = {m: statistics.median(j["rows"][i]["train_time"] for j in by_mode[m]) for m in MODES}
         auto_row = by_mode["auto"][-1]["rows"][i]
@@ -128,6 +129,12 @@ def markdown(jobs: list[dict], threads: int, load_before: str, load_after: str, 
             + " | ".join(f"{times[m]:.2f}" for m in MODES)
             + f" | {sparse_layers(auto_row)} | {verdict or '-'} | {accs} |"
         )
+    totals = {m: sum(statistics.median(j["rows"][i]["train_time"] for j in by_mode[m]) for i in levels) for m in MODES}
+    lines.append(
+        "| all | | "
+        + " | ".join(f"{totals[m]:.2f}" for m in MODES)
+        + f" | off / auto {totals['off'] / totals['auto']:.2f}x, off / on {totals['off'] / totals['on']:.2f}x | | |"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -258,3 +258,39 @@ def test_auto_through_train_measures_for_real_and_matches_the_dense_trainer(synt
     assert layer["dense_us"] > 0 and layer["sparse_us"] > 0 and not layer["cached"]
     for key, p in model.state_dict().items():
         assert torch.allclose(p, dense.state_dict()[key], atol=2e-5, rtol=1e-4), key
+
+
+def test_the_benchmark_report_compares_the_modes_per_round_and_per_level():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_training.py"
+    spec = importlib.util.spec_from_file_location("sparse_training_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(train_time, chosen):
+        report = {
+            "mode": "auto",
+            "layers": {"layers.0.weight": {"sparse": chosen, "dense_us": 900.0, "sparse_us": 300.0}},
+        }
+        return [
+            {"level": 0, "density": 1.0, "train_time": 2 * train_time, "test_acc": 0.8},
+            {"level": 1, "density": 0.02, "train_time": train_time, "test_acc": 0.7, "sparse_training": report},
+        ]
+
+    jobs = [
+        {"mode": "off", "wall": 30.0, "rows": rows(4.0, False)},
+        {"mode": "auto", "wall": 20.0, "rows": rows(2.0, True)},
+        {"mode": "on", "wall": 25.0, "rows": rows(1.0, True)},
+        {"mode": "off", "wall": 40.0, "rows": rows(6.0, False)},
+        {"mode": "auto", "wall": 10.0, "rows": rows(2.0, True)},
+        {"mode": "on", "wall": 50.0, "rows": rows(3.0, True)},
+    ]
+    text = bench.markdown(jobs, 1, "1 1 1", "2 2 2", 99.0)
+    assert "| 1 | 30.0 | 20.0 | 25.0 | 1.50x | 1.20x |" in text
+    assert "| 2 | 40.0 | 10.0 | 50.0 | 4.00x | 0.80x |" in text
+    # per level: medians over the rounds (off 4 and 6 -> 5), auto's sparse layers and verdicts
+    assert "| 1 | 0.0200 | 5.00 | 2.00 | 2.00 | 0 | 0: 900 / 300 | 0.7000 / 0.7000 / 0.7000 |" in text
+    assert "| 0 | 1.0000 | 10.00 | 4.00 | 4.00 | - | - |" in text
+    assert "| all | | 15.00 | 6.00 | 6.00 | off / auto 2.50x, off / on 2.50x | | |" in text
