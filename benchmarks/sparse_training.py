@@ -92,7 +92,7 @@ def markdown(jobs: list[dict], threads: int, load_before: str, load_after: str, 
             "cached verdicts after); `on`: every pruned layer sparse"
         ),
         "",
-        "## Whole job (seconds, data loading excluded)",
+        "## Whole job (seconds, data loading excluded; ratios: median of the per-round ratios)",
         "",
         "| round | " + " | ".join(MODES) + " | off / auto | off / on |",
         "|---:|" + "---:|" * (len(MODES) + 2),
@@ -105,6 +105,12 @@ def markdown(jobs: list[dict], threads: int, load_before: str, load_after: str, 
             + " | ".join(f"{walls[m]:.1f}" for m in MODES)
             + f" | {walls['off'] / walls['auto']:.2f}x | {walls['off'] / walls['on']:.2f}x |"
         )
+    ratios = {m: [by_mode["off"][r]["wall"] / by_mode[m][r]["wall"] for r in range(rounds)] for m in ("auto", "on")}
+    lines.append(
+        "| median | "
+        + " | ".join(f"{statistics.median(j['wall'] for j in by_mode[m]):.1f}" for m in MODES)
+        + f" | {statistics.median(ratios['auto']):.2f}x | {statistics.median(ratios['on']):.2f}x |"
+    )
     lines += [
         "",
         "## Per level: training time (s, median over rounds) and what `auto` chose",

@@ -290,6 +290,7 @@ def test_the_benchmark_report_compares_the_modes_per_round_and_per_level():
     text = bench.markdown(jobs, 1, "1 1 1", "2 2 2", 99.0)
     assert "| 1 | 30.0 | 20.0 | 25.0 | 1.50x | 1.20x |" in text
     assert "| 2 | 40.0 | 10.0 | 50.0 | 4.00x | 0.80x |" in text
+    assert "| median | 35.0 | 15.0 | 37.5 | 2.75x | 1.00x |" in text
     # per level: medians over the rounds (off 4 and 6 -> 5), auto's sparse layers and verdicts
     assert "| 1 | 0.0200 | 5.00 | 2.00 | 2.00 | 0 | 0: 900 / 300 | 0.7000 / 0.7000 / 0.7000 |" in text
     assert "| 0 | 1.0000 | 10.00 | 4.00 | 4.00 | - | - |" in text
