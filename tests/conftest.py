@@ -8,6 +8,10 @@ from ticketlab.hardware import blas as gemm
 
 # ticketlab.prune prints a line per finished level to stderr by default; tests that check it unset this
 os.environ.setdefault("TICKETLAB_QUIET", "1")
+# The sparse training path (ticketlab.training.sparse) is chosen by timing under "auto": tests stay
+# deterministic and keep the user cache untouched with it off; its own tests turn it on. Set the variable
+# to "on" to run the suite on the sparse path.
+os.environ.setdefault("TICKETLAB_SPARSE_TRAINING", "off")
 
 
 @pytest.fixture(scope="session")

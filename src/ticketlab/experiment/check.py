@@ -14,6 +14,7 @@ from ticketlab.data import DATASETS
 from ticketlab.methods import CONTROLS, OPTIONS, check_method
 from ticketlab.models import INITS, MODELS
 from ticketlab.registry import split_name
+from ticketlab.training import sparse
 
 
 def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
@@ -33,6 +34,7 @@ def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
             raise ValueError(f"controls: {CONTROLS.unknown_message(name)}")
     _check_options(spec.method)
     check_method(spec.method)
+    sparse.mode()  # a bad $TICKETLAB_SPARSE_TRAINING fails here, before a run writes anything
     return spec
 
 

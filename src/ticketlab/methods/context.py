@@ -186,6 +186,7 @@ class Job:
             "rounds": self.resolved.rounds,
             "env": self.env,
             **(cost or Cost()).metrics(len(self.data.x_train)),
+            **({"sparse_training": result.sparse_training} if result.sparse_training else {}),
             **(extra or {}),
         }
         if level == 0 and not control:

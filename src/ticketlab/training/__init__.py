@@ -1,6 +1,6 @@
 """Training and evaluation: the trainer core every way of training runs on (``core``), one model
 (``loop``), K models of one architecture stacked in one pass (``stacked``), the fused SGD step for MLPs
-(``fused_sgd``), evaluation (``evaluate``)."""
+(``fused_sgd``) and its sparse variant for pruned layers (``sparse``), evaluation (``evaluate``)."""
 
 from ticketlab.training.core import Progress, TrainResult, plan_steps, steps_per_epoch
 from ticketlab.training.evaluate import evaluate

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -53,6 +53,7 @@ class TrainResult:
     stopped_step: int | None = None  # the step training ended at: end_step unless the recipe's early_stop hit
     eval_time: float = 0.0  # the part of wall_time spent evaluating (per model, as wall_time)
     stacked: int = 1  # models trained together in one stack (train_many), this one included
+    sparse_training: dict[str, Any] | None = None  # training.sparse's choice per layer (None: none considered)
 
     def __post_init__(self) -> None:
         if self.stopped_step is None:

@@ -24,7 +24,7 @@ from ticketlab.hardware.blas import threads_for
 from ticketlab.hardware.device import resolve_device
 from ticketlab.models import StateDict, snapshot
 from ticketlab.seeding import seed_for
-from ticketlab.training import fused_sgd
+from ticketlab.training import fused_sgd, sparse
 from ticketlab.training.core import (  # noqa: F401  (re-exported: the trainer's types live beside train)
     Progress,
     TrainResult,
@@ -121,6 +121,10 @@ class _OneModel:
                 model, {k: p.unsqueeze(0) for k, p in named.items()}, dict(zip(self.names, stacked)), recipe
             )
         )
+        # below a measured crossover density a pruned layer trains in CSR (training.sparse)
+        self.sparse_training = None
+        if self.fused is not None:
+            self.fused, self.sparse_training = sparse.replace(self.fused, recipe, device)
         self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
         self.noise = _dropout_noise(model, device) if self.fused is not None else None
 
@@ -189,7 +193,7 @@ def train(
     if hooks is not None and mask is None:
         raise ValueError("train(hooks=...) needs a mask: hooks see and change the masked weights")
     stepper = _OneModel(model, mask, recipe, seed, start_step, device, hooks)
-    return fit(
+    result = fit(
         stepper,
         data,
         recipe,
@@ -200,3 +204,5 @@ def train(
         end_on_best=end_on_best,
         progress=progress,
     )[0]
+    result.sparse_training = stepper.sparse_training
+    return result

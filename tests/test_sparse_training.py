@@ -1,0 +1,297 @@
+"""The sparse training path (``ticketlab.training.sparse``) against the dense masked one: each layer's
+products against autograd on the masked dense layer, whole trainings against the fused dense trainer,
+and the automatic choice (measured, cached, overridable) with the timing replaced by given numbers."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ticketlab
+from ticketlab.config import Recipe
+from ticketlab.masks import prunable_parameters, select
+from ticketlab.models import build_model, initialize
+from ticketlab.training import sparse
+from ticketlab.training.fused_sgd import FusedSGD, for_mlp
+from ticketlab.training.loop import train
+from ticketlab.training.sparse import SparseSGD
+
+
+@pytest.fixture
+def mode():
+    """Set the sparse mode for one test, then back to the environment's (off in the test suite)."""
+    yield sparse.set_mode
+    sparse.set_mode(None)
+
+
+def _layer(out=20, inp=30, density=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = (torch.rand(out, inp, generator=g) < density).float()
+    w = torch.randn(out, inp, generator=g) * m
+    b = torch.randn(out, generator=g)
+    return w, m, b
+
+
+def test_layer_products_equal_autograd_on_the_masked_dense_layer():
+    w, m, b = _layer()
+    step = SparseSGD([w.clone().unsqueeze(0)], [b.clone().unsqueeze(0)], [m.unsqueeze(0)], Recipe(), [True])
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(7, 30, generator=g).requires_grad_(True)
+    grad_out = torch.randn(7, 20, generator=g)
+    w_ref = w.clone().requires_grad_(True)
+    y = F.linear(a, w_ref * m, b)
+    (y * grad_out).sum().backward()
+    assert torch.allclose(step.forward(0, a.detach()), y.detach(), atol=1e-5)
+    assert torch.allclose(step.input_grad(0, grad_out), a.grad, atol=1e-5)
+    kept = m.bool()
+    # CSR order is row-major, as boolean indexing
+    assert torch.allclose(step.weight_grad(0, grad_out, a.detach()), w_ref.grad[kept], atol=1e-5)
+    assert step.weight_grad(0, grad_out, a.detach()).numel() == int(kept.sum())
+
+
+@pytest.mark.parametrize("momentum,decay,l2", [(0.0, 0.0, 0.0), (0.9, 1e-2, 5e-3), (0.0, 1e-2, 0.0)])
+def test_layer_updates_equal_the_fused_dense_update(momentum, decay, l2):
+    w, m, b = _layer(density=0.2)
+    recipe = Recipe(lr=0.1, momentum=momentum, weight_decay=decay, l2=l2)
+    dense_w, sparse_w = w.clone().unsqueeze(0), w.clone().unsqueeze(0)
+    dense = FusedSGD([dense_w], [b.clone().unsqueeze(0)], [m.unsqueeze(0)], recipe)
+    step = SparseSGD([sparse_w], [b.clone().unsqueeze(0)], [m.unsqueeze(0)], recipe, [True])
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        a, grad_out = torch.randn(5, 30, generator=g), torch.randn(5, 20, generator=g)
+        dense._update_weight(dense_w, grad_out.mT.unsqueeze(0), a.unsqueeze(0), dense.masks[0], 0.1)
+        dense._update_bias(dense.biases[0], grad_out.sum(0).unsqueeze(0), 0.1)
+        step.update(0, grad_out, a, 0.1)
+    assert torch.allclose(sparse_w, dense_w, atol=1e-6)
+    assert torch.allclose(step.biases[0], dense.biases[0], atol=1e-6)
+    assert torch.equal(sparse_w[0][m == 0], torch.zeros(int((m == 0).sum())))  # exactly zero
+
+
+def _net_and_mask(density=0.1, dropout=0.0):
+    net = initialize(build_model("mlp:784-48-24-10", dropout=dropout), seed=3)
+    g = torch.Generator().manual_seed(0)
+    scores = {k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}
+    return net, dict(select(scores, density).items())
+
+
+RECIPES = {
+    "plain": Recipe(steps="30it", batch_size=50, lr=0.1, eval_every="10it"),
+    "momentum_decay_l2": Recipe(
+        steps="30it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=1e-3, l2=1e-3, eval_every="10it"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", [*RECIPES, "dropout"])
+def test_training_equals_the_dense_masked_trainer(name, synthetic, mode):
+    recipe = RECIPES.get(name, RECIPES["plain"])
+    net, mask = _net_and_mask(dropout=0.3 if name == "dropout" else 0.0)
+    runs = {}
+    for chosen in ("off", "on"):
+        mode(chosen)
+        model = copy.deepcopy(net)
+        runs[chosen] = (model, train(model, synthetic, recipe, mask=mask, seed=4))
+    (dense, dense_result), (sparse_model, sparse_result) = runs["off"], runs["on"]
+    assert dense_result.sparse_training is None
+    report = sparse_result.sparse_training
+    assert report["mode"] == "on" and all(layer["sparse"] for layer in report["layers"].values())
+    assert sorted(report["layers"]) == sorted(mask)
+    moved = False
+    for key, p in sparse_model.state_dict().items():
+        reference = dense.state_dict()[key]
+        assert torch.allclose(p, reference, atol=2e-5, rtol=1e-4), key
+        if key in mask:
+            assert torch.equal(p[~mask[key]], torch.zeros(int((~mask[key]).sum())))  # pruned: exactly 0
+            moved |= not torch.equal(p, net.state_dict()[key])
+    assert moved
+    for row, reference in zip(sparse_result.history, dense_result.history, strict=True):
+        assert row["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
+        assert row["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4, nan_ok=True)
+
+
+def test_paths_it_does_not_cover_stay_dense(synthetic, mode):
+    mode("on")
+    net, mask = _net_and_mask()
+    adam = Recipe(steps="5it", batch_size=50, optimizer="adam", lr=1e-3)
+    assert train(copy.deepcopy(net), synthetic, adam, mask=mask).sparse_training is None
+    assert train(copy.deepcopy(net), synthetic, RECIPES["plain"], end_step=5).sparse_training is None  # no mask
+
+
+def _fused(net, mask, recipe):
+    named = dict(net.named_parameters())
+    views = {k: p.detach().unsqueeze(0) for k, p in named.items()}
+    return for_mlp(net, views, {k: v.float().unsqueeze(0) for k, v in mask.items()}, recipe)
+
+
+def test_a_layer_kept_whole_or_emptied_stays_dense(mode):
+    mode("on")
+    net, mask = _net_and_mask()
+    mask["layers.1.weight"] = torch.zeros_like(mask["layers.1.weight"])
+    mask["layers.2.weight"] = torch.ones_like(mask["layers.2.weight"])
+    step, report = sparse.replace(_fused(net, mask, Recipe()), Recipe(), torch.device("cpu"))
+    assert isinstance(step, SparseSGD)
+    assert [c is not None for c in step.csr] == [True, False, False]
+    assert list(report["layers"]) == ["layers.0.weight"]
+
+
+def test_off_leaves_the_fused_step_itself(mode):
+    mode("off")
+    net, mask = _net_and_mask()
+    fused = _fused(net, mask, Recipe())
+    assert sparse.replace(fused, Recipe(), torch.device("cpu")) == (fused, None)
+
+
+def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, tmp_path):
+    mode("auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    timings = {"sparse_wins": (2e-3, 1e-3), "dense_wins": (1e-3, 2e-3), "too_close": (1e-3, 0.95e-3)}
+    now = {"verdict": "sparse_wins"}
+
+    def fake_measure(weight, mask, recipe, input_grad):
+        calls.append((tuple(weight.shape), input_grad))
+        return timings[now["verdict"]]
+
+    monkeypatch.setattr(sparse, "measure", fake_measure)
+    net = initialize(build_model("mlp:784-64-32-10"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
+    recipe = Recipe(batch_size=60)
+    fused = _fused(net, mask, recipe)
+    step, report = sparse.replace(fused, recipe, torch.device("cpu"))
+    # layers 1 (2048 weights) and 2 (320) are under MIN_AUTO_WEIGHTS: not measured, dense
+    assert calls == [((64, 784), False)]
+    assert isinstance(step, SparseSGD) and [c is not None for c in step.csr] == [True, False, False]
+    layer = report["layers"]["layers.0.weight"]
+    assert layer["sparse"] and not layer["cached"] and layer["dense_us"] == 2000.0 and layer["sparse_us"] == 1000.0
+    cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
+    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"])]
+    # a second level of the same bucket reads the verdict back instead of measuring
+    step, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
+    assert len(calls) == 1 and report["layers"]["layers.0.weight"]["cached"] and isinstance(step, SparseSGD)
+    # where dense is faster, or sparse is not faster by the margin, the fused step itself is kept
+    for now["verdict"] in ("dense_wins", "too_close"):
+        (tmp_path / "ticketlab" / sparse.CACHE_FILE).unlink()
+        fused = _fused(net, mask, recipe)
+        step, report = sparse.replace(fused, recipe, torch.device("cpu"))
+        assert step is fused and report["layers"]["layers.0.weight"]["sparse"] is False
+    # a layer denser than MAX_AUTO_DENSITY is not measured
+    dense_mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.5))
+    calls.clear()
+    fused = _fused(net, dense_mask, recipe)
+    assert sparse.replace(fused, recipe, torch.device("cpu")) == (fused, None) and calls == []
+
+
+def test_measure_times_both_paths_on_copies():
+    w, m, _ = _layer(out=40, inp=50, density=0.05)
+    before = w.clone()
+    w = torch.nn.Parameter(w)  # as training passes it
+    dense_s, sparse_s = sparse.measure(w, m, Recipe(batch_size=8), input_grad=True)
+    assert dense_s > 0 and sparse_s > 0
+    assert torch.equal(w, before)
+
+
+def test_density_buckets():
+    assert sparse.bucket(0.01) == sparse.bucket(0.009) != sparse.bucket(0.02)
+    assert sparse.bucket(1 / 64) == "0.011-0.0156"  # (2^-6.5, 2^-6]
+
+
+def test_a_bad_mode_is_one_clear_error(monkeypatch, mode):
+    monkeypatch.setenv(sparse.ENV, "fast")
+    with pytest.raises(ValueError, match=r"TICKETLAB_SPARSE_TRAINING must be one of auto, on, off; got 'fast'"):
+        sparse.mode()
+    with pytest.raises(ValueError, match="sparse training mode must be one of"):
+        mode("yes")
+
+
+def test_cli_rejects_a_bad_mode_before_writing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ticketlab.cli.app import app
+
+    monkeypatch.setenv(sparse.ENV, "fast")
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app, ["prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--density", "0.5", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "TICKETLAB_SPARSE_TRAINING" in result.output
+    assert not out.exists() or not any(out.rglob("*.json"))
+
+
+def test_levels_record_the_sparse_choice(tmp_path, mode):
+    mode("on")
+    result = ticketlab.prune(
+        "mlp:784-32-16-10",
+        "synthetic",
+        "lottery",
+        0.5,
+        K=0.5,
+        recipe=Recipe(steps="10it", batch_size=50),
+        val_size=200,
+        out=tmp_path,
+        device="cpu",
+    )
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in result.path.glob("level_*/metrics.json")}
+    assert "sparse_training" not in metrics["level_00"]  # dense: nothing pruned
+    assert metrics["level_01"]["sparse_training"]["mode"] == "on"
+    assert all(layer["sparse"] for layer in metrics["level_01"]["sparse_training"]["layers"].values())
+
+
+def test_auto_through_train_measures_for_real_and_matches_the_dense_trainer(synthetic, mode, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = initialize(build_model("mlp:784-64-32-10"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
+    recipe = Recipe(steps="10it", batch_size=50, lr=0.1)
+    mode("off")
+    dense = copy.deepcopy(net)
+    train(dense, synthetic, recipe, mask=mask)
+    mode("auto")
+    model = copy.deepcopy(net)
+    report = train(model, synthetic, recipe, mask=mask).sparse_training
+    layer = report["layers"]["layers.0.weight"]  # whichever way the timing went
+    assert list(report["layers"]) == ["layers.0.weight"] and isinstance(layer["sparse"], bool)
+    assert layer["dense_us"] > 0 and layer["sparse_us"] > 0 and not layer["cached"]
+    for key, p in model.state_dict().items():
+        assert torch.allclose(p, dense.state_dict()[key], atol=2e-5, rtol=1e-4), key
+
+
+def test_the_benchmark_report_compares_the_modes_per_round_and_per_level():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_training.py"
+    spec = importlib.util.spec_from_file_location("sparse_training_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(train_time, chosen):
+        report = {
+            "mode": "auto",
+            "layers": {"layers.0.weight": {"sparse": chosen, "dense_us": 900.0, "sparse_us": 300.0}},
+        }
+        return [
+            {"level": 0, "density": 1.0, "train_time": 2 * train_time, "test_acc": 0.8},
+            {"level": 1, "density": 0.02, "train_time": train_time, "test_acc": 0.7, "sparse_training": report},
+        ]
+
+    jobs = [
+        {"mode": "off", "wall": 30.0, "rows": rows(4.0, False)},
+        {"mode": "auto", "wall": 20.0, "rows": rows(2.0, True)},
+        {"mode": "on", "wall": 25.0, "rows": rows(1.0, True)},
+        {"mode": "off", "wall": 40.0, "rows": rows(6.0, False)},
+        {"mode": "auto", "wall": 10.0, "rows": rows(2.0, True)},
+        {"mode": "on", "wall": 50.0, "rows": rows(3.0, True)},
+    ]
+    text = bench.markdown(jobs, 1, "1 1 1", "2 2 2", 99.0)
+    assert "| 1 | 30.0 | 20.0 | 25.0 | 1.50x | 1.20x |" in text
+    assert "| 2 | 40.0 | 10.0 | 50.0 | 4.00x | 0.80x |" in text
+    assert "| median | 35.0 | 15.0 | 37.5 | 2.75x | 1.00x |" in text
+    # per level: medians over the rounds (off 4 and 6 -> 5), auto's sparse layers and verdicts
+    assert "| 1 | 0.0200 | 5.00 | 2.00 | 2.00 | 0 | 0: 900 / 300 | 0.7000 / 0.7000 / 0.7000 |" in text
+    assert "| 0 | 1.0000 | 10.00 | 4.00 | 4.00 | - | - |" in text
+    assert "| all | | 15.00 | 6.00 | 6.00 | off / auto 2.50x, off / on 2.50x | | |" in text
