@@ -82,7 +82,7 @@ def synflow_no_collapse(frames):
     parts = [f"{label}: {100 * v:.0f}%" for label, v in frac.items()]
     # SynFlow as Tanaka et al. and 000 run it: 100 rounds (single-shot SynFlow is shown for contrast)
     synflow = frac[[k for k in frac.index if k.startswith("multishot(synflow)")]]
-    others = frac[[k for k in frac.index if ("snip" in k or "grasp(" in k)]]
+    others = frac[[k for k in frac.index if ("(snip" in k or "(grasp" in k)]]  # grasp_abs too
     if synflow.empty:
         return "no data", ""
     verdict = "agrees" if (synflow == 0).all() else "disagrees"
