@@ -18,6 +18,7 @@ from ticketlab.experiment.lockstep import run_experiments
 from ticketlab.experiment.run import run_experiment
 from ticketlab.files import load_tensors
 from ticketlab.methods.context import stack_controls
+from ticketlab.models import build_model
 
 SGD = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
 ADAM = Recipe(steps="20it", batch_size=100, lr=1e-3, optimizer="adam", eval_every="10it")
@@ -125,13 +126,15 @@ def test_sweeps_stack_the_controls_of_all_their_runs(tmp_path, monkeypatch):
         assert_close(tmp_path / "swept" / alone.name, alone)
 
 
-def test_the_stacking_setting_and_sparse_tickets(monkeypatch):
-    assert stack_controls() and stack_controls({"sparse_training": None})
+def test_the_stacking_setting_sparse_tickets_and_convolutional_models(monkeypatch):
+    mlp, conv = build_model("mlp:784-16-10"), build_model("lenet5")
+    assert stack_controls(mlp) and stack_controls(mlp, {"sparse_training": None})
+    assert not stack_controls(conv)  # vmap stacking: slower per model than one at a time on CPU
     sparse_ticket = {"sparse_training": {"mode": "auto", "layers": {"layers.0.weight": {"sparse": True}}}}
     dense_ticket = {"sparse_training": {"mode": "auto", "layers": {"layers.0.weight": {"sparse": False}}}}
-    assert not stack_controls(sparse_ticket) and stack_controls(dense_ticket)
+    assert not stack_controls(mlp, sparse_ticket) and stack_controls(mlp, dense_ticket)
     monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "off")
-    assert not stack_controls(dense_ticket)
+    assert not stack_controls(mlp, dense_ticket)
     monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "maybe")
     with pytest.raises(ValueError, match="TICKETLAB_STACK_CONTROLS must be one of on, off; got 'maybe'"):
-        stack_controls()
+        stack_controls(mlp)

@@ -6,7 +6,8 @@ every method as a state machine, each spec's method runs unchanged in its own th
 thread runs at any time (a coroutine, in effect): when a method asks its job to train, the job hands
 the request to the scheduler and waits. Once every spec is waiting or finished, the scheduler groups
 compatible requests (same data, architecture, recipe, start/end/snapshot steps) and trains each group
-with ``train_many``. Run directories are exactly those ``run_experiment`` writes (same files; metrics
+with ``train_many``; a level's controls are one request each, on copies of the model
+(``Job.train_together``), so they stack with each other and with other specs' controls. Run directories are exactly those ``run_experiment`` writes (same files; metrics
 equal to float tolerance, timings aside; ``train_time`` is the group's time divided by its size).
 
 Methods whose equality with ``run_experiment`` is tested here (``BATCHED_METHODS``) go this way; any

@@ -24,6 +24,7 @@ from ticketlab.methods.controls import CONTROLS
 from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.registry import Resolved
 from ticketlab.models import StateDict, initialize, snapshot
+from ticketlab.models.mlp import MLP
 from ticketlab.schedules import multishot_densities
 from ticketlab.seeding import seed_for
 from ticketlab.store import LevelDir, RunDir
@@ -35,15 +36,18 @@ STACK_ENV = "TICKETLAB_STACK_CONTROLS"
 STACK_CHOICES = ("on", "off")
 
 
-def stack_controls(ticket: Mapping[str, Any] | None = None) -> bool:
+def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) -> bool:
     """Whether a level's pending controls train together in one stack: ``$TICKETLAB_STACK_CONTROLS`` ``on``
-    (default) or ``off``; and never where the ticket (``ticket``: its row) trained on the sparse path
-    (``training.sparse``, one model only): its controls have its layer densities and train sparse alone."""
+    (default) or ``off``. Only MLPs stack (their stacked GEMMs; convolutional models stack through vmap,
+    measured slower per model than one at a time on CPU: Conv-6 in benchmarks/README.md), and not where
+    the ticket (``ticket``: its row) trained on the sparse path (``training.sparse``, one model only): its
+    controls have its layer densities and train sparse alone."""
     choice = os.environ.get(STACK_ENV, "on").strip().lower() or "on"
     if choice not in STACK_CHOICES:
         raise ValueError(f"{STACK_ENV} must be one of {', '.join(STACK_CHOICES)}; got {choice!r}")
     layers = ((ticket or {}).get("sparse_training") or {}).get("layers") or {}
-    return choice == "on" and not any(layer.get("sparse") for layer in layers.values())
+    sparse = any(layer.get("sparse") for layer in layers.values())
+    return choice == "on" and isinstance(model, MLP) and not sparse
 
 
 @dataclass
@@ -294,7 +298,7 @@ class Job:
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
             pending.append((name, *CONTROLS.get(name)(mask, start, dense_start, fresh, g)))
-        if len(pending) > 1 and stack_controls(ticket):
+        if len(pending) > 1 and stack_controls(self.model, ticket):
             trained = self.train_together([(c_mask, c_start) for _, c_mask, c_start in pending], start_step, end_step)
             for (name, c_mask, c_start), (c_result, final) in zip(pending, trained):
                 self.model.load_state_dict(final)
