@@ -151,3 +151,54 @@ def parse_tensors(data: bytes, where: str | os.PathLike) -> tuple[dict[str, torc
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """The content checksum ``save_tensors`` stores: names, dtypes, shapes and bytes of every tensor."""
     return _digest(tensors)
+
+
+# -- measurement caches ------------------------------------------------------------------------------
+CACHE_ENV = "TICKETLAB_CACHE_DIR"
+
+
+def user_cache_dir() -> Path:
+    """Where measured choices are kept: ``$TICKETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/ticketlab``, else
+    ``~/.cache/ticketlab``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ticketlab"
+
+
+def keyed_file(folder: str | os.PathLike, key: Mapping[str, Any]) -> Path:
+    """The file of ``folder`` that holds what was measured for ``key`` (a JSON-able mapping)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(folder) / f"{digest}.json"
+
+
+def _keyed_checksum(key: Any, rows: Any) -> str:
+    return hashlib.sha256(json.dumps({"key": key, "rows": rows}, sort_keys=True).encode()).hexdigest()
+
+
+def write_keyed_json(path: str | os.PathLike, key: Mapping[str, Any], rows: Mapping[str, Any]) -> Path:
+    """Write ``rows`` measured for ``key`` with a checksum of both (read back by :func:`read_keyed_json`)."""
+    plain_key, plain_rows = json.loads(json.dumps(key)), json.loads(json.dumps(rows))
+    return atomic_write_json(
+        path, {"key": plain_key, "rows": plain_rows, "checksum": _keyed_checksum(plain_key, plain_rows)}
+    )
+
+
+def read_keyed_json(path: str | os.PathLike, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The rows :func:`write_keyed_json` wrote for ``key`` (None when there is no file); a file that does not
+    parse, fails its checksum or names another key is a :class:`CorruptFileError`."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+        if data["key"] != json.loads(json.dumps(key)) or data["checksum"] != _keyed_checksum(data["key"], rows):
+            raise CorruptFileError(f"{path}: checksum or key does not match its contents")
+        if not isinstance(rows, dict):
+            raise CorruptFileError(f"{path}: its rows are not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, CorruptFileError):
+            raise
+        raise CorruptFileError(f"{path}: unreadable cache file ({type(err).__name__}: {err})") from None
+    return rows

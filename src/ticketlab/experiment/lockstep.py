@@ -6,7 +6,8 @@ every method as a state machine, each spec's method runs unchanged in its own th
 thread runs at any time (a coroutine, in effect): when a method asks its job to train, the job hands
 the request to the scheduler and waits. Once every spec is waiting or finished, the scheduler groups
 compatible requests (same data, architecture, recipe, start/end/snapshot steps) and trains each group
-with ``train_many``. Run directories are exactly those ``run_experiment`` writes (same files; metrics
+with ``train_many``; a level's controls are one request each, on copies of the model
+(``Job.train_together``), so they stack with each other and with other specs' controls. Run directories are exactly those ``run_experiment`` writes (same files; metrics
 equal to float tolerance, timings aside; ``train_time`` is the group's time divided by its size).
 
 Methods whose equality with ``run_experiment`` is tested here (``BATCHED_METHODS``) go this way; any
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.data import Dataset, load_dataset
@@ -33,7 +35,7 @@ from ticketlab.files import tensors_digest
 from ticketlab.hardware.device import resolve_device
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
-from ticketlab.models import StateDict
+from ticketlab.models import StateDict, snapshot
 from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.training.stacked import train_many
 
@@ -72,8 +74,13 @@ class _Request:
     start_step: int
     end_step: int
     snapshot_at: int | None
+    model: nn.Module | None = None  # the network to train: the job's, or a copy (a level's stacked controls)
     result: TrainResult | None = None
     error: BaseException | None = None
+
+    @property
+    def net(self) -> nn.Module:
+        return self.job.model if self.model is None else self.model
 
     def group_key(self) -> str:
         """Requests with equal keys can be stacked: runs that stack (``stack_key``) on the same loaded data,
@@ -90,7 +97,7 @@ class _Worker(threading.Thread):
     def __init__(self, method: Callable[[Job], None], job: Job) -> None:
         super().__init__(daemon=True)
         self.method, self.job = method, job
-        self.request: _Request | None = None
+        self.requests: list[_Request] = []
         self.finished = False
         self.error: BaseException | None = None
         self._resume = threading.Semaphore(0)
@@ -108,19 +115,22 @@ class _Worker(threading.Thread):
 
     def step(self) -> None:
         """Let the method run until it asks for training or ends (called by the scheduler)."""
-        self.request = None
+        self.requests = []
         self._resume.release()
         self._yielded.acquire()
 
-    def submit(self, request: _Request) -> TrainResult:
-        """Called from the method's thread: park the request and wait for its result."""
-        self.request = request
+    def submit(self, requests: list[_Request]) -> list[TrainResult]:
+        """Called from the method's thread: park the requests and wait for their results."""
+        self.requests = requests
         self._yielded.release()
         self._resume.acquire()
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        results = []
+        for request in requests:
+            if request.error is not None:
+                raise request.error
+            assert request.result is not None
+            results.append(request.result)
+        return results
 
 
 @dataclass
@@ -131,7 +141,20 @@ class _BatchedJob(Job):
         self, mask: Mask, start: StateDict, start_step: int, end_step: int, snapshot_at: int | None
     ) -> TrainResult:
         assert self.worker is not None
-        return self.worker.submit(_Request(self, mask, start, start_step, end_step, snapshot_at))
+        return self.worker.submit([_Request(self, mask, start, start_step, end_step, snapshot_at)])[0]
+
+    def train_together(
+        self, trainings: Sequence[tuple[Mask, StateDict]], start_step: int, end_step: int
+    ) -> list[tuple[TrainResult, StateDict]]:
+        """Each training a request of its own on a copy of the model, so that they stack with each other
+        and with other specs' requests."""
+        assert self.worker is not None
+        requests = [
+            _Request(self, mask, start, start_step, end_step, None, model=copy.deepcopy(self.model))
+            for mask, start in trainings
+        ]
+        results = self.worker.submit(requests)
+        return [(result, snapshot(request.net)) for result, request in zip(results, requests)]
 
 
 def batchable(spec: ExperimentSpec) -> bool:
@@ -235,11 +258,11 @@ def _schedule(workers: list[_Worker], device: torch.device, progress: Progress |
     while waiting:
         for worker in waiting:
             worker.step()
-        waiting = [w for w in workers if not w.finished and w.request is not None]
+        waiting = [w for w in workers if not w.finished and w.requests]
         groups: dict[str, list[_Request]] = {}
         for worker in waiting:
-            assert worker.request is not None
-            groups.setdefault(worker.request.group_key(), []).append(worker.request)
+            for request in worker.requests:
+                groups.setdefault(request.group_key(), []).append(request)
         for group in groups.values():
             try:
                 _train_group(group, device, progress)
@@ -254,7 +277,7 @@ def _train_group(group: list[_Request], device: torch.device, progress: Progress
     group, copies = _identical(group)
     _train_distinct(group, device, progress)
     for request, original in copies:
-        request.job.model.load_state_dict(original.job.model.state_dict())
+        request.net.load_state_dict(original.net.state_dict())
         request.result = copy.deepcopy(original.result)
 
 
@@ -284,10 +307,10 @@ def _train_distinct(group: list[_Request], device: torch.device, progress: Progr
     spec = first.job.spec
     snapshots = () if first.snapshot_at is None else (first.snapshot_at,)
     for request in group:
-        request.job.model.load_state_dict(request.start)
+        request.net.load_state_dict(request.start)
     if len(group) == 1:
         first.result = train(
-            first.job.model,
+            first.net,
             first.job.data,
             spec.recipe,
             mask=first.mask,
@@ -301,7 +324,7 @@ def _train_distinct(group: list[_Request], device: torch.device, progress: Progr
         )
         return
     outcomes = train_many(
-        [r.job.model for r in group],
+        [r.net for r in group],
         first.job.data,
         spec.recipe,
         masks=[r.mask for r in group],

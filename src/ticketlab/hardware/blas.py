@@ -1,11 +1,12 @@
 """The matrix multiplies of fully connected layers on CPUs where PyTorch's own BLAS is slow.
 
-PyTorch's CPU build multiplies float32 matrices with MKL, which takes its AVX2 code path on AMD
-processors even when they have AVX-512 (Zen 4, Zen 5). On such a processor OpenBLAS's AVX-512 kernels
-(the ``scipy-openblas32`` wheel, forced to its SkylakeX core) are about twice as fast, at 2048x2048 and
-at LeNet-300-100's shapes (figures: benchmarks/README.md). MLP training is mostly these multiplies, so this module routes
-them there: :func:`linear` is ``F.linear`` for 2-D inputs and K stacked models (3-D), differentiable twice
-(GraSP's Hessian-gradient product), with PyTorch's own kernels wherever the fast path does not apply
+PyTorch's CPU build multiplies float32 matrices with MKL, which took its AVX2 code path on an AMD Zen 5
+VM with AVX-512; there OpenBLAS's AVX-512 kernels (the ``scipy-openblas32`` wheel, forced to its SkylakeX
+core) were about twice as fast, at 2048x2048 and at LeNet-300-100's shapes (figures:
+benchmarks/README.md), while on an Intel Xeon MKL is already fast. MLP training is mostly these
+multiplies, so this module can route them to OpenBLAS where that measures faster: :func:`linear` is
+``F.linear`` for 2-D inputs and K stacked models (3-D), differentiable twice (GraSP's Hessian-gradient
+product), with PyTorch's own kernels wherever the fast path does not apply
 (CUDA, float64, no AVX-512, ``TICKETLAB_GEMM=torch``). :class:`Linear` is ``nn.Linear`` computed that
 way: same parameters, state-dict keys, hooks and ``isinstance``.
 
@@ -14,8 +15,10 @@ while waiting, so two of each on two cores make training many times slower. So O
 calling thread (1 thread) by default, and :func:`training_threads` swaps the two thread counts for a
 training loop whose time is mostly GEMMs: OpenBLAS gets PyTorch's threads, PyTorch gets one.
 
-``TICKETLAB_GEMM``: ``auto`` (default: OpenBLAS on AMD processors with AVX-512, where MKL is slow),
-``openblas`` (wherever the CPU has AVX-512) or ``torch`` (never).
+``TICKETLAB_GEMM``: ``auto`` (default: where the CPU has AVX-512 and the wheel loads, whichever of OpenBLAS
+and PyTorch's BLAS measures faster on this machine, timed once and cached: ``hardware.gemm_choice``),
+``openblas`` (wherever the CPU has AVX-512) or ``torch`` (never). ``Backend.reason`` says which and why
+(recorded by the speed benchmark).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ticketlab.hardware import gemm_choice
+
 CHOICES = ("auto", "openblas", "torch")
 CORE = "SkylakeX"  # OpenBLAS's AVX-512 kernels; DYNAMIC_ARCH builds do not pick them on Zen 5 by themselves
 _ROW, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
@@ -45,16 +50,6 @@ class Backend:
     name: str  # "openblas" or "torch"
     reason: str
     lib: ctypes.CDLL | None = None
-
-
-def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 _override: str | None = None
@@ -113,22 +108,38 @@ def _load_openblas() -> ctypes.CDLL:
 
 @cache
 def backend() -> Backend:
-    """The GEMM backend of this process, decided once (``TICKETLAB_GEMM``, the CPU, the wheel)."""
+    """The GEMM backend of this process, decided once (``TICKETLAB_GEMM``, the CPU, the wheel, and under
+    ``auto`` the measured verdict of ``hardware.gemm_choice`` for torch's thread count at that moment)."""
     choice = _override or _checked(os.environ.get("TICKETLAB_GEMM", "auto"), "TICKETLAB_GEMM")
     if choice == "torch":
         return Backend("torch", f"{choice!r} asked for")
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return Backend("torch", "the CPU has no AVX-512")
-    vendor = _cpu_vendor()
-    if choice == "auto" and vendor != "AuthenticAMD":
-        return Backend(
-            "torch", f"{vendor or 'unknown vendor'}: MKL already uses AVX-512 (TICKETLAB_GEMM=openblas to override)"
-        )
     try:
         lib = _load_openblas()
     except (OSError, AttributeError) as err:  # AttributeError: a wheel too old for sgemm_batch_strided
         return Backend("torch", f"OpenBLAS unavailable: {err}")
-    return Backend("openblas", f"{vendor}, AVX-512: OpenBLAS {CORE} kernels instead of MKL's AVX2 path", lib)
+    if choice == "openblas":
+        return Backend("openblas", f"{choice!r} asked for: OpenBLAS {CORE} kernels", lib)
+    verdict = gemm_choice.decide(lambda: time_backends(lib))
+    if verdict.name == "openblas":
+        return Backend("openblas", f"OpenBLAS {CORE} kernels, {verdict.describe()}", lib)
+    return Backend("torch", f"PyTorch's BLAS, {verdict.describe()}")
+
+
+def time_backends(lib: ctypes.CDLL) -> dict[str, float]:
+    """Seconds of ``gemm_choice``'s products with PyTorch's kernels on torch's threads and with OpenBLAS on
+    them instead (PyTorch on one, as :func:`training_threads` trains)."""
+    threads = torch.get_num_threads()
+    seconds = {"torch": gemm_choice.time_products(lambda a, b, out: out.addmm_(a, b, beta=0.0))}
+    torch.set_num_threads(1)
+    lib.scipy_openblas_set_num_threads(threads)
+    try:
+        seconds["openblas"] = gemm_choice.time_products(lambda a, b, out: _gemm(a, b, out, 0.0, lib=lib))
+    finally:
+        lib.scipy_openblas_set_num_threads(1)
+        torch.set_num_threads(threads)
+    return seconds
 
 
 def active() -> bool:
@@ -174,10 +185,12 @@ def _operand(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return t, _NO_TRANS, max(1, cols)
 
 
-def _gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float, alpha: float = 1.0) -> torch.Tensor:
-    """out = alpha * a @ b + beta * out with OpenBLAS; 2-D, or 3-D with a leading batch (stacked models).
-    ``out`` must be contiguous."""
-    lib = backend().lib
+def _gemm(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float, alpha: float = 1.0, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    """out = alpha * a @ b + beta * out with OpenBLAS (``lib``, default the backend's); 2-D, or 3-D with a
+    leading batch (stacked models). ``out`` must be contiguous."""
+    lib = lib or backend().lib
     m, k = a.shape[-2:]
     n = b.shape[-1]
     if m == 0 or n == 0:

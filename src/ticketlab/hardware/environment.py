@@ -9,16 +9,15 @@ and the results treat runs of different environments as different set-ups (``tic
 
 from __future__ import annotations
 
-import platform
 import re
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ticketlab.hardware import blas
+from ticketlab.hardware.cpu import cpu_model
 
 FIELDS = ("torch", "device", "device_name", "cpu", "threads", "blas", "ticketlab")
 
@@ -51,18 +50,6 @@ def _blas() -> str:
         return "openblas"
     match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
     return f"torch:{match.group(1) if match else 'unknown'}"
-
-
-@cache
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 @cache

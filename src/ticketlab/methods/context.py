@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,12 +24,30 @@ from ticketlab.methods.controls import CONTROLS
 from ticketlab.methods.cost import Cost, measure
 from ticketlab.methods.registry import Resolved
 from ticketlab.models import StateDict, initialize, snapshot
+from ticketlab.models.mlp import MLP
 from ticketlab.schedules import multishot_densities
 from ticketlab.seeding import seed_for
 from ticketlab.store import LevelDir, RunDir
 from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
+from ticketlab.training.stacked import train_many
 
 Log = Callable[[str], None]
+STACK_ENV = "TICKETLAB_STACK_CONTROLS"
+STACK_CHOICES = ("on", "off")
+
+
+def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) -> bool:
+    """Whether a level's pending controls train together in one stack: ``$TICKETLAB_STACK_CONTROLS`` ``on``
+    (default) or ``off``. Only MLPs stack (their stacked GEMMs; convolutional models stack through vmap,
+    measured slower per model than one at a time on CPU: Conv-6 in benchmarks/README.md), and not where
+    the ticket (``ticket``: its row) trained on the sparse path (``training.sparse``, one model only): its
+    controls have its layer densities and train sparse alone."""
+    choice = os.environ.get(STACK_ENV, "on").strip().lower() or "on"
+    if choice not in STACK_CHOICES:
+        raise ValueError(f"{STACK_ENV} must be one of {', '.join(STACK_CHOICES)}; got {choice!r}")
+    layers = ((ticket or {}).get("sparse_training") or {}).get("layers") or {}
+    sparse = any(layer.get("sparse") for layer in layers.values())
+    return choice == "on" and isinstance(model, MLP) and not sparse
 
 
 @dataclass
@@ -263,9 +283,13 @@ class Job:
         end_step: int,
         target: float,
         cost: Cost | None = None,
+        ticket: Mapping[str, Any] | None = None,
     ) -> None:
         """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
-        like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``."""
+        like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``.
+        Several pending controls train together in one stack (:meth:`train_together`) unless
+        :func:`stack_controls` says otherwise for the ``ticket``'s row."""
+        pending: list[tuple[str, Mask, StateDict]] = []
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
                 continue
@@ -273,9 +297,38 @@ class Job:
             fresh_model_seed = seed_for(self.spec.seed, 99, level) % (1 << 31)
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
-            c_mask, c_start = CONTROLS.get(name)(mask, start, dense_start, fresh, g)
+            pending.append((name, *CONTROLS.get(name)(mask, start, dense_start, fresh, g)))
+        if len(pending) > 1 and stack_controls(self.model, ticket):
+            trained = self.train_together([(c_mask, c_start) for _, c_mask, c_start in pending], start_step, end_step)
+            for (name, c_mask, c_start), (c_result, final) in zip(pending, trained):
+                self.model.load_state_dict(final)
+                self.record(level, c_mask, c_result, c_start, target=target, control=name, cost=cost)
+            return
+        for name, c_mask, c_start in pending:
             c_result = self.train(c_mask, c_start, start_step, end_step, None)
             self.record(level, c_mask, c_result, c_start, target=target, control=name, cost=cost)
+
+    def train_together(
+        self, trainings: Sequence[tuple[Mask, StateDict]], start_step: int, end_step: int
+    ) -> list[tuple[TrainResult, StateDict]]:
+        """Train (mask, start) pairs over the same steps as :meth:`train` would one by one, stacked in one
+        ``train_many`` on copies of the model (each result equal to its own :meth:`train` to float tolerance);
+        each result with its final weights."""
+        models = [copy.deepcopy(self.model) for _ in trainings]
+        for model, (_, start) in zip(models, trainings):
+            model.load_state_dict(start)
+        results = train_many(
+            models,
+            self.data,
+            self.spec.recipe,
+            masks=[mask for mask, _ in trainings],
+            seeds=[self.spec.seed] * len(trainings),
+            start_step=start_step,
+            end_step=end_step,
+            end_on_best=self.spec.end_on_best,
+            progress=self.progress,
+        )
+        return [(result, snapshot(model)) for result, model in zip(results, models)]
 
     @staticmethod
     def _describe(row: dict[str, Any]) -> str:

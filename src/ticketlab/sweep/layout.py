@@ -21,8 +21,6 @@ by a fresh measurement.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
@@ -33,14 +31,13 @@ from typing import Any
 
 import torch
 
-from ticketlab.files import atomic_write_json
+from ticketlab.files import CorruptFileError, keyed_file, read_keyed_json, user_cache_dir, write_keyed_json
 from ticketlab.hardware import blas
 from ticketlab.hardware.environment import cpu_model
 
 MAX_STACK = 16  # runs stacked in one worker at most
 STACKS = (1, 2, 4, 8, 16)  # stack sizes tried, besides the one that puts all of a worker's runs in one stack
 LAYOUT_ENV = "TICKETLAB_LAYOUT"
-CACHE_ENV = "TICKETLAB_CACHE_DIR"
 CACHE_VERSION = 1
 _PATTERN = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*$", re.IGNORECASE)
 
@@ -139,10 +136,7 @@ def choose(rows: Mapping[Layout, float], runs: int, among: list[Layout] | None =
 # -- the cache ---------------------------------------------------------------------------------------
 def cache_dir() -> Path:
     """Where measured layouts are kept (see the module docstring)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ticketlab"
+    return user_cache_dir()
 
 
 def machine_id(device: torch.device) -> dict[str, Any]:
@@ -161,12 +155,7 @@ def cache_key(machine: Mapping[str, Any], workload: Mapping[str, Any]) -> dict[s
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return (root if root is not None else cache_dir()) / "layouts" / f"{digest}.json"
-
-
-def _checksum(key: Mapping[str, Any], rows: Mapping[str, float]) -> str:
-    return hashlib.sha256(json.dumps({"key": key, "rows": rows}, sort_keys=True).encode()).hexdigest()
+    return keyed_file((root if root is not None else cache_dir()) / "layouts", key)
 
 
 class CorruptCacheError(ValueError):
@@ -177,18 +166,11 @@ def read_rows(key: Mapping[str, Any], root: Path | None = None) -> dict[Layout, 
     """The cached seconds per step for ``key`` ({} when nothing is cached); :class:`CorruptCacheError` when
     the file is there but damaged."""
     path = cache_file(key, root)
-    if not path.exists():
-        return {}
     try:
-        data = json.loads(path.read_text())
-        rows = data["rows"]
-        if data["key"] != json.loads(json.dumps(key)) or data["checksum"] != _checksum(data["key"], rows):
-            raise CorruptCacheError(f"{path}: checksum or key does not match its contents")
-        parsed = {Layout.parse(name): float(seconds) for name, seconds in rows.items()}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        if isinstance(err, CorruptCacheError):
-            raise
-        raise CorruptCacheError(f"{path}: unreadable layout cache ({type(err).__name__}: {err})") from None
+        rows = read_keyed_json(path, key)
+        parsed = {Layout.parse(name): float(seconds) for name, seconds in (rows or {}).items()}
+    except (ValueError, TypeError) as err:  # CorruptFileError is a ValueError
+        raise CorruptCacheError(str(err) if isinstance(err, CorruptFileError) else f"{path}: {err}") from None
     if any(not math.isfinite(s) or s <= 0 for s in parsed.values()):
         raise CorruptCacheError(f"{path}: a cached time is not a positive number")
     return parsed
@@ -196,10 +178,7 @@ def read_rows(key: Mapping[str, Any], root: Path | None = None) -> dict[Layout, 
 
 def write_rows(key: Mapping[str, Any], rows: Mapping[Layout, float], root: Path | None = None) -> Path:
     named = {str(layout): float(seconds) for layout, seconds in sorted(rows.items())}
-    plain_key = json.loads(json.dumps(key))
-    return atomic_write_json(
-        cache_file(key, root), {"key": plain_key, "rows": named, "checksum": _checksum(plain_key, named)}
-    )
+    return write_keyed_json(cache_file(key, root), key, named)
 
 
 Measure = Callable[[list[Layout]], dict[Layout, float]]
