@@ -157,7 +157,8 @@ def test_without_a_terminal_one_line_per_finished_level(tmp_path):
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, *PRUNE, "--density", "0.05", "--steps", "200it", "--out", str(tmp_path)],
+        # long enough levels that the run cannot finish before the signal lands on a loaded machine
+        [sys.executable, *PRUNE, "--density", "0.05", "--steps", "2000it", "--out", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
