@@ -50,7 +50,12 @@ def run_display() -> Iterator[tuple[RunStatus, Callable[[str], None]]]:
     try:
         with bar:
             task = bar.add_task("run", total=None, status=status)
-            status.on_change = lambda s: bar.update(task, completed=s.step_done, total=s.step_total or None)
+
+            def changed(s: RunStatus) -> None:
+                # an evaluation is drawn when it starts, however short (the bar's own refresh could miss it)
+                bar.update(task, completed=s.step_done, total=s.step_total or None, refresh=s.evaluating)
+
+            status.on_change = changed
             yield status, lambda message: bar.console.print(message, markup=False, highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         err.print(interrupted(status), style="red", markup=False, highlight=False, soft_wrap=True)
