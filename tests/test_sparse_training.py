@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,3 +296,22 @@ def test_the_benchmark_report_compares_the_modes_per_round_and_per_level():
     assert "| 1 | 0.0200 | 5.00 | 2.00 | 2.00 | 0 | 0: 900 / 300 | 0.7000 / 0.7000 / 0.7000 |" in text
     assert "| 0 | 1.0000 | 10.00 | 4.00 | 4.00 | - | - |" in text
     assert "| all | | 15.00 | 6.00 | 6.00 | off / auto 2.50x, off / on 2.50x | | |" in text
+
+
+def test_a_level_on_the_sparse_path_is_its_own_set_up_in_results(tmp_path, mode):
+    """Same spec, seed 0 on the sparse path, seed 1 dense: two groups of one seed each, not two seeds."""
+    from ticketlab.analysis.stats import summarize
+
+    for seed, path in ((0, "on"), (1, "off")):
+        mode(path)
+        ticketlab.prune(
+            "mlp:784-32-16-10", "synthetic", "lottery", 0.5, K=0.5, seed=seed,
+            recipe=Recipe(steps="10it", batch_size=50), val_size=200, out=tmp_path, device="cpu",
+        )  # fmt: skip
+    frame = ticketlab.load_results(tmp_path)
+    pruned = frame[frame["level"] == 1]
+    assert sorted(pruned["env.sparse_path"].fillna("-")) == ["-", "on"]  # recorded on seed 0's level only
+    table = summarize(frame)
+    at_half = table[np.isclose(table["density_key"], 0.5)]
+    assert len(at_half) == 2 and set(at_half["n"]) == {1}
+    assert any("sparse_path=on" in label for label in at_half["label"])

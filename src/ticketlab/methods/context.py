@@ -204,7 +204,7 @@ class Job:
             "method_key": self.resolved.method_key,
             "criterion": self.resolved.criterion,
             "rounds": self.resolved.rounds,
-            "env": self.env,
+            "env": _level_env(self.env, result.sparse_training),
             **(cost or Cost()).metrics(len(self.data.x_train)),
             **({"sparse_training": result.sparse_training} if result.sparse_training else {}),
             **(extra or {}),
@@ -339,3 +339,11 @@ class Job:
             if acc is not None
             else f"level {row['level']}{ctl}"
         )
+
+
+def _level_env(env: dict[str, Any], sparse_training: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's environment, plus ``sparse_path: "on"`` when a layer of this level trained on the sparse path
+    (``training.sparse``): it agrees with the dense path to float tolerance per step, which pruning levels
+    carry on, so results count such a level as a set-up of its own, not as another seed."""
+    layers = (sparse_training or {}).get("layers", {})
+    return {**env, "sparse_path": "on"} if any(layer.get("sparse") for layer in layers.values()) else env
