@@ -1,4 +1,5 @@
-"""The fused SGD step of stacked MLPs against autograd + torch.optim.SGD, one model at a time."""
+"""The fused SGD step (and the hand-written backward under Adam) of stacked MLPs against autograd +
+torch.optim.SGD / Adam, one model at a time."""
 
 from __future__ import annotations
 
@@ -127,10 +128,10 @@ def test_hand_computed_step():
         (Recipe(), True),
         (Recipe(momentum=0.9, weight_decay=1e-4), True),
         (Recipe(momentum=0.9, nesterov=True), False),
-        (Recipe(optimizer="adam", lr=1e-3), False),
+        (Recipe(optimizer="adam", lr=1e-3), True),
     ],
 )
-def test_the_fused_step_is_taken_for_sgd_mlps_only(recipe, fused):
+def test_the_fused_step_is_taken_for_sgd_and_adam_mlps_only(recipe, fused):
     models = [initialize(build_model(SIZES), seed=s) for s in (1, 2)]
     stack = _Stack(models, torch.device("cpu"))
     assert (fused_sgd.for_mlp(stack.template, stack.params, {}, recipe) is not None) == fused
@@ -165,6 +166,7 @@ class _NoHooks:
     [
         Recipe(steps="20it", batch_size=40, lr=0.1, l2=1e-3, lr_schedule="cosine", eval_every="10it"),
         Recipe(steps="20it", batch_size=40, lr=0.05, momentum=0.9, weight_decay=1e-3, eval_every="10it"),
+        Recipe(steps="20it", batch_size=40, optimizer="adam", lr=2e-3, l2=1e-3, weight_decay=1e-3, eval_every="10it"),
     ],
 )
 def test_train_fused_equals_train_autograd(synthetic, recipe, dropout, device):
@@ -192,3 +194,83 @@ def test_train_fused_equals_train_autograd(synthetic, recipe, dropout, device):
             assert row1[key] == pytest.approx(row2[key], rel=1e-5, nan_ok=True), key
     for key, keep in mask.items():
         assert (prunable_parameters(model)[key][~keep] == 0).all()
+
+
+ADAM_RECIPES = {
+    "adam": Recipe(optimizer="adam", lr=1e-2),
+    "adam_decay_l2": Recipe(optimizer="adam", lr=1e-2, weight_decay=1e-2, l2=5e-3, betas=(0.8, 0.99)),
+}
+
+
+@pytest.mark.parametrize("blas", ["openblas", "torch_gemm"])
+@pytest.mark.parametrize("name", list(ADAM_RECIPES))
+def test_fused_adam_equals_autograd_adam_per_model(request, synthetic, blas, name):
+    """K stacked models under FusedAdam against each model alone with autograd and torch.optim.Adam
+    (the gradient masked after backward, as train's autograd step): losses, weights, pruned weights 0."""
+    request.getfixturevalue(blas)
+    recipe = ADAM_RECIPES[name]
+    models, masks = _models_and_masks()
+    singles = [copy.deepcopy(m) for m in models]
+    optimizers = [
+        torch.optim.Adam(m.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+        for m in singles
+    ]
+    stack = _Stack(models, torch.device("cpu"))
+    layers = range(3)
+    stacked_masks = {
+        f"layers.{i}.weight": torch.stack(
+            [
+                (mk[f"layers.{i}.weight"] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool))
+                for mk in masks
+            ]
+        ).float()
+        for i, w in zip(layers, (stack.params[f"layers.{i}.weight"] for i in layers))
+    }
+    fused = fused_sgd.for_mlp(stack.template, stack.params, stacked_masks, recipe)
+    assert isinstance(fused, fused_sgd.FusedAdam)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        idx = torch.stack([torch.randperm(len(synthetic.x_train), generator=g)[:20] for _ in models])
+        xb, yb = synthetic.x_train[idx], synthetic.y_train[idx]
+        lr = recipe.lr * (1 - step / 10)
+        for opt in optimizers:
+            opt.param_groups[0]["lr"] = lr
+        expected = [
+            _reference_step(m, o, mk, xb[k], yb[k], recipe)
+            for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))
+        ]
+        losses = fused.step(xb, yb, lr)
+        assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+    for k, (single, mask) in enumerate(zip(singles, masks)):
+        state = stack.state(k)
+        for key, value in single.state_dict().items():
+            # Adam divides by sqrt(v): a gradient near 0 in one summation order and a hair off it in the
+            # other moves its weight by a visible fraction of lr, so a few weights may differ more
+            diff = (state[key] - value).abs()
+            assert float(diff.max()) < 1e-4, (k, key)
+            assert int((diff > 1e-6).sum()) <= max(2, diff.numel() // 1000), (k, key)
+        if mask is not None:
+            for key, keep in mask.items():
+                assert (state[key][~keep] == 0).all(), (k, key)
+                assert (state[key][keep] != 0).all(), (k, key)
+
+
+def test_fused_adam_hand_computed_first_step():
+    """Adam's first step moves every weight with a non-zero gradient by lr * sign(gradient) (m / sqrt(v)
+    = g / |g| after bias correction, up to eps), a masked weight not at all."""
+    w = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], requires_grad=True)  # K = 1, 2 classes, 2 inputs
+    b = torch.zeros(1, 2, requires_grad=True)
+    mask = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    with torch.no_grad():
+        w.mul_(mask)
+    x = torch.tensor([[[1.0, 2.0], [0.5, 0.0]]])
+    y = torch.tensor([[0, 1]])
+    fused = fused_sgd.FusedAdam([w], [b], [mask], Recipe(optimizer="adam", lr=0.1), [w, b])
+    fused.step(x, y, lr=0.1)
+    p = torch.softmax(torch.tensor([[1.0, 2.0], [0.5, 0.0]]), -1)  # z = x W^T
+    dz = (p - torch.eye(2)[[0, 1]]) / 2
+    grad_w = (dz.T @ torch.tensor([[1.0, 2.0], [0.5, 0.0]])) * mask[0]
+    expected = torch.tensor([[1.0, 0.0], [0.0, 1.0]]) - 0.1 * grad_w.sign()
+    assert torch.allclose(w.detach()[0], expected, atol=1e-6)
+    assert w.detach()[0, 0, 1] == 0  # pruned, stays exactly 0
+    assert torch.allclose(b.detach()[0], -0.1 * dz.sum(0).sign(), atol=1e-6)

@@ -12,7 +12,13 @@ Per model this is the same arithmetic as ``ticketlab.training.loop.train`` with 
 cross-entropy; gradient of the loss + ``l2 * ||w||^2``, plus ``weight_decay * w``; masked gradient
 (a pruned weight stays exactly zero, and so does its momentum); ``buf = momentum * buf + d`` (the first
 step ``buf = d``), ``w -= lr * buf``. Only the summation order inside the GEMMs differs (float tolerance).
-Nesterov and Adam keep the autograd step.
+Nesterov keeps the autograd step.
+
+Adam (:class:`FusedAdam`) cannot live inside a GEMM, but it gains from the same hand-written backward:
+each weight gradient is one GEMM written into a buffer that is the parameter's ``.grad`` (no autograd
+graph, no fresh gradient tensors), masked in place, and torch's fused Adam steps the parameters. Per model
+this is ``train``'s autograd step with ``torch.optim.Adam`` (the recipe's ``make_optimizer``), to float
+tolerance: the gradients are the same sums, the update is the same optimiser.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from ticketlab.models.mlp import MLP
 
 
 def applies(model: nn.Module, recipe: Recipe) -> bool:
-    """Whether :class:`FusedSGD` can train this model with this recipe: an MLP without hooks (its forward
-    is computed here, not by the module), every parameter trained, SGD without Nesterov."""
-    if type(model) is not MLP or recipe.optimizer != "sgd" or recipe.nesterov:
+    """Whether :class:`FusedSGD` (or :class:`FusedAdam`) can train this model with this recipe: an MLP
+    without hooks (its forward is computed here, not by the module), every parameter trained, SGD without
+    Nesterov or Adam."""
+    if type(model) is not MLP or (recipe.optimizer == "sgd" and recipe.nesterov):
         return False
     hooked = any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
@@ -39,10 +46,16 @@ def applies(model: nn.Module, recipe: Recipe) -> bool:
 
 
 def for_mlp(
-    template: nn.Module, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], recipe: Recipe
+    template: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    recipe: Recipe,
+    leaves: Mapping[str, torch.Tensor] | None = None,
 ) -> FusedSGD | None:
     """The fused step over an MLP's parameters stacked K deep (name -> (K, ...); a view of one model's
-    parameters is K = 1) with stacked 0/1 ``masks``, or None where it does not apply (use autograd)."""
+    parameters is K = 1) with stacked 0/1 ``masks``, or None where it does not apply (use autograd).
+    ``leaves``: the tensors Adam's optimiser steps where ``params`` are views of them (one model's
+    parameters seen as K = 1); by default ``params`` themselves."""
     if not applies(template, recipe):
         return None
     layers = range(len(template.layers))
@@ -51,7 +64,17 @@ def for_mlp(
         return None
     # a layer every model keeps whole needs no mask pass
     layer_masks = [masks[n] if n in masks and not bool(masks[n].all()) else None for n in weights]
-    return FusedSGD([params[n] for n in weights], [params[f"layers.{i}.bias"] for i in layers], layer_masks, recipe)
+    biases = [f"layers.{i}.bias" for i in layers]
+    if recipe.optimizer == "adam":
+        owners = leaves if leaves is not None else params
+        return FusedAdam(
+            [params[n] for n in weights],
+            [params[n] for n in biases],
+            layer_masks,
+            recipe,
+            [owners[n] for n in weights + biases],
+        )
+    return FusedSGD([params[n] for n in weights], [params[n] for n in biases], layer_masks, recipe)
 
 
 class FusedSGD:
@@ -150,3 +173,55 @@ class FusedSGD:
             buf = self._buffers[id(b)] = torch.zeros_like(b)
         buf.mul_(self.momentum).add_(grad)
         b.add_(buf, alpha=-lr)
+
+
+class FusedAdam(FusedSGD):
+    """Adam on K stacked MLPs: :class:`FusedSGD`'s forward and hand-written backward write each gradient
+    into the parameter's ``.grad`` (``leaves``: the tensors the optimiser steps, in the order weights then
+    biases, of the same sizes as ``weights`` and ``biases``), masked, then the recipe's Adam steps them."""
+
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor | None],
+        recipe: Recipe,
+        leaves: Sequence[torch.Tensor],
+    ) -> None:
+        super().__init__(weights, biases, masks, recipe)
+        self.l2 = recipe.l2  # Adam adds weight_decay * w itself: only the L2 term is added here
+        self.decay = 0.0
+        tensors = list(weights) + list(biases)
+        if len(leaves) != len(tensors) or any(p.numel() != t.numel() for p, t in zip(leaves, tensors)):
+            raise ValueError("FusedAdam: give one leaf per weight and bias, of the same size")
+        self._grads: dict[int, torch.Tensor] = {}  # id of a stacked tensor -> its gradient buffer
+        for leaf, t in zip(leaves, tensors):
+            grad = torch.zeros_like(leaf, memory_format=torch.contiguous_format)
+            leaf.grad = grad
+            self._grads[id(t)] = grad.view(t.shape)
+        self.optimizer = recipe.make_optimizer(list(leaves))
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        losses = super().step(x, y, lr, dropout)  # the gradients, into the buffers
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return losses
+
+    def _update_weight(
+        self, w: torch.Tensor, g_t: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, lr: float
+    ) -> None:
+        grad = self._grads[id(w)]
+        addmm_(grad, g_t, a, beta=0.0)  # grad = g^T a (+ 2 * l2 * w below)
+        if self.l2:
+            grad.add_(w, alpha=2 * self.l2)
+        if mask is not None:
+            grad.mul_(mask)
+
+    def _update_bias(self, b: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        buffer = self._grads[id(b)]
+        buffer.copy_(grad)
+        if self.l2:
+            buffer.add_(b, alpha=2 * self.l2)

@@ -118,7 +118,11 @@ class _OneModel:
             None
             if hooks is not None
             else fused_sgd.for_mlp(
-                model, {k: p.unsqueeze(0) for k, p in named.items()}, dict(zip(self.names, stacked)), recipe
+                model,
+                {k: p.unsqueeze(0) for k, p in named.items()},
+                dict(zip(self.names, stacked)),
+                recipe,
+                leaves=named,
             )
         )
         # below a measured crossover density a pruned layer trains in CSR (training.sparse)

@@ -291,7 +291,7 @@ def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[Fuse
     """The step to train with: ``fused`` itself, or a :class:`SparseSGD` over the same tensors where the
     mode puts a layer on the sparse path; and the report each level records (None: no layer considered)."""
     chosen = mode()
-    if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1:
+    if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1 or recipe.optimizer != "sgd":
         return fused, None
     layers: dict[str, dict[str, Any]] = {}
     sparse = []
