@@ -1,5 +1,5 @@
 """Training and evaluation: the trainer core every way of training runs on (``core``), one model
-(``loop``), K models of one architecture stacked in one pass (``stacked``), the fused SGD step for MLPs
+(``loop``), K models of one architecture stacked in one pass (``stacked``), the fused SGD and Adam steps for MLPs
 (``fused_sgd``) and its sparse variant for pruned layers (``sparse``), evaluation (``evaluate``)."""
 
 from ticketlab.training.core import Progress, TrainResult, plan_steps, steps_per_epoch

@@ -5,7 +5,8 @@ of each step, its augmentation (the dataset's entry in ``data.AUGMENTATIONS``), 
 step, the evaluation cadence, the early-stopping bookkeeping (step of minimum validation loss, and stopping
 on patience when the recipe asks for it), snapshots for rewinding, ``end_on_best`` and progress callbacks.
 How the weights move is a :class:`Stepper`'s business: one ``nn.Module`` (``training.loop``), K stacked
-models (``training.stacked``), each stepped by autograd or by the fused SGD step (``training.fused_sgd``).
+models (``training.stacked``), each stepped by autograd or by the fused step of MLPs (``training.fused_sgd``: SGD, or Adam
+after a hand-written backward).
 Masks are enforced the same way everywhere (:func:`enforce_masks`, :func:`autograd_update`).
 """
 

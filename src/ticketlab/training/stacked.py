@@ -158,8 +158,8 @@ class _Stack:
 
 
 class _Stacked:
-    """``train_many``'s stepper: K models as one :class:`_Stack`, stepped by the fused SGD step (MLPs with
-    SGD) or by autograd through one optimiser over the stacked tensors."""
+    """``train_many``'s stepper: K models as one :class:`_Stack`, stepped by the fused step (MLPs with SGD
+    or Adam) or by autograd through one optimiser over the stacked tensors."""
 
     def __init__(
         self,
