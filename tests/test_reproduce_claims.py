@@ -154,7 +154,7 @@ def test_budget_table_says_not_run_yet_and_names_each_command():
     assert lines[0].endswith("command |") and len(lines) == 2 + len(claims.BUDGET_CLAIMS)
     for line, claim in zip(lines[2:], claims.BUDGET_CLAIMS):
         (name,) = claim.suites
-        assert f"not run yet (suite {name})" in line and f"`bash benchmarks/reproduce/budget.sh {name}`" in line
+        assert f"not run yet (suite {name}; budget: {claim.budget})" in line and f"`bash benchmarks/reproduce/budget.sh {name}`" in line
     saw = claims.table(
         {"000_saw_vs_bimodal": saw_rows([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])}, claims.BUDGET_CLAIMS, True
     )
@@ -239,3 +239,19 @@ def test_compute_counts_each_training_once_from_its_start_to_where_it_stopped(mo
     assert len(budget_page.trainings(f)) == 3
     # 30 + 40 + 40 steps of batch 100 over 1000 examples
     assert budget_page.model_epochs(f) == pytest.approx((30 + 40 + 40) * 100 / 1000)
+
+
+def test_the_readme_table_puts_each_disputed_claims_budget_verdict_beside_its_reduced_one():
+    saw = {"000_saw_vs_bimodal": saw_rows([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])}
+    lines = claims.both({}, saw)
+    assert "| reduced budget |" in lines[0] and "| at the documents' budget |" in lines[0]
+    assert len(lines) == 2 + len(claims.CLAIMS)
+    cells = {row.split(" | ")[1]: row.removesuffix(" |").split(" | ")[2:] for row in lines[2:]}
+    for claim in claims.BUDGET_CLAIMS:
+        reduced, _, late, _, cmd = cells[claim.text][:5]
+        assert reduced == "no data" and cmd == f"`bash benchmarks/reproduce/budget.sh {claim.suites[0]}`"
+        if claim.suites == ("000_saw_vs_bimodal",):
+            assert late == "agrees"
+        else:
+            assert late.startswith(f"not run yet (suite {claim.suites[0]}; budget: {claim.budget})")
+    assert cells[claims.CLAIMS[0].text][2] == "not rerun (not disputed)"

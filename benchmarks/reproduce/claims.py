@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce/claims.py runs/reproduce-reduced > claims.md
     python benchmarks/reproduce/claims.py runs/reproduce-budget --suites budget
+    python benchmarks/reproduce/claims.py runs/reproduce-reduced --budget runs/reproduce-budget  # both
 
 Each claim is computed from the suites' run directories (ticketlab.load_results): means over seeds of
 the test accuracy at the stated density, Welch's t-test where two groups are compared. The verdict is
@@ -31,6 +32,7 @@ class Claim:
     text: str
     check: Callable[[dict[str, pd.DataFrame]], tuple[str, str]]  # -> (verdict, figures)
     suites: tuple[str, ...] = ()  # the run folders it reads (budget claims: "not run yet" without them)
+    budget: str = ""  # budget claims: the suite's budget and estimated wall time (its file says why)
 
 
 def suite(frames: dict[str, pd.DataFrame], name: str) -> pd.DataFrame:
@@ -321,27 +323,45 @@ BUDGET_CLAIMS = [
         "sGIMP (75%) is at least as good as LR rewinding",
         lambda frames: sgimp_vs_lr_rewind(frames, "002_sgimp_vs_lr_rewind"),
         ("002_sgimp_vs_lr_rewind",),
+        "the full one: 20 epochs, 9 levels, 5 seeds; ~2,000 model-epochs, ~1.9 h",
     ),
     Claim(
         "002",
         "Training Optimal Masks comes close to IMP on the 784-400-400-400-10 MLP at 4%",
         lambda frames: tom_vs_imp(frames, "002_tom_vs_imp"),
         ("002_tom_vs_imp",),
+        "the full one: 20 epochs, 5 seeds; ~1,300-1,400 model-epochs, ~1.3 h",
     ),
     Claim(
         "001",
         "Double-/scored-pruning (regrowth) match or beat IMP at the same density",
         lambda frames: regrowth_vs_imp(frames, "001_regrowth_vs_imp"),
         ("001_regrowth_vs_imp",),
+        "10 of the suite's 20 epochs (20 would take ~3 h), 5 seeds; 2,850 model-epochs, ~1.5 h",
     ),
-    Claim("000", SAW, lambda frames: saw_vs_bimodal(frames, "000_saw_vs_bimodal"), ("000_saw_vs_bimodal",)),
-    Claim("000", ORDER_TEXT, lambda frames: fig514_order(frames, ("000_fig514_order",)), ("000_fig514_order",)),
+    Claim(
+        "000",
+        SAW,
+        lambda frames: saw_vs_bimodal(frames, "000_saw_vs_bimodal"),
+        ("000_saw_vs_bimodal",),
+        "the full one: up to 100 epochs with early stopping, 3 seeds; at most 2,400 model-epochs, at most ~0.9 h",
+    ),
+    Claim(
+        "000",
+        ORDER_TEXT,
+        lambda frames: fig514_order(frames, ("000_fig514_order",)),
+        ("000_fig514_order",),
+        "at most 40 of 000's 100 epochs, early stopping, 3 seeds (100 would take ~3.7 h); at most 3,960 "
+        "model-epochs, at most ~1.5 h",
+    ),
 ]
 
 
 def load_frames(root: str | Path) -> dict[str, pd.DataFrame]:
-    """suite folder name -> its tidy results (folders without results are left out)."""
-    frames = {}
+    """suite folder name -> its tidy results (folders without results, or no folder, are left out)."""
+    frames: dict[str, pd.DataFrame] = {}
+    if not Path(root).is_dir():
+        return frames
     for path in sorted(Path(root).iterdir()):
         if path.is_dir() and path.name != "reports":
             frame = load_results(path)
@@ -350,18 +370,46 @@ def load_frames(root: str | Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def command(claim: Claim) -> str:
+    return f"`bash benchmarks/reproduce/budget.sh {' '.join(claim.suites)}`"
+
+
+def budget_check(claim: Claim, frames: dict[str, pd.DataFrame]) -> tuple[str, str]:
+    """A budget claim's verdict, or "not run yet" (with its suite and budget) where a suite has no runs."""
+    if not all(name in frames for name in claim.suites):
+        return f"not run yet (suite {', '.join(claim.suites)}; budget: {claim.budget})", ""
+    return claim.check(frames)
+
+
 def table(frames: dict[str, pd.DataFrame], claims: Sequence[Claim], budget: bool = False) -> list[str]:
     """The markdown rows of the claims table; budget claims name their command and say "not run yet"
     where their suite has no results."""
     head = "| source | claim | our run | figures |" + (" command |" if budget else "")
     lines = [head, "|---" * (5 if budget else 4) + "|"]
     for claim in claims:
-        command = f"`bash benchmarks/reproduce/budget.sh {' '.join(claim.suites)}`"
-        if budget and not all(name in frames for name in claim.suites):
-            verdict, figures = f"not run yet (suite {', '.join(claim.suites)})", ""
+        verdict, figures = budget_check(claim, frames) if budget else claim.check(frames)
+        lines.append(
+            f"| {claim.source} | {claim.text} | {verdict} | {figures} |" + (f" {command(claim)} |" if budget else "")
+        )
+    return lines
+
+
+def both(reduced: dict[str, pd.DataFrame], budget: dict[str, pd.DataFrame]) -> list[str]:
+    """Every claim at reduced budget, and beside it the same rule at the documents' budget where budget.sh
+    has a suite for it (the same claim text)."""
+    at_budget = {claim.text: claim for claim in BUDGET_CLAIMS}
+    lines = [
+        "| source | claim | reduced budget | figures (reduced) | at the documents' budget | figures (documents' budget) | command |",
+        "|---" * 7 + "|",
+    ]
+    for claim in CLAIMS:
+        verdict, figures = claim.check(reduced)
+        other = at_budget.get(claim.text)
+        if other is None:
+            late, late_figures, cmd = "not rerun (not disputed)", "", ""
         else:
-            verdict, figures = claim.check(frames)
-        lines.append(f"| {claim.source} | {claim.text} | {verdict} | {figures} |" + (f" {command} |" if budget else ""))
+            (late, late_figures), cmd = budget_check(other, budget), command(other)
+        lines.append(f"| {claim.source} | {claim.text} | {verdict} | {figures} | {late} | {late_figures} | {cmd} |")
     return lines
 
 
@@ -374,9 +422,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="reduced",
         help="reduced: run.sh's suites (every claim); budget: budget.sh's focused suites (the disputed claims)",
     )
+    parser.add_argument(
+        "--budget",
+        metavar="DIR",
+        help="with reduced suites in ROOT: add the verdicts of budget.sh's suites in DIR beside them "
+        "(docs/results/README.md's claims table)",
+    )
     args = parser.parse_args(argv)
-    budget = args.suites == "budget"
-    print("\n".join(table(load_frames(args.root), BUDGET_CLAIMS if budget else CLAIMS, budget)))
+    if args.budget:
+        lines = both(load_frames(args.root), load_frames(args.budget))
+    elif args.suites == "budget":
+        lines = table(load_frames(args.root), BUDGET_CLAIMS, budget=True)
+    else:
+        lines = table(load_frames(args.root), CLAIMS)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
