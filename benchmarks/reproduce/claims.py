@@ -370,6 +370,11 @@ def load_frames(root: str | Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def row(*cells: str) -> str:
+    """A markdown table row; a "|" inside a cell (|GraSP|) is escaped."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def command(claim: Claim) -> str:
     return f"`bash benchmarks/reproduce/budget.sh {' '.join(claim.suites)}`"
 
@@ -388,9 +393,7 @@ def table(frames: dict[str, pd.DataFrame], claims: Sequence[Claim], budget: bool
     lines = [head, "|---" * (5 if budget else 4) + "|"]
     for claim in claims:
         verdict, figures = budget_check(claim, frames) if budget else claim.check(frames)
-        lines.append(
-            f"| {claim.source} | {claim.text} | {verdict} | {figures} |" + (f" {command(claim)} |" if budget else "")
-        )
+        lines.append(row(claim.source, claim.text, verdict, figures, *([command(claim)] if budget else [])))
     return lines
 
 
@@ -409,7 +412,7 @@ def both(reduced: dict[str, pd.DataFrame], budget: dict[str, pd.DataFrame]) -> l
             late, late_figures, cmd = "not rerun (not disputed)", "", ""
         else:
             (late, late_figures), cmd = budget_check(other, budget), command(other)
-        lines.append(f"| {claim.source} | {claim.text} | {verdict} | {figures} | {late} | {late_figures} | {cmd} |")
+        lines.append(row(claim.source, claim.text, verdict, figures, late, late_figures, cmd))
     return lines
 
 
