@@ -154,7 +154,10 @@ def test_budget_table_says_not_run_yet_and_names_each_command():
     assert lines[0].endswith("command |") and len(lines) == 2 + len(claims.BUDGET_CLAIMS)
     for line, claim in zip(lines[2:], claims.BUDGET_CLAIMS):
         (name,) = claim.suites
-        assert f"not run yet (suite {name}; budget: {claim.budget})" in line and f"`bash benchmarks/reproduce/budget.sh {name}`" in line
+        assert (
+            f"not run yet (suite {name}; budget: {claim.budget})" in line
+            and f"`bash benchmarks/reproduce/budget.sh {name}`" in line
+        )
     saw = claims.table(
         {"000_saw_vs_bimodal": saw_rows([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])}, claims.BUDGET_CLAIMS, True
     )
@@ -255,3 +258,19 @@ def test_the_readme_table_puts_each_disputed_claims_budget_verdict_beside_its_re
         else:
             assert late.startswith(f"not run yet (suite {claim.suites[0]}; budget: {claim.budget})")
     assert cells[claims.CLAIMS[0].text][2] == "not rerun (not disputed)"
+
+
+def test_the_readme_claims_table_has_both_columns_and_every_claim():
+    text = (ROOT / "docs" / "results" / "README.md").read_text()
+    section = text.split("## The documents' claims against our runs", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert lines[0] == claims.both({}, {})[0]
+    claimed = [line.split(" | ")[1] for line in lines[1:]]
+    assert claimed == [c.text.replace("|", "\\|") for c in claims.CLAIMS]
+    for claim in claims.BUDGET_CLAIMS:  # a budget verdict or, until its suite runs, what it will cost
+        cells = lines[1 + claimed.index(claim.text.replace("|", "\\|"))].removesuffix(" |").split(" | ")
+        late, cmd = cells[4], cells[6]
+        assert cmd == f"`bash benchmarks/reproduce/budget.sh {claim.suites[0]}`"
+        assert (
+            late in ("agrees", "disagrees") or late == f"not run yet (suite {claim.suites[0]}; budget: {claim.budget})"
+        )
