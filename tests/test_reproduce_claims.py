@@ -82,6 +82,8 @@ def test_pair_rule_by_hand():
     )  # no variance (exact binary fractions): Welch's test is undefined, so no evidence either way
     assert claims.pair_holds(same, same, "≈") == (True, "holds")
     assert claims.pair_holds(same + 0.5, same, ">") == (False, "not significant")
+    quarters = np.array([0.25, 0.5, 0.75])  # exact sums: equal means whatever the order
+    assert claims.pair_holds(quarters, quarters[::-1], ">") == (False, "equal means")
     with pytest.raises(ValueError, match="relation"):
         claims.pair_holds(hi, lo, "<")
 

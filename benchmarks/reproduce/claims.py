@@ -245,13 +245,14 @@ ORDER: list[tuple[str, dict[str, object], str]] = [
 
 def pair_holds(a: np.ndarray, b: np.ndarray, relation: str, alpha: float = ALPHA) -> tuple[bool, str]:
     """Whether ``a relation b`` holds: ">" a higher mean and Welch p < alpha; "≈" p >= alpha (or undefined:
-    no variance on either side). The reason reads "holds", "not significant", "reversed" or "different"."""
+    no variance on either side). The reason reads "holds", "not significant", "reversed", "equal means" or
+    "different"."""
     p = welch_p(a, b)
     significant = bool(p < alpha)  # NaN compares False: no evidence of a difference
     if relation == ">":
         if a.mean() > b.mean():
             return (True, "holds") if significant else (False, "not significant")
-        return False, "reversed"
+        return False, "reversed" if a.mean() < b.mean() else "equal means"
     if relation == "≈":
         return (False, "different") if significant else (True, "holds")
     raise ValueError(f"relation must be '>' or '≈', got {relation!r}")
