@@ -9,7 +9,7 @@ import torch
 
 from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.experiment import run_experiment
-from ticketlab.methods.edge_popup import share_counts
+from ticketlab.methods.edge_popup import EdgePopup, share_counts
 from ticketlab.methods.scoretrain import standardised
 from ticketlab.store import RunDir
 
@@ -108,6 +108,16 @@ def test_bad_shares_are_refused_naming_the_field(tmp_path):
     assert not list((tmp_path / "layers").rglob("level_*"))  # refused before any level is trained
 
 
+@pytest.mark.parametrize("counts", [{"w": 2}, 2])  # per layer, and one top-k over all layers
+def test_rank_by_value_or_by_magnitude_by_hand(counts):
+    for rank, kept, gradient in (("abs", [1, 0, 1, 0], [-1, 1, 1, -1]), ("value", [0, 1, 1, 0], [1, 1, 1, 1])):
+        s = torch.tensor([-3.0, 1.0, 2.0, -0.5], requires_grad=True)
+        m = EdgePopup(counts, rank).masks({"w": s})["w"]
+        assert m.tolist() == kept  # abs: -3 is the largest |s|; value: -3 is the smallest s
+        m.sum().backward()
+        assert s.grad is not None and s.grad.tolist() == gradient  # straight through |s| or s
+
+
 def test_standardised_outputs_inside_and_untouched_outside():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
@@ -127,7 +137,7 @@ def test_standardised_outputs_inside_and_untouched_outside():
 
 def test_global_ranking_with_no_score_step_is_global_magnitude_pruning(tmp_path):
     s = spec(steps="1it", lr=1e-30, momentum=0.0, weight_decay=0.0, weights="init", score_init="magnitude",
-             ranking="global", normalise=True, train=True)  # fmt: skip
+             rank="value", ranking="global", normalise=True, train=True)  # fmt: skip
     result = run_experiment(s, tmp_path, device="cpu")
     run = RunDir(result.path)
     init, mask = run.level(0).weights("start"), run.level(1).mask()
@@ -142,8 +152,8 @@ def test_global_ranking_with_no_score_step_is_global_magnitude_pruning(tmp_path)
 
 
 def test_normalised_global_score_phase_is_deterministic_and_moves_the_mask(tmp_path):
-    base = dict(steps="6it", lr=0.3, weight_decay=0.0, weights="init", score_init="magnitude", ranking="global",
-                train=True)  # fmt: skip
+    base = dict(steps="6it", lr=0.3, weight_decay=0.0, weights="init", score_init="magnitude", rank="value",
+                ranking="global", train=True)  # fmt: skip
     a = RunDir(run_experiment(spec(normalise=True, **base), tmp_path / "a", device="cpu").path).level(1)
     b = RunDir(run_experiment(spec(normalise=True, **base), tmp_path / "b", device="cpu").path).level(1)
     c = RunDir(run_experiment(spec(normalise=False, **base), tmp_path / "c", device="cpu").path).level(1)

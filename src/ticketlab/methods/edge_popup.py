@@ -28,6 +28,9 @@ Options beyond the paper (issue 22 item 4, docs/results/leaderboard/moonshot.md)
   per layer, in the model's order, normalised), not density·N_l per layer: k_l = share_l·round(density·N),
   a layer whose share exceeds its size kept whole and its excess spread over the others in proportion to
   their shares, rounded by largest remainders (see :func:`share_counts`); the total stays round(density·N);
+* ``rank: value``: the scores are ranked by their value s, not |s| as in the authors' code (there a score
+  pushed far below zero comes back in; here it stays out), and the straight-through gradient goes to s
+  unchanged (``abs``: sign(s) times it);
 * ``ranking: global``: one top-k of |s| over all layers, k = round(density·N), in the forward passes and
   for the final mask, so the score phase decides how many weights each layer keeps (with ``score_init:
   magnitude`` it starts from global magnitude pruning's split); cannot go with ``shares``;
@@ -90,6 +93,9 @@ class EdgePopupOptions(ScoreTrainingOptions):
         None,
         description="share of the kept weights per prunable layer, in the model's order (normalised); "
         "default: every layer keeps the density",
+    )
+    rank: Literal["abs", "value"] = Field(
+        "abs", description="rank the scores by |s| (the paper's code) or by s (a score pushed below 0 stays out)"
     )
     ranking: Literal["layer", "global"] = Field(
         "layer", description="top-k of |s| per layer (the paper) or over all layers (the split learned)"
@@ -163,22 +169,26 @@ class EdgePopup:
     """The forward masks of edge-popup: top-k_l of |s| per layer (one top-k over all layers for an int
     count), straight-through to the scores."""
 
-    def __init__(self, counts: dict[str, int] | int) -> None:
-        self.counts = counts
+    def __init__(self, counts: dict[str, int] | int, rank: str = "abs") -> None:
+        self.counts, self.rank = counts, rank
+
+    def ranked(self, s: torch.Tensor) -> torch.Tensor:
+        """What is ranked: |s| (the paper's code) or s itself (``rank: value``)."""
+        return s.abs() if self.rank == "abs" else s
 
     def masks(self, scores: Scores) -> Scores:
         if isinstance(self.counts, int):
             return self._global(scores)
         out = {}
         for name, s in scores.items():
-            magnitude = s.abs()
+            magnitude = self.ranked(s)
             keep = torch.zeros(s.numel(), dtype=s.dtype, device=s.device)
             keep[torch.topk(magnitude.detach().flatten(), self.counts[name], sorted=False).indices] = 1
             out[name] = straight_through(keep.view_as(s), magnitude)
         return out
 
     def _global(self, scores: Scores) -> Scores:
-        magnitudes = {name: s.abs() for name, s in scores.items()}
+        magnitudes = {name: self.ranked(s) for name, s in scores.items()}
         flat = torch.cat([m.detach().flatten() for m in magnitudes.values()])
         keep = torch.zeros(flat.numel(), dtype=flat.dtype, device=flat.device)
         keep[torch.topk(flat, int(self.counts), sorted=False).indices] = 1
@@ -237,20 +247,21 @@ def _supermask(job: Job, options: EdgePopupOptions, level: int, density: float) 
     else:
         scores = kaiming_uniform_scores(weights, names, spec.seed, device)
     counts = level_counts(job.model, list(spec.exempt), density, options)
+    rule = EdgePopup(counts, options.rank)
     hidden = list(prunable_parameters(job.model, spec.exempt))[:-1] if options.normalise else []
     with measure(job.model) as meter, standardised(job.model, hidden):
         state, curve = train_scores(
             job.model,
             weights,
             scores,
-            EdgePopup(counts),
+            rule,
             job.data,
             score_recipe(options, spec.recipe),
             spec.seed,
             job.log,
         )
     final = {n: s.detach().cpu() for n, s in scores.items()}
-    mask = top_k({n: final[n].abs() for n in names}, counts, seed=seed_for(spec.seed, level))
+    mask = top_k({n: rule.ranked(final[n]) for n in names}, counts, seed=seed_for(spec.seed, level))
     job.check_collapse(mask, level)
     start = masked_state(state, mask)
     cost = meter.cost()
