@@ -17,8 +17,9 @@ code github.com/allenai/hidden-networks was read, not copied).
   say otherwise).
 
 The rounding of k_l: each layer keeps density·N_l weights, rounded so that the whole network keeps exactly
-round(density·N) (largest remainders; the library's exact-density contract). The ranking is always per
-layer, so the spec's ``scope`` does not apply and must stay at its default.
+round(density·N) (largest remainders; the library's exact-density contract). The ranking is per layer
+(or global by the ``ranking`` option, below), so the spec's ``scope`` does not apply and must stay at its
+default.
 
 Options beyond the paper (issue 22 item 4, docs/results/leaderboard/moonshot.md):
 
@@ -31,7 +32,7 @@ Options beyond the paper (issue 22 item 4, docs/results/leaderboard/moonshot.md)
 * ``rank: value``: the scores are ranked by their value s, not |s| as in the authors' code (there a score
   pushed far below zero comes back in; here it stays out), and the straight-through gradient goes to s
   unchanged (``abs``: sign(s) times it);
-* ``ranking: global``: one top-k of |s| over all layers, k = round(density·N), in the forward passes and
+* ``ranking: global``: one top-k of the ranked scores (|s| or s) over all layers, k = round(density·N), in the forward passes and
   for the final mask, so the score phase decides how many weights each layer keeps (with ``score_init:
   magnitude`` it starts from global magnitude pruning's split); cannot go with ``shares``;
 * ``normalise: true``: in the score phase every prunable layer but the last standardises its outputs over
@@ -145,7 +146,9 @@ def share_counts(sizes: dict[str, int], shares: dict[str, float], total: int) ->
     return counts
 
 
-def level_counts(model: torch.nn.Module, exempt: list[str], density: float, options: EdgePopupOptions):
+def level_counts(
+    model: torch.nn.Module, exempt: list[str], density: float, options: EdgePopupOptions
+) -> dict[str, int] | int:
     """k_l per prunable layer: density·N_l (:func:`layer_counts`) or the ``shares`` option's split; with
     ``ranking: global`` one count for all layers, round(density·N)."""
     params = prunable_parameters(model, exempt)
