@@ -17,7 +17,8 @@ BatchNorm layers run in train mode: their running statistics follow the masked n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -92,6 +93,29 @@ def frozen_weights(initial: StateDict, names: list[str], kind: str) -> StateDict
         if kind == "signed_constant"
         else {k: v.clone() for k, v in initial.items()}
     )
+
+
+@contextmanager
+def standardised(model: nn.Module, names: list[str], eps: float = 1e-5) -> Iterator[None]:
+    """While inside, the modules owning the parameters ``names`` (``layers.0.weight`` -> ``layers.0``)
+    standardise their outputs over the batch: (z - mean) / sqrt(var + eps) per output unit or channel
+    (dimension 1), the mean and biased variance over every other dimension (batch normalisation without
+    affine parameters or running statistics). The modules' weights are not touched; the hooks go at exit."""
+    handles = []
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(output.dim()) if d != 1]
+        mean = output.mean(dim=dims, keepdim=True)
+        var = output.var(dim=dims, unbiased=False, keepdim=True)
+        return (output - mean) / torch.sqrt(var + eps)
+
+    try:
+        for name in dict.fromkeys(n.rpartition(".")[0] for n in names):
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def score_step(
