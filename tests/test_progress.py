@@ -158,8 +158,13 @@ def test_without_a_terminal_one_line_per_finished_level(tmp_path):
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     process = subprocess.Popen(
-        # long enough levels that the run cannot finish before the signal lands on a loaded machine
-        [sys.executable, *PRUNE, "--density", "0.05", "--steps", "2000it", "--out", str(tmp_path)],
+        # 14 levels after level 0 (IMP, K = 0.8, to 5%): the run cannot finish before the signal lands, even on a
+        # loaded machine where this process waits a while after reading the line (one level after it could)
+        [
+            sys.executable,
+            *PRUNE,
+            *("--method", "lottery", "--K", "0.8", "--density", "0.05", "--steps", "2000it", "--out", str(tmp_path)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
