@@ -55,6 +55,33 @@ def _reference_step(model, optimizer, mask, x, y, recipe) -> float:
     return float(loss.detach())
 
 
+def _stacked_masks(stack, masks):
+    """Layer name -> the K models' masks of that layer stacked as 0/1 floats (all ones for a model without one)."""
+    return {
+        name: torch.stack(
+            [(mk[name] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool)) for mk in masks]
+        ).float()
+        for name, w in ((f"layers.{i}.weight", stack.params[f"layers.{i}.weight"]) for i in range(3))
+    }
+
+
+def _steps_agree(fused, singles, optimizers, masks, synthetic, recipe) -> None:
+    """Six steps of ``fused`` on K models against one reference step per model; the losses agree."""
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        idx = torch.stack([torch.randperm(len(synthetic.x_train), generator=g)[:20] for _ in singles])
+        xb, yb = synthetic.x_train[idx], synthetic.y_train[idx]
+        lr = recipe.lr * (1 - step / 10)  # a changing learning rate, as a schedule gives
+        for opt in optimizers:
+            opt.param_groups[0]["lr"] = lr
+        expected = [
+            _reference_step(m, o, mk, xb[k], yb[k], recipe)
+            for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))
+        ]
+        losses = fused.step(xb, yb, lr)
+        assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("blas", ["openblas", "torch_gemm"])
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_fused_step_equals_autograd_sgd_per_model(request, synthetic, blas, name):
@@ -68,34 +95,14 @@ def test_fused_step_equals_autograd_sgd_per_model(request, synthetic, blas, name
     ]
     stack = _Stack(models, torch.device("cpu"))
     layers = range(3)
-    stacked_masks = [
-        torch.stack(
-            [
-                (mk[f"layers.{i}.weight"] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool))
-                for mk in masks
-            ]
-        ).float()
-        for i, w in zip(layers, (stack.params[f"layers.{i}.weight"] for i in layers))
-    ]
+    stacked_masks = list(_stacked_masks(stack, masks).values())
     fused = FusedSGD(
         [stack.params[f"layers.{i}.weight"] for i in layers],
         [stack.params[f"layers.{i}.bias"] for i in layers],
         stacked_masks,
         recipe,
     )
-    g = torch.Generator().manual_seed(1)
-    for step in range(6):
-        idx = torch.stack([torch.randperm(len(synthetic.x_train), generator=g)[:20] for _ in models])
-        xb, yb = synthetic.x_train[idx], synthetic.y_train[idx]
-        lr = recipe.lr * (1 - step / 10)  # a changing learning rate, as a schedule gives
-        for opt in optimizers:
-            opt.param_groups[0]["lr"] = lr
-        expected = [
-            _reference_step(m, o, mk, xb[k], yb[k], recipe)
-            for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))
-        ]
-        losses = fused.step(xb, yb, lr)
-        assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+    _steps_agree(fused, singles, optimizers, masks, synthetic, recipe)
     for k, (single, mask) in enumerate(zip(singles, masks)):
         state = stack.state(k)
         for key, value in single.state_dict().items():
@@ -216,31 +223,10 @@ def test_fused_adam_equals_autograd_adam_per_model(request, synthetic, blas, nam
         for m in singles
     ]
     stack = _Stack(models, torch.device("cpu"))
-    layers = range(3)
-    stacked_masks = {
-        f"layers.{i}.weight": torch.stack(
-            [
-                (mk[f"layers.{i}.weight"] if mk is not None else torch.ones(w.shape[1:], dtype=torch.bool))
-                for mk in masks
-            ]
-        ).float()
-        for i, w in zip(layers, (stack.params[f"layers.{i}.weight"] for i in layers))
-    }
+    stacked_masks = _stacked_masks(stack, masks)
     fused = fused_sgd.for_mlp(stack.template, stack.params, stacked_masks, recipe)
     assert isinstance(fused, fused_sgd.FusedAdam)
-    g = torch.Generator().manual_seed(1)
-    for step in range(6):
-        idx = torch.stack([torch.randperm(len(synthetic.x_train), generator=g)[:20] for _ in models])
-        xb, yb = synthetic.x_train[idx], synthetic.y_train[idx]
-        lr = recipe.lr * (1 - step / 10)
-        for opt in optimizers:
-            opt.param_groups[0]["lr"] = lr
-        expected = [
-            _reference_step(m, o, mk, xb[k], yb[k], recipe)
-            for k, (m, o, mk) in enumerate(zip(singles, optimizers, masks))
-        ]
-        losses = fused.step(xb, yb, lr)
-        assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+    _steps_agree(fused, singles, optimizers, masks, synthetic, recipe)
     for k, (single, mask) in enumerate(zip(singles, masks)):
         state = stack.state(k)
         for key, value in single.state_dict().items():
