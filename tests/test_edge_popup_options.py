@@ -1,5 +1,6 @@
 """edge-popup's options beyond the paper (issue 22 item 4): ``shares`` (the kept weights split between the
-layers in given proportions), ``score_init: magnitude`` (scores start at |w_0|) and ``train`` (the mask's
+layers in given proportions), ``score_init: magnitude`` (scores start at |w_0|) or ``criterion`` (from a
+criterion's mask), and ``train`` (the mask's
 weights trained with the recipe, the level is the trained ticket)."""
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import torch
 
 from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.experiment import run_experiment
-from ticketlab.methods.edge_popup import EdgePopup, share_counts
+from ticketlab.masks import Mask
+from ticketlab.methods.edge_popup import EdgePopup, rank_matched, share_counts
 from ticketlab.methods.scoretrain import standardised
 from ticketlab.store import RunDir
 
@@ -160,3 +162,50 @@ def test_normalised_global_score_phase_is_deterministic_and_moves_the_mask(tmp_p
     assert a.mask() == b.mask() and a.mask().kept() == 2541
     assert all(torch.equal(a.weights("final")[n], b.weights("final")[n]) for n in a.weights("final"))
     assert a.mask() != c.mask()  # the standardisation changes what the scores learn
+
+
+def test_rank_matched_by_hand():
+    # kept first (b0, a1), by the last scores (a1: 5 > b0: 2); then the rest by the last scores (a0: 1), then
+    # by |w_0| (b1 before a2: 0.7 > 0.2, both last score 0); the values are |w_0| sorted: 0.9 0.7 0.5 0.3 0.2
+    mask = Mask({"a": torch.tensor([False, True, False]), "b": torch.tensor([True, False])})
+    last = {"a": torch.tensor([1.0, 5.0, 0.0]), "b": torch.tensor([2.0, 0.0])}
+    magnitude = {"a": torch.tensor([0.5, 0.3, 0.2]), "b": torch.tensor([0.9, 0.7])}
+    out = rank_matched(mask, last, magnitude, per_layer=False)
+    assert torch.equal(out["a"], torch.tensor([0.5, 0.9, 0.2])) and torch.equal(out["b"], torch.tensor([0.7, 0.3]))
+    # within each layer: a ranks a1, a0, a2 on its own values 0.5 0.3 0.2; b ranks b0, b1 on 0.9 0.7
+    out = rank_matched(mask, last, magnitude, per_layer=True)
+    assert torch.equal(out["a"], torch.tensor([0.3, 0.5, 0.2])) and torch.equal(out["b"], torch.tensor([0.9, 0.7]))
+
+
+@pytest.mark.parametrize("ranking", ["global", "layer"])
+def test_criterion_start_with_no_score_step_is_the_criterions_mask(tmp_path, ranking):
+    """With no score step the mask is multishot's mask for the same criterion, rounds and seed; the
+    criterion's scoring is counted in the mask's cost."""
+    options = dict(steps="1it", lr=1e-30, momentum=0.0, weight_decay=0.0, weights="init", rank="value",
+                   ranking=ranking, train=True)  # fmt: skip
+    ours = spec(densities=(0.05,), score_init="criterion", **options)
+    ours = ours.model_copy(update={"method": ours.method.model_copy(update={"criterion": "synflow", "rounds": 5})})
+    level = RunDir(run_experiment(ours, tmp_path / "ep", device="cpu").path).level(1)
+    reference = ours.model_copy(update={"method": MethodSpec(name="multishot", criterion="synflow", rounds=5)})
+    expected = RunDir(run_experiment(reference, tmp_path / "ms", device="cpu").path).level(1).mask()
+    if ranking == "global":
+        assert level.mask() == expected
+    else:  # the criterion's ranking within each layer, at edge-popup's per-layer counts
+        assert level.mask().kept() == expected.kept() and level.mask() != expected
+        for n in expected:  # per layer, one of the two masks holds the other: the same ranking, other counts
+            ours_n, theirs = level.mask()[n], expected[n]
+            assert bool((ours_n | ~theirs).all()) or bool((theirs | ~ours_n).all())
+    plain = spec(densities=(0.05,), score_init="magnitude", **options)
+    base = RunDir(run_experiment(plain, tmp_path / "mag", device="cpu").path).level(1)
+    assert level.metrics()["mask_cost_passes"] == base.metrics()["mask_cost_passes"] + 5  # one SynFlow pass a round
+
+
+def test_criterion_goes_with_score_init_criterion_only(tmp_path):
+    with_criterion = spec(score_init="magnitude")
+    with_criterion = with_criterion.model_copy(
+        update={"method": with_criterion.method.model_copy(update={"criterion": "synflow"})}
+    )
+    with pytest.raises(ValueError, match="method.criterion: edge_popup learns its scores"):
+        run_experiment(with_criterion, tmp_path / "a", device="cpu")
+    with pytest.raises(ValueError, match="method.criterion: edge_popup learns its scores"):
+        run_experiment(spec(score_init="criterion"), tmp_path / "b", device="cpu")

@@ -25,6 +25,12 @@ Options beyond the paper (issue 22 item 4, docs/results/leaderboard/moonshot.md)
 
 * ``score_init: magnitude``: the scores start at |w_0|, the spec's initial weights (a magnitude ranking that
   the score phase then revises), instead of Kaiming uniform;
+* ``score_init: criterion``: the scores start from ``method.criterion``'s mask, pruned to the target density
+  in ``method.rounds`` rounds from w_0 as ``multishot`` prunes (e.g. 100-round SynFlow): the criterion's
+  ranking (its kept weights first, by their last scores, then the rest by |w_0|) takes the values of the
+  sorted |w_0| (over all layers with ``ranking: global``, within each layer otherwise), so the first forward
+  pass uses the criterion's mask and the scores have the scale of ``magnitude``'s (:func:`rank_matched`);
+  its scoring is part of the mask's cost;
 * ``shares``: the kept weights split between the prunable layers in these proportions (one positive number
   per layer, in the model's order, normalised), not density·N_l per layer: k_l = share_l·round(density·N),
   a layer whose share exceeds its size kept whole and its excess spread over the others in proportion to
@@ -87,8 +93,10 @@ class EdgePopupOptions(ScoreTrainingOptions):
     """Options of ``edge_popup`` (Ramanujan et al. 2020): the score phase's optimiser and the frozen weights."""
 
     weight_decay: float = Field(1e-4, ge=0, description="weight decay on the scores (the code's configs: 1e-4)")
-    score_init: Literal["kaiming_uniform", "magnitude"] = Field(
-        "kaiming_uniform", description="initial scores: Kaiming uniform (the paper) or |w_0| (magnitude)"
+    score_init: Literal["kaiming_uniform", "magnitude", "criterion"] = Field(
+        "kaiming_uniform",
+        description="initial scores: Kaiming uniform (the paper), |w_0| (magnitude), or the ranking of "
+        "method.criterion's mask on the values of |w_0| (criterion)",
     )
     shares: tuple[PositiveFloat, ...] | None = Field(
         None,
@@ -221,17 +229,53 @@ def magnitude_scores(initial: StateDict, names: list[str], device: torch.device)
     return {n: initial[n].detach().abs().to(device, torch.float32).requires_grad_() for n in names}
 
 
+def rank_matched(mask: Mask, last: Scores, magnitude: Scores, per_layer: bool) -> dict[str, torch.Tensor]:
+    """Scores that rank the weights as a criterion's mask does, on the values of |w_0|: the order is kept
+    weights first, then by ``last`` (the criterion's last scores), then by ``magnitude``; the j-th weight in
+    that order gets the j-th largest value of ``magnitude`` (over all layers, or within its layer with
+    ``per_layer``). A top-k of the result at the mask's count is the mask (with distinct magnitudes)."""
+    groups = [[n] for n in mask] if per_layer else [list(mask)]
+    out = {}
+    for names in groups:
+        keys = [torch.cat([t[n].detach().flatten().cpu().double() for n in names]) for t in (magnitude, last)]
+        kept = torch.cat([mask[n].flatten().cpu().double() for n in names])
+        order = torch.arange(kept.numel())
+        for key in (keys[0], keys[1], kept):  # least significant first; stable sorts make it lexicographic
+            order = order[torch.sort(key[order], descending=True, stable=True).indices]
+        values = torch.empty_like(keys[0])
+        values[order] = torch.sort(keys[0], descending=True).values
+        parts = torch.split(values, [mask[n].numel() for n in names])
+        out.update({n: p.view(mask[n].shape).float() for n, p in zip(names, parts)})
+    return out
+
+
+def criterion_scores(job: Job, density: float, level: int, names: list[str], per_layer: bool) -> Scores:
+    """``score_init: criterion``: prune w_0 to ``density`` with the spec's criterion in its rounds (as
+    ``multishot``), and return :func:`rank_matched` scores as leaf tensors on the model's device."""
+    job.model.load_state_dict(job.init_state)
+    mask, last, _ = job.prune(Mask.ones(job.model, job.spec.exempt), density, job.resolved.rounds, level)
+    job.model.load_state_dict(job.init_state)
+    magnitude = {n: job.init_state[n].abs() for n in names}
+    device = next(job.model.parameters()).device
+    scores = rank_matched(Mask({n: mask[n] for n in names}), last, magnitude, per_layer)
+    return {n: s.to(device).requires_grad_() for n, s in scores.items()}
+
+
 def _edge_popup(job: Job) -> None:
     """edge-popup (Ramanujan et al. 2020): per-layer top-k of learned scores, a supermask of frozen weights,
-    untrained; options: |w_0| start, layer shares or a global top-k, a standardised score phase, a trained ticket."""
+    untrained; options: |w_0| or a criterion's start, layer shares or a global top-k, a standardised score
+    phase, a trained ticket."""
     spec = job.spec
-    if spec.method.criterion:
-        raise ValueError("method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); give no criterion")
+    options: EdgePopupOptions = options_of(spec.method)
+    if bool(spec.method.criterion) != (options.score_init == "criterion"):
+        raise ValueError(
+            "method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); give a criterion only "
+            "with method.options.score_init: criterion (the scores start from its mask), and one with it"
+        )
     if spec.method.scope != "global":
         raise ValueError(
             "method.scope: edge_popup ranks the scores within each layer (Ramanujan et al. 2020); leave scope at its default"
         )
-    options: EdgePopupOptions = options_of(spec.method)
     for density in spec.densities:
         level_counts(job.model, list(spec.exempt), density, options)  # bad shares fail before any training
     dense_level(job, job.total_steps)
@@ -245,24 +289,27 @@ def _supermask(job: Job, options: EdgePopupOptions, level: int, density: float) 
     names = sorted(Mask.ones(job.model, spec.exempt))
     weights = frozen_weights(job.init_state, names, options.weights)
     device = next(job.model.parameters()).device
-    if options.score_init == "magnitude":
-        scores = magnitude_scores(job.init_state, names, device)
-    else:
-        scores = kaiming_uniform_scores(weights, names, spec.seed, device)
     counts = level_counts(job.model, list(spec.exempt), density, options)
     rule = EdgePopup(counts, options.rank)
     hidden = list(prunable_parameters(job.model, spec.exempt))[:-1] if options.normalise else []
-    with measure(job.model) as meter, standardised(job.model, hidden):
-        state, curve = train_scores(
-            job.model,
-            weights,
-            scores,
-            rule,
-            job.data,
-            score_recipe(options, spec.recipe),
-            spec.seed,
-            job.log,
-        )
+    with measure(job.model) as meter:
+        if options.score_init == "criterion":  # its scoring passes are part of the mask's cost
+            scores = criterion_scores(job, density, level, names, per_layer=options.ranking == "layer")
+        elif options.score_init == "magnitude":
+            scores = magnitude_scores(job.init_state, names, device)
+        else:
+            scores = kaiming_uniform_scores(weights, names, spec.seed, device)
+        with standardised(job.model, hidden):
+            state, curve = train_scores(
+                job.model,
+                weights,
+                scores,
+                rule,
+                job.data,
+                score_recipe(options, spec.recipe),
+                spec.seed,
+                job.log,
+            )
     final = {n: s.detach().cpu() for n, s in scores.items()}
     mask = top_k({n: rule.ranked(final[n]) for n in names}, counts, seed=seed_for(spec.seed, level))
     job.check_collapse(mask, level)
