@@ -23,7 +23,7 @@ from ticketlab.experiment.progress import RunStatus
 from ticketlab.files import CorruptFileError, load_tensors, save_tensors
 from ticketlab.hardware.device import resolve_device
 from ticketlab.hardware.environment import differences, environment
-from ticketlab.methods import METHODS, Job, resolve_method
+from ticketlab.methods import METHODS, Job, check_on_model, resolve_method
 from ticketlab.models import build_model, initialize, snapshot
 from ticketlab.store import RunDir
 from ticketlab.training.loop import Progress
@@ -137,6 +137,15 @@ def prepare_run(
 ) -> tuple[RunDir, torch.nn.Module, dict[str, torch.Tensor]]:
     """The run directory (spec written; its level 0 shared, see ``ticketlab.experiment.dense``), the model on
     ``device`` with the shared initial weights loaded, and those weights: what every run starts from."""
+    model = build_model(
+        spec.model,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        bn_momentum=spec.bn_momentum,
+        bn_eps=spec.bn_eps,
+        dropout=spec.dropout,
+    )
+    check_on_model(spec, model)  # a method's checks that need the model, before anything is written
     run = RunDir(Path(root) / spec.run_id(), dense=dense_store(root, spec))
     run.write_spec(spec.model_dump(mode="json"))
     run.write_data_info(
@@ -147,14 +156,6 @@ def prepare_run(
             "mean": list(data.mean),
             "std": list(data.std),
         }
-    )
-    model = build_model(
-        spec.model,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        bn_momentum=spec.bn_momentum,
-        bn_eps=spec.bn_eps,
-        dropout=spec.dropout,
     )
     init_state = initial_weights(model, spec, data.input_shape, data.num_classes, Path(root), data=data)
     model.load_state_dict(init_state)

@@ -66,11 +66,12 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveFloat
 
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.masks import Mask, masked_state, prunable_parameters, top_k
 from ticketlab.methods.context import Job
 from ticketlab.methods.cost import measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.registry import METHODS, MODEL_CHECKS, OPTIONS, options_of
 from ticketlab.methods.scoretrain import (
     Scores,
     ScoreTrainingOptions,
@@ -261,23 +262,30 @@ def criterion_scores(job: Job, density: float, level: int, names: list[str], per
     return {n: s.to(device).requires_grad_() for n, s in scores.items()}
 
 
-def _edge_popup(job: Job) -> None:
-    """edge-popup (Ramanujan et al. 2020): per-layer top-k of learned scores, a supermask of frozen weights,
-    untrained; options: |w_0| or a criterion's start, layer shares or a global top-k, a standardised score
-    phase, a trained ticket."""
-    spec = job.spec
+def check_spec(spec: ExperimentSpec, model: torch.nn.Module) -> None:
+    """What edge_popup's spec must be, checked before a run writes anything: a criterion exactly with
+    ``score_init: criterion``, the default scope, ``shares`` that fit the model's prunable layers."""
     options: EdgePopupOptions = options_of(spec.method)
     if bool(spec.method.criterion) != (options.score_init == "criterion"):
         raise ValueError(
-            "method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); give a criterion only "
-            "with method.options.score_init: criterion (the scores start from its mask), and one with it"
+            "method.criterion: edge_popup learns its scores (Ramanujan et al. 2020); it takes a criterion "
+            "only to start them from its mask (option score_init=criterion), and that option needs one"
         )
     if spec.method.scope != "global":
         raise ValueError(
             "method.scope: edge_popup ranks the scores within each layer (Ramanujan et al. 2020); leave scope at its default"
         )
     for density in spec.densities:
-        level_counts(job.model, list(spec.exempt), density, options)  # bad shares fail before any training
+        level_counts(model, list(spec.exempt), density, options)
+
+
+def _edge_popup(job: Job) -> None:
+    """edge-popup (Ramanujan et al. 2020): per-layer top-k of learned scores, a supermask of frozen weights,
+    untrained; options: |w_0| or a criterion's start, layer shares or a global top-k, a standardised score
+    phase, a trained ticket."""
+    spec = job.spec
+    options: EdgePopupOptions = options_of(spec.method)
+    check_spec(spec, job.model)
     dense_level(job, job.total_steps)
     for level, density in enumerate(spec.densities, start=1):
         pruned_level(job, level, density, job.init_state, partial(_supermask, job, options, level, density))
@@ -322,3 +330,4 @@ def _supermask(job: Job, options: EdgePopupOptions, level: int, density: float) 
 
 
 METHODS.register("edge_popup")(_edge_popup)
+MODEL_CHECKS["edge_popup"] = check_spec

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from torch import nn
 
-from ticketlab.config.spec import UPFRONT, MethodSpec
+from ticketlab.config.spec import UPFRONT, ExperimentSpec, MethodSpec
 from ticketlab.criteria import CRITERIA, parse
 from ticketlab.registry import Registry, split_name
 
@@ -20,6 +21,17 @@ OPTIONS: Registry[type[BaseModel]] = Registry("method options")
 # A method whose criterion, when the spec names none, is not magnitude registers it here (supermask:
 # large_final_same_sign); None: the method selects its masks by no criterion (tom learns them).
 DEFAULT_CRITERIA: dict[str, str | None] = {}
+# A method whose spec can only be checked against the built model registers ``fn(spec, model)`` here; it
+# runs before a run writes anything and raises ``ValueError("<field>: ...")`` (edge_popup: its shares per
+# prunable layer, its criterion with ``score_init: criterion``).
+MODEL_CHECKS: dict[str, Callable[[ExperimentSpec, nn.Module], None]] = {}
+
+
+def check_on_model(spec: ExperimentSpec, model: nn.Module) -> None:
+    """The method's :data:`MODEL_CHECKS` entry, if it has one."""
+    key, _ = split_name(spec.method.name)
+    if key in MODEL_CHECKS:
+        MODEL_CHECKS[key](spec, model)
 
 
 def resolve_criterion(method: MethodSpec) -> str | None:
