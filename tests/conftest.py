@@ -12,6 +12,9 @@ os.environ.setdefault("TICKETLAB_QUIET", "1")
 # deterministic and keep the user cache untouched with it off; its own tests turn it on. Set the variable
 # to "on" to run the suite on the sparse path.
 os.environ.setdefault("TICKETLAB_SPARSE_TRAINING", "off")
+# Likewise whether a level's controls train stacked (ticketlab.training.stack_choice): "auto" times it; the
+# suite stacks them always, its own tests turn "auto" on.
+os.environ.setdefault("TICKETLAB_STACK_CONTROLS", "on")
 
 
 @pytest.fixture(scope="session")

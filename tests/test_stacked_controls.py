@@ -19,6 +19,7 @@ from ticketlab.experiment.run import run_experiment
 from ticketlab.files import load_tensors
 from ticketlab.methods.context import stack_controls
 from ticketlab.models import build_model
+from ticketlab.training import stack_choice
 
 SGD = Recipe(steps="20it", batch_size=100, lr=0.1, momentum=0.9, eval_every="10it")
 ADAM = Recipe(steps="20it", batch_size=100, lr=1e-3, optimizer="adam", eval_every="10it")
@@ -128,13 +129,72 @@ def test_sweeps_stack_the_controls_of_all_their_runs(tmp_path, monkeypatch):
 
 def test_the_stacking_setting_sparse_tickets_and_convolutional_models(monkeypatch):
     mlp, conv = build_model("mlp:784-16-10"), build_model("lenet5")
-    assert stack_controls(mlp) and stack_controls(mlp, {"sparse_training": None})
-    assert not stack_controls(conv)  # vmap stacking: slower per model than one at a time on CPU
+    monkeypatch.delenv("TICKETLAB_STACK_CONTROLS")
+    assert stack_controls(mlp) == "measure" and stack_controls(mlp, {"sparse_training": None}) == "measure"
+    assert stack_controls(conv) == "alone"  # vmap stacking: slower per model than one at a time on CPU
     sparse_ticket = {"sparse_training": {"mode": "auto", "layers": {"layers.0.weight": {"sparse": True}}}}
     dense_ticket = {"sparse_training": {"mode": "auto", "layers": {"layers.0.weight": {"sparse": False}}}}
-    assert not stack_controls(mlp, sparse_ticket) and stack_controls(mlp, dense_ticket)
+    assert stack_controls(mlp, sparse_ticket) == "alone" and stack_controls(mlp, dense_ticket) == "measure"
+    monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "on")
+    assert stack_controls(mlp, dense_ticket) == "stack" and stack_controls(conv) == "alone"
     monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "off")
-    assert not stack_controls(mlp, dense_ticket)
+    assert stack_controls(mlp, dense_ticket) == "alone"
     monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "maybe")
-    with pytest.raises(ValueError, match="TICKETLAB_STACK_CONTROLS must be one of on, off; got 'maybe'"):
+    with pytest.raises(ValueError, match="TICKETLAB_STACK_CONTROLS must be one of auto, on, off; got 'maybe'"):
         stack_controls(mlp)
+
+
+def test_time_stacking_times_both_ways_and_leaves_the_model_alone():
+    model = build_model("mlp:784-16-10")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mask = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+            for n, p in model.named_parameters() if n.endswith("weight")}  # fmt: skip
+    seconds = stack_choice.time_stacking(model, [mask, None], SGD, (1, 28, 28), 10, torch.device("cpu"))
+    assert set(seconds) == {"stacked", "sequential"} and all(0 < s < 10 for s in seconds.values())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_decide_stacks_where_it_measures_faster_and_caches_the_verdict(tmp_path, monkeypatch):
+    model, cpu = build_model("mlp:784-16-10"), torch.device("cpu")
+    timed: list[int] = []
+
+    def timing(seconds):
+        return lambda *args: timed.append(1) or dict(seconds)
+
+    monkeypatch.setattr(stack_choice, "time_stacking", timing({"stacked": 2e-3, "sequential": 3e-3}))
+    verdict = stack_choice.decide(model, [None, None], SGD, (1, 28, 28), 10, cpu, root=tmp_path)
+    assert verdict.stack and verdict.source == "measured" and timed == [1]
+    again = stack_choice.decide(model, [None, None], SGD, (1, 28, 28), 10, cpu, root=tmp_path)
+    assert again.stack and again.source == "cache" and timed == [1]  # read back, not timed again
+    assert "stacked 2.00 ms, sequential 3.00 ms per step, from the cache" in again.describe()
+    # another key (three trainings, Adam) is measured on its own: here one at a time is faster
+    monkeypatch.setattr(stack_choice, "time_stacking", timing({"stacked": 5e-3, "sequential": 4e-3}))
+    assert not stack_choice.decide(model, [None] * 3, ADAM, (1, 28, 28), 10, cpu, root=tmp_path).stack
+    # a damaged cache file is detected and measured again, never used
+    path = stack_choice.cache_file(stack_choice.cache_key(model, SGD, 2, cpu), tmp_path)
+    path.write_text(path.read_text().replace("0.002", "0.009"))
+    damaged = stack_choice.decide(model, [None, None], SGD, (1, 28, 28), 10, cpu, root=tmp_path)
+    assert damaged.source == "measured" and "damaged cache file" in damaged.note and not damaged.stack
+
+    def failing(*args):
+        raise RuntimeError("out of memory\nmore")
+
+    monkeypatch.setattr(stack_choice, "time_stacking", failing)
+    failed = stack_choice.decide(model, [None] * 4, SGD, (1, 28, 28), 10, cpu, root=tmp_path)
+    assert not failed.stack and failed.source == "timing failed" and failed.note == "out of memory"
+    assert not stack_choice.cache_file(stack_choice.cache_key(model, SGD, 4, cpu), tmp_path).exists()
+
+
+@pytest.mark.parametrize("faster", ["stacked", "sequential"])
+def test_auto_trains_the_controls_the_way_the_cached_verdict_says(tmp_path, monkeypatch, stacks, faster):
+    monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "auto")
+    monkeypatch.setenv("TICKETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    seconds = {"stacked": 1e-3, "sequential": 2e-3} if faster == "stacked" else {"stacked": 2e-3, "sequential": 1e-3}
+    monkeypatch.setattr(stack_choice, "time_stacking", lambda *args: dict(seconds))
+    lines: list[str] = []
+    run = run_experiment(spec(), tmp_path / "run", log=lines.append).path
+    assert stacks == ([len(CONTROLS)] * 2 if faster == "stacked" else [])
+    assert sum("controls " in line and "per step, measured now" in line for line in lines) == 1
+    assert sum("controls " in line and "per step, from the cache" in line for line in lines) == 1
+    for metrics, _ in levels(run).values():
+        assert metrics["stacked"] == (len(CONTROLS) if metrics["control"] and faster == "stacked" else 1)

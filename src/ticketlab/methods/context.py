@@ -28,26 +28,31 @@ from ticketlab.models.mlp import MLP
 from ticketlab.schedules import multishot_densities
 from ticketlab.seeding import seed_for
 from ticketlab.store import LevelDir, RunDir
+from ticketlab.training import stack_choice
 from ticketlab.training.loop import Progress, TrainResult, steps_per_epoch, train
 from ticketlab.training.stacked import train_many
 
 Log = Callable[[str], None]
 STACK_ENV = "TICKETLAB_STACK_CONTROLS"
-STACK_CHOICES = ("on", "off")
+STACK_CHOICES = ("auto", "on", "off")
 
 
-def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) -> bool:
-    """Whether a level's pending controls train together in one stack: ``$TICKETLAB_STACK_CONTROLS`` ``on``
-    (default) or ``off``. Only MLPs stack (their stacked GEMMs; convolutional models stack through vmap,
-    measured slower per model than one at a time on CPU: Conv-6 in benchmarks/README.md), and not where
-    the ticket (``ticket``: its row) trained on the sparse path (``training.sparse``, one model only): its
-    controls have its layer densities and train sparse alone."""
-    choice = os.environ.get(STACK_ENV, "on").strip().lower() or "on"
+def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) -> str:
+    """How a level's pending controls train: ``"stack"`` (together, one ``train_many``), ``"alone"`` (one at
+    a time) or ``"measure"`` (whichever :func:`~ticketlab.training.stack_choice.decide` measures faster on
+    this machine). ``$TICKETLAB_STACK_CONTROLS``: ``auto`` (default: measure), ``on`` (stack) or ``off``.
+    Only MLPs stack (their stacked GEMMs; convolutional models stack through vmap, measured slower per
+    model than one at a time on CPU: Conv-6 in benchmarks/README.md), and not where the ticket
+    (``ticket``: its row) trained on the sparse path (``training.sparse``, one model only): its controls
+    have its layer densities and train sparse alone."""
+    choice = os.environ.get(STACK_ENV, "auto").strip().lower() or "auto"
     if choice not in STACK_CHOICES:
         raise ValueError(f"{STACK_ENV} must be one of {', '.join(STACK_CHOICES)}; got {choice!r}")
     layers = ((ticket or {}).get("sparse_training") or {}).get("layers") or {}
     sparse = any(layer.get("sparse") for layer in layers.values())
-    return choice == "on" and isinstance(model, MLP) and not sparse
+    if choice == "off" or not isinstance(model, MLP) or sparse:
+        return "alone"
+    return "stack" if choice == "on" else "measure"
 
 
 @dataclass
@@ -287,8 +292,8 @@ class Job:
     ) -> None:
         """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
         like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``.
-        Several pending controls train together in one stack (:meth:`train_together`) unless
-        :func:`stack_controls` says otherwise for the ``ticket``'s row."""
+        Several pending controls train together in one stack (:meth:`train_together`) where
+        :func:`stack_controls` says so for the ``ticket``'s row, or measures it faster."""
         pending: list[tuple[str, Mask, StateDict]] = []
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
@@ -298,7 +303,16 @@ class Job:
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
             pending.append((name, *CONTROLS.get(name)(mask, start, dense_start, fresh, g)))
-        if len(pending) > 1 and stack_controls(self.model, ticket):
+        way = stack_controls(self.model, ticket) if len(pending) > 1 else "alone"
+        if way == "measure":
+            device = next(self.model.parameters()).device
+            masks = [c_mask for _, c_mask, _ in pending]
+            verdict = stack_choice.decide(
+                self.model, masks, self.spec.recipe, self.data.input_shape, self.data.num_classes, device
+            )
+            self.log(verdict.describe())
+            way = "stack" if verdict.stack else "alone"
+        if way == "stack":
             trained = self.train_together([(c_mask, c_start) for _, c_mask, c_start in pending], start_step, end_step)
             for (name, c_mask, c_start), (c_result, final) in zip(pending, trained):
                 self.model.load_state_dict(final)
