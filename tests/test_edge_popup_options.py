@@ -210,3 +210,25 @@ def test_criterion_goes_with_score_init_criterion_only(tmp_path):
     with pytest.raises(ValueError, match="method.criterion: edge_popup learns its scores"):
         run_experiment(spec(score_init="criterion"), tmp_path / "b", device="cpu")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+
+
+@pytest.mark.parametrize("family", ["lenet5", "resnet20"])
+def test_criterion_start_on_conv_and_batchnorm_models(tmp_path, family):
+    s = ExperimentSpec(
+        model=family,
+        dataset="synthetic",
+        val_size=200,
+        recipe=Recipe(steps="1it", batch_size=8, eval_every=None),
+        densities=(0.2,),
+        method=MethodSpec(
+            name="edge_popup",
+            criterion="snip",
+            rounds=2,
+            options=dict(
+                steps="2it", score_init="criterion", weights="init", rank="value", ranking="global", train=True
+            ),
+        ),
+    )
+    run = RunDir(run_experiment(s, tmp_path, device="cpu").path)
+    mask = run.level(1).mask()
+    assert mask.kept() == round(0.2 * mask.total()) and run.level(1).metrics()["mask_cost_passes"] > 2
