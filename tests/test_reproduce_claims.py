@@ -274,5 +274,18 @@ def test_the_readme_claims_table_has_both_columns_and_every_claim():
         late, cmd = cells[4], cells[6]
         assert cmd == f"`bash benchmarks/reproduce/budget.sh {claim.suites[0]}`"
         assert (
-            late in ("agrees", "disagrees") or late == f"not run yet (suite {claim.suites[0]}; budget: {claim.budget})"
+            late in ("agrees", "disagrees")
+            or late == f"not run yet (suite {claim.suites[0]}; budget: {claim.budget})"
+            or re.fullmatch(rf"running \(suite {claim.suites[0]}: \d+ of \d+ runs finished; budget: .*\)", late)
         )
+
+
+def test_a_budget_suite_that_is_still_running_gives_no_verdict(tmp_path):
+    saw = {"000_saw_vs_bimodal": saw_rows([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])}
+    line = next(row for row in claims.both({}, saw, {"000_saw_vs_bimodal": (4, 6)}) if "Scores-as-Weights" in row)
+    assert "| running (suite 000_saw_vs_bimodal: 4 of 6 runs finished; budget: " in line and "agrees" not in line
+    assert "| agrees |" in next(r for r in claims.both({}, saw, {"000_saw_vs_bimodal": (6, 6)}) if "Scores-as" in r)
+    # progress is counted from the suite's grid: an empty folder has none of its runs finished
+    (tmp_path / "000_saw_vs_bimodal").mkdir()
+    total = len(grid_points(load_sweep(BUDGET / "000_saw_vs_bimodal.yaml")))
+    assert claims.budget_progress(tmp_path) == {"000_saw_vs_bimodal": (0, total)}

@@ -11,7 +11,9 @@
 #
 # Resumable: run it again (in a later session too) and each suite continues where it stopped (finished
 # runs are skipped, an unfinished run resumes from its last finished level); a finished suite trains
-# nothing and only rewrites its page. Every session is logged in RUNS/<suite>.sessions.tsv.
+# nothing and only rewrites its page. Every session is logged in RUNS/<suite>.sessions.tsv; a session that
+# was killed (e.g. at the end of a work session) is logged when the next one starts, with its length up to
+# the last file it wrote (a lower bound).
 # It commits nothing: when a suite is complete it prints the `git add` / `git commit` line for its page.
 # Then: python benchmarks/reproduce/claims.py RUNS --suites budget (the verdicts).
 # RUNS (default runs/reproduce-budget) holds the run directories, PAGES (default
@@ -72,8 +74,17 @@ for name in "${wanted[@]}"; do
   stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   load=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
   status=0
+  open="$out.session.open"
+  if [[ -f $open ]]; then  # a session killed before it could log itself: its length up to its last file
+    IFS=$'\t' read -r ostamp ostart oload ocpu < "$open"
+    last=$(find "$out" -type f -newer "$open" -printf '%T@\n' 2>/dev/null | sort -n | tail -1 | cut -d. -f1)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$ostamp" "$(( ${last:-$ostart} - ostart ))" "killed (seconds to its last file)" \
+      "$oload" "$ocpu" >> "$out.sessions.tsv"
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$stamp" "$start" "$load" "${cpu:-?}" > "$open"
   tl sweep "$file" --out "$out" --layout "$layout" ${sets[@]+"${sets[@]}"} || status=$?
   printf '%s\t%s\t%s\t%s\t%s\n' "$stamp" "$(( $(date +%s) - start ))" "$status" "$load" "${cpu:-?}" >> "$out.sessions.tsv"
+  rm -f "$open"
   [[ $status != 0 ]] && echo "== $name: some runs failed (listed above); run again to retry them"
   mkdir -p "$page"
   kvs=()

@@ -24,6 +24,10 @@ import pandas as pd
 
 from ticketlab.analysis.stats import tidy, welch_p
 from ticketlab.api import load_results
+from ticketlab.store import RunDir
+from ticketlab.sweep import grid_points, load_sweep
+
+BUDGET_DIR = Path(__file__).resolve().parent / "budget"  # budget.sh's suites
 
 
 @dataclass
@@ -380,25 +384,50 @@ def command(claim: Claim) -> str:
     return f"`bash benchmarks/reproduce/budget.sh {' '.join(claim.suites)}`"
 
 
-def budget_check(claim: Claim, frames: dict[str, pd.DataFrame]) -> tuple[str, str]:
-    """A budget claim's verdict, or "not run yet" (with its suite and budget) where a suite has no runs."""
+Progress = dict[str, tuple[int, int]]  # budget suite -> (runs finished, runs in its grid)
+
+
+def budget_progress(root: str | Path) -> Progress:
+    """How many of each budget suite's runs under ``root`` are finished (suites with a folder there)."""
+    out: Progress = {}
+    for file in sorted(BUDGET_DIR.glob("*.yaml")):
+        folder = Path(root) / file.stem
+        if folder.is_dir():
+            points = grid_points(load_sweep(file))
+            out[file.stem] = (sum(RunDir(folder / s.run_id()).finished for _, s in points), len(points))
+    return out
+
+
+def budget_check(claim: Claim, frames: dict[str, pd.DataFrame], progress: Progress | None = None) -> tuple[str, str]:
+    """A budget claim's verdict, or "not run yet" (with its suite and budget) where a suite has no runs, or
+    "running" where ``progress`` says its suite is not finished: a verdict is read only from whole suites."""
+    running = [
+        (n, *progress[n]) for n in claim.suites if progress and n in progress and progress[n][0] < progress[n][1]
+    ]
+    if running:
+        done = "; ".join(f"suite {n}: {d} of {t} runs finished" for n, d, t in running)
+        return f"running ({done}; budget: {claim.budget})", ""
     if not all(name in frames for name in claim.suites):
         return f"not run yet (suite {', '.join(claim.suites)}; budget: {claim.budget})", ""
     return claim.check(frames)
 
 
-def table(frames: dict[str, pd.DataFrame], claims: Sequence[Claim], budget: bool = False) -> list[str]:
+def table(
+    frames: dict[str, pd.DataFrame], claims: Sequence[Claim], budget: bool = False, progress: Progress | None = None
+) -> list[str]:
     """The markdown rows of the claims table; budget claims name their command and say "not run yet"
     where their suite has no results."""
     head = "| source | claim | our run | figures |" + (" command |" if budget else "")
     lines = [head, "|---" * (5 if budget else 4) + "|"]
     for claim in claims:
-        verdict, figures = budget_check(claim, frames) if budget else claim.check(frames)
+        verdict, figures = budget_check(claim, frames, progress) if budget else claim.check(frames)
         lines.append(row(claim.source, claim.text, verdict, figures, *([command(claim)] if budget else [])))
     return lines
 
 
-def both(reduced: dict[str, pd.DataFrame], budget: dict[str, pd.DataFrame]) -> list[str]:
+def both(
+    reduced: dict[str, pd.DataFrame], budget: dict[str, pd.DataFrame], progress: Progress | None = None
+) -> list[str]:
     """Every claim at reduced budget, and beside it the same rule at the documents' budget where budget.sh
     has a suite for it (the same claim text)."""
     at_budget = {claim.text: claim for claim in BUDGET_CLAIMS}
@@ -412,7 +441,7 @@ def both(reduced: dict[str, pd.DataFrame], budget: dict[str, pd.DataFrame]) -> l
         if other is None:
             late, late_figures, cmd = "not rerun (not disputed)", "", ""
         else:
-            (late, late_figures), cmd = budget_check(other, budget), command(other)
+            (late, late_figures), cmd = budget_check(other, budget, progress), command(other)
         lines.append(row(claim.source, claim.text, verdict, figures, late, late_figures, cmd))
     return lines
 
@@ -434,9 +463,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.budget:
-        lines = both(load_frames(args.root), load_frames(args.budget))
+        lines = both(load_frames(args.root), load_frames(args.budget), budget_progress(args.budget))
     elif args.suites == "budget":
-        lines = table(load_frames(args.root), BUDGET_CLAIMS, budget=True)
+        lines = table(load_frames(args.root), BUDGET_CLAIMS, budget=True, progress=budget_progress(args.root))
     else:
         lines = table(load_frames(args.root), CLAIMS)
     print("\n".join(lines))
