@@ -202,7 +202,8 @@ class FusedAdam(FusedSGD):
     def _choose(self) -> None:
         self.compacted = []
         for w, mask in zip(self.weights, self.masks):
-            compact = mask is not None and use_compact(mask.numel(), float(mask.mean()))
+            # on CPU only: the crossover is timed on the CPU (elsewhere the dense step, as before)
+            compact = mask is not None and mask.device.type == "cpu" and use_compact(mask.numel(), float(mask.mean()))
             if compact:
                 assert mask is not None
                 self._kept[id(w)] = Kept(mask)
