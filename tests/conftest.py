@@ -12,6 +12,9 @@ os.environ.setdefault("TICKETLAB_QUIET", "1")
 # deterministic and keep the user cache untouched with it off; its own tests turn it on. Set the variable
 # to "on" to run the suite on the sparse path.
 os.environ.setdefault("TICKETLAB_SPARSE_TRAINING", "off")
+# Likewise Adam over the kept weights only (ticketlab.hardware.adam_choice): equal to the dense step to the
+# last bit or so, chosen by timing under "auto"; off here, its own tests turn it on and test the choice.
+os.environ.setdefault("TICKETLAB_COMPACT_ADAM", "off")
 
 
 @pytest.fixture(scope="session")

@@ -213,8 +213,22 @@ def test_modes(monkeypatch, tmp_path):
     monkeypatch.setenv(adam_choice.ENV, "off")
     assert not adam_choice.use_compact(1000, 0.01, never, tmp_path)
     monkeypatch.setenv(adam_choice.ENV, "sometimes")
-    with pytest.raises(ValueError, match="TICKETLAB_COMPACT_ADAM.*auto, on, off"):
+    with pytest.raises(ValueError, match=r"TICKETLAB_COMPACT_ADAM must be one of auto, on, off; got 'sometimes'"):
         adam_choice.mode()
+
+
+def test_cli_rejects_a_bad_mode_before_writing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ticketlab.cli.app import app
+
+    monkeypatch.setenv(adam_choice.ENV, "fast")
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app, ["prune", "--model", "mlp:784-16-10", "--dataset", "synthetic", "--density", "0.5", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "TICKETLAB_COMPACT_ADAM" in result.output
+    assert not out.exists() or not any(out.rglob("*.json"))
 
 
 def test_time_steps_times_both_steps_at_each_density():

@@ -47,7 +47,7 @@ def mode() -> str:
     """``$TICKETLAB_COMPACT_ADAM`` (default ``auto``); anything else is a ValueError naming the allowed values."""
     chosen = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if chosen not in MODES:
-        raise ValueError(f"{ENV}={chosen!r}: must be one of {', '.join(MODES)}")
+        raise ValueError(f"{ENV} must be one of {', '.join(MODES)}; got {chosen!r}")
     return chosen
 
 
