@@ -15,6 +15,9 @@ os.environ.setdefault("TICKETLAB_SPARSE_TRAINING", "off")
 # Likewise whether a level's controls train stacked (ticketlab.training.stack_choice): "auto" times it; the
 # suite stacks them always, its own tests turn "auto" on.
 os.environ.setdefault("TICKETLAB_STACK_CONTROLS", "on")
+# Likewise Adam over the kept weights only (ticketlab.hardware.adam_choice): equal to the dense step to the
+# last bit or so, chosen by timing under "auto"; off here, its own tests turn it on and test the choice.
+os.environ.setdefault("TICKETLAB_COMPACT_ADAM", "off")
 
 
 @pytest.fixture(scope="session")

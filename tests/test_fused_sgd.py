@@ -251,7 +251,7 @@ def test_fused_adam_hand_computed_first_step():
         w.mul_(mask)
     x = torch.tensor([[[1.0, 2.0], [0.5, 0.0]]])
     y = torch.tensor([[0, 1]])
-    fused = fused_sgd.FusedAdam([w], [b], [mask], Recipe(optimizer="adam", lr=0.1), [w, b])
+    fused = fused_sgd.FusedAdam([w], [b], [mask], Recipe(optimizer="adam", lr=0.1))
     fused.step(x, y, lr=0.1)
     p = torch.softmax(torch.tensor([[1.0, 2.0], [0.5, 0.0]]), -1)  # z = x W^T
     dz = (p - torch.eye(2)[[0, 1]]) / 2

@@ -11,6 +11,7 @@ from ticketlab.config.problems import problem
 from ticketlab.config.spec import ExperimentSpec, MethodSpec
 from ticketlab.criteria.saw import is_saw, saw_criterion
 from ticketlab.data import DATASETS
+from ticketlab.hardware import adam_choice
 from ticketlab.methods import CONTROLS, OPTIONS, check_method
 from ticketlab.models import INITS, MODELS
 from ticketlab.registry import split_name
@@ -35,6 +36,7 @@ def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
     _check_options(spec.method)
     check_method(spec.method)
     sparse.mode()  # a bad $TICKETLAB_SPARSE_TRAINING fails here, before a run writes anything
+    adam_choice.mode()  # and a bad $TICKETLAB_COMPACT_ADAM
     return spec
 
 

@@ -15,10 +15,13 @@ step ``buf = d``), ``w -= lr * buf``. Only the summation order inside the GEMMs 
 Nesterov keeps the autograd step.
 
 Adam (:class:`FusedAdam`) cannot live inside a GEMM, but it gains from the same hand-written backward:
-each weight gradient is one GEMM written into a buffer that is the parameter's ``.grad`` (no autograd
-graph, no fresh gradient tensors), masked in place, and torch's fused Adam steps the parameters. Per model
-this is ``train``'s autograd step with ``torch.optim.Adam`` (the recipe's ``make_optimizer``), to float
-tolerance: the gradients are the same sums, the update is the same optimiser.
+each weight gradient is one GEMM written into a buffer (no autograd graph, no fresh gradient tensors),
+masked in place, and the kernel of torch's fused Adam steps the parameters, called directly (the
+optimiser object's per-step Python, and its import of ``torch._dynamo``, cost more than the step at these
+sizes). At low density a layer steps only its kept weights (``hardware.adam_choice``: the same update,
+pruned weights having gradient and moments 0). Per model this is ``train``'s autograd step with
+``torch.optim.Adam`` (the recipe's ``make_optimizer``), to float tolerance: the gradients are the same
+sums, the update is the same kernel.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from ticketlab.config.recipe import Recipe
+from ticketlab.hardware.adam_choice import Kept, fused_adam, use_compact
 from ticketlab.hardware.blas import addmm_
 from ticketlab.models.mlp import MLP
 
@@ -50,12 +54,9 @@ def for_mlp(
     params: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],
     recipe: Recipe,
-    leaves: Mapping[str, torch.Tensor] | None = None,
 ) -> FusedSGD | None:
     """The fused step over an MLP's parameters stacked K deep (name -> (K, ...); a view of one model's
-    parameters is K = 1) with stacked 0/1 ``masks``, or None where it does not apply (use autograd).
-    ``leaves``: the tensors Adam's optimiser steps where ``params`` are views of them (one model's
-    parameters seen as K = 1); by default ``params`` themselves."""
+    parameters is K = 1) with stacked 0/1 ``masks``, or None where it does not apply (use autograd)."""
     if not applies(template, recipe):
         return None
     layers = range(len(template.layers))
@@ -66,14 +67,7 @@ def for_mlp(
     layer_masks = [masks[n] if n in masks and not bool(masks[n].all()) else None for n in weights]
     biases = [f"layers.{i}.bias" for i in layers]
     if recipe.optimizer == "adam":
-        owners = leaves if leaves is not None else params
-        return FusedAdam(
-            [params[n] for n in weights],
-            [params[n] for n in biases],
-            layer_masks,
-            recipe,
-            [owners[n] for n in weights + biases],
-        )
+        return FusedAdam([params[n] for n in weights], [params[n] for n in biases], layer_masks, recipe)
     return FusedSGD([params[n] for n in weights], [params[n] for n in biases], layer_masks, recipe)
 
 
@@ -176,9 +170,15 @@ class FusedSGD:
 
 
 class FusedAdam(FusedSGD):
-    """Adam on K stacked MLPs: :class:`FusedSGD`'s forward and hand-written backward write each gradient
-    into the parameter's ``.grad`` (``leaves``: the tensors the optimiser steps, in the order weights then
-    biases, of the same sizes as ``weights`` and ``biases``), masked, then the recipe's Adam steps them."""
+    """Adam on K stacked MLPs: :class:`FusedSGD`'s forward and hand-written backward write each gradient into
+    a buffer, then one fused Adam kernel (``hardware.adam_choice.fused_adam``: ``torch.optim.Adam(fused=True)``'s
+    kernel and arguments, called without the optimiser's per-step Python) steps the weights and biases in
+    place. ``weights`` must be contiguous (views of contiguous parameters are).
+
+    A masked layer takes one of two equal ways (``hardware.adam_choice``): dense, its gradient multiplied by
+    the mask and every weight stepped (a pruned one by exactly 0), or compacted, only its kept weights
+    gathered, stepped and scattered back. Which one is chosen at the first step, on the training's threads,
+    from the measured crossover density (``use_compact``); ``compacted`` says per layer."""
 
     def __init__(
         self,
@@ -186,28 +186,57 @@ class FusedAdam(FusedSGD):
         biases: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor | None],
         recipe: Recipe,
-        leaves: Sequence[torch.Tensor],
     ) -> None:
         super().__init__(weights, biases, masks, recipe)
         self.l2 = recipe.l2  # Adam adds weight_decay * w itself: only the L2 term is added here
         self.decay = 0.0
-        tensors = list(weights) + list(biases)
-        if len(leaves) != len(tensors) or any(p.numel() != t.numel() for p, t in zip(leaves, tensors)):
-            raise ValueError("FusedAdam: give one leaf per weight and bias, of the same size")
-        self._grads: dict[int, torch.Tensor] = {}  # id of a stacked tensor -> its gradient buffer
-        for leaf, t in zip(leaves, tensors):
-            grad = torch.zeros_like(leaf, memory_format=torch.contiguous_format)
-            leaf.grad = grad
-            self._grads[id(t)] = grad.view(t.shape)
-        self.optimizer = recipe.make_optimizer(list(leaves))
+        self.betas, self.weight_decay = recipe.betas, recipe.weight_decay
+        if not all(w.is_contiguous() for w in self.weights):
+            raise ValueError("FusedAdam: the weights must be contiguous (the compacted step indexes them flat)")
+        self._grads = {id(t): torch.zeros_like(t) for t in self.weights + self.biases}  # gradient buffers
+        self._step = torch.zeros((), dtype=torch.float32, device=self.weights[0].device)  # as torch's fused Adam
+        self._kept: dict[int, Kept] = {}  # id of a compacted weight -> its kept weights
+        self.compacted: list[bool] | None = None  # per layer, once chosen at the first step
+        self._dense: tuple[list[torch.Tensor], ...] = ()
 
+    def _choose(self) -> None:
+        self.compacted = []
+        for w, mask in zip(self.weights, self.masks):
+            # on CPU only: the crossover is timed on the CPU (elsewhere the dense step, as before)
+            compact = mask is not None and mask.device.type == "cpu" and use_compact(mask.numel(), float(mask.mean()))
+            if compact:
+                assert mask is not None
+                self._kept[id(w)] = Kept(mask)
+            self.compacted.append(compact)
+        dense = [t for t in self.weights if id(t) not in self._kept] + self.biases
+        self._dense = (
+            dense,
+            [self._grads[id(t)] for t in dense],
+            [torch.zeros_like(t) for t in dense],
+            [torch.zeros_like(t) for t in dense],
+        )
+
+    @torch.no_grad()
     def step(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
     ) -> torch.Tensor:
+        if self.compacted is None:
+            self._choose()
         losses = super().step(x, y, lr, dropout)  # the gradients, into the buffers
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
+        params, grads, avgs, sqs = (list(part) for part in self._dense)
+        for w, kept in ((w, self._kept[id(w)]) for w in self.weights if id(w) in self._kept):
+            kept.gather(w, self._grads[id(w)])
+            if self.l2:
+                kept.grad.add_(kept.param, alpha=2 * self.l2)
+            params.append(kept.param)
+            grads.append(kept.grad)
+            avgs.append(kept.avg)
+            sqs.append(kept.sq)
+        self._step.add_(1)
+        fused_adam(params, grads, avgs, sqs, self._step, lr=lr, betas=self.betas, weight_decay=self.weight_decay)
+        for w in self.weights:
+            if id(w) in self._kept:
+                self._kept[id(w)].scatter(w)
         return losses
 
     def _update_weight(
@@ -215,6 +244,8 @@ class FusedAdam(FusedSGD):
     ) -> None:
         grad = self._grads[id(w)]
         addmm_(grad, g_t, a, beta=0.0)  # grad = g^T a (+ 2 * l2 * w below)
+        if id(w) in self._kept:  # compacted: the kept entries are gathered, L2 added there, after the backward
+            return
         if self.l2:
             grad.add_(w, alpha=2 * self.l2)
         if mask is not None:

@@ -122,7 +122,6 @@ class _OneModel:
                 {k: p.unsqueeze(0) for k, p in named.items()},
                 dict(zip(self.names, stacked)),
                 recipe,
-                leaves=named,
             )
         )
         # below a measured crossover density a pruned layer trains in CSR (training.sparse)
