@@ -235,3 +235,26 @@ def test_time_steps_times_both_steps_at_each_density():
     rows = adam_choice.time_steps(4096, densities=(0.5, 0.05))
     assert set(rows) == {"dense", "compact"}
     assert all(len(v) == 2 and all(s > 0 for s in v) for v in rows.values())
+
+
+@pytest.mark.parametrize("way", ["on", "off"])
+def test_a_level_records_which_layers_adam_stepped_compacted(tmp_path, monkeypatch, way):
+    from ticketlab.config.spec import ExperimentSpec, MethodSpec
+    from ticketlab.experiment.run import run_experiment
+    from ticketlab.store import RunDir
+
+    monkeypatch.setenv("TICKETLAB_COMPACT_ADAM", way)
+    spec = ExperimentSpec(
+        model="mlp:784-32-16-10",
+        dataset="synthetic",
+        val_size=200,
+        recipe=Recipe(steps="4it", batch_size=50, optimizer="adam", lr=1e-3, eval_every=None),
+        method=MethodSpec(name="lottery", K=0.5),
+        densities=[0.25],
+        controls=["reinit", "shuffle_mask"],  # trained stacked (the suite's default): train_many records it too
+    )
+    run = RunDir(run_experiment(spec, tmp_path, device="cpu").path)
+    assert run.level(0).metrics()["compact_adam"] == [False] * 3  # the dense level: no mask to compact
+    pruned = [run.level(n).metrics() for n in (1, 2)] + [run.level(2, "reinit").metrics()]
+    for metrics in pruned:
+        assert metrics["compact_adam"] == [way == "on"] * 3, metrics["density"]

@@ -212,6 +212,9 @@ class Job:
             "env": _level_env(self.env, result.sparse_training),
             **(cost or Cost()).metrics(len(self.data.x_train)),
             **({"sparse_training": result.sparse_training} if result.sparse_training else {}),
+            # which layers Adam stepped over their kept weights only (hardware.adam_choice): equal to the dense
+            # step to float tolerance, measured per machine, so recorded (not a set-up of its own)
+            **({"compact_adam": result.compact_adam} if result.compact_adam is not None else {}),
             **(extra or {}),
         }
         if level == 0 and not control:

@@ -55,6 +55,7 @@ class TrainResult:
     eval_time: float = 0.0  # the part of wall_time spent evaluating (per model, as wall_time)
     stacked: int = 1  # models trained together in one stack (train_many), this one included
     sparse_training: dict[str, Any] | None = None  # training.sparse's choice per layer (None: none considered)
+    compact_adam: list[bool] | None = None  # per layer: FusedAdam stepped only the kept weights (None: no FusedAdam)
 
     def __post_init__(self) -> None:
         if self.stopped_step is None:

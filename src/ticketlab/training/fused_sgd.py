@@ -169,6 +169,13 @@ class FusedSGD:
         b.add_(buf, alpha=-lr)
 
 
+def compacted(fused: FusedSGD | None) -> list[bool] | None:
+    """Per layer, whether a :class:`FusedAdam` stepped only its kept weights (None: not a FusedAdam, or
+    one that never stepped): what a level records, since the two ways agree to float tolerance, not bit
+    for bit."""
+    return list(fused.compacted) if isinstance(fused, FusedAdam) and fused.compacted is not None else None
+
+
 class FusedAdam(FusedSGD):
     """Adam on K stacked MLPs: :class:`FusedSGD`'s forward and hand-written backward write each gradient into
     a buffer, then one fused Adam kernel (``hardware.adam_choice.fused_adam``: ``torch.optim.Adam(fused=True)``'s

@@ -208,4 +208,5 @@ def train(
         progress=progress,
     )[0]
     result.sparse_training = stepper.sparse_training
+    result.compact_adam = fused_sgd.compacted(stepper.fused)
     return result

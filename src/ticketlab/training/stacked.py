@@ -265,7 +265,7 @@ def train_many(
     data = data.to(device)
     plan_steps(data, recipe, start_step, end_step, end_on_best)  # its errors before any work
     stepper = _Stacked(models, masks, seeds, recipe, start_step, device)
-    return fit(
+    results = fit(
         stepper,
         data,
         recipe,
@@ -276,3 +276,6 @@ def train_many(
         end_on_best=end_on_best,
         progress=progress,
     )
+    for result in results:
+        result.compact_adam = fused_sgd.compacted(stepper.fused)
+    return results
