@@ -222,3 +222,14 @@ def test_plain_loop_retrains_a_stored_ticket(tmp_path, capsys):
     assert popup["plain"] == pytest.approx(popup["recorded"], abs=1e-9)
     assert plain.main([str(tmp_path / "nothing")]) == 2
     assert "no finished pruned level" in capsys.readouterr().err
+
+
+def test_the_moonshot_combination_files_expand():
+    from ticketlab.sweep.tune import load_tune
+
+    specs = [s for _, s in grid_points(load_sweep(BOARD / "moonshot_start.yaml"))]
+    assert len(specs) == 10 and {s.seed for s in specs} == set(range(5))
+    starts = {(s.method.options["score_init"], s.method.criterion, s.method.rounds) for s in specs}
+    assert starts == {("criterion", "synflow", 100), ("magnitude", None, None)}
+    tune = load_tune(BOARD / "composites_tune.yaml")
+    assert set(tune.search) == {"a", "b", "init"} and tune.objective == "val_acc" and tune.base["val_size"] > 0
