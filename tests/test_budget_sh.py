@@ -47,5 +47,9 @@ def test_sessions_are_logged_and_a_killed_one_is_logged_by_the_next(tmp_path):
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     assert len(rows) == 3 and rows[1][0] == "2026-01-01T00:00:00Z" and rows[1][1] == "40"
     assert rows[1][2].startswith("killed") and rows[1][4] == "Some CPU"
+    # a marker left by a session that did log itself (e.g. written by hand) adds no second row
+    marker.write_text(f"{rows[2][0]}\t{started}\t1.00 1.00 1.00\tSome CPU\n")
+    assert budget(tmp_path).returncode == 0
+    assert [line.split("\t")[0] for line in log.read_text().splitlines()].count(rows[2][0]) == 1
     compute = (tmp_path / "pages" / "000_saw_vs_bimodal" / "compute.md").read_text()
-    assert "in 3 session(s)" in compute and "| 2026-01-01T00:00:00Z | 40 | killed" in compute
+    assert "in 4 session(s)" in compute and "| 2026-01-01T00:00:00Z | 40 | killed" in compute

@@ -78,8 +78,10 @@ for name in "${wanted[@]}"; do
   if [[ -f $open ]]; then  # a session killed before it could log itself: its length up to its last file
     IFS=$'\t' read -r ostamp ostart oload ocpu < "$open"
     last=$(find "$out" -type f -newer "$open" -printf '%T@\n' 2>/dev/null | sort -n | tail -1 | cut -d. -f1)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$ostamp" "$(( ${last:-$ostart} - ostart ))" "killed (seconds to its last file)" \
-      "$oload" "$ocpu" >> "$out.sessions.tsv"
+    if ! grep -q "^$ostamp"$'\t' "$out.sessions.tsv" 2>/dev/null; then  # not if that session logged itself
+      printf '%s\t%s\t%s\t%s\t%s\n' "$ostamp" "$(( ${last:-$ostart} - ostart ))" "killed (seconds to its last file)" \
+        "$oload" "$ocpu" >> "$out.sessions.tsv"
+    fi
   fi
   printf '%s\t%s\t%s\t%s\n' "$stamp" "$start" "$load" "${cpu:-?}" > "$open"
   tl sweep "$file" --out "$out" --layout "$layout" ${sets[@]+"${sets[@]}"} || status=$?
