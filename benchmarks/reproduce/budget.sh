@@ -22,6 +22,7 @@
 # TICKETLAB_SPARSE_TRAINING (default off here) fixes the training path: `auto` times the sparse path per
 # machine, and a level that takes it is labelled apart (env.sparse_path=on), so a suite resumed on another
 # CPU could split its seeds; off keeps every level on the dense masked path of the reduced runs.
+# TICKETLAB_COMPACT_ADAM (default off here) likewise keeps Adam's dense step on every machine.
 # SET="key=value ..." adds --set overrides to every sweep (only for trying the script on tiny settings:
 # its pages then say so).
 set -euo pipefail
@@ -60,6 +61,9 @@ sets=()
 # shellcheck disable=SC2206
 for kv in ${SET:-}; do sets+=(--set "$kv"); done
 export TICKETLAB_SPARSE_TRAINING="${TICKETLAB_SPARSE_TRAINING:-off}"
+# likewise Adam over the kept weights only (hardware.adam_choice: timed per machine, equal to float tolerance):
+# off keeps every Adam level on the dense step the suites' first runs took
+export TICKETLAB_COMPACT_ADAM="${TICKETLAB_COMPACT_ADAM:-off}"
 tl() { nice -n "${NICE:-10}" ticketlab "$@"; }
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 
