@@ -19,7 +19,6 @@ machine measures each size once.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import statistics
@@ -30,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ticketlab.files import CorruptFileError, keyed_file, read_keyed_json, user_cache_dir, write_keyed_json
-from ticketlab.hardware.cpu import cpu_model
+from ticketlab.files import CorruptFileError
+from ticketlab.hardware import measured
 
 ENV = "TICKETLAB_COMPACT_ADAM"
 MODES = ("auto", "on", "off")
@@ -168,14 +167,7 @@ def size_bucket(numel: int) -> int:
 
 def machine_key(numel: int) -> dict[str, Any]:
     """What a crossover holds for: processor, cores, torch, torch's thread count now, size bucket."""
-    return {
-        "version": CACHE_VERSION,
-        "cpu": cpu_model(),
-        "cores": os.cpu_count() or 1,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "size": size_bucket(numel),
-    }
+    return measured.machine_key(CACHE_VERSION, size=size_bucket(numel))
 
 
 def _parsed(rows: Mapping[str, Any], path: Path) -> dict[str, list[float]]:
@@ -193,21 +185,9 @@ def measured_crossover(numel: int, measure: Measure | None = None, root: Path | 
     ``measure`` (default: :func:`time_steps` at the bucket's size) and cached. A failed timing gives 0.0
     (the dense step), uncached."""
     key = machine_key(numel)
-    path = keyed_file((root if root is not None else user_cache_dir()) / "adam", key)
-    try:
-        rows = read_keyed_json(path, key)
-        if rows is not None:
-            return crossover(_parsed(rows, path))
-    except CorruptFileError:
-        pass  # measured again and replaced
     timer = measure if measure is not None else (lambda n: time_steps(2 ** size_bucket(n)))
-    try:
-        rows = _parsed(dict(timer(numel)), path)
-    except Exception:  # a failed timing: the dense step, which is always correct
-        return 0.0
-    with contextlib.suppress(OSError):  # a read-only cache: measured again next time
-        write_keyed_json(path, key, rows)
-    return crossover(rows)
+    result = measured.cached(measured.cache_file("adam", key, root), key, lambda: timer(numel), _parsed)
+    return 0.0 if result.rows is None else crossover(result.rows)  # a failed timing: the dense step
 
 
 def use_compact(numel: int, density: float, measure: Measure | None = None, root: Path | None = None) -> bool:

@@ -15,7 +15,6 @@ parse, fails its checksum or names another key is never used and is replaced by 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -25,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ticketlab.files import CorruptFileError, keyed_file, read_keyed_json, user_cache_dir, write_keyed_json
-from ticketlab.hardware.cpu import cpu_model
+from ticketlab.files import CorruptFileError
+from ticketlab.hardware import measured
 
 SHAPES = ((784, 300), (300, 100), (100, 10))  # (in, out) of LeNet-300-100's layers
 BATCH = 60
@@ -41,17 +40,11 @@ Measure = Callable[[], Mapping[str, float]]  # seconds of each backend in NAMES
 
 def machine_key(threads: int | None = None) -> dict[str, Any]:
     """What a verdict holds for: processor, cores, torch and torch's thread count (now, unless given)."""
-    return {
-        "version": CACHE_VERSION,
-        "cpu": cpu_model(),
-        "cores": os.cpu_count() or 1,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads() if threads is None else threads,
-    }
+    return measured.machine_key(CACHE_VERSION, threads)
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
-    return keyed_file((root if root is not None else user_cache_dir()) / "gemm", key)
+    return measured.cache_file("gemm", key, root)
 
 
 def operands(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -121,21 +114,8 @@ def decide(measure: Measure, key: Mapping[str, Any] | None = None, root: Path | 
     """The faster of ``NAMES`` for ``key`` (default :func:`machine_key`): from the cache, else timed by
     ``measure`` and cached. A failed timing gives PyTorch's BLAS, uncached."""
     key = machine_key() if key is None else key
-    path = cache_file(key, root)
-    note = ""
-    try:
-        rows = read_keyed_json(path, key)
-        if rows is not None:
-            seconds = _parsed(rows, path)
-            return Verdict(faster(seconds), seconds, "cache")
-    except CorruptFileError as err:
-        note = f"damaged cache file measured again: {err}"
-    try:
-        seconds = _parsed(dict(measure()), path)
-    except Exception as err:  # a broken library or a failed timing: run on PyTorch's kernels
-        return Verdict("torch", {}, "timing failed", f"{type(err).__name__}: {err}")
-    try:
-        write_keyed_json(path, key, seconds)
-    except OSError as err:  # a read-only cache: measured again next time
-        note = f"{note}; not cached ({err})" if note else f"not cached ({err})"
-    return Verdict(faster(seconds), seconds, "measured", note)
+    result = measured.cached(cache_file(key, root), key, measure, _parsed)
+    if result.rows is None:  # a broken library or a failed timing: run on PyTorch's kernels
+        error = result.error
+        return Verdict("torch", {}, "timing failed", f"{type(error).__name__}: {error}")
+    return Verdict(faster(result.rows), result.rows, result.source, result.note)

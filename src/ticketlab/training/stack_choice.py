@@ -14,7 +14,6 @@ damaged cache file is measured again, a failed timing falls back to one at a tim
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ import torch
 from torch import nn
 
 from ticketlab.config.recipe import Recipe
-from ticketlab.files import CorruptFileError, keyed_file, read_keyed_json, user_cache_dir, write_keyed_json
-from ticketlab.hardware.cpu import cpu_model
+from ticketlab.files import CorruptFileError
+from ticketlab.hardware import measured
 from ticketlab.training.core import Stepper
 from ticketlab.training.loop import _OneModel
 from ticketlab.training.stacked import _Stacked
@@ -41,22 +40,29 @@ def cache_key(
 ) -> dict[str, Any]:
     """What a verdict holds for: the machine, torch's threads, the device, the model's parameter shapes,
     the batch size, the optimiser and how many trainings."""
-    return {
-        "version": CACHE_VERSION,
-        "cpu": cpu_model(),
-        "cores": os.cpu_count() or 1,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads() if threads is None else threads,
-        "device": device.type,
-        "arch": [[n, list(p.shape)] for n, p in model.named_parameters()],
-        "batch": recipe.batch_size,
-        "optimizer": recipe.optimizer,
-        "k": k,
-    }
+    return measured.machine_key(
+        CACHE_VERSION,
+        threads,
+        device=device.type,
+        arch=[[n, list(p.shape)] for n, p in model.named_parameters()],
+        batch=recipe.batch_size,
+        optimizer=recipe.optimizer,
+        k=k,
+    )
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
-    return keyed_file((root if root is not None else user_cache_dir()) / "stack", key)
+    return measured.cache_file("stack", key, root)
+
+
+def _parsed(rows: Mapping[str, Any], path: Path) -> dict[str, float]:
+    try:
+        seconds = {n: float(rows[n]) for n in NAMES}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptFileError(f"{path}: no time for each of {', '.join(NAMES)} ({err})") from None
+    if not all(s > 0 for s in seconds.values()):
+        raise CorruptFileError(f"{path}: a time is not positive")
+    return seconds
 
 
 def _seconds_per_step(stepper: Stepper, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float) -> float:
@@ -125,23 +131,13 @@ def decide(
     """Stack the trainings where the stacked step measures faster than the K steps one after another:
     from the cache, else timed (:func:`time_stacking`) and cached."""
     key = cache_key(model, recipe, len(masks), device)
-    path = cache_file(key, root)
-    note = ""
-    try:
-        rows = read_keyed_json(path, key)
-        if rows is not None:
-            seconds = {n: float(rows[n]) for n in NAMES}
-            if all(s > 0 for s in seconds.values()):
-                return Verdict(seconds["stacked"] < seconds["sequential"], seconds, "cache")
-            note = "damaged cache file measured again: a time is not positive"
-    except (CorruptFileError, KeyError, TypeError, ValueError) as err:
-        note = f"damaged cache file measured again: {err}"
-    try:
-        seconds = time_stacking(model, masks, recipe, input_shape, num_classes, device)
-    except RuntimeError as err:  # e.g. out of memory: the trainings still run, one at a time
-        return Verdict(False, {}, "timing failed", str(err).splitlines()[0])
-    try:
-        write_keyed_json(path, key, seconds)
-    except OSError as err:  # a read-only cache: measured again next time
-        note = f"{note}; not cached ({err})" if note else f"not cached ({err})"
-    return Verdict(seconds["stacked"] < seconds["sequential"], seconds, "measured", note)
+
+    def timing() -> dict[str, float]:
+        return time_stacking(model, masks, recipe, input_shape, num_classes, device)
+
+    # e.g. out of memory: the trainings still run, one at a time
+    result = measured.cached(cache_file(key, root), key, timing, _parsed, failures=(RuntimeError,))
+    if result.rows is None:
+        return Verdict(False, {}, "timing failed", str(result.error).splitlines()[0])
+    seconds = result.rows
+    return Verdict(seconds["stacked"] < seconds["sequential"], seconds, result.source, result.note)
