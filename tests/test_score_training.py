@@ -15,7 +15,7 @@ from ticketlab.config import ExperimentSpec, MethodSpec, Recipe
 from ticketlab.experiment import run_experiment
 from ticketlab.masks import Mask
 from ticketlab.methods.edge_popup import EdgePopup, layer_counts
-from ticketlab.methods.gem_miner import GemMiner, freezing_events
+from ticketlab.methods.gem_miner import GemMiner, freezing_events, split_ranked
 from ticketlab.methods.scoretrain import score_step, signed_kaiming_constant
 from ticketlab.store import RunDir
 
@@ -207,3 +207,53 @@ def test_the_score_curve_is_written_beside_the_level(tmp_path):
     curve = json.loads((result.path / "level_01" / "score_curve.json").read_text())
     assert [row["step"] for row in curve] == [3, 6] and all(row["train_loss"] > 0 for row in curve)
     assert "score_curve" not in result.rows[1]  # the metrics stay flat
+
+
+def test_split_ranked_by_hand():
+    # order: weight 2 best, then 0, 1, 3; two kept: 1 and 0.75 above 0.5, then 0.5·(4-1-j)/2: 0.25 and 0
+    values = split_ranked(torch.tensor([2, 0, 1, 3]), kept=2)
+    assert torch.equal(values, torch.tensor([0.75, 0.25, 1.0, 0.0], dtype=torch.float64))
+    many = split_ranked(torch.randperm(1000, generator=torch.Generator().manual_seed(0)), kept=37)
+    assert int((many > 0.5).sum()) == 37 and many.min() == 0 and many.max() == 1 and many.unique().numel() == 1000
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_gem_miner_criterion_start_with_no_score_step_is_the_criterions_mask(tmp_path, scope):
+    """No freezing event and a learning rate too small to move a score: the mask is the top κ·N of the start,
+    i.e. multishot's mask for the same criterion, rounds, scope and seed; the start rounds to that mask
+    (every kept weight above 0.5, every other below) and the criterion's scoring counts in the mask's cost."""
+    options = dict(steps="1it", period="5it", lr=1e-30, momentum=0.0, penalty=0.0, weights="init",
+                   score_init="criterion")  # fmt: skip
+    ours = spec("gem_miner", densities=(0.05,), **options)
+    ours = ours.model_copy(
+        update={"method": ours.method.model_copy(update={"criterion": "synflow", "rounds": 5, "scope": scope})}
+    )
+    run = run_experiment(ours, tmp_path / "gm", device="cpu")
+    level = RunDir(run.path).level(1)
+    reference = ours.model_copy(
+        update={"method": MethodSpec(name="multishot", criterion="synflow", rounds=5, scope=scope)}
+    )
+    expected = RunDir(run_experiment(reference, tmp_path / "ms", device="cpu").path).level(1).mask()
+    assert level.mask() == expected
+    row = next(r for r in run.rows if r["level"] == 1)
+    assert row["gem_miner_rounded_density"] == pytest.approx(expected.kept() / expected.total())
+    plain = spec("gem_miner", densities=(0.05,), **{**options, "score_init": "uniform"})
+    base = next(r for r in run_experiment(plain, tmp_path / "u", device="cpu").rows if r["level"] == 1)
+    assert row["mask_cost_passes"] == base["mask_cost_passes"] + 5  # one SynFlow pass a round
+
+
+def test_gem_miner_criterion_start_trains_and_freezes(tmp_path):
+    """With score steps and freezing events the criterion's start is revised: exact density, a trained
+    ticket, deterministic per seed."""
+    s = spec("gem_miner", densities=(0.1,), steps="8it", period="2it", lr=5.0, score_init="criterion")
+    s = s.model_copy(update={"method": s.method.model_copy(update={"criterion": "snip", "rounds": 2})})
+    first = RunDir(run_experiment(s, tmp_path / "a", device="cpu").path).level(1)
+    assert first.mask().kept() == round(0.1 * first.mask().total())
+    again = RunDir(run_experiment(s, tmp_path / "b", device="cpu").path).level(1)
+    assert again.mask() == first.mask()
+
+
+def test_gem_miner_criterion_goes_with_score_init_criterion_only(tmp_path):
+    with pytest.raises(ValueError, match="method.criterion: gem_miner learns its scores"):
+        run_experiment(spec("gem_miner", score_init="criterion"), tmp_path / "a", device="cpu")
+    assert not (tmp_path / "a").exists()  # nothing written

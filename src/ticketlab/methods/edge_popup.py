@@ -75,6 +75,7 @@ from ticketlab.methods.registry import METHODS, MODEL_CHECKS, OPTIONS, options_o
 from ticketlab.methods.scoretrain import (
     Scores,
     ScoreTrainingOptions,
+    criterion_order,
     frozen_weights,
     score_recipe,
     standardised,
@@ -238,13 +239,9 @@ def rank_matched(mask: Mask, last: Scores, magnitude: Scores, per_layer: bool) -
     groups = [[n] for n in mask] if per_layer else [list(mask)]
     out = {}
     for names in groups:
-        keys = [torch.cat([t[n].detach().flatten().cpu().double() for n in names]) for t in (magnitude, last)]
-        kept = torch.cat([mask[n].flatten().cpu().double() for n in names])
-        order = torch.arange(kept.numel())
-        for key in (keys[0], keys[1], kept):  # least significant first; stable sorts make it lexicographic
-            order = order[torch.sort(key[order], descending=True, stable=True).indices]
-        values = torch.empty_like(keys[0])
-        values[order] = torch.sort(keys[0], descending=True).values
+        order = criterion_order(mask, last, magnitude, names)
+        values = torch.cat([magnitude[n].detach().flatten().cpu().double() for n in names])
+        values[order] = torch.sort(values, descending=True).values
         parts = torch.split(values, [mask[n].numel() for n in names])
         out.update({n: p.view(mask[n].shape).float() for n, p in zip(names, parts)})
     return out

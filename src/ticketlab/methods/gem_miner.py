@@ -19,6 +19,14 @@ Mask phase, for a target density κ:
   the density is κ^(j/n) (the code's per-event rate 1 - κ^(1/n)); the last event reaches κ and at least one
   step of score training follows it. We select exactly κ_j·N (ties in a seeded order), the code ceil-rounds.
 
+Option beyond the paper (issue 22 item 4, docs/results/leaderboard/moonshot.md): ``score_init: criterion``
+starts the scores from ``method.criterion``'s mask, pruned to κ from w_0 in ``method.rounds`` rounds as
+``multishot`` prunes (e.g. 100-round SynFlow): the criterion's ranking (its kept weights first, by their last
+scores, then the rest by |w_0|; over all layers, or per layer with ``scope: layerwise``) is spread evenly
+over [0, 1] so that the kept weights take (0.5, 1] and the others [0, 0.5): the first forward pass uses
+exactly the criterion's mask, and the freezing starts with the weights it ranks lowest
+(:func:`criterion_start`). Its scoring is part of the mask's cost.
+
 The mask is then the weights never frozen out: exactly κ·N of them (the code's ``unflag_before_finetune``
 trains every weight not frozen out; the rounding 1[s > 0.5] among them is recorded as
 ``gem_miner_rounded_density``). With T <= period there is no event and the mask is the top κ·N scores.
@@ -40,14 +48,16 @@ from pydantic import Field
 
 from ticketlab.config.duration import Duration
 from ticketlab.config.recipe import DurationField
+from ticketlab.config.spec import ExperimentSpec
 from ticketlab.masks import Mask, masked_state, select
 from ticketlab.methods.context import Job
 from ticketlab.methods.cost import measure
 from ticketlab.methods.levels import Trained, dense_level, pruned_level
-from ticketlab.methods.registry import METHODS, OPTIONS, options_of
+from ticketlab.methods.registry import METHODS, MODEL_CHECKS, OPTIONS, options_of
 from ticketlab.methods.scoretrain import (
     Scores,
     ScoreTrainingOptions,
+    criterion_order,
     frozen_weights,
     score_recipe,
     straight_through,
@@ -71,6 +81,11 @@ class GemMinerOptions(ScoreTrainingOptions):
     penalty: float = Field(1e-4, ge=0, description="λ of the L2 penalty λ·Σs² on the scores (their configs: 1e-4)")
     period: DurationField = Field(
         Duration.parse("5ep"), description="steps between freezing events (their iter_period: 5 epochs)"
+    )
+    score_init: Literal["uniform", "criterion"] = Field(
+        "uniform",
+        description="initial scores: U[0, 1] (the paper), or method.criterion's ranking spread over [0, 1] "
+        "with its mask above 0.5 (criterion)",
     )
 
 
@@ -125,12 +140,51 @@ def uniform_scores(names: list[str], weights: StateDict, seed: int, device: torc
     return {n: torch.rand(weights[n].shape, generator=g).to(device).requires_grad_() for n in names}
 
 
+def split_ranked(order: torch.Tensor, kept: int) -> torch.Tensor:
+    """Values in [0, 1] for weights in ``order`` (flat indices, best first), the first ``kept`` above 0.5:
+    position j < k takes 1 - 0.5·j/k, position j >= k takes 0.5·(n-1-j)/(n-k) (n weights)."""
+    n = order.numel()
+    j = torch.arange(n, dtype=torch.float64)
+    ranked = torch.where(j < kept, 1.0 - 0.5 * j / max(kept, 1), 0.5 * (n - 1 - j) / max(n - kept, 1))
+    values = torch.empty(n, dtype=torch.float64)
+    values[order] = ranked
+    return values
+
+
+def criterion_start(job: Job, density: float, level: int, names: list[str]) -> Scores:
+    """``score_init: criterion``: prune w_0 to ``density`` with the spec's criterion in its rounds (as
+    ``multishot``); its ranking spread over [0, 1] by :func:`split_ranked` (over all layers, or per layer
+    with ``scope: layerwise``), as leaf tensors on the model's device."""
+    job.model.load_state_dict(job.init_state)
+    mask, last, _ = job.prune(Mask.ones(job.model, job.spec.exempt), density, job.resolved.rounds, level)
+    job.model.load_state_dict(job.init_state)
+    magnitude = {n: job.init_state[n].abs() for n in names}
+    device = next(job.model.parameters()).device
+    groups = [[n] for n in names] if job.spec.method.scope == "layerwise" else [names]
+    out = {}
+    for group in groups:
+        order = criterion_order(mask, last, magnitude, group)
+        values = split_ranked(order, sum(int(mask[n].sum()) for n in group))
+        parts = torch.split(values, [mask[n].numel() for n in group])
+        out.update({n: p.view(mask[n].shape).float().to(device).requires_grad_() for n, p in zip(group, parts)})
+    return out
+
+
+def check_spec(spec: ExperimentSpec, model: torch.nn.Module) -> None:
+    """A criterion exactly with ``score_init: criterion``, checked before a run writes anything."""
+    options: GemMinerOptions = options_of(spec.method)
+    if bool(spec.method.criterion) != (options.score_init == "criterion"):
+        raise ValueError(
+            "method.criterion: gem_miner learns its scores (Sreenivasan et al. 2022); it takes a criterion "
+            "only to start them from its mask (option score_init=criterion), and that option needs one"
+        )
+
+
 def _gem_miner(job: Job) -> None:
     """Gem-Miner (Sreenivasan et al. 2022): scores in [0, 1], frozen out to the target, then the weights trained."""
     spec = job.spec
-    if spec.method.criterion:
-        raise ValueError("method.criterion: gem_miner learns its scores (Sreenivasan et al. 2022); give no criterion")
     options: GemMinerOptions = options_of(spec.method)
+    check_spec(spec, job.model)
     dense_level(job, job.total_steps)
     for level, density in enumerate(spec.densities, start=1):
         pruned_level(job, level, density, job.init_state, partial(_ticket, job, options, level, density))
@@ -141,7 +195,6 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
     spec = job.spec
     names = sorted(Mask.ones(job.model, spec.exempt))
     weights = frozen_weights(job.init_state, names, options.weights)
-    scores = uniform_scores(names, weights, spec.seed, next(job.model.parameters()).device)
     recipe = score_recipe(options, spec.recipe)
     spe = steps_per_epoch(len(job.data.x_train), recipe.batch_size)
     events = freezing_events(density, recipe.total_steps(spe), options.period.steps(spe))
@@ -149,6 +202,10 @@ def _ticket(job: Job, options: GemMinerOptions, level: int, density: float) -> T
         Mask.ones(job.model, spec.exempt), events, options.penalty, spec.method.scope, seed_for(spec.seed, level)
     )
     with measure(job.model) as meter:
+        if options.score_init == "criterion":  # its scoring passes are part of the mask's cost
+            scores = criterion_start(job, density, level, names)
+        else:
+            scores = uniform_scores(names, weights, spec.seed, next(job.model.parameters()).device)
         state, curve = train_scores(job.model, weights, scores, rule, job.data, recipe, spec.seed, job.log)
     final = {n: s.detach().cpu() for n, s in scores.items()}
     kept = {n: rule.kept[n].cpu() for n in names}
@@ -175,3 +232,4 @@ def _mask_only(job: Job, state: StateDict) -> dict[str, float]:
 
 
 METHODS.register("gem_miner")(_gem_miner)
+MODEL_CHECKS["gem_miner"] = check_spec

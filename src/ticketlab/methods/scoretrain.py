@@ -17,7 +17,7 @@ BatchNorm layers run in train mode: their running statistics follow the masked n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -210,3 +210,18 @@ def score_recipe(options: ScoreTrainingOptions, recipe: Recipe) -> Recipe:
             "early_stop": None,
         }
     )
+
+
+def criterion_order(
+    mask: Mapping[str, torch.Tensor], last: Scores, magnitude: Scores, names: list[str]
+) -> torch.Tensor:
+    """The ranking of a criterion's mask over the weights of ``names`` (flattened, concatenated): kept weights
+    first, then by ``last`` (the criterion's last scores), then by ``magnitude`` (|w_0|), largest first.
+    Returns the flat indices in that order; a score-training method starting from a criterion's mask
+    (``score_init: criterion``) places its initial values on it."""
+    keys = [torch.cat([t[n].detach().flatten().cpu().double() for n in names]) for t in (magnitude, last)]
+    kept = torch.cat([mask[n].flatten().cpu().double() for n in names])
+    order = torch.arange(kept.numel())
+    for key in (keys[0], keys[1], kept):  # least significant first; stable sorts make it lexicographic
+        order = order[torch.sort(key[order], descending=True, stable=True).indices]
+    return order
