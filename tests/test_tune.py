@@ -94,7 +94,7 @@ def test_cli_tune_prints_trials_and_best(tmp_path):
             {
                 "base": {**BASE, "recipe": {"steps": "20it", "eval_every": "10it"}},
                 "search": {"h": {"choice": [8, 16]}},
-                "trials": 2,
+                "trials": 3,
                 "pruner": "none",
                 "out": str(tmp_path / "runs"),
             }
@@ -103,3 +103,45 @@ def test_cli_tune_prints_trials_and_best(tmp_path):
     result = CliRunner().invoke(app, ["tune", str(path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "best: trial" in result.output and "val_acc" in result.output
+    assert "stopped after 2 of 3 trials: every one of the 2 points of the search space was tried" in result.output
+
+
+def test_distribution_sizes():
+    assert Distribution.model_validate({"int": [8, 64]}).size() == 57
+    assert Distribution.model_validate({"int": [8, 64], "step": 8}).size() == 8
+    assert Distribution.model_validate({"float": [0.1, 0.5], "step": 0.1}).size() == 5
+    assert Distribution.model_validate({"float": [0.1, 0.5]}).size() == float("inf")
+    assert Distribution.model_validate({"choice": ["a", "b", "a"]}).size() == 2
+
+
+def test_a_small_space_is_tried_once_per_point_and_the_study_stops_when_it_is_exhausted(tmp_path):
+    # 2 x 2 points, 10 trials asked: every point trained once, repeats answered from the earlier trial
+    spec = TuneSpec(
+        base={**BASE, "recipe": {"steps": "10it", "eval_every": "10it", "lr": "{lr}"}},
+        search={"h": {"choice": [8, 16]}, "lr": {"choice": [0.3, 0.1]}},
+        trials=10,
+        pruner="none",
+    )
+    result = tune(spec, out=tmp_path)
+    points = [(t.params["h"], t.params["lr"]) for t in result.trials]
+    assert sorted(points) == [(8, 0.1), (8, 0.3), (16, 0.1), (16, 0.3)]
+    assert all(t.state == "complete" for t in result.trials)
+    assert "every one of the 4 points" in result.stopped
+    runs = sorted(p.name for p in tmp_path.iterdir() if (p / "spec.json").exists())
+    assert runs == sorted(t.run_id for t in result.trials)  # one run per point: no repeat was trained
+
+
+def test_a_sampler_stuck_on_tried_points_stops_the_study(tmp_path, monkeypatch):
+    import ticketlab.sweep.tune as tune_module
+
+    monkeypatch.setattr(tune_module, "REPEAT_LIMIT", 3)
+    monkeypatch.setattr(Distribution, "suggest", lambda self, trial, name: trial.suggest_float(name, 0.2, 0.2))
+    spec = TuneSpec(
+        base={**BASE, "model": "mlp:784-8-10", "recipe": {"steps": "10it", "eval_every": "10it", "lr": "{lr}"}},
+        search={"lr": {"float": [0.1, 0.3]}},
+        trials=5,
+        pruner="none",
+    )
+    result = tune(spec, out=tmp_path)
+    assert [t.params for t in result.trials] == [{"lr": 0.2}]
+    assert result.repeats == 3 and "3 times in a row" in result.stopped

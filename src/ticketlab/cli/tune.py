@@ -79,6 +79,10 @@ def tune(
             t.run_id or "-",
         )
     console.print(table)
+    if result.repeats:
+        console.print(f"{result.repeats} proposals repeated a tried point: not trained again, not counted")
+    if result.stopped:
+        console.print(f"stopped after {len(result.trials)} of {spec.trials} trials: {result.stopped}")
     best = result.best
     if best is None:
         console.print("no trial completed")

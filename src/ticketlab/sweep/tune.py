@@ -4,10 +4,16 @@ A tune file is a ``base`` spec (with ``{name}`` templates where useful, e.g. ``m
 for the layer-size search baseline of 004 §3.6) plus a ``search`` of dotted field paths or template
 variables mapped to distributions. Every trial is an ordinary run in the run store, so rerunning a
 study reads finished trials back instead of training them again.
+
+``trials`` counts distinct points. The sampler can propose a point it has already tried (TPE does so often
+in a small categorical space); such a repeat is not trained again and not counted: Optuna is told the earlier
+trial's outcome and samples again. The study ends early when a finite space has been tried in full, or when
+the sampler proposes only repeats :data:`REPEAT_LIMIT` times in a row.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -21,6 +27,7 @@ from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep import instantiate
 
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}  # trials are chosen on validation; test is only reported
+REPEAT_LIMIT = 50  # proposals in a row that repeat a tried point before the study stops
 
 
 class Distribution(BaseModel):
@@ -47,6 +54,14 @@ class Distribution(BaseModel):
         if self.log and (bounds is None or bounds[0] <= 0):
             raise ValueError("log needs int/float bounds above 0")
         return self
+
+    def size(self) -> float:
+        """How many distinct values the distribution can take (``math.inf`` for a continuous float range)."""
+        if self.int_ is not None:
+            return (self.int_[1] - self.int_[0]) // int(self.step or 1) + 1
+        if self.float_ is not None:
+            return math.inf if self.step is None else math.floor((self.float_[1] - self.float_[0]) / self.step) + 1
+        return len({repr(v) for v in self.choice or ()})
 
     def suggest(self, trial: Any, name: str) -> Any:
         if self.int_ is not None:
@@ -124,7 +139,9 @@ class Trial:
 class TuneResult:
     direction: str
     objective: str
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)  # distinct points, in the order they were tried
+    repeats: int = 0  # proposals that repeated a tried point (not trained, not in ``trials``)
+    stopped: str = ""  # why the study ended before ``trials`` points ("" when it did not)
 
     @property
     def best(self) -> Trial | None:
@@ -173,9 +190,16 @@ def tune(
         direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner
     )
     result = TuneResult(spec.direction, spec.objective)
+    tried: dict[str, Trial] = {}  # point -> its trial
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: dist.suggest(trial, name) for name, dist in spec.search.items()}
+        earlier = tried.get(_point(params))
+        if earlier is not None:  # a repeat: the earlier outcome, nothing trained
+            trial.set_user_attr("repeat_of", earlier.number)
+            if earlier.state == "complete" and earlier.value is not None:
+                return earlier.value
+            raise optuna.TrialPruned()
         run_spec: ExperimentSpec = instantiate(spec.base, params)
         trial.set_user_attr("run_id", run_spec.run_id())
         reported = {"n": 0}
@@ -198,6 +222,9 @@ def tune(
         return objective_value(run.rows, spec.objective)
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if "repeat_of" in frozen.user_attrs:
+            result.repeats += 1
+            return
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
         trial = Trial(
             frozen.number,
@@ -209,11 +236,28 @@ def tune(
             frozen.user_attrs.get("error", ""),
         )
         result.trials.append(trial)
+        tried[_point(trial.params)] = trial
         if on_trial is not None:
             on_trial(trial)
 
-    study.optimize(objective, n_trials=spec.trials, callbacks=[callback], catch=(RuntimeError, ValueError))
+    size = math.prod(dist.size() for dist in spec.search.values())
+    in_a_row = 0
+    while len(result.trials) < spec.trials:
+        if len(result.trials) >= size:
+            result.stopped = f"every one of the {size} points of the search space was tried"
+            break
+        if in_a_row >= REPEAT_LIMIT:
+            result.stopped = f"the sampler proposed only tried points {REPEAT_LIMIT} times in a row"
+            break
+        before = len(result.trials)
+        study.optimize(objective, n_trials=1, callbacks=[callback], catch=(RuntimeError, ValueError))
+        in_a_row = 0 if len(result.trials) > before else in_a_row + 1
     return result
+
+
+def _point(params: dict[str, Any]) -> str:
+    """A point of the search space as a key (values compared as JSON, keys in order)."""
+    return json.dumps(params, sort_keys=True, default=repr)
 
 
 def _any_value(dist: Distribution) -> Any:
