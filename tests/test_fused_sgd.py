@@ -113,6 +113,39 @@ def test_fused_step_equals_autograd_sgd_per_model(request, synthetic, blas, name
                 assert (state[key][keep] != 0).all(), (k, key)  # and the kept ones moved off zero
 
 
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_one_model_fused_step_equals_autograd_sgd(synthetic, name):
+    """K = 1 (the step of ``train``, on 2-D views of the model's tensors): each model alone, with and without
+    a mask, against autograd + torch.optim.SGD; pruned weights and their momentum stay exactly zero."""
+    recipe = RECIPES[name]
+    models, masks = _models_and_masks()
+    for model, mask in zip(models, masks):
+        single = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(
+            single.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+        stack = _Stack([model], torch.device("cpu"))
+        fused = FusedSGD(
+            [stack.params[f"layers.{i}.weight"] for i in range(3)],
+            [stack.params[f"layers.{i}.bias"] for i in range(3)],
+            list(_stacked_masks(stack, [mask]).values()),
+            recipe,
+        )
+        assert fused.flat
+        _steps_agree(fused, [single], [optimizer], [mask], synthetic, recipe)
+        state = stack.state(0)
+        for key, value in single.state_dict().items():
+            assert torch.allclose(state[key], value, atol=1e-6, rtol=1e-5), key
+        for key, keep in (mask or {}).items():
+            assert (state[key][~keep] == 0).all(), key
+            assert (state[key][keep] != 0).all(), key
+        for w, m in zip(fused._w, fused._m):  # momentum buffers: zero wherever the weight is pruned
+            buf = fused._buffers.get(id(w))
+            assert (buf is not None) == bool(recipe.momentum)
+            if buf is not None and m is not None:
+                assert (buf[m == 0] == 0).all()
+
+
 def test_hand_computed_step():
     """One plain SGD step of a single-layer model, by hand: dW = (softmax(z) - onehot) x^T / B."""
     w = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # K = 1, 2 classes, 2 inputs

@@ -120,6 +120,28 @@ def _rgb(augment: str | None = "cifar"):
     return replace(load_dataset("synthetic:3x8x8", val_size=50, seed=0), augment=augment)
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_one_run_batches_follow_the_seeded_order_across_epochs(reuse):
+    """K = 1 (one index row, labels gathered once per epoch): every step's batch, one Batches object stepped
+    through an epoch boundary as a training does, is the slice of that epoch's seeded order; with ``reuse``
+    written into one tensor."""
+    from ticketlab.training.core import Batches
+
+    data = _rgb(None)
+    spe = len(data.x_train) // 20
+    batches = Batches(data, 20, [7], reuse=reuse)
+    kept = [batches(0)[0]]  # all alive: without reuse, each has its own memory
+    for step in (0, 1, spe - 1, spe, spe + 2):
+        epoch, position = divmod(step, spe)
+        idx = epoch_order(len(data.x_train), 7, epoch)[position * 20 : (position + 1) * 20]
+        xb, yb = batches(step)
+        assert xb.shape == (1, 20, *data.x_train.shape[1:]) and yb.shape == (1, 20)
+        assert torch.equal(yb[0], data.y_train[idx])
+        assert torch.equal(xb[0], data.x_train[idx])
+        kept.append(xb)
+    assert (len({x.data_ptr() for x in kept}) == 1) == reuse
+
+
 def test_training_batches_are_the_seeded_order_augmented_by_the_registry_entry(monkeypatch):
     from ticketlab.data import AUGMENTATIONS, cifar_augment
     from ticketlab.registry import UnknownNameError

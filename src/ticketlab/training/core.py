@@ -89,6 +89,9 @@ class Batches:
     Run k's data order is ``epoch_order(n, order_seeds[k], epoch)`` (so a run restarted at any step sees the
     batches of an uninterrupted one) and its augmentation, the dataset's entry in ``AUGMENTATIONS``, draws
     from a generator seeded with ``seed_for(augment_seeds[k], step, salt)``.
+
+    ``reuse``: every call writes x into the same tensor (no allocation per step), so a batch is only valid
+    until the next call: for a caller done with each batch before it asks for the next (``fit``).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Batches:
         order_seeds: Sequence[int],
         augment_seeds: Sequence[int] | None = None,
         salt: int = AUGMENT_SALT,
+        reuse: bool = False,
     ) -> None:
         self.data, self.batch_size = data, batch_size
         self.spe = steps_per_epoch(len(data.x_train), batch_size)
@@ -107,19 +111,26 @@ class Batches:
         self.augment = AUGMENTATIONS.get(data.augment) if data.augment else None
         self._epoch: int | None = None
         self._orders: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None  # the epoch's labels in its order, (K, n)
+        self._shape = (len(self.order_seeds), batch_size, *data.x_train.shape[1:])
+        x = data.x_train
+        self._out = x.new_empty(len(self.order_seeds) * batch_size, *x.shape[1:]) if reuse else None
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, position = divmod(step, self.spe)
-        if epoch != self._epoch or self._orders is None:
+        if epoch != self._epoch or self._orders is None or self._labels is None:
             n = len(self.data.x_train)
             self._orders = torch.stack([epoch_order(n, s, epoch) for s in self.order_seeds]).to(
                 self.data.x_train.device
             )
+            # the labels in the epoch's order, gathered once per epoch instead of once per step
+            self._labels = self.data.y_train.index_select(0, self._orders.flatten()).view(self._orders.shape)
             self._epoch = epoch
-        idx = self._orders[:, position * self.batch_size : (position + 1) * self.batch_size]
-        flat = idx.flatten()  # index_select: 3-5x faster than x_train[idx]
-        xb = self.data.x_train.index_select(0, flat).view(*idx.shape, *self.data.x_train.shape[1:])
-        yb = self.data.y_train.index_select(0, flat).view(idx.shape)
+        span = slice(position * self.batch_size, (position + 1) * self.batch_size)
+        idx = self._orders[0, span] if len(self._orders) == 1 else self._orders[:, span].flatten()
+        # index_select: 3-5x faster than x_train[idx]
+        xb = torch.index_select(self.data.x_train, 0, idx, out=self._out).view(self._shape)
+        yb = self._labels[:, span]
         if self.augment is not None:
             xb = torch.stack(
                 [
@@ -245,7 +256,7 @@ def fit(
     if recipe.early_stop is not None:
         stop_from = max([start_step + recipe.early_stop.min_steps.steps(spe), *wanted])
         stopping = _Stopping(recipe.early_stop.patience, stop_from, end_step)
-    batches = Batches(data, recipe.batch_size, seeds)
+    batches = Batches(data, recipe.batch_size, seeds, reuse=True)  # each batch is done with within its step
     books = [
         _Books(TrainResult(start_step=start_step, end_step=end_step, steps_per_epoch=spe)) for _ in range(stepper.k)
     ]

@@ -29,11 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.config.recipe import Recipe
 from ticketlab.hardware.adam_choice import Kept, fused_adam, use_compact
-from ticketlab.hardware.blas import addmm_
+from ticketlab.hardware.blas import addmm_, linear_into
 from ticketlab.models.mlp import MLP
 
 
@@ -91,7 +92,28 @@ class FusedSGD:
         self.momentum = recipe.momentum
         self.decay = recipe.weight_decay
         self.l2 = recipe.l2
-        self._buffers: dict[int, torch.Tensor] = {}  # id of a parameter -> its momentum buffer
+        self._buffers: dict[int, torch.Tensor] = {}  # id of a parameter (as the step sees it) -> its momentum buffer
+        # one model (K = 1) is stepped on 2-D views of its (1, ...) tensors: (B, features) batches, plain
+        # addmm / mm calls, the same memory
+        self.flat = self.weights[0].shape[0] == 1
+        self._w = [w[0] for w in self.weights] if self.flat else self.weights
+        self._b = [b[0] for b in self.biases] if self.flat else self.biases
+        self._m = [m[0] if self.flat and m is not None else m for m in self.masks]
+        self._stacked = {id(v): t for v, t in zip(self._w + self._b, self.weights + self.biases)}
+        self._scratch: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
+        self._ones: dict[tuple, torch.Tensor] = {}  # (batch, dtype, device) -> ones: sums over a batch by addmv_
+
+    def _buffers_for(self, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The step's reused tensors for this batch size: each layer's output, each layer's input gradient
+        (the first layer's is never computed) and the one-hot's -1s. Reused from step to step: nothing the
+        step returns or keeps points into them."""
+        key = (batch, x.dtype, x.device)
+        if key not in self._scratch:
+            lead = (batch,) if self.flat else (self.weights[0].shape[0], batch)
+            new = [torch.empty(*lead, w.shape[-2], dtype=x.dtype, device=x.device) for w in self._w]
+            grads = [torch.empty(*lead, w.shape[-1], dtype=x.dtype, device=x.device) for w in self._w]
+            self._scratch[key] = (new, grads, torch.full((*lead, 1), -1.0, dtype=x.dtype, device=x.device))
+        return self._scratch[key]
 
     @torch.no_grad()
     def step(
@@ -99,37 +121,43 @@ class FusedSGD:
     ) -> torch.Tensor:
         """One update on the batch ``x`` (K, B, ...), ``y`` (K, B); returns each model's mean loss (K,).
 
-        ``dropout(shape)`` gives the multiplier (0 or 1 / (1 - p)) for each hidden activation, or None.
+        ``dropout(shape)`` gives the multiplier (0 or 1 / (1 - p)) for each (K, B, features) hidden
+        activation, or None.
         """
         k, batch = y.shape
-        inputs = [x.reshape(k, batch, -1)]
+        outputs, input_grads, minus_one = self._buffers_for(x, batch)
+        h = x.reshape(batch, -1) if self.flat else x.reshape(k, batch, -1)
+        inputs = [h]
         noises: list[torch.Tensor | None] = []
-        h = inputs[0]
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = addmm_(b.unsqueeze(1).expand(k, batch, w.shape[1]).contiguous(), h, w.mT)
+        last = len(self._w) - 1
+        for i, (w, b) in enumerate(zip(self._w, self._b)):
+            h = linear_into(outputs[i], h, w, b)
             if i < last:
                 h.clamp_min_(0)
-                noise = dropout(h.shape) if dropout is not None else None
+                noise = dropout(torch.Size((k, batch, w.shape[-2]))).view(h.shape) if dropout is not None else None
                 if noise is not None:
                     h.mul_(noise)
                 noises.append(noise)
                 inputs.append(h)
         log_p = h.log_softmax(-1)
-        target = y.unsqueeze(-1)
-        losses = -log_p.gather(-1, target).squeeze(-1).mean(1)
+        if self.flat:
+            target = y.view(batch, 1)
+            losses = F.nll_loss(log_p, y.view(batch)).view(1)
+        else:
+            target = y.unsqueeze(-1)
+            losses = -log_p.gather(-1, target).squeeze(-1).mean(1)
         g = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - onehot) / B, per model
-        g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype)).div_(batch)
+        g.scatter_add_(-1, target, minus_one).div_(batch)
         for i in range(last, -1, -1):
-            a, w = inputs[i], self.weights[i]
+            a, w = inputs[i], self._w[i]
             g_prev = None
             if i > 0:  # through layer i with its weights before this step's update
-                g_prev = addmm_(torch.empty(k, batch, w.shape[2], dtype=g.dtype, device=g.device), g, w, beta=0.0)
+                g_prev = addmm_(input_grads[i], g, w, beta=0.0)
                 if noises[i - 1] is not None:
                     g_prev.mul_(noises[i - 1])
-                g_prev = torch.ops.aten.threshold_backward(g_prev, a, 0.0)
-            self._update_weight(w, g.mT, a, self.masks[i], lr)
-            self._update_bias(self.biases[i], g.sum(1), lr)
+                torch.ops.aten.threshold_backward.grad_input(g_prev, a, 0.0, grad_input=g_prev)
+            self._update_weight(w, g.mT, a, self._m[i], lr)
+            self._update_bias(self._b[i], g, lr)
             g = g_prev
         return losses
 
@@ -155,17 +183,35 @@ class FusedSGD:
             buf.mul_(mask)
         w.add_(buf, alpha=-lr)
 
-    def _update_bias(self, b: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    def _batch_sum_into(self, out: torch.Tensor, g: torch.Tensor, beta: float, alpha: float = 1.0) -> torch.Tensor:
+        """``out = beta * out + alpha * g.sum(-2)``: the bias gradient of a batch (B, out) as one ``addmv_`` (K = 1),
+        a sum and an add for K stacked models (K, B, out)."""
+        if g.dim() == 2:
+            key = (g.shape[0], g.dtype, g.device)
+            ones = self._ones.get(key)
+            if ones is None:
+                ones = self._ones[key] = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
+            return out.addmv_(g.mT, ones, beta=beta, alpha=alpha)
+        if beta == 0.0:
+            torch.sum(g, -2, out=out)
+            return out.mul_(alpha) if alpha != 1.0 else out
+        if beta != 1.0:
+            out.mul_(beta)
+        return out.add_(g.sum(-2), alpha=alpha)
+
+    def _update_bias(self, b: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+        """SGD on the bias ``b`` from the gradient ``g`` (..., B, out) at its layer's output: the bias's gradient is
+        ``g`` summed over the batch, plus the decay terms."""
         c = self._decay()
-        if c:
-            grad = grad.add(b, alpha=c)
         if not self.momentum:
-            b.add_(grad, alpha=-lr)
+            self._batch_sum_into(b, g, beta=1.0 - lr * c, alpha=-lr)  # b - lr * (sum + c * b)
             return
         buf = self._buffers.get(id(b))
         if buf is None:
             buf = self._buffers[id(b)] = torch.zeros_like(b)
-        buf.mul_(self.momentum).add_(grad)
+        self._batch_sum_into(buf, g, beta=self.momentum)
+        if c:
+            buf.add_(b, alpha=c)
         b.add_(buf, alpha=-lr)
 
 
@@ -201,6 +247,8 @@ class FusedAdam(FusedSGD):
         if not all(w.is_contiguous() for w in self.weights):
             raise ValueError("FusedAdam: the weights must be contiguous (the compacted step indexes them flat)")
         self._grads = {id(t): torch.zeros_like(t) for t in self.weights + self.biases}  # gradient buffers
+        for view, t in zip(self._w + self._b, self.weights + self.biases):  # the step's 2-D views of them (K = 1)
+            self._grads[id(view)] = self._grads[id(t)][0] if self.flat else self._grads[id(t)]
         self._step = torch.zeros((), dtype=torch.float32, device=self.weights[0].device)  # as torch's fused Adam
         self._kept: dict[int, Kept] = {}  # id of a compacted weight -> its kept weights
         self.compacted: list[bool] | None = None  # per layer, once chosen at the first step
@@ -251,15 +299,14 @@ class FusedAdam(FusedSGD):
     ) -> None:
         grad = self._grads[id(w)]
         addmm_(grad, g_t, a, beta=0.0)  # grad = g^T a (+ 2 * l2 * w below)
-        if id(w) in self._kept:  # compacted: the kept entries are gathered, L2 added there, after the backward
+        if id(self._stacked[id(w)]) in self._kept:  # compacted: the kept entries are gathered, L2 added there, later
             return
         if self.l2:
             grad.add_(w, alpha=2 * self.l2)
         if mask is not None:
             grad.mul_(mask)
 
-    def _update_bias(self, b: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        buffer = self._grads[id(b)]
-        buffer.copy_(grad)
+    def _update_bias(self, b: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+        buffer = self._batch_sum_into(self._grads[id(b)], g, beta=0.0)
         if self.l2:
             buffer.add_(b, alpha=2 * self.l2)

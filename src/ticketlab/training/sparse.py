@@ -166,7 +166,7 @@ class SparseSGD(FusedSGD):
                     c.buf.add_(c.values, alpha=decay)
                 c.values.add_(c.buf, alpha=-lr)
             self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
-        self._update_bias(self.b2[i], g.sum(0), lr)
+        self._update_bias(self.b2[i], g, lr)
 
     # -- the step ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -142,7 +142,7 @@ class _Stack:
         h = linear(x.flatten(1), w0.flatten(0, 1), b0.flatten()).view(len(x), self.k, -1).transpose(0, 1)
         layers = len(self.template.layers)
         for i in range(1, layers):
-            h = F.relu(h)
+            h = h.relu_()  # in place: h is this pass's own (K, n, features) output; 5% of an evaluation measured
             w, b = self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"]
             h = linear(h, w, b)
         return h
