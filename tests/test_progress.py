@@ -169,6 +169,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env(),
+        # Ctrl-C as a terminal delivers it: a test run started in the background by a shell without job
+        # control inherits SIGINT ignored, and the child would then never see it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     for line in process.stdout:

@@ -66,17 +66,17 @@ def test_failed_tune_trial_is_one_line_not_a_traceback(tmp_path):
                 "trials": 2,
                 "pruner": "none",
                 "out": str(tmp_path / "runs"),
-                "search": {"recipe.batch_size": {"choice": [5000]}},  # 5000 > the training split: fails when run
+                "search": {"recipe.batch_size": {"choice": [5000, 6000]}},  # > the training split: fails when run
             }
         )
     )
     result = invoke("tune", tune)
     assert "Traceback" not in result.output, result.output
     failed = [line for line in result.output.splitlines() if line.startswith("trial ")]
-    assert len(failed) == 2, result.output
-    for line in failed:
-        assert ': failed {"recipe.batch_size": 5000}' in line
-        assert "(ValueError: batch_size 5000 is larger than the training split (2000))" in line
+    assert len(failed) == 2, result.output  # two distinct points, each failing on its own line
+    for line, size in zip(sorted(failed, key=lambda t: "6000" in t), (5000, 6000)):
+        assert f': failed {{"recipe.batch_size": {size}}}' in line
+        assert f"(ValueError: batch_size {size} is larger than the training split (2000))" in line
     assert result.exit_code == 1 and "no trial completed" in result.output
 
 
