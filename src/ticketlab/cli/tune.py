@@ -80,9 +80,17 @@ def tune(
         )
     console.print(table)
     if result.repeats:
-        console.print(f"{result.repeats} proposals repeated a tried point: not trained again, not counted")
+        console.print(
+            f"{result.repeats} proposals repeated a tried point: not trained again, not counted",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.stopped:
-        console.print(f"stopped after {len(result.trials)} of {spec.trials} trials: {result.stopped}")
+        console.print(
+            f"stopped after {len(result.trials)} of {spec.trials} trials: {result.stopped}",
+            highlight=False,
+            soft_wrap=True,
+        )
     best = result.best
     if best is None:
         console.print("no trial completed")

@@ -126,6 +126,15 @@ class Job:
             mask.apply(self.model)
         return mask, scores, meter.cost()
 
+    def prune_initial(self, density: float, level: int) -> tuple[Mask, dict[str, torch.Tensor]]:
+        """The spec's criterion's mask of the initial weights at ``density``, in its rounds (as ``multishot``),
+        and its last scores; the model is left at its initial weights. (The score-training methods' start
+        from a criterion, ``score_init: criterion``.)"""
+        self.model.load_state_dict(self.init_state)
+        mask, last, _ = self.prune(Mask.ones(self.model, self.spec.exempt), density, self.resolved.rounds, level)
+        self.model.load_state_dict(self.init_state)
+        return mask, last
+
     def training_cost(self, row: Mapping[str, Any]) -> Cost:
         """The weight training a recorded level did (its steps, to where it stopped, and its seconds)."""
         stopped = row.get("stopped_step")

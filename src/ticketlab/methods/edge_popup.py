@@ -250,9 +250,7 @@ def rank_matched(mask: Mask, last: Scores, magnitude: Scores, per_layer: bool) -
 def criterion_scores(job: Job, density: float, level: int, names: list[str], per_layer: bool) -> Scores:
     """``score_init: criterion``: prune w_0 to ``density`` with the spec's criterion in its rounds (as
     ``multishot``), and return :func:`rank_matched` scores as leaf tensors on the model's device."""
-    job.model.load_state_dict(job.init_state)
-    mask, last, _ = job.prune(Mask.ones(job.model, job.spec.exempt), density, job.resolved.rounds, level)
-    job.model.load_state_dict(job.init_state)
+    mask, last = job.prune_initial(density, level)
     magnitude = {n: job.init_state[n].abs() for n in names}
     device = next(job.model.parameters()).device
     scores = rank_matched(Mask({n: mask[n] for n in names}), last, magnitude, per_layer)

@@ -155,9 +155,7 @@ def criterion_start(job: Job, density: float, level: int, names: list[str]) -> S
     """``score_init: criterion``: prune w_0 to ``density`` with the spec's criterion in its rounds (as
     ``multishot``); its ranking spread over [0, 1] by :func:`split_ranked` (over all layers, or per layer
     with ``scope: layerwise``), as leaf tensors on the model's device."""
-    job.model.load_state_dict(job.init_state)
-    mask, last, _ = job.prune(Mask.ones(job.model, job.spec.exempt), density, job.resolved.rounds, level)
-    job.model.load_state_dict(job.init_state)
+    mask, last = job.prune_initial(density, level)
     magnitude = {n: job.init_state[n].abs() for n in names}
     device = next(job.model.parameters()).device
     groups = [[n] for n in names] if job.spec.method.scope == "layerwise" else [names]
