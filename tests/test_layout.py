@@ -81,13 +81,16 @@ def test_candidates_fill_the_cores_and_never_exceed_the_runs():
 
 
 def test_the_chooser_picks_the_least_estimated_job_time():
-    # hand-computed: 3 runs; 2x1x1 takes 2 rounds (2 + 1 runs) of 1.0 s = 2.0; 1x2x3 one round of 1.5 s
-    rows = {L("2x1x1"): 1.0, L("1x2x3"): 1.5, L("2x1x2"): 2.1, L("1x2x1"): 0.6}
-    assert job_seconds(L("2x1x1"), 1.0, 3) == 2.0 and job_seconds(L("1x2x1"), 0.6, 3) == pytest.approx(1.8)
+    # hand-computed: 3 runs; 2x1x1 shares 3 runs' levels between 2 workers (sweep.plan.balance): 1.5 x 1.0 s;
+    # 1x2x1 3 x 0.6 s; 1x2x3 one stack of 1.4 s; 2x1x2 one stack per worker, 2.1 s
+    rows = {L("2x1x1"): 1.0, L("1x2x3"): 1.4, L("2x1x2"): 2.1, L("1x2x1"): 0.6}
+    assert job_seconds(L("2x1x1"), 1.0, 3) == 1.5 and job_seconds(L("1x2x1"), 0.6, 3) == pytest.approx(1.8)
+    assert job_seconds(L("2x1x2"), 2.1, 3) == 2.1 and job_seconds(L("2x1x4"), 4.0, 2) == 4.0  # one stack at least
+    assert job_seconds(L("2x1x2"), 2.0, 5) == 3.0  # 3 stacks on 2 workers
     assert choose(rows, 3) == L("1x2x3")
     rows[L("1x2x3")] = 1.9
-    assert choose(rows, 3) == L("1x2x1")  # 1.8 < 1.9 < 2.0 < 2.1
-    assert choose(rows, 2) == L("2x1x1")  # one round of 1.0 beats 2 x 0.6 and 1.9
+    assert choose(rows, 3) == L("2x1x1")  # 1.5 < 1.8 < 1.9 < 2.1
+    assert choose(rows, 2) == L("2x1x1")  # one run per worker, 1.0, beats 2 x 0.6 and 1.9
     # ties: fewer processes first
     assert choose({L("2x1x1"): 1.0, L("1x2x2"): 1.0}, 2) == L("1x2x2")
     assert choose(rows, 3, among=[L("2x1x1"), L("2x1x2")]) == L("2x1x1")

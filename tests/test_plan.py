@@ -78,3 +78,73 @@ def test_expected_levels_follow_the_schedule():
     ]
     imp = expand(SweepSpec(base={**BASE, "densities": [0.25], "method": {"name": "lottery", "K": 0.5}}))[0]
     assert expected_levels(one) == 3 and expected_levels(imp) == 3  # dense + 0.5 + 0.25
+
+
+class ClockPool:
+    """Runs pieces on virtual time: a piece of a batch of L levels takes its budget (or what is left of
+    the batch's levels) x the batch's time per level."""
+
+    def __init__(self, capacity, levels, per_level):
+        self.capacity, self.levels, self.per_level = capacity, levels, per_level
+        self.now, self.left, self.ends, self.budgets = 0.0, dict(levels), {}, []
+
+    def submit(self, batch, budget=None):
+        name = batch[0]
+        n = self.left[name] if budget is None else budget
+        assert 0 < n <= self.left[name]
+        self.left[name] -= n
+        self.budgets.append((name, budget))
+        handle = (name, len(self.budgets))
+        self.ends[handle] = self.now + n * self.per_level[name]
+        return handle
+
+    def next_done(self, handles):
+        handle = min(handles, key=lambda h: self.ends[h])
+        self.now = self.ends.pop(handle)
+        return handle, [handle[0]]
+
+
+def makespan(names, workers, levels, per_level):
+    from ticketlab.sweep.plan import balance
+
+    cut = balance([[n] for n in names], [set() for _ in names], workers, [levels[n] for n in names],
+                  [per_level[n] for n in names])
+    pool = ClockPool(workers, levels, per_level)
+    dispatch(cut.work, cut.deps, pool, lambda outcome: None, budgets=cut.budgets)
+    assert all(v == 0 for v in pool.left.values())  # every level computed once
+    return pool.now, cut
+
+
+@pytest.mark.parametrize(
+    "runs, workers, expected, cuts",
+    [(3, 2, 1.5, 1), (5, 2, 2.5, 1), (4, 3, 4 / 3, 2), (4, 2, 2.0, 0), (2, 2, 1.0, 0), (7, 4, 1.75, 3)],
+)
+def test_balance_shares_runs_levels_equally_among_workers(runs, workers, expected, cuts):
+    """McNaughton by hand: R runs of 12 levels on W workers end after max(1, R / W) runs' time, with at most
+    W - 1 runs cut (none where the runs divide evenly), each cut run's head before its tail."""
+    names = [f"r{i}" for i in range(runs)]
+    levels, per_level = dict.fromkeys(names, 12), dict.fromkeys(names, 1.0)
+    span, cut = makespan(names, workers, levels, per_level)
+    assert span == pytest.approx(expected * 12)
+    assert sum(b is not None for b in cut.budgets) == cuts
+    for i, (batch, dep) in enumerate(zip(cut.work, cut.deps)):
+        for j in dep:  # a tail waits for its own head, which comes first
+            assert cut.work[j] == batch and cut.budgets[j] is not None and j < i
+
+
+def test_balance_weighs_levels_and_leaves_waiting_work_alone():
+    # a long run (24 levels) and two short ones (6 each) on 2 workers: the long one alone sets the span
+    levels, per_level = {"a": 24, "b": 6, "c": 6}, dict.fromkeys("abc", 1.0)
+    span, cut = makespan(list("abc"), 2, levels, per_level)
+    assert span == 24 and all(b is None for b in cut.budgets)
+    # runs of unequal cost per level: 3 runs of 10 levels at 1, 1 and 2 s: 40 s of work on 2 workers
+    span, cut = makespan(list("abc"), 2, dict.fromkeys("abc", 10), {"a": 1.0, "b": 1.0, "c": 2.0})
+    assert span == pytest.approx(20)
+    # batches that wait for a dense baseline keep plan's order; one worker or few batches: nothing to cut
+    from ticketlab.sweep.plan import balance
+
+    work = [["a"], ["b"], ["c"]]
+    assert balance(work, [set(), set(), {0}], 2, [4, 4, 4], [1, 1, 1]).budgets == [None] * 3
+    assert balance(work, [set()] * 3, 1, [4, 4, 4], [1, 1, 1]).work == work
+    assert balance(work[:2], [set()] * 2, 2, [4, 4], [1, 1]).budgets == [None, None]
+    assert balance(work, [set()] * 3, 2, [1, 1, 1], [1, 1, 1]).budgets == [None] * 3  # one level: no cut

@@ -249,3 +249,33 @@ def test_set_base_overrides_dotted_fields_for_a_reduced_run(tmp_path):
         app, ["sweep", str(path), "--out", str(tmp_path), "--set", "recipe.steps=10it", "--dry-run"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_three_runs_on_two_workers_share_their_levels_and_write_what_whole_runs_write(tmp_path):
+    """3 IMP runs on 2 one-thread workers: one run is cut at a level boundary (``sweep.plan.balance``), its
+    head pauses and its tail resumes on the worker that frees first. Each run is reported once, finished,
+    and writes exactly what the same spec writes run whole in one process."""
+    base = {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [0.125]}
+    sweep = SweepSpec(base=base, grid={"seed": [0, 1, 2]}, layout="2x1x1")
+    finished, submitted = [], []
+    report = run_sweep(sweep, out=tmp_path / "split", on_done=finished.append, on_submit=submitted.append)
+    specs = expand(sweep)
+    assert not report.failed and len(finished) == 3 and all(o.ok and not o.paused for o in finished)
+    assert sorted(o.run_id for o in finished) == sorted(s.run_id() for s in specs)
+    pieces = {s.run_id(): sum(s.run_id() in batch for batch in submitted) for s in specs}
+    assert sorted(pieces.values()) == [1, 1, 2] and len(submitted) == 4  # 4 levels each: cut 2 | 2
+    assert not list((tmp_path / "split").glob("*/claim.json")) and not list((tmp_path / "split").glob("*/failed.json"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers ran
+    try:
+        for spec in specs:
+            split, whole = RunDir(tmp_path / "split" / spec.run_id()), RunDir(
+                run_experiment(spec, tmp_path / "whole", device="cpu").path
+            )
+            assert split.levels() == whole.levels() == [0, 1, 2, 3]
+            for level in whole.levels():
+                assert split.level(level).mask() == whole.level(level).mask()
+                a, b = split.level(level).weights("final"), whole.level(level).weights("final")
+                assert all(torch.equal(a[k], b[k]) for k in a), (spec.seed, level)
+    finally:
+        torch.set_num_threads(threads)

@@ -175,6 +175,7 @@ def run_experiments(
     log: Callable[[str], None] | None = None,
     log_for: Callable[[ExperimentSpec], Callable[[str], None]] | None = None,
     return_exceptions: bool = False,
+    budget: int | None = None,
 ) -> list[Any]:
     """Run (or resume) every spec under ``root/<run id>``, as ``run_experiment`` would, stacking the
     training of specs that share an architecture and recipe. Results are in the order of ``specs``.
@@ -182,6 +183,8 @@ def run_experiments(
     Messages go to ``log_for(spec)`` when given (one callback per run, e.g. TensorBoard export), else to
     ``log`` prefixed with the run id. If a spec fails, the others still finish; the first error is raised
     at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
+    ``budget``: each spec computes at most that many levels, then pauses (``Job.budget``: its place in the
+    list holds a ``methods.context.Paused``).
     """
     device = resolve_device(device)
 
@@ -201,7 +204,7 @@ def run_experiments(
     for i, spec in enumerate(specs):
         if batchable(spec):
             try:
-                workers[i] = _start_worker(spec, datasets, root, data_root, device, spec_log(spec))
+                workers[i] = _start_worker(spec, datasets, root, data_root, device, spec_log(spec), budget)
             except Exception as error:  # e.g. missing data: this spec fails, the others run
                 errors[i] = error
     _schedule(list(workers.values()), device, progress)
@@ -217,7 +220,13 @@ def run_experiments(
         if i not in workers and i not in errors:
             try:
                 results[i] = run_experiment(
-                    spec, root, device=device, data_root=data_root, progress=progress, log=spec_log(spec)
+                    spec,
+                    root,
+                    device=device,
+                    data_root=data_root,
+                    progress=progress,
+                    log=spec_log(spec),
+                    budget=budget,
                 )
             except Exception as error:  # the other specs still run
                 errors[i] = error
@@ -233,6 +242,7 @@ def _start_worker(
     data_root: str | os.PathLike | None,
     device: torch.device,
     log: Callable[[str], None] | None,
+    budget: int | None = None,
 ) -> _Worker:
     """Prepare the spec's run (loading its data once per split into ``datasets``) and start its method."""
     check_spec(spec)
@@ -244,7 +254,9 @@ def _start_worker(
     data = datasets[data_key]
     run, model, init_state = prepare_run(spec, data, root, device)
     env = record_environment(run, device, log)
-    job = _BatchedJob(spec, data, model, init_state, run, progress=None, log=log or (lambda message: None), env=env)
+    job = _BatchedJob(
+        spec, data, model, init_state, run, progress=None, log=log or (lambda message: None), env=env, budget=budget
+    )
     key, _ = resolve_method(spec.method)
     worker = _Worker(METHODS.get(key), job)
     job.worker = worker

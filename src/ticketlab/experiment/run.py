@@ -197,15 +197,17 @@ def run_experiment(
     progress: Progress | None = None,
     log: Any = None,
     status: RunStatus | None = None,
+    budget: int | None = None,
 ) -> RunResult:
     """Run ``spec`` (or resume it) under ``root/<run id>``; finished levels are read back, not redone.
 
     ``log`` receives one line per finished level (``level 3/14: density ..., test acc ... · elapsed, ~left``)
-    and the method's own messages; ``status`` (a :class:`RunStatus`) follows the run for a live display."""
+    and the method's own messages; ``status`` (a :class:`RunStatus`) follows the run for a live display.
+    ``budget``: compute at most that many levels, then raise ``methods.context.Paused`` (``Job.budget``)."""
     check_spec(spec)
     device = resolve_device(device)
     data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed, device=device)
-    return run_on(spec, data, root, device=device, progress=progress, log=log, status=status)
+    return run_on(spec, data, root, device=device, progress=progress, log=log, status=status, budget=budget)
 
 
 def run_on(
@@ -217,6 +219,7 @@ def run_on(
     progress: Progress | None = None,
     log: Any = None,
     status: RunStatus | None = None,
+    budget: int | None = None,
 ) -> RunResult:
     """:func:`run_experiment` on data already loaded (the spec's dataset, validation split and split seed)."""
     check_spec(spec)
@@ -232,7 +235,9 @@ def run_on(
         if progress is not None:
             progress(step, total, row)
 
-    job = _WatchedJob(spec, data, model, init_state, run, progress=watched, log=log or _quiet, env=env, status=watch)
+    job = _WatchedJob(
+        spec, data, model, init_state, run, progress=watched, log=log or _quiet, env=env, budget=budget, status=watch
+    )
     key, _ = resolve_method(spec.method)
     METHODS.get(key)(job)
     run.mark_finished(job.counts())

@@ -55,9 +55,23 @@ def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) ->
     return "stack" if choice == "on" else "measure"
 
 
+class Paused(Exception):
+    """A run stopped before computing a level because its job's ``budget`` of levels was spent: the levels
+    finished so far are on disk and the run resumes from them elsewhere (a sweep's share of a run,
+    ``ticketlab.sweep.balance``). Not a failure."""
+
+    def __init__(self, level: int, computed: int) -> None:
+        super().__init__(f"paused before level {level} after computing {computed} levels here")
+        self.level, self.computed = level, computed
+
+
 @dataclass
 class Job:
-    """One experiment in progress: its spec, data, working model, initial weights and run directory."""
+    """One experiment in progress: its spec, data, working model, initial weights and run directory.
+
+    ``budget``: how many levels (tickets, level 0 included; controls ride with their level) this process may
+    compute; the next level it would compute raises :class:`Paused` instead, at the same point where a killed
+    run resumes (``resume``), so a paused and resumed run writes what an uninterrupted one writes."""
 
     spec: ExperimentSpec
     data: Dataset
@@ -69,6 +83,8 @@ class Job:
     rows: list[dict[str, Any]] = field(default_factory=list)
     dense: dict[str, Any] | None = None  # level 0's row, for the winning-ticket flag
     env: dict[str, Any] = field(default_factory=dict)  # what can change the numbers here (hardware.environment)
+    budget: int | None = None  # levels to compute here before pausing (None: to the end)
+    computed: int = 0  # levels computed (not read back) here
 
     @property
     def steps_per_epoch(self) -> int:
@@ -236,6 +252,7 @@ class Job:
             mask, weights, row, scores if self.spec.save_scores else None, timed_from=began
         )
         self.rows.append(row)
+        self.computed += not control
         self.log(self._describe(row))
         return row
 
@@ -254,9 +271,12 @@ class Job:
         return bool(acc >= dense_acc and step <= dense_step)
 
     def resume(self, level: int, control: str | None = None) -> dict[str, Any] | None:
-        """The row of a finished level, or None if it must be (re)computed."""
+        """The row of a finished level, or None if it must be (re)computed; :class:`Paused` when a level must be
+        computed and the job's ``budget`` is spent."""
         d: LevelDir = self.run.level(level, control)
         if not d.done:
+            if not control and self.budget is not None and self.computed >= self.budget:
+                raise Paused(level, self.computed)
             return None
         row = d.metrics()
         if level == 0 and not control:

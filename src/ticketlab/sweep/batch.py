@@ -23,6 +23,7 @@ class Outcome:
     wall_time: float = 0.0
     node: str = ""  # where it ran, for Ray tasks: host/node id
     elsewhere: bool = False  # finished by another sweep on the same folder while this one waited
+    paused: bool = False  # not finished: stopped after its piece's levels, to resume in another piece (plan.balance)
 
 
 def run_batch(
@@ -35,13 +36,16 @@ def run_batch(
     data_root: str | None = None,
     plugins: Sequence[str] = (),
     plugin_dir: str | None = None,
+    budget: int | None = None,
 ) -> list[Outcome]:
     """Run a batch of specs (JSON form) in this process; a failure is recorded and the other runs go on.
     Runs that share an architecture and recipe train stacked (``ticketlab.experiment.lockstep.run_experiments``).
     This is the worker's unit, kept plain so it pickles for processes and Ray. ``plugins`` (and the installed
-    packages' entry points) are imported first, as the process that started the sweep did (``ticketlab.plugins``)."""
+    packages' entry points) are imported first, as the process that started the sweep did (``ticketlab.plugins``).
+    ``budget``: each run computes at most that many levels here, then pauses (its outcome says ``paused``)."""
     from ticketlab.experiment.lockstep import run_experiments
     from ticketlab.hardware.device import set_threads
+    from ticketlab.methods.context import Paused
     from ticketlab.plugins import load_plugins
 
     load_plugins(plugins, cwd=plugin_dir)
@@ -58,11 +62,15 @@ def run_batch(
         return tensorboard_log(Path(root) / spec.run_id())
 
     started = time.perf_counter()
-    results = run_experiments(parsed, root, device=device, data_root=data_root, log_for=log_for, return_exceptions=True)
+    results = run_experiments(
+        parsed, root, device=device, data_root=data_root, log_for=log_for, return_exceptions=True, budget=budget
+    )
     wall = (time.perf_counter() - started) / max(1, len(parsed))  # stacked runs share their time
     outcomes = []
     for spec, result in zip(parsed, results):
-        if isinstance(result, BaseException):
+        if isinstance(result, Paused):
+            outcomes.append(Outcome(spec.run_id(), spec.non_default(), False, "", wall, paused=True))
+        elif isinstance(result, BaseException):
             last = traceback.format_exception_only(type(result), result)[-1].strip()
             outcomes.append(Outcome(spec.run_id(), spec.non_default(), False, last, wall))
         else:

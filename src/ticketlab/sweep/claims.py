@@ -183,6 +183,12 @@ class ClaimKeeper:
                 self._claims[claim.run_path] = claim
         return claim is not None
 
+    def holds(self, run_path: str | os.PathLike) -> bool:
+        """Whether this keeper still holds its claim on ``run_path`` (not released, not taken over)."""
+        with self._lock:
+            claim = self._claims.get(Path(run_path))
+        return claim is not None and claim.held()
+
     def release(self, run_path: str | os.PathLike) -> None:
         with self._lock:  # not while the renewing thread rewrites it (that would bring the file back)
             claim = self._claims.pop(Path(run_path), None)

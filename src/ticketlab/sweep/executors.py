@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,11 @@ from ticketlab.hardware.device import resolve_device
 from ticketlab.plugins import loaded
 from ticketlab.store import RunDir
 from ticketlab.sweep.batch import Outcome, lost, run_batch
-from ticketlab.sweep.choose import choose_layout
+from ticketlab.sweep.choose import Chosen, choose_layout
 from ticketlab.sweep.claims import DEFAULT_TTL, ClaimKeeper, Owner, read_claim
 from ticketlab.sweep.grid import SweepSpec, expand
-from ticketlab.sweep.layout import MAX_STACK
-from ticketlab.sweep.plan import Pool, dispatch, plan
+from ticketlab.sweep.layout import MAX_STACK, Layout
+from ticketlab.sweep.plan import Pool, balance, dispatch, plan, remaining_levels
 
 __all__ = ["MAX_STACK", "Outcome", "SweepReport", "batches", "run_batch", "run_sweep"]
 FAILED_FILE = "failed.json"  # the last failure of an unfinished run: its one-line reason, host and time
@@ -101,8 +101,17 @@ def run_sweep(
     if not pending:
         return report
     keeper = ClaimKeeper(claim_ttl)
+    ended: set[str] = set()  # runs that finished or failed here: a later piece of theirs has nothing to do
+
+    spent: dict[str, float] = {}  # seconds of a run's paused pieces, added to its finishing piece's
 
     def done(outcome: Outcome) -> None:
+        if outcome.paused:  # its next piece resumes it: still claimed, not ended
+            spent[outcome.run_id] = spent.get(outcome.run_id, 0.0) + outcome.wall_time
+            return
+        if outcome.run_id in spent:
+            outcome = replace(outcome, wall_time=outcome.wall_time + spent.pop(outcome.run_id))
+        ended.add(outcome.run_id)
         if not outcome.elsewhere:
             _record_failure(Path(root) / outcome.run_id, outcome)
             keeper.release(Path(root) / outcome.run_id)
@@ -111,6 +120,7 @@ def run_sweep(
             on_done(outcome)
 
     size: int | Callable[[ExperimentSpec], int | None] | None
+    chosen = None
     if sweep.executor == "ray":
         workers, threads = sweep.workers or 8, sweep.threads_per_worker or 1
         size = sweep.batch or (None if resolve_device(sweep.device).type == "cuda" else 1)
@@ -141,16 +151,31 @@ def run_sweep(
             queue, reported = pending, set()
             while queue:
                 held: dict[str, ExperimentSpec] = {}
-                take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl)
+                take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl, ended)
                 work, deps = plan(queue, root, make_batches)
+                cut = balance(
+                    work,
+                    deps,
+                    pool.capacity,
+                    [max(remaining_levels(s, root) for s in b) for b in work],
+                    [_per_level(b, chosen, workers, threads) for b in work],
+                )
+                heads = [(b, n) for b, n in zip(cut.work, cut.budgets) if n is not None]
+                if heads and log is not None:
+                    log(
+                        f"{len(heads)} of {len(work)} batches cut at a level boundary so the {pool.capacity} workers "
+                        "finish together: "
+                        + ", ".join(f"{b[0].run_id()}{'...' if len(b) > 1 else ''} after {n} levels" for b, n in heads)
+                    )
                 before = len(report.outcomes)
                 dispatch(
-                    [[s.model_dump(mode="json") for s in b] for b in work],
-                    deps,
+                    [[s.model_dump(mode="json") for s in b] for b in cut.work],
+                    cut.deps,
                     pool,
                     done,
                     take=take,
                     submitted=submitted,
+                    budgets=cut.budgets,
                 )
                 if held and len(report.outcomes) == before:  # nothing ended here: the others' runs are running
                     time.sleep(poll)
@@ -168,16 +193,23 @@ def _claimer(
     reported: set[str],
     on_wait: Callable[[dict[str, Owner | None]], None] | None,
     ttl: float,
+    ended: set[str] | None = None,
 ) -> Callable[[list[dict]], list[dict]]:
-    """``take`` for ``dispatch``: the runs of a batch this sweep claims now. A run another sweep finished
-    meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it the first time)."""
+    """``take`` for ``dispatch``: the runs of a batch this sweep claims now. A run that already ended here
+    (a tail piece of a run whose head finished it, or failed) is left out; a run another sweep finished
+    meanwhile is reported done; one it holds goes to ``held`` (and ``on_wait`` hears of it the first time).
+    A run this sweep still holds (its paused head's claim) is taken again."""
 
     def take(batch: list[dict]) -> list[dict]:
         keep = []
         for data in batch:
             spec = ExperimentSpec.model_validate(data)
             path = Path(root) / spec.run_id()
-            if RunDir(path).finished:
+            if ended is not None and spec.run_id() in ended:
+                continue
+            if keeper.holds(path):
+                keep.append(data)
+            elif RunDir(path).finished:
                 done(Outcome(spec.run_id(), spec.non_default(), True, elsewhere=True))
             elif keeper.claim(path):
                 keep.append(data)
@@ -193,6 +225,19 @@ def _claimer(
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _per_level(batch: list[ExperimentSpec], chosen: Chosen | None, processes: int, threads: int) -> float:
+    """The measured seconds per step of ``batch``'s stack in the chosen layout (a level's time up to the
+    steps per level), else its number of runs (Ray, or nothing measured)."""
+    if chosen is not None:
+        decision = chosen.decisions.get(stack_key(batch[0]))
+        if decision is not None:
+            rows = decision.rows
+            for layout in (Layout(processes, threads, len(batch)), decision.layout):
+                if layout in rows:
+                    return rows[layout]
+    return float(len(batch))
 
 
 def _record_failure(run: Path, outcome: Outcome) -> None:
@@ -253,7 +298,7 @@ class LocalPool:
         self.pool: Any = None
         self.batches: dict[Any, list[dict]] = {}
 
-    def submit(self, batch: list[dict]) -> Any:
+    def submit(self, batch: list[dict], budget: int | None = None) -> Any:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -262,7 +307,8 @@ class LocalPool:
             if self.pool is None:
                 self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
             try:
-                future = self.pool.submit(_local_batch, batch, self.root, os.getpid(), self.kwargs)
+                kwargs = self.kwargs if budget is None else {**self.kwargs, "budget": budget}
+                future = self.pool.submit(_local_batch, batch, self.root, os.getpid(), kwargs)
                 break
             except BrokenProcessPool:  # a worker died earlier: a fresh pool for the batches still to run
                 self.pool = None

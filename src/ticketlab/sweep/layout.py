@@ -9,7 +9,8 @@ time a job meets a workload on a machine, the candidate layouts are timed for a 
 (machine, workload) key; later jobs read them back. The choice for a job of R runs is the candidate whose
 estimated wall time for R runs (:func:`job_seconds`) is least, so a job smaller than the machine (3 runs
 on 2 cores, one run) still fills it: its candidates include one process with all the threads, stacking
-all its runs.
+all its runs, and a sweep shares a job's batches equally among its workers by cutting runs at level
+boundaries (``sweep.plan.balance``).
 
 Overrides: ``layout: 2x1x4`` in a sweep file or ``--layout`` (or ``$TICKETLAB_LAYOUT``) fix the layout,
 ``remeasure`` times the candidates again and replaces the cached rows (e.g. measured at a busy hour);
@@ -117,11 +118,12 @@ def _powers_and(n: int) -> list[int]:
 
 
 def job_seconds(layout: Layout, seconds_per_step: float, runs: int) -> float:
-    """Estimated seconds per training step of a job of ``runs`` runs: its batches of ``stack`` runs go to
-    ``processes`` workers in rounds, each round taking one stacked step of the layout (as measured with
-    every worker busy)."""
-    rounds = math.ceil(math.ceil(max(1, runs) / layout.stack) / layout.processes)
-    return rounds * seconds_per_step
+    """Estimated seconds per training step of a job of ``runs`` runs: its ``ceil(runs / stack)`` batches
+    share the ``processes`` workers equally, since a sweep cuts a batch at a level boundary where the
+    workers would otherwise not finish together (``sweep.plan.balance``: 3 batches on 2 workers take 1.5
+    batches' time), and no worker takes less than one batch's time (measured with every worker busy)."""
+    batches = math.ceil(max(1, runs) / layout.stack)
+    return max(1.0, batches / layout.processes) * seconds_per_step
 
 
 def choose(rows: Mapping[Layout, float], runs: int, among: list[Layout] | None = None) -> Layout:

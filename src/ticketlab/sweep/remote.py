@@ -122,11 +122,12 @@ class RayPool:
             if files is not None:  # wrapped in a list: Ray passes a nested ref as is, fetched only when needed
                 self.datasets[name] = [ray.put(files)]
 
-    def submit(self, batch: list[dict[str, Any]]) -> Any:
+    def submit(self, batch: list[dict[str, Any]], budget: int | None = None) -> Any:
         specs = [ExperimentSpec.model_validate(data) for data in batch]
         shipped = bundle(self.root, needed(self.root, specs))
         datasets = {s.dataset: self.datasets[s.dataset] for s in specs if s.dataset in self.datasets}
-        ref = self.task.remote(batch, shipped, datasets, self.kwargs)
+        kwargs = self.kwargs if budget is None else {**self.kwargs, "budget": budget}
+        ref = self.task.remote(batch, shipped, datasets, kwargs)
         self.batches[ref] = batch
         return ref
 
