@@ -279,3 +279,21 @@ def test_three_runs_on_two_workers_share_their_levels_and_write_what_whole_runs_
                 assert all(torch.equal(a[k], b[k]) for k in a), (spec.seed, level)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cli_sweep_says_which_run_it_cuts_and_reports_each_run_once(tmp_path):
+    sweep = {
+        "base": {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [0.125]},
+        "grid": {"seed": [0, 1, 2]},
+        "layout": "2x1x1",
+        "out": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cut = re.search(r"2 workers finish together: run (\w{12}) pauses after 2 of 4 levels, then resumes", result.output)
+    assert cut, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("run ")]
+    assert len(lines) == 3 and sum(cut.group(1) in line for line in lines) == 1  # reported once, when finished
+    assert "3 runs finished, 0 failed" in result.output

@@ -5,8 +5,10 @@
 Measured: the job's wall time W, and per level (``time_s`` in each metrics.json, seconds per model) the
 training, evaluation, scoring and writing. The level work spans from the first level's start (its
 metrics.json's time less its phases times its stack size) to the last run's end; the rest of W is start-up (worker processes,
-data). Extrapolation, stated as such: start-up + span x (the phases with training scaled to 20 epochs'
-steps and evaluation to 20 epochs' evaluations) / (the phases measured). Per-level overhead at the default
+data). A run the sweep cut at a level boundary (``sweep.plan.balance``) restarts in a second worker: the
+time from that piece's submission to its first level's start is a restart, counted like start-up (not
+scaled). Extrapolation, stated as such: start-up + restarts + (span - restarts) x (the phases with training
+scaled to 20 epochs' steps and evaluation to 20 epochs' evaluations) / (the phases measured). Per-level overhead at the default
 evaluation cadence (one evaluation per epoch, and one at the start) is computed from the same figures:
 (21 evaluations + scoring + writing) / (20 epochs of training steps), averaged over levels.
 """
@@ -46,21 +48,36 @@ def imp_job(
     sweep = SweepSpec.model_validate({**data, "layout": layout})
     with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
         started = time.time()
-        report = run_sweep(sweep, out=out, log=lambda line: log(f"(h) {line}"), data_root=data_root)
+        submits: dict[str, list[float]] = {}
+        report = run_sweep(
+            sweep,
+            out=out,
+            log=lambda line: log(f"(h) {line}"),
+            data_root=data_root,
+            on_submit=lambda ids: [submits.setdefault(i, []).append(time.time()) for i in ids],
+        )
         wall = time.time() - started
         if report.failed:
             raise RuntimeError(f"IMP job: {report.failed[0].run_id} failed: {report.failed[0].error}")
-        levels = [
-            (json.loads(path.read_text()), path.stat().st_mtime)
+        by_run = {
+            spec.run_id(): [
+                (json.loads(path.read_text()), path.stat().st_mtime)
+                for path in sorted((Path(out) / spec.run_id()).glob("level_*/metrics.json"))
+            ]
             for spec in expand(sweep)
-            for path in sorted((Path(out) / spec.run_id()).glob("level_*/metrics.json"))
-        ]
+        }
+        levels = [level for rows in by_run.values() for level in rows]
         ends = [(Path(out) / spec.run_id() / "done.json").stat().st_mtime for spec in expand(sweep)]
     sums = {phase: sum(row["time_s"][phase] for row, _ in levels) for phase in PHASES}
     # a level trained in a stack of K took K times its per-model seconds
     first_start = min(mtime - row.get("stacked", 1) * sum(row["time_s"].values()) for row, mtime in levels)
     span = max(ends) - first_start
     startup = wall - span
+    restarts = 0.0  # a cut run's later piece: from its submission to its first level's start
+    for run_id, times in submits.items():
+        starts = sorted(mtime - row.get("stacked", 1) * sum(row["time_s"].values()) for row, mtime in by_run[run_id])
+        for submitted in times[1:]:
+            restarts += min((s for s in starts if s >= submitted), default=submitted) - submitted
     last = levels[0][0]["history"][-1]  # epoch = step / steps per epoch
     spe = round(last["step"] / last["epoch"])
     target_steps = EPOCHS * spe
@@ -73,7 +90,7 @@ def imp_job(
     }
     total = sum(sums.values())
     scaled = sum(sums[p] * scale[p] for p in PHASES)
-    wall_20 = startup + span * scaled / total
+    wall_20 = startup + restarts + (span - restarts) * scaled / total
     n_levels = len(levels)
     flops = 6 * macs_per_example(build("lenet300")) * int(recipe["batch_size"]) * target_steps * n_levels
     per_level = {p: sums[p] / n_levels for p in PHASES}
@@ -93,6 +110,8 @@ def imp_job(
         "wall_s": wall,
         "startup_s": startup,
         "span_s": span,
+        "restarts_s": restarts,
+        "pieces": sum(len(t) for t in submits.values()),
         "phase_sums_s": sums,
         "per_level_s": per_level,
         "target_steps_per_level": target_steps,
@@ -102,7 +121,8 @@ def imp_job(
         "overhead_job_cadence": job_overhead,
     }
     log(
-        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}); per level "
+        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s in "
+        f"{result['pieces'] - result['runs']} cut runs); per level "
         + ", ".join(f"{p} {per_level[p]:.3f} s" for p in PHASES)
         + f"; at {EPOCHS} epochs per level ~{wall_20 / 60:.1f} min (extrapolated), "
         f"{result['extrapolated_fraction_of_limit']:.0%} of the limit; overhead at one evaluation per epoch "

@@ -153,19 +153,19 @@ def run_sweep(
                 held: dict[str, ExperimentSpec] = {}
                 take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl, ended)
                 work, deps = plan(queue, root, make_batches)
-                cut = balance(
-                    work,
-                    deps,
-                    pool.capacity,
-                    [max(remaining_levels(s, root) for s in b) for b in work],
-                    [_per_level(b, chosen, workers, threads) for b in work],
-                )
+                left = [max(remaining_levels(s, root) for s in b) for b in work]
+                cut = balance(work, deps, pool.capacity, left, [_per_level(b, chosen, workers, threads) for b in work])
                 heads = [(b, n) for b, n in zip(cut.work, cut.budgets) if n is not None]
                 if heads and log is not None:
+                    of = {id(b): n for b, n in zip(work, left)}
                     log(
-                        f"{len(heads)} of {len(work)} batches cut at a level boundary so the {pool.capacity} workers "
-                        "finish together: "
-                        + ", ".join(f"{b[0].run_id()}{'...' if len(b) > 1 else ''} after {n} levels" for b, n in heads)
+                        f"so that the {pool.capacity} workers finish together: "
+                        + "; ".join(
+                            f"run{'s' if len(b) > 1 else ''} {', '.join(s.run_id() for s in b)} "
+                            f"{'pause' if len(b) > 1 else 'pauses'} after {n} of {of[id(b)]} levels, then "
+                            f"{'resume' if len(b) > 1 else 'resumes'} on the worker that frees first"
+                            for b, n in heads
+                        )
                     )
                 before = len(report.outcomes)
                 dispatch(
