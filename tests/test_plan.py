@@ -107,8 +107,9 @@ class ClockPool:
 def makespan(names, workers, levels, per_level):
     from ticketlab.sweep.plan import balance
 
-    cut = balance([[n] for n in names], [set() for _ in names], workers, [levels[n] for n in names],
-                  [per_level[n] for n in names])
+    cut = balance(
+        [[n] for n in names], [set() for _ in names], workers, [levels[n] for n in names], [per_level[n] for n in names]
+    )
     pool = ClockPool(workers, levels, per_level)
     dispatch(cut.work, cut.deps, pool, lambda outcome: None, budgets=cut.budgets)
     assert all(v == 0 for v in pool.left.values())  # every level computed once

@@ -178,11 +178,16 @@ def test_ray_sweep_on_a_local_instance(tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sweep = SweepSpec(base=BASE, grid={"h": [16], "seed": [0, 1]}, executor="ray")
-        report = run_sweep(sweep, out=tmp_path)
+        # 3 runs on 2 task slots: one is cut at a level boundary, its levels travel home and back out
+        sweep = SweepSpec(
+            base={**BASE, "densities": [0.5, 0.25]}, grid={"h": [16], "seed": [0, 1, 2]}, executor="ray", workers=2
+        )
+        lines: list[str] = []
+        report = run_sweep(sweep, out=tmp_path, log=lines.append)
     finally:
         ray.shutdown()
-    assert len(report.outcomes) == 2 and not report.failed, report.outcomes
+    assert len(report.outcomes) == 3 and not report.failed, report.outcomes
+    assert any(re.search(r"pauses after [12] of 3 levels", line) for line in lines), lines
     for spec in expand(sweep):
         local = run_experiment(spec, tmp_path / "local", device="cpu")
         assert RunDir(tmp_path / spec.run_id()).finished
@@ -269,8 +274,9 @@ def test_three_runs_on_two_workers_share_their_levels_and_write_what_whole_runs_
     torch.set_num_threads(1)  # as the workers ran
     try:
         for spec in specs:
-            split, whole = RunDir(tmp_path / "split" / spec.run_id()), RunDir(
-                run_experiment(spec, tmp_path / "whole", device="cpu").path
+            split, whole = (
+                RunDir(tmp_path / "split" / spec.run_id()),
+                RunDir(run_experiment(spec, tmp_path / "whole", device="cpu").path),
             )
             assert split.levels() == whole.levels() == [0, 1, 2, 3]
             for level in whole.levels():
