@@ -84,6 +84,7 @@ def test_layer_size_search_prunes_weak_trials_and_reuses_finished_ones(tmp_path)
     for t in again.trials:
         if t.run_id in stamps:
             assert (tmp_path / t.run_id / "level_00" / "metrics.json").stat().st_mtime_ns == stamps[t.run_id]
+            assert t.evaluations == full  # read back: its levels' evaluations, as when it trained
     assert again.best.value == result.best.value
 
 

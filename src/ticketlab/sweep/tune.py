@@ -219,6 +219,11 @@ def tune(
         except (RuntimeError, ValueError) as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             raise
+        # a run read back from the store (finished before) reported nothing: count its levels' evaluations
+        evaluated = sum(
+            h.get(spec.objective) is not None for row in run.rows if not row.get("control") for h in row["history"]
+        )
+        trial.set_user_attr("evaluations", max(reported["n"], evaluated))
         return objective_value(run.rows, spec.objective)
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
