@@ -183,9 +183,7 @@ def run_experiments(
     Messages go to ``log_for(spec)`` when given (one callback per run, e.g. TensorBoard export), else to
     ``log`` prefixed with the run id. If a spec fails, the others still finish; the first error is raised
     at the end, or, with ``return_exceptions``, each failed spec's exception takes its place in the list.
-    ``budget``: each spec computes at most that many levels, then pauses (``Job.budget``: its place in the
-    list holds a ``methods.context.Paused``).
-    """
+    ``budget``: each spec computes at most that many levels, then pauses (``Job.budget``, ``Paused``)."""
     device = resolve_device(device)
 
     def spec_log(spec: ExperimentSpec) -> Callable[[str], None] | None:
@@ -219,15 +217,8 @@ def run_experiments(
     for i, spec in enumerate(specs):
         if i not in workers and i not in errors:
             try:
-                results[i] = run_experiment(
-                    spec,
-                    root,
-                    device=device,
-                    data_root=data_root,
-                    progress=progress,
-                    log=spec_log(spec),
-                    budget=budget,
-                )
+                where = dict(device=device, data_root=data_root, progress=progress, budget=budget)
+                results[i] = run_experiment(spec, root, log=spec_log(spec), **where)
             except Exception as error:  # the other specs still run
                 errors[i] = error
     if errors and not return_exceptions:
