@@ -198,3 +198,26 @@ def _tiny():
     from ticketlab.data import load_dataset
 
     return load_dataset("synthetic", val_size=100)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_evaluate_equals_the_models_own_forward(dropout):
+    """``evaluate``'s MLP path (ReLUs in place) gives exactly what ``model(x)`` gives in eval mode, and
+    leaves the model's mode and its inputs as they were."""
+    import torch.nn.functional as F
+
+    from ticketlab.models import build_model
+    from ticketlab.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("mlp:784-32-16-10", input_shape=(1, 28, 28), num_classes=10, dropout=dropout)
+    x, y = torch.randn(700, 1, 28, 28), torch.randint(0, 10, (700,))
+    before = x.clone()
+    model.train()
+    got = evaluate(model, x, y, batch_size=300)
+    assert model.training and torch.equal(x, before)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert got["loss"] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
+    assert got["acc"] == int((out.argmax(1) == y).sum()) / len(y)
