@@ -221,3 +221,17 @@ def test_evaluate_equals_the_models_own_forward(dropout):
         out = model(x)
     assert got["loss"] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
     assert got["acc"] == int((out.argmax(1) == y).sum()) / len(y)
+
+
+def test_evaluation_chunks_change_the_metrics_by_float_rounding_only():
+    from ticketlab.models import build_model
+    from ticketlab.training.evaluate import eval_chunk, evaluate
+
+    torch.manual_seed(0)
+    model = build_model("lenet300", input_shape=(1, 28, 28), num_classes=10)
+    cpu = torch.device("cpu")
+    assert eval_chunk(model, cpu) == (1 << 18) // 300 and eval_chunk(model, cpu, models=4) == 5000
+    assert eval_chunk(model, torch.device("cuda")) == 5000
+    x, y = torch.randn(3000, 1, 28, 28), torch.randint(0, 10, (3000,))
+    whole, chunked = evaluate(model, x, y, batch_size=3000), evaluate(model, x, y)
+    assert chunked["acc"] == whole["acc"] and chunked["loss"] == pytest.approx(whole["loss"], rel=1e-6)

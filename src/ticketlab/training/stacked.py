@@ -46,9 +46,8 @@ from ticketlab.models.mlp import MLP
 from ticketlab.seeding import seed_for
 from ticketlab.training import fused_sgd
 from ticketlab.training.core import Progress, TrainResult, autograd_update, enforce_masks, fit, plan_steps
+from ticketlab.training.evaluate import eval_chunk
 from ticketlab.training.loop import train
-
-EVAL_BATCH = 5000  # examples per evaluation chunk, as ticketlab.training.evaluate
 
 
 def _has_dropout(model: nn.Module) -> bool:
@@ -124,7 +123,7 @@ class _Stack:
         self.template.eval()
         loss_sum = torch.zeros(self.k, dtype=torch.float64, device=x.device)
         correct = torch.zeros(self.k, dtype=torch.int64, device=x.device)
-        chunk = EVAL_BATCH if self.mlp else max(256, EVAL_BATCH // self.k)
+        chunk = eval_chunk(self.template, x.device, self.k)
         for start in range(0, len(x), chunk):
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             out = self._eval_forward(xb)
