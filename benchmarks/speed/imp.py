@@ -121,8 +121,8 @@ def imp_job(
         "overhead_job_cadence": job_overhead,
     }
     log(
-        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s in "
-        f"{result['pieces'] - result['runs']} cut runs); per level "
+        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s of "
+        f"runs cut at a level boundary: {result['pieces'] - result['runs']}); per level "
         + ", ".join(f"{p} {per_level[p]:.3f} s" for p in PHASES)
         + f"; at {EPOCHS} epochs per level ~{wall_20 / 60:.1f} min (extrapolated), "
         f"{result['extrapolated_fraction_of_limit']:.0%} of the limit; overhead at one evaluation per epoch "

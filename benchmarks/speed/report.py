@@ -80,8 +80,9 @@ def layout_tables(report: dict[str, Any]) -> list[str]:
             "",
             f"(h) IMP job ({imp['job']}: {imp['runs']} runs, {imp['levels']} levels in all) at "
             f"{imp['steps_per_level']} steps per level, layout {imp['layout']}: {imp['wall_s']:.1f} s "
-            f"(start-up {imp['startup_s']:.1f} s; {imp.get('pieces', imp['runs']) - imp['runs']} runs cut at a level "
-            f"boundary, restarts {imp.get('restarts_s', 0.0):.1f} s). Per level, seconds per model:",
+            f"(start-up {imp['startup_s']:.1f} s; runs cut at a level boundary: "
+            f"{imp.get('pieces', imp['runs']) - imp['runs']}, their restarts {imp.get('restarts_s', 0.0):.1f} s). "
+            "Per level, seconds per model:",
             "",
             "| train | evaluate | score | write |",
             "|---|---|---|---|",
