@@ -149,3 +149,20 @@ def test_balance_weighs_levels_and_leaves_waiting_work_alone():
     assert balance(work, [set()] * 3, 1, [4, 4, 4], [1, 1, 1]).work == work
     assert balance(work[:2], [set()] * 2, 2, [4, 4], [1, 1]).budgets == [None, None]
     assert balance(work, [set()] * 3, 2, [1, 1, 1], [1, 1, 1]).budgets == [None] * 3  # one level: no cut
+
+
+def test_cut_weights_are_measured_step_times_only_when_every_batch_has_one():
+    from ticketlab.experiment.lockstep import stack_key
+    from ticketlab.sweep.choose import Chosen
+    from ticketlab.sweep.executors import _per_level
+    from ticketlab.sweep.layout import Decision, Layout
+
+    small = expand(SweepSpec(base=BASE, grid={"seed": [0, 1, 2]}))
+    wide = expand(SweepSpec(base={**BASE, "model": "mlp:784-64-10"}, grid={"seed": [0]}))
+    work = [small[:2], small[2:], wide]
+    rows = {Layout(2, 1, 2): 2.0, Layout(2, 1, 1): 1.1}
+    chosen = Chosen(2, 1, {stack_key(small[0]): 2}, {stack_key(small[0]): Decision(Layout(2, 1, 2), rows, 3, "cache")})
+    assert _per_level(work, chosen, 2, 1) == [2.0, 1.0, 1.0]  # the wide model's group measured nothing: runs
+    chosen.decisions[stack_key(wide[0])] = Decision(Layout(2, 1, 2), {Layout(2, 1, 2): 5.0}, 1, "measured")
+    assert _per_level(work, chosen, 2, 1) == [2.0, 1.1, 5.0]  # a batch of one: its own row, else the layout's
+    assert _per_level(work, None, 2, 1) == [2.0, 1.0, 1.0]

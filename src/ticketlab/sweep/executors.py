@@ -154,7 +154,7 @@ def run_sweep(
                 take = _claimer(root, keeper, done, held, reported, on_wait, claim_ttl, ended)
                 work, deps = plan(queue, root, make_batches)
                 left = [max(remaining_levels(s, root) for s in b) for b in work]
-                cut = balance(work, deps, pool.capacity, left, [_per_level(b, chosen, workers, threads) for b in work])
+                cut = balance(work, deps, pool.capacity, left, _per_level(work, chosen, workers, threads))
                 heads = [(b, n) for b, n in zip(cut.work, cut.budgets) if n is not None]
                 if heads and log is not None:
                     of = {id(b): n for b, n in zip(work, left)}
@@ -227,17 +227,18 @@ def _quiet(message: str) -> None:
     pass
 
 
-def _per_level(batch: list[ExperimentSpec], chosen: Chosen | None, processes: int, threads: int) -> float:
-    """The measured seconds per step of ``batch``'s stack in the chosen layout (a level's time up to the
-    steps per level), else its number of runs (Ray, or nothing measured)."""
-    if chosen is not None:
-        decision = chosen.decisions.get(stack_key(batch[0]))
-        if decision is not None:
-            rows = decision.rows
-            for layout in (Layout(processes, threads, len(batch)), decision.layout):
-                if layout in rows:
-                    return rows[layout]
-    return float(len(batch))
+def _per_level(work: list[list[ExperimentSpec]], chosen: Chosen | None, processes: int, threads: int) -> list[float]:
+    """Each batch's measured seconds per step of its stack in the chosen layout (a level's time up to the
+    steps per level), or, unless every batch has one, each batch's number of runs (Ray, a fixed layout)."""
+    measured = []
+    for batch in work:
+        decision = chosen.decisions.get(stack_key(batch[0])) if chosen is not None else None
+        rows = decision.rows if decision is not None else {}
+        sizes = (Layout(processes, threads, len(batch)), decision.layout) if decision is not None else ()
+        measured.append(next((rows[layout] for layout in sizes if layout in rows), None))
+    if all(seconds is not None for seconds in measured):
+        return [float(seconds) for seconds in measured]  # type: ignore[arg-type]
+    return [float(len(batch)) for batch in work]
 
 
 def _record_failure(run: Path, outcome: Outcome) -> None:
