@@ -235,3 +235,15 @@ def test_evaluation_chunks_change_the_metrics_by_float_rounding_only():
     x, y = torch.randn(3000, 1, 28, 28), torch.randint(0, 10, (3000,))
     whole, chunked = evaluate(model, x, y, batch_size=3000), evaluate(model, x, y)
     assert chunked["acc"] == whole["acc"] and chunked["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+def test_evaluate_calls_a_hooked_model_so_its_hooks_count_the_passes():
+    from ticketlab.methods.cost import measure
+    from ticketlab.models import build_model
+    from ticketlab.training.evaluate import evaluate
+
+    model = build_model("mlp:784-16-10", input_shape=(1, 28, 28), num_classes=10)
+    x, y = torch.randn(600, 1, 28, 28), torch.randint(0, 10, (600,))
+    with measure(model) as meter:
+        evaluate(model, x, y, batch_size=250)
+    assert meter.passes == 3 and meter.examples == 600
