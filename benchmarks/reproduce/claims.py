@@ -356,8 +356,8 @@ BUDGET_CLAIMS = [
         ORDER_TEXT,
         lambda frames: fig514_order(frames, ("000_fig514_order",)),
         ("000_fig514_order",),
-        "at most 40 of 000's 100 epochs, early stopping, 3 seeds (100 would take ~3.6 h); at most 3,840 "
-        "model-epochs, at most ~1.5 h",
+        "the full one: up to 100 epochs with early stopping, 3 seeds; about 3,000 model-epochs, about 1 h "
+        "(a first run capped at 40 epochs: reproduce-budget/000_fig514_order-40ep)",
     ),
 ]
 
