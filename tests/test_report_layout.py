@@ -5,6 +5,7 @@ where the report reads run files; hand-made result frames elsewhere. Figures are
 artists they draw (captured where they are saved), the page in headless Chromium at a laptop's width."""
 
 import itertools
+import math
 import re
 import shutil
 import tempfile
@@ -207,7 +208,8 @@ def test_density_tick_labels_are_percentages(tmp_path, figures):
     labels = [t.get_text() for t in figures.figures["b.png"].axes[0].get_xticklabels() if t.get_text()]
     assert labels and all(re.fullmatch(r"[0-9.]+%", text) for text in labels)
     # measured densities closer than the labels' width are thinned, the densest and sparsest kept
-    assert density_ticks([100, 80, 64, 51.2, 50, 40.96, 32.77, 30, 25, 12.5, 10]) == [
+    assert density_ticks([100, 80, 64, 51.2, 50, 40.96, 32.77, 30, 25, 12.5, 10]) == [100, 64, 50, 32.77, 25, 10]
+    assert density_ticks([100, 80, 64, 51.2, 50, 40.96, 32.77, 30, 25, 12.5, 10], max_labels=13) == [
         100,
         80,
         64,
@@ -218,6 +220,10 @@ def test_density_tick_labels_are_percentages(tmp_path, figures):
         12.5,
         10,
     ]
+    imp = [100 * 0.8**k for k in range(24)] + [0.5]  # 25 levels to 0.5%: 9 labels, each >= 0.23 decades apart
+    ticks = density_ticks(imp)
+    assert len(ticks) == 9 and ticks[0] == 100 and ticks[-1] == 0.5
+    assert all(math.log10(a / b) >= math.log10(200) / 10 - 1e-9 for a, b in itertools.pairwise(ticks))
 
 
 # -- per model --------------------------------------------------------------------------------------

@@ -122,10 +122,11 @@ def percent(value: float, _position: object = None) -> str:
     return f"{text}%"
 
 
-def density_ticks(densities: Sequence[float], max_labels: int = 13) -> list[float]:
+def density_ticks(densities: Sequence[float], max_labels: int = 10) -> list[float]:
     """Tick positions (percent) for the measured ``densities`` (percent): densest first, each at least
     1/``max_labels`` of the axis span (in log scale, at least 0.3 decades) from the previous one so labels
-    never overlap, and always the densest and the sparsest."""
+    never overlap, and always the densest and the sparsest. 10 labels: at 13, an IMP schedule of 25 levels
+    from 100% to 0.5% put labels such as ``10.7%6.87%4.4%`` edge to edge on a report's axis."""
     values = sorted({float(d) for d in densities if d > 0}, reverse=True)
     if len(values) <= 2:
         return values
