@@ -29,6 +29,7 @@ from ticketlab.experiment.dense import dense_name, dense_store
 from ticketlab.experiment.progress import ITERATIVE
 from ticketlab.methods.registry import resolve_method
 from ticketlab.schedules import iterative_densities
+from ticketlab.store import RunDir
 
 Batch = list[ExperimentSpec]
 
@@ -116,8 +117,6 @@ def dispatch(
 
 def remaining_levels(spec: ExperimentSpec, root: str | Path) -> int:
     """Levels of ``spec``'s run still to compute under ``root`` (at least 1)."""
-    from ticketlab.store import RunDir
-
     return max(1, expected_levels(spec) - len(RunDir(Path(root) / spec.run_id()).levels()))
 
 
@@ -135,8 +134,8 @@ def expected_levels(spec: ExperimentSpec) -> int:
 
 @dataclass(frozen=True)
 class Balanced:
-    """``balance``'s answer: the pieces to dispatch (heads, whole batches, tails, in that order), what each
-    waits for, and each piece's level budget (None: to the run's end)."""
+    """``balance``'s answer: the pieces to dispatch in the order of their planned start, what each waits for
+    (a tail its head), and each piece's level budget (None: to the run's end)."""
 
     work: list[Batch]
     deps: list[set[int]]
@@ -174,16 +173,18 @@ def balance(
         else:
             lanes[w].append((i, None, n * t))
         start = end
-    planned: list[tuple[float, int, int, int | None]] = []  # (start, worker, batch, budget)
+    planned: list[tuple[float, int, int, int | None, bool]] = []  # (start, worker, batch, budget, is a tail)
     for w, lane in enumerate(lanes):
         clock = 0.0
-        for i, budget, seconds in lane + ([(tails[w][0], -1, tails[w][1])] if w in tails else []):
-            planned.append((clock, w, i, budget))
+        for i, budget, seconds in lane:
+            planned.append((clock, w, i, budget, False))
             clock += seconds
+        if w in tails:
+            planned.append((clock, w, tails[w][0], None, True))
     planned.sort(key=lambda p: (p[0], p[1]))
-    head_at = {i: k for k, (_, _, i, budget) in enumerate(planned) if budget is not None and budget > 0}
+    head_at = {i: k for k, (_, _, i, budget, _) in enumerate(planned) if budget is not None}
     return Balanced(
-        [work[i] for _, _, i, _ in planned],
-        [{head_at[i]} if budget == -1 else set() for _, _, i, budget in planned],
-        [None if budget == -1 else budget for _, _, i, budget in planned],
+        [work[i] for _, _, i, _, _ in planned],
+        [{head_at[i]} if tail else set() for _, _, i, _, tail in planned],
+        [budget for _, _, _, budget, _ in planned],
     )
