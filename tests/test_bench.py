@@ -5,6 +5,7 @@ asserted; the benchmark is run on demand, not by the tests."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -437,3 +438,37 @@ def test_issue_goals_are_stated_with_their_direction():
         ("1.60x", True),
     ]
     assert compare.goals({}) == []
+
+
+def test_the_imp_job_is_reported_with_and_without_sparse_training():
+    def job(train, wall, sparse_levels):
+        return {
+            "steps_per_level": 300,
+            "levels": 66,
+            "sparse_levels": sparse_levels,
+            "wall_s": wall,
+            "per_level_s": {"train": train},
+            "extrapolated_wall_s": 60.0 * wall / 2,
+            "extrapolated_fraction_of_limit": 30 / wall,
+        }
+
+    lines = report.sparse_lines(job(0.3, 24.0, 30), job(0.4, 30.0, 0))
+    assert "| auto (default) | 30 of 66 | 24.0 s | 0.300 s | 12.0 min | 125% |" in lines
+    assert "| off | 0 of 66 | 30.0 s | 0.400 s | 15.0 min | 100% |" in lines
+    assert lines[-1] == "Without / with: training 1.33x, the job at 20 epochs per level 1.25x."
+
+
+def test_the_imp_job_sets_the_sparse_mode_for_its_workers_and_restores_it(monkeypatch):
+    from speed.imp import sparse_mode
+
+    from ticketlab.training import sparse
+
+    monkeypatch.delenv(sparse.ENV, raising=False)
+    with sparse_mode("off"):
+        assert os.environ[sparse.ENV] == "off"
+    assert sparse.ENV not in os.environ
+    monkeypatch.setenv(sparse.ENV, "on")
+    with pytest.raises(RuntimeError), sparse_mode("auto"):
+        assert os.environ[sparse.ENV] == "auto"
+        raise RuntimeError
+    assert os.environ[sparse.ENV] == "on"

@@ -17,9 +17,9 @@ from ticketlab.config import Recipe
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
 from ticketlab.training import sparse
-from ticketlab.training.fused_sgd import FusedSGD, for_mlp
+from ticketlab.training.fused_sgd import FusedAdam, FusedSGD, for_mlp
 from ticketlab.training.loop import train
-from ticketlab.training.sparse import SparseSGD
+from ticketlab.training.sparse import SparseAdam, SparseSGD
 
 
 @pytest.fixture
@@ -72,6 +72,45 @@ def test_layer_updates_equal_the_fused_dense_update(momentum, decay, l2):
     assert torch.equal(sparse_w[0][m == 0], torch.zeros(int((m == 0).sum())))  # exactly zero
 
 
+@pytest.mark.parametrize("decay,l2", [(0.0, 0.0), (1e-2, 5e-3)])
+@pytest.mark.parametrize("compact", ["off", "on"])
+def test_adam_layer_steps_equal_the_fused_dense_adam_step(decay, l2, compact, monkeypatch):
+    """Two layers, the first in CSR, the second dense (its Adam dense or over its kept weights): three
+    steps of SparseAdam's parts equal FusedAdam's, and pruned weights stay exactly 0."""
+    monkeypatch.setenv("TICKETLAB_COMPACT_ADAM", compact)
+    (w0, m0, b0), (w1, m1, b1) = _layer(20, 30, 0.2, seed=0), _layer(10, 20, 0.4, seed=1)
+    recipe = Recipe(optimizer="adam", lr=1e-2, weight_decay=decay, l2=l2)
+
+    def tensors():
+        return [w0.clone().unsqueeze(0), w1.clone().unsqueeze(0)], [b0.clone().unsqueeze(0), b1.clone().unsqueeze(0)]
+
+    masks = [m0.unsqueeze(0), m1.unsqueeze(0)]
+    (dw, db), (sw, sb) = tensors(), tensors()
+    dense = FusedAdam(dw, db, masks, recipe)
+    step = SparseAdam(sw, sb, masks, recipe, [True, False])
+    assert [c is not None for c in step.csr] == [True, False]
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        a0, a1 = torch.randn(5, 30, generator=g), torch.randn(5, 20, generator=g).clamp_min(0)
+        g0, g1 = torch.randn(5, 20, generator=g), torch.randn(5, 10, generator=g)
+        if dense.compacted is None:
+            dense._choose()
+        for i, (a, grad_out) in enumerate(((a0, g0), (a1, g1))):
+            dense._update_weight(dense._w[i], grad_out.mT, a, dense._m[i], 0.01)
+            dense._update_bias(dense._b[i], grad_out, 0.01)
+        dense._adam(0.01)
+        step.start()
+        for i, (a, grad_out) in enumerate(((a0, g0), (a1, g1))):
+            step.update(i, grad_out, a, 0.01)
+        step.finish(0.01)
+    assert step.compacted[0] and step.compacted[1] == dense.compacted[1] == (compact == "on")
+    for s_t, d_t in zip(sw + sb, dw + db):
+        assert torch.allclose(s_t, d_t, atol=1e-6)
+    assert not torch.equal(sw[0], w0.unsqueeze(0))  # it moved
+    for w, m in zip(sw, masks):
+        assert torch.equal(w[m == 0], torch.zeros(int((m == 0).sum())))  # exactly zero
+
+
 def _net_and_mask(density=0.1, dropout=0.0):
     net = initialize(build_model("mlp:784-48-24-10", dropout=dropout), seed=3)
     g = torch.Generator().manual_seed(0)
@@ -83,6 +122,10 @@ RECIPES = {
     "plain": Recipe(steps="30it", batch_size=50, lr=0.1, eval_every="10it"),
     "momentum_decay_l2": Recipe(
         steps="30it", batch_size=50, lr=0.05, momentum=0.9, weight_decay=1e-3, l2=1e-3, eval_every="10it"
+    ),
+    "adam": Recipe(steps="30it", batch_size=50, optimizer="adam", lr=1e-3, eval_every="10it"),
+    "adam_decay_l2": Recipe(
+        steps="30it", batch_size=50, optimizer="adam", lr=2e-3, weight_decay=1e-3, l2=1e-3, eval_every="10it"
     ),
 }
 
@@ -117,8 +160,8 @@ def test_training_equals_the_dense_masked_trainer(name, synthetic, mode):
 def test_paths_it_does_not_cover_stay_dense(synthetic, mode):
     mode("on")
     net, mask = _net_and_mask()
-    adam = Recipe(steps="5it", batch_size=50, optimizer="adam", lr=1e-3)
-    assert train(copy.deepcopy(net), synthetic, adam, mask=mask).sparse_training is None
+    nesterov = Recipe(steps="5it", batch_size=50, lr=0.1, momentum=0.9, nesterov=True)
+    assert train(copy.deepcopy(net), synthetic, nesterov, mask=mask).sparse_training is None  # autograd's step
     assert train(copy.deepcopy(net), synthetic, RECIPES["plain"], end_step=5).sparse_training is None  # no mask
 
 
@@ -170,7 +213,8 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     layer = report["layers"]["layers.0.weight"]
     assert layer["sparse"] and not layer["cached"] and layer["dense_us"] == 2000.0 and layer["sparse_us"] == 1000.0
     cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
-    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"])]
+    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"], "sgd")]
+    assert sparse.cache_key((64, 784), 60, layer["density"], "adam") not in cache  # the update is part of the timing
     # a second level of the same bucket reads the verdict back instead of measuring
     step, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert len(calls) == 1 and report["layers"]["layers.0.weight"]["cached"] and isinstance(step, SparseSGD)

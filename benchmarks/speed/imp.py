@@ -1,6 +1,7 @@
 """(h) The IMP job of ``benchmarks/imp_wall_time.yaml`` (LeNet-300-100, K = 0.8 to 1%: 21 levels + dense,
 3 seeds, Adam, batch 60, evaluations every 300 steps), run for real as a ``ticketlab sweep`` but with
-``steps`` training steps per level instead of 20 epochs, then extrapolated to 20 epochs per level.
+``steps`` training steps per level instead of 20 epochs, then extrapolated to 20 epochs per level; with
+the sparse training path in a given mode (``training.sparse``; the bench runs it ``off`` and ``auto``).
 
 Measured: the job's wall time W, and per level (``time_s`` in each metrics.json, seconds per model) the
 training, evaluation, scoring and writing. The level work spans from the first level's start (its
@@ -15,7 +16,9 @@ evaluation cadence (one evaluation per epoch, and one at the start) is computed 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ import yaml
 
 from speed.workload import build, macs_per_example
 from ticketlab.sweep import SweepSpec, expand, run_sweep
+from ticketlab.training import sparse as sparse_training
 
 JOB = Path(__file__).resolve().parents[1] / "imp_wall_time.yaml"
 EPOCHS = 20
@@ -37,10 +41,30 @@ def evaluations(steps: int, every: int) -> int:
     return 1 + steps // every + (1 if steps % every else 0)
 
 
+@contextlib.contextmanager
+def sparse_mode(mode: str):
+    """``$TICKETLAB_SPARSE_TRAINING`` set to ``mode`` for the sweep's worker processes, then restored."""
+    before = os.environ.get(sparse_training.ENV)
+    os.environ[sparse_training.ENV] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(sparse_training.ENV, None)
+        else:
+            os.environ[sparse_training.ENV] = before
+
+
 def imp_job(
-    steps: int, layout: str | None, limit: float, log: Callable[[str], object] = print, data_root: str | None = None
+    steps: int,
+    layout: str | None,
+    limit: float,
+    log: Callable[[str], object] = print,
+    data_root: str | None = None,
+    sparse: str = "auto",
 ) -> dict[str, Any]:
-    """Run the job with ``steps`` per level in ``layout`` (None: the sweep's own choice) and extrapolate."""
+    """Run the job with ``steps`` per level in ``layout`` (None: the sweep's own choice) and extrapolate;
+    ``sparse``: the sparse training mode (``training.sparse``: auto, the default, on or off)."""
     data = yaml.safe_load(JOB.read_text())
     recipe = dict(data["base"]["recipe"])
     every = int(str(recipe["eval_every"]).removesuffix("it"))
@@ -49,13 +73,14 @@ def imp_job(
     with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
         started = time.time()
         submits: dict[str, list[float]] = {}
-        report = run_sweep(
-            sweep,
-            out=out,
-            log=lambda line: log(f"(h) {line}"),
-            data_root=data_root,
-            on_submit=lambda ids: [submits.setdefault(i, []).append(time.time()) for i in ids],
-        )
+        with sparse_mode(sparse):
+            report = run_sweep(
+                sweep,
+                out=out,
+                log=lambda line: log(f"(h) {line}"),
+                data_root=data_root,
+                on_submit=lambda ids: [submits.setdefault(i, []).append(time.time()) for i in ids],
+            )
         wall = time.time() - started
         if report.failed:
             raise RuntimeError(f"IMP job: {report.failed[0].run_id} failed: {report.failed[0].error}")
@@ -100,8 +125,14 @@ def imp_job(
     job_overhead = (scale["evaluate"] * per_level["evaluate"] + per_level["score"] + per_level["write"]) / (
         scale["train"] * per_level["train"]
     )
+    sparse_levels = sum(
+        any(layer.get("sparse") for layer in (row.get("sparse_training") or {}).get("layers", {}).values())
+        for row, _ in levels
+    )
     result = {
         "job": JOB.name,
+        "sparse_training": sparse,
+        "sparse_levels": sparse_levels,
         "runs": len(expand(sweep)),
         "levels": n_levels,
         "steps_per_level": steps,
@@ -121,8 +152,9 @@ def imp_job(
         "overhead_job_cadence": job_overhead,
     }
     log(
-        f"(h) IMP job, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s of "
-        f"runs cut at a level boundary: {result['pieces'] - result['runs']}); per level "
+        f"(h) IMP job, sparse training {sparse}, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s of "
+        f"runs cut at a level boundary: {result['pieces'] - result['runs']}; levels with a sparse layer: "
+        f"{sparse_levels} of {n_levels}); per level "
         + ", ".join(f"{p} {per_level[p]:.3f} s" for p in PHASES)
         + f"; at {EPOCHS} epochs per level ~{wall_20 / 60:.1f} min (extrapolated), "
         f"{result['extrapolated_fraction_of_limit']:.0%} of the limit; overhead at one evaluation per epoch "

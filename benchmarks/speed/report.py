@@ -93,6 +93,34 @@ def layout_tables(report: dict[str, Any]) -> list[str]:
             f"overhead {imp['overhead_default_cadence']:.1%} at one evaluation per epoch, "
             f"{imp['overhead_job_cadence']:.1%} at the job's {imp['eval_every']} steps.",
         ]
+        dense = report.get("imp_dense")
+        if dense:
+            lines += ["", *sparse_lines(imp, dense)]
+    return lines
+
+
+def sparse_lines(imp: dict[str, Any], dense: dict[str, Any]) -> list[str]:
+    """(h) with the sparse training path (``auto``, the default) and without it (``off``): issue 21's item 5."""
+    rows = [("auto (default)", imp), ("off", dense)]
+    lines = [
+        "The same job with and without sparse training (`TICKETLAB_SPARSE_TRAINING`; shares of the limit count "
+        "the dense model's FLOPs):",
+        "",
+        f"| sparse training | levels with a sparse layer | wall at {imp['steps_per_level']} steps | "
+        "train per level and model | at 20 epochs per level | of the limit |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r.get('sparse_levels', 0)} of {r['levels']} | {r['wall_s']:.1f} s | "
+            f"{r['per_level_s']['train']:.3f} s | {r['extrapolated_wall_s'] / 60:.1f} min | "
+            f"{r['extrapolated_fraction_of_limit']:.0%} |"
+        )
+    lines += [
+        "",
+        f"Without / with: training {dense['per_level_s']['train'] / imp['per_level_s']['train']:.2f}x, "
+        f"the job at 20 epochs per level {dense['extrapolated_wall_s'] / imp['extrapolated_wall_s']:.2f}x.",
+    ]
     return lines
 
 

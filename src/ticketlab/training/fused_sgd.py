@@ -254,16 +254,26 @@ class FusedAdam(FusedSGD):
         self.compacted: list[bool] | None = None  # per layer, once chosen at the first step
         self._dense: tuple[list[torch.Tensor], ...] = ()
 
+    def _stepped_elsewhere(self, i: int) -> bool:
+        """Whether layer i's weight is stepped outside this class's lists (a subclass's own kept weights,
+        ``training.sparse``): it then takes no gradient buffer pass here and no place in the Adam lists."""
+        return False
+
     def _choose(self) -> None:
         self.compacted = []
-        for w, mask in zip(self.weights, self.masks):
+        outside = set()
+        for i, (w, mask) in enumerate(zip(self.weights, self.masks)):
+            if self._stepped_elsewhere(i):
+                outside.add(id(w))
+                self.compacted.append(True)  # only its kept weights are stepped
+                continue
             # on CPU only: the crossover is timed on the CPU (elsewhere the dense step, as before)
             compact = mask is not None and mask.device.type == "cpu" and use_compact(mask.numel(), float(mask.mean()))
             if compact:
                 assert mask is not None
                 self._kept[id(w)] = Kept(mask)
             self.compacted.append(compact)
-        dense = [t for t in self.weights if id(t) not in self._kept] + self.biases
+        dense = [t for t in self.weights if id(t) not in self._kept and id(t) not in outside] + self.biases
         self._dense = (
             dense,
             [self._grads[id(t)] for t in dense],
@@ -278,6 +288,13 @@ class FusedAdam(FusedSGD):
         if self.compacted is None:
             self._choose()
         losses = super().step(x, y, lr, dropout)  # the gradients, into the buffers
+        self._adam(lr)
+        return losses
+
+    def _adam(self, lr: float, more: Sequence[tuple[torch.Tensor, ...]] = ()) -> None:
+        """One Adam update from the gradient buffers: the dense tensors, the compacted layers' kept weights
+        (gathered, stepped, scattered back) and ``more`` (parameter, gradient, first and second moment) in
+        the same kernel call."""
         params, grads, avgs, sqs = (list(part) for part in self._dense)
         for w, kept in ((w, self._kept[id(w)]) for w in self.weights if id(w) in self._kept):
             kept.gather(w, self._grads[id(w)])
@@ -287,12 +304,16 @@ class FusedAdam(FusedSGD):
             grads.append(kept.grad)
             avgs.append(kept.avg)
             sqs.append(kept.sq)
+        for param, grad, avg, sq in more:
+            params.append(param)
+            grads.append(grad)
+            avgs.append(avg)
+            sqs.append(sq)
         self._step.add_(1)
         fused_adam(params, grads, avgs, sqs, self._step, lr=lr, betas=self.betas, weight_decay=self.weight_decay)
         for w in self.weights:
             if id(w) in self._kept:
                 self._kept[id(w)].scatter(w)
-        return losses
 
     def _update_weight(
         self, w: torch.Tensor, g_t: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, lr: float

@@ -1,4 +1,4 @@
-"""Sparse training of a pruned MLP: the fused SGD step with the kept weights of sparse layers in CSR.
+"""Sparse training of a pruned MLP: the fused SGD or Adam step with the kept weights of sparse layers in CSR.
 
 Below some density a masked dense GEMM mostly multiplies zeros. :class:`SparseSGD` is the fused SGD step
 (``training.fused_sgd``, one model) in which chosen layers keep only their kept weights (CSR, the values
@@ -9,12 +9,13 @@ being the master copy) and compute
 * the weight gradient only at kept positions: the sampled product ``(g^T a)[kept]`` (``sampled_addmm``),
 
 then update the kept values (SGD, momentum, weight decay, L2 as the fused step) and copy them into the
-model's dense weight, whose pruned entries are never written and stay exactly 0. Other layers take the
-fused step's dense products. Per model this is the dense masked step's arithmetic; only the summation
-order differs (float tolerance, tested in tests/test_sparse_training.py).
+model's dense weight, whose pruned entries are never written and stay exactly 0. :class:`SparseAdam` is
+the same with the fused Adam step: the kept values' gradients and moments join the one Adam kernel call.
+Other layers take the fused step's dense products. Per model this is the dense masked step's arithmetic;
+only the summation order differs (float tolerance, tested in tests/test_sparse_training.py).
 
-Where: one model (``training.loop.train``) where the fused step applies (an MLP with SGD, no hooks), on
-CPU. Stacked models (``train_many``), Adam, Nesterov, hooks and convolutions keep the dense path.
+Where: one model (``training.loop.train``) where the fused step applies (an MLP with SGD or Adam, no
+hooks), on CPU. Stacked models (``train_many``), Nesterov, hooks and convolutions keep the dense path.
 
 Which layers: ``$TICKETLAB_SPARSE_TRAINING`` (or :func:`set_mode`) ``off`` (never), ``on`` (every layer whose
 mask prunes something and keeps something) or ``auto`` (default): a layer keeping at most
@@ -45,7 +46,7 @@ from ticketlab.data.locate import cache_dir
 from ticketlab.files import atomic_write_json
 from ticketlab.hardware import blas
 from ticketlab.hardware.environment import cpu_model
-from ticketlab.training.fused_sgd import FusedSGD
+from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
 
 ENV = "TICKETLAB_SPARSE_TRAINING"
 MODES = ("auto", "on", "off")
@@ -116,10 +117,9 @@ class SparseSGD(FusedSGD):
     ) -> None:
         super().__init__(weights, biases, masks, recipe)
         if any(w.shape[0] != 1 for w in self.weights) or len(sparse) != len(self.weights):
-            raise ValueError("SparseSGD trains one model: weights (1, out, in), one sparse flag per layer")
-        self.w2 = [w[0] for w in self.weights]  # 2-D views of the model's weights
-        self.b2 = [b[0] for b in self.biases]
-        self.m2 = [None if m is None else m[0] for m in self.masks]
+            raise ValueError(f"{type(self).__name__} trains one model: weights (1, out, in), one sparse flag per layer")
+        # the fused step's 2-D views of the model's weights (the ones its buffers are keyed by)
+        self.w2, self.b2, self.m2 = self._w, self._b, self._m
         self.csr: list[_Csr | None] = [
             _Csr(w, m) if s and m is not None else None for w, m, s in zip(self.w2, self.m2, sparse)
         ]
@@ -148,25 +148,35 @@ class SparseSGD(FusedSGD):
         return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
 
     def update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        """SGD on layer i from the gradient ``g`` at its output and its input ``a``, as the fused step."""
+        """Layer i's part of the step from the gradient ``g`` at its output and its input ``a``: for SGD the
+        update itself, as the fused step."""
         c = self.csr[i]
         if c is None:
             self._update_weight(self.w2[i], g.mT, a, self.m2[i], lr)
         else:
-            grad, decay = self.weight_grad(i, g, a), self._decay()
-            if not self.momentum:
-                if decay:
-                    c.values.mul_(1.0 - lr * decay)
-                c.values.add_(grad, alpha=-lr)
-            else:
-                if c.buf is None:
-                    c.buf = torch.zeros_like(c.values)
-                c.buf.mul_(self.momentum).add_(grad)
-                if decay:
-                    c.buf.add_(c.values, alpha=decay)
-                c.values.add_(c.buf, alpha=-lr)
-            self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
+            self._update_kept(i, c, g, a, lr)
         self._update_bias(self.b2[i], g, lr)
+
+    def _update_kept(self, i: int, c: _Csr, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
+        grad, decay = self.weight_grad(i, g, a), self._decay()
+        if not self.momentum:
+            if decay:
+                c.values.mul_(1.0 - lr * decay)
+            c.values.add_(grad, alpha=-lr)
+        else:
+            if c.buf is None:
+                c.buf = torch.zeros_like(c.values)
+            c.buf.mul_(self.momentum).add_(grad)
+            if decay:
+                c.buf.add_(c.values, alpha=decay)
+            c.values.add_(c.buf, alpha=-lr)
+        self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
+
+    def start(self) -> None:
+        """Before the first backward pass (SGD: nothing)."""
+
+    def finish(self, lr: float) -> None:
+        """After the backward pass, which for SGD updated everything already."""
 
     # -- the step ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -174,6 +184,7 @@ class SparseSGD(FusedSGD):
         self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
     ) -> torch.Tensor:
         """One update on the batch ``x`` (1, B, ...), ``y`` (1, B); returns the mean loss (1,)."""
+        self.start()
         batch = y.shape[1]
         h = x.reshape(batch, -1)
         inputs, noises = [h], []
@@ -202,7 +213,54 @@ class SparseSGD(FusedSGD):
                 g_prev = torch.ops.aten.threshold_backward(g_prev, a, 0.0)
             self.update(i, g, a, lr)
             g = g_prev
+        self.finish(lr)
         return loss.view(1)
+
+
+class SparseAdam(SparseSGD, FusedAdam):
+    """The fused Adam step of one MLP with the layers ``sparse[i]`` in CSR: the backward writes the dense
+    layers' gradients into ``FusedAdam``'s buffers and a sparse layer's gradient at its kept positions only
+    (the sampled product, plus the L2 term), then one fused Adam kernel steps the dense tensors, the
+    compacted layers' kept weights and the sparse layers' kept values (each with its own moments), which
+    are copied into the model's dense weights. Per model this is ``FusedAdam``'s arithmetic: a pruned
+    weight has gradient and moments 0 there and is never stepped here."""
+
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor | None],
+        recipe: Recipe,
+        sparse: Sequence[bool],
+    ) -> None:
+        super().__init__(weights, biases, masks, recipe, sparse)
+        self._kept_adam = {
+            i: (c, torch.empty_like(c.values), torch.zeros_like(c.values), torch.zeros_like(c.values))
+            for i, c in enumerate(self.csr)
+            if c is not None
+        }  # sparse layer -> its CSR and its kept values' gradient, first and second moment
+
+    def _stepped_elsewhere(self, i: int) -> bool:
+        return self.csr[i] is not None
+
+    def _update_kept(self, i: int, c: _Csr, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
+        grad = self._kept_adam[i][1]
+        grad.copy_(self.weight_grad(i, g, a))
+        if self.l2:
+            grad.add_(c.values, alpha=2 * self.l2)
+
+    def start(self) -> None:
+        if self.compacted is None:
+            self._choose()
+
+    def finish(self, lr: float) -> None:
+        self._adam(lr, [(c.values, grad, avg, sq) for c, grad, avg, sq in self._kept_adam.values()])
+        for i, (c, *_) in self._kept_adam.items():
+            self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
+
+
+def _step_class(recipe: Recipe) -> type[SparseSGD]:
+    return SparseAdam if recipe.optimizer == "adam" else SparseSGD
 
 
 @torch.no_grad()
@@ -217,13 +275,15 @@ def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad
 
     def runner(sparse: bool) -> Callable[[], None]:
         m = mask.to(weight.dtype).unsqueeze(0)
-        step = SparseSGD([weight.detach().unsqueeze(0) * m], [torch.zeros(1, out)], [m], recipe, [sparse])
+        step = _step_class(recipe)([weight.detach().unsqueeze(0) * m], [torch.zeros(1, out)], [m], recipe, [sparse])
 
         def once() -> None:
+            step.start()
             step.forward(0, a)
             if input_grad:
                 step.input_grad(0, grad)
             step.update(0, grad, a, 1e-6)
+            step.finish(1e-6)
 
         return once
 
@@ -250,11 +310,12 @@ def bucket(density: float) -> str:
     return f"{2 ** (-(k + 1) / 2):.3g}-{2 ** (-k / 2):.3g}"
 
 
-def cache_key(shape: tuple[int, int], batch_size: int, density: float) -> str:
-    """Everything a verdict depends on: the machine and build, the layer's shape, batch and density range."""
+def cache_key(shape: tuple[int, int], batch_size: int, density: float, optimizer: str) -> str:
+    """Everything a verdict depends on: the machine and build, the optimiser (its update is part of the
+    step timed), the layer's shape, batch and density range."""
     return (
         f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {blas.backend().name}"
-        f" | {shape[0]}x{shape[1]} | batch {batch_size} | density {bucket(density)}"
+        f" | {optimizer} | {shape[0]}x{shape[1]} | batch {batch_size} | density {bucket(density)}"
     )
 
 
@@ -268,7 +329,7 @@ def _read_cache() -> dict[str, Any]:
 
 def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: Recipe) -> dict[str, Any]:
     """Whether layer i goes sparse under ``auto``: from the cache, else measured (and cached)."""
-    key = cache_key((w.shape[0], w.shape[1]), recipe.batch_size, density)
+    key = cache_key((w.shape[0], w.shape[1]), recipe.batch_size, density, recipe.optimizer)
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and isinstance(cached.get("sparse"), bool):
         return {**cached, "cached": True}
@@ -288,10 +349,11 @@ def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: R
 
 
 def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[FusedSGD, dict[str, Any] | None]:
-    """The step to train with: ``fused`` itself, or a :class:`SparseSGD` over the same tensors where the
-    mode puts a layer on the sparse path; and the report each level records (None: no layer considered)."""
+    """The step to train with: ``fused`` itself, or a :class:`SparseSGD` (:class:`SparseAdam` for a
+    ``FusedAdam``) over the same tensors where the mode puts a layer on the sparse path; and the report
+    each level records (None: no layer considered)."""
     chosen = mode()
-    if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1 or recipe.optimizer != "sgd":
+    if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1:
         return fused, None
     layers: dict[str, dict[str, Any]] = {}
     sparse = []
@@ -313,4 +375,5 @@ def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[Fuse
     report = {"mode": chosen, "layers": layers}
     if not any(sparse):
         return fused, report
-    return SparseSGD(fused.weights, fused.biases, fused.masks, recipe, sparse), report
+    cls = SparseAdam if isinstance(fused, FusedAdam) else SparseSGD
+    return cls(fused.weights, fused.biases, fused.masks, recipe, sparse), report
