@@ -19,7 +19,7 @@ from ticketlab.models import build_model, initialize
 from ticketlab.training import sparse
 from ticketlab.training.fused_sgd import FusedAdam, FusedSGD, for_mlp
 from ticketlab.training.loop import train
-from ticketlab.training.sparse import SparseAdam, SparseSGD
+from ticketlab.training.sparse_step import Evaluation, SparseAdam, SparseSGD
 
 
 @pytest.fixture
@@ -176,8 +176,8 @@ def test_a_layer_kept_whole_or_emptied_stays_dense(mode):
     net, mask = _net_and_mask()
     mask["layers.1.weight"] = torch.zeros_like(mask["layers.1.weight"])
     mask["layers.2.weight"] = torch.ones_like(mask["layers.2.weight"])
-    step, report = sparse.replace(_fused(net, mask, Recipe()), Recipe(), torch.device("cpu"))
-    assert isinstance(step, SparseSGD)
+    step, evaluation, report = sparse.replace(_fused(net, mask, Recipe()), Recipe(), torch.device("cpu"))
+    assert isinstance(step, SparseSGD) and [c is not None for c in evaluation.csr] == [True, False, False]
     assert [c is not None for c in step.csr] == [True, False, False]
     assert list(report["layers"]) == ["layers.0.weight"]
 
@@ -186,7 +186,7 @@ def test_off_leaves_the_fused_step_itself(mode):
     mode("off")
     net, mask = _net_and_mask()
     fused = _fused(net, mask, Recipe())
-    assert sparse.replace(fused, Recipe(), torch.device("cpu")) == (fused, None)
+    assert sparse.replace(fused, Recipe(), torch.device("cpu")) == (fused, None, None)
 
 
 def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, tmp_path):
@@ -201,34 +201,56 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
         return timings[now["verdict"]]
 
     monkeypatch.setattr(sparse, "measure", fake_measure)
+    eval_times = {"now": (1e-3, 0.5e-3)}
+    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk: eval_times["now"])
     net = initialize(build_model("mlp:784-64-32-10"), seed=0)
     g = torch.Generator().manual_seed(0)
     mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
     recipe = Recipe(batch_size=60)
     fused = _fused(net, mask, recipe)
-    step, report = sparse.replace(fused, recipe, torch.device("cpu"))
+    step, evaluation, report = sparse.replace(fused, recipe, torch.device("cpu"))
     # layers 1 (2048 weights) and 2 (320) are under MIN_AUTO_WEIGHTS: not measured, dense
     assert calls == [((64, 784), False)]
     assert isinstance(step, SparseSGD) and [c is not None for c in step.csr] == [True, False, False]
     layer = report["layers"]["layers.0.weight"]
     assert layer["sparse"] and not layer["cached"] and layer["dense_us"] == 2000.0 and layer["sparse_us"] == 1000.0
+    assert layer["eval_sparse"] and layer["eval_dense_us"] == 1000.0 and layer["eval_sparse_us"] == 500.0
+    assert [c is not None for c in evaluation.csr] == [True, False, False]
     cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
-    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"], "sgd")]
-    assert sparse.cache_key((64, 784), 60, layer["density"], "adam") not in cache  # the update is part of the timing
+    chunk = 1 << 18 >> 6  # the evaluation chunk of a widest layer of 64
+    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"], "sgd", chunk)]
+    # the update is part of the timing, the chunk part of the evaluation's
+    assert sparse.cache_key((64, 784), 60, layer["density"], "adam", chunk) not in cache
+    assert sparse.cache_key((64, 784), 60, layer["density"], "sgd", 873) not in cache
     # a second level of the same bucket reads the verdict back instead of measuring
-    step, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
+    step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert len(calls) == 1 and report["layers"]["layers.0.weight"]["cached"] and isinstance(step, SparseSGD)
-    # where dense is faster, or sparse is not faster by the margin, the fused step itself is kept
+    # training and evaluation are chosen each by its own timing
+    (tmp_path / "ticketlab" / sparse.CACHE_FILE).unlink()
+    eval_times["now"] = (1e-3, 0.95e-3)
+    step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
+    assert isinstance(step, SparseSGD) and report["layers"]["layers.0.weight"]["eval_sparse"] is False
+    assert evaluation is None
+    # a cached verdict from before evaluations were measured is measured again
+    cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
+    old_style = {k: {"sparse": True, "dense_us": 1.0, "sparse_us": 0.5} for k in cache}
+    (tmp_path / "ticketlab" / sparse.CACHE_FILE).write_text(json.dumps(old_style))
+    before = len(calls)
+    step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
+    assert len(calls) == before + 1 and not report["layers"]["layers.0.weight"]["cached"]
+    # where dense training is faster, or sparse is not faster by the margin, the fused step itself is kept
+    eval_times["now"] = (1e-3, 0.5e-3)
     for now["verdict"] in ("dense_wins", "too_close"):
         (tmp_path / "ticketlab" / sparse.CACHE_FILE).unlink()
         fused = _fused(net, mask, recipe)
-        step, report = sparse.replace(fused, recipe, torch.device("cpu"))
+        step, evaluation, report = sparse.replace(fused, recipe, torch.device("cpu"))
         assert step is fused and report["layers"]["layers.0.weight"]["sparse"] is False
+        assert report["layers"]["layers.0.weight"]["eval_sparse"] and evaluation is not None  # still its own
     # a layer denser than MAX_AUTO_DENSITY is not measured
     dense_mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.5))
     calls.clear()
     fused = _fused(net, dense_mask, recipe)
-    assert sparse.replace(fused, recipe, torch.device("cpu")) == (fused, None) and calls == []
+    assert sparse.replace(fused, recipe, torch.device("cpu")) == (fused, None, None) and calls == []
 
 
 def test_measure_times_both_paths_on_copies():
@@ -238,6 +260,53 @@ def test_measure_times_both_paths_on_copies():
     dense_s, sparse_s = sparse.measure(w, m, Recipe(batch_size=8), input_grad=True)
     assert dense_s > 0 and sparse_s > 0
     assert torch.equal(w, before)
+
+
+def test_measure_eval_times_both_products_on_copies():
+    w, m, _ = _layer(out=40, inp=50, density=0.05)
+    before = w.clone()
+    dense_s, sparse_s = sparse.measure_eval(torch.nn.Parameter(w), m, 64)
+    assert dense_s > 0 and sparse_s > 0
+    assert torch.equal(w, before)
+
+
+def test_evaluation_through_the_csr_equals_the_dense_model(mode):
+    """The evaluation in columns, with a CSR first layer, against ``evaluate`` of the model, before and
+    after training steps (the CSR holds the current weights); a split is transposed once."""
+    from ticketlab.training.evaluate import evaluate, evaluate_columns
+
+    mode("on")
+    net, mask = _net_and_mask(density=0.1)
+    with torch.no_grad():
+        for key, keep in mask.items():
+            net.get_parameter(key).mul_(keep)
+    recipe = Recipe(lr=0.1, batch_size=20)
+    step, evaluation, _ = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
+    assert [c is not None for c in evaluation.csr] == [True, True, True]
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(700, 1, 28, 28, generator=g), torch.randint(0, 10, (700,), generator=g)
+    for _ in range(2):
+        reference = evaluate(net, x, y)
+        got = evaluation(x, y)
+        assert got["acc"] == reference["acc"] and got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+        step.step(x[:20].unsqueeze(0), y[:20].unsqueeze(0), 0.5)
+    assert len(evaluation._columns) == 1
+    # training dense (the fused step itself) and evaluating sparse: the CSR follows the trained weights
+    fused = _fused(net, mask, recipe)
+    masks = [m[0] for m in fused.masks]
+    evaluation = Evaluation([w[0] for w in fused.weights], [b[0] for b in fused.biases], masks, [True] * 3)
+    for _ in range(2):
+        fused.step(x[:20].unsqueeze(0), y[:20].unsqueeze(0), 0.5)
+        got, reference = evaluation(x, y), evaluate(net, x, y)
+        assert got["acc"] == reference["acc"] and got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    # dense weights in columns: the same function, no CSR
+    layers = list(net.layers)
+    plain = evaluate_columns(
+        x.flatten(1).mT.contiguous(), y, [m.weight.detach() for m in layers], [m.bias.detach() for m in layers], 256
+    )
+    assert plain["loss"] == pytest.approx(evaluate(net, x, y)["loss"], rel=1e-5)
+    empty = evaluate_columns(x.flatten(1).mT[:, :0], y[:0], [layers[0].weight], [layers[0].bias], 256)
+    assert np.isnan(empty["loss"]) and np.isnan(empty["acc"])
 
 
 def test_density_buckets():
@@ -359,3 +428,15 @@ def test_a_level_on_the_sparse_path_is_its_own_set_up_in_results(tmp_path, mode)
     at_half = table[np.isclose(table["density_key"], 0.5)]
     assert len(at_half) == 2 and set(at_half["n"]) == {1}
     assert any("sparse_path=on" in label for label in at_half["label"])
+
+
+def test_a_level_evaluated_or_trained_sparse_is_marked_in_its_environment():
+    from ticketlab.methods.context import _level_env
+
+    def report(**flags):
+        return {"mode": "auto", "layers": {"layers.0.weight": {"sparse": False, "eval_sparse": False, **flags}}}
+
+    env = {"torch": "2.13.0"}
+    assert _level_env(env, None) == env and _level_env(env, report()) == env
+    assert _level_env(env, report(sparse=True))["sparse_path"] == "on"
+    assert _level_env(env, report(eval_sparse=True))["sparse_path"] == "on"  # a validation loss can pick weights

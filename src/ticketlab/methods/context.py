@@ -388,8 +388,10 @@ class Job:
 
 
 def _level_env(env: dict[str, Any], sparse_training: dict[str, Any] | None) -> dict[str, Any]:
-    """The run's environment, plus ``sparse_path: "on"`` when a layer of this level trained on the sparse path
-    (``training.sparse``): it agrees with the dense path to float tolerance per step, which pruning levels
-    carry on, so results count such a level as a set-up of its own, not as another seed."""
+    """The run's environment, plus ``sparse_path: "on"`` when a layer of this level trained or was evaluated
+    on the sparse path (``training.sparse``): it agrees with the dense path to float tolerance per step, which
+    pruning levels carry on (and a validation loss can pick the kept weights), so results count such a
+    level as a set-up of its own, not as another seed."""
     layers = (sparse_training or {}).get("layers", {})
-    return {**env, "sparse_path": "on"} if any(layer.get("sparse") for layer in layers.values()) else env
+    on = any(layer.get("sparse") or layer.get("eval_sparse") for layer in layers.values())
+    return {**env, "sparse_path": "on"} if on else env

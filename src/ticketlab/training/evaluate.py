@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,8 +24,13 @@ def eval_chunk(model: nn.Module, device: torch.device, models: int = 1) -> int:
     if not isinstance(model, MLP):
         return max(256, EVAL_BATCH // max(1, models))
     if device.type == "cpu" and models == 1:
-        return max(256, min(EVAL_BATCH, CACHE_FLOATS // max(model.sizes[1:])))
+        return mlp_chunk(max(model.sizes[1:]))
     return EVAL_BATCH
+
+
+def mlp_chunk(widest: int) -> int:
+    """Examples per evaluation chunk of one MLP on a CPU whose widest layer has ``widest`` outputs."""
+    return max(256, min(EVAL_BATCH, CACHE_FLOATS // widest))
 
 
 @torch.inference_mode()
@@ -38,16 +45,55 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         return {"loss": float("nan"), "acc": float("nan")}
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    totals = _Totals(x.device)
     batch_size = batch_size or eval_chunk(model, x.device)
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = _forward(model, xb)
-        loss_sum += F.cross_entropy(out, yb, reduction="none").double().sum()
-        correct += (out.argmax(dim=1) == yb).sum()
+        totals.add(_forward(model, x[start : start + batch_size]), y[start : start + batch_size])
     model.train(was_training)
-    return {"loss": float(loss_sum) / len(x), "acc": int(correct) / len(x)}
+    return totals.result(len(x))
+
+
+@torch.inference_mode()
+def evaluate_columns(
+    x_t: torch.Tensor,
+    y: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    batch_size: int,
+) -> dict[str, float]:
+    """:func:`evaluate` of an MLP given by its layers' ``weights`` (out, in), dense or sparse CSR, and
+    ``biases``, on the split's inputs as columns: ``x_t`` (features, n), contiguous. Every activation is
+    kept as (features, examples), so a CSR weight's product ``W h`` needs no transposes (a sparse layer's
+    evaluation: ``training.sparse``); ReLU between layers, no dropout (eval mode). The same loss and
+    accuracy as :func:`evaluate` on the dense model, to float tolerance."""
+    n = x_t.shape[1]
+    if n == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    totals = _Totals(x_t.device)
+    last = len(weights) - 1
+    for start in range(0, n, batch_size):
+        h = x_t[:, start : start + batch_size]
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = torch.addmm(b.unsqueeze(1), w, h)
+            if i < last:
+                h.relu_()
+        totals.add(h.mT, y[start : start + batch_size])
+    return totals.result(n)
+
+
+class _Totals:
+    """A split's summed cross-entropy (per example, in float64) and count of correct predictions."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += F.cross_entropy(out, y, reduction="none").double().sum()
+        self.correct += (out.argmax(dim=1) == y).sum()
+
+    def result(self, n: int) -> dict[str, float]:
+        return {"loss": float(self.loss) / n, "acc": int(self.correct) / n}
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -125,9 +125,9 @@ class _OneModel:
             )
         )
         # below a measured crossover density a pruned layer trains in CSR (training.sparse)
-        self.sparse_training = None
+        self.sparse_training = self.sparse_evaluation = None
         if self.fused is not None:
-            self.fused, self.sparse_training = sparse.replace(self.fused, recipe, device)
+            self.fused, self.sparse_evaluation, self.sparse_training = sparse.replace(self.fused, recipe, device)
         self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
         self.noise = _dropout_noise(model, device) if self.fused is not None else None
 
@@ -159,6 +159,8 @@ class _OneModel:
         return loss.detach().view(1)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        if self.sparse_evaluation is not None:  # some layers through a CSR of their kept weights
+            return [self.sparse_evaluation(x, y)]
         return [evaluate(self.model, x, y)]
 
     def state(self, k: int) -> StateDict:

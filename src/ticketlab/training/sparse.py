@@ -1,18 +1,5 @@
-"""Sparse training of a pruned MLP: the fused SGD or Adam step with the kept weights of sparse layers in CSR.
-
-Below some density a masked dense GEMM mostly multiplies zeros. :class:`SparseSGD` is the fused SGD step
-(``training.fused_sgd``, one model) in which chosen layers keep only their kept weights (CSR, the values
-being the master copy) and compute
-
-* the forward product with a sparse x dense ``addmm`` (``W x^T + b``),
-* the input gradient ``g W`` with the transposed CSR (its values gathered from the master each step),
-* the weight gradient only at kept positions: the sampled product ``(g^T a)[kept]`` (``sampled_addmm``),
-
-then update the kept values (SGD, momentum, weight decay, L2 as the fused step) and copy them into the
-model's dense weight, whose pruned entries are never written and stay exactly 0. :class:`SparseAdam` is
-the same with the fused Adam step: the kept values' gradients and moments join the one Adam kernel call.
-Other layers take the fused step's dense products. Per model this is the dense masked step's arithmetic;
-only the summation order differs (float tolerance, tested in tests/test_sparse_training.py).
+"""Sparse training of a pruned MLP: where a layer trains and evaluates through a CSR of its kept weights
+(the step itself: ``training.sparse_step``).
 
 Where: one model (``training.loop.train``) where the fused step applies (an MLP with SGD or Adam, no
 hooks), on CPU. Stacked models (``train_many``), Nesterov, hooks and convolutions keep the dense path.
@@ -20,11 +7,13 @@ hooks), on CPU. Stacked models (``train_many``), Nesterov, hooks and convolution
 Which layers: ``$TICKETLAB_SPARSE_TRAINING`` (or :func:`set_mode`) ``off`` (never), ``on`` (every layer whose
 mask prunes something and keeps something) or ``auto`` (default): a layer keeping at most
 ``MAX_AUTO_DENSITY`` of at least ``MIN_AUTO_WEIGHTS`` weights is timed with the real code, dense step vs
-sparse step of that layer on random data (:func:`measure`), and goes sparse when the sparse step takes at
-most ``MARGIN`` of the dense one's time. The verdict is cached in the user cache
-(``sparse_training.json``) per CPU, torch, threads, BLAS, layer shape, batch size and density bucket (a
-factor sqrt(2) wide), so a machine measures each case once. What was chosen is returned as a report that
-each level records (``sparse_training`` in its ``metrics.json``).
+sparse step of that layer on random data (:func:`measure`), and trains sparse when the sparse step takes
+at most ``MARGIN`` of the dense one's time; its product in an evaluation chunk is timed the same way
+(:func:`measure_eval`), and it is evaluated through a CSR when that wins by the same margin. The verdicts
+are cached in the user cache (``sparse_training.json``) per CPU, torch, threads, BLAS, optimiser, layer
+shape, batch size, evaluation chunk and density bucket (a factor sqrt(2) wide), so a machine measures
+each case once. What was chosen is returned as a report that each level records (``sparse_training`` in
+its ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -35,8 +24,7 @@ import math
 import os
 import statistics
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,7 +34,9 @@ from ticketlab.data.locate import cache_dir
 from ticketlab.files import atomic_write_json
 from ticketlab.hardware import blas
 from ticketlab.hardware.environment import cpu_model
+from ticketlab.training.evaluate import mlp_chunk
 from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
+from ticketlab.training.sparse_step import Evaluation, KeptCsr, SparseAdam, SparseSGD
 
 ENV = "TICKETLAB_SPARSE_TRAINING"
 MODES = ("auto", "on", "off")
@@ -77,188 +67,6 @@ def mode() -> str:
     return _override or _checked(os.environ.get(ENV, "auto"), ENV)
 
 
-def _quiet_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
-class _Csr:
-    """One layer's kept weights: CSR of W (its values the master copy), CSR of W^T sharing the indices'
-    order through ``order``, and each kept weight's flat position in the dense weight."""
-
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
-        out, inp = weight.shape
-        rows, cols = (mask != 0).nonzero(as_tuple=True)  # row-major: CSR order
-        self.flat = rows * inp + cols
-        crow = torch.zeros(out + 1, dtype=torch.int64, device=weight.device)
-        crow[1:] = torch.bincount(rows, minlength=out).cumsum(0)
-        self.values = weight.reshape(-1)[self.flat].clone()
-        self.w = _quiet_csr(crow, cols, self.values, (out, inp))
-        self.order = torch.argsort(cols * out + rows)
-        crow_t = torch.zeros(inp + 1, dtype=torch.int64, device=weight.device)
-        crow_t[1:] = torch.bincount(cols, minlength=inp).cumsum(0)
-        self.values_t = self.values[self.order]
-        self.w_t = _quiet_csr(crow_t, rows[self.order], self.values_t, (inp, out))
-        self.buf: torch.Tensor | None = None  # momentum of the kept weights
-
-
-class SparseSGD(FusedSGD):
-    """The fused SGD step of one MLP (weights (1, out, in), as ``FusedSGD``) with the layers ``sparse[i]``
-    in CSR. The model's dense weights are kept equal to the step's after every update."""
-
-    def __init__(
-        self,
-        weights: Sequence[torch.Tensor],
-        biases: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor | None],
-        recipe: Recipe,
-        sparse: Sequence[bool],
-    ) -> None:
-        super().__init__(weights, biases, masks, recipe)
-        if any(w.shape[0] != 1 for w in self.weights) or len(sparse) != len(self.weights):
-            raise ValueError(f"{type(self).__name__} trains one model: weights (1, out, in), one sparse flag per layer")
-        # the fused step's 2-D views of the model's weights (the ones its buffers are keyed by)
-        self.w2, self.b2, self.m2 = self._w, self._b, self._m
-        self.csr: list[_Csr | None] = [
-            _Csr(w, m) if s and m is not None else None for w, m, s in zip(self.w2, self.m2, sparse)
-        ]
-
-    # -- one layer ---------------------------------------------------------------------------------
-    def forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """Layer i's pre-activation for the (B, in) batch ``h``: (B, out)."""
-        c, b = self.csr[i], self.b2[i]
-        if c is None:
-            return blas.addmm_(b.unsqueeze(0).expand(h.shape[0], b.shape[0]).contiguous(), h, self.w2[i].mT)
-        return torch.addmm(b.unsqueeze(1), c.w, h.mT).mT
-
-    def input_grad(self, i: int, g: torch.Tensor) -> torch.Tensor:
-        """``g W``: the gradient at layer i's input from the one ``g`` (B, out) at its output."""
-        c = self.csr[i]
-        if c is None:
-            w = self.w2[i]
-            return blas.addmm_(torch.empty(g.shape[0], w.shape[1], dtype=g.dtype, device=g.device), g, w, beta=0.0)
-        torch.index_select(c.values, 0, c.order, out=c.values_t)
-        return torch.mm(c.w_t, g.mT.contiguous()).mT  # a row-major right operand: measured faster
-
-    def weight_grad(self, i: int, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``(g^T a)`` at layer i's kept positions, in CSR order (a sparse layer only)."""
-        c = self.csr[i]
-        assert c is not None
-        return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
-
-    def update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        """Layer i's part of the step from the gradient ``g`` at its output and its input ``a``: for SGD the
-        update itself, as the fused step."""
-        c = self.csr[i]
-        if c is None:
-            self._update_weight(self.w2[i], g.mT, a, self.m2[i], lr)
-        else:
-            self._update_kept(i, c, g, a, lr)
-        self._update_bias(self.b2[i], g, lr)
-
-    def _update_kept(self, i: int, c: _Csr, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        grad, decay = self.weight_grad(i, g, a), self._decay()
-        if not self.momentum:
-            if decay:
-                c.values.mul_(1.0 - lr * decay)
-            c.values.add_(grad, alpha=-lr)
-        else:
-            if c.buf is None:
-                c.buf = torch.zeros_like(c.values)
-            c.buf.mul_(self.momentum).add_(grad)
-            if decay:
-                c.buf.add_(c.values, alpha=decay)
-            c.values.add_(c.buf, alpha=-lr)
-        self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
-
-    def start(self) -> None:
-        """Before the first backward pass (SGD: nothing)."""
-
-    def finish(self, lr: float) -> None:
-        """After the backward pass, which for SGD updated everything already."""
-
-    # -- the step ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """One update on the batch ``x`` (1, B, ...), ``y`` (1, B); returns the mean loss (1,)."""
-        self.start()
-        batch = y.shape[1]
-        h = x.reshape(batch, -1)
-        inputs, noises = [h], []
-        last = len(self.w2) - 1
-        for i in range(last + 1):
-            h = self.forward(i, h)
-            if i < last:
-                h.clamp_min_(0)
-                noise = dropout(torch.Size((1, *h.shape)))[0] if dropout is not None else None
-                if noise is not None:
-                    h.mul_(noise)
-                noises.append(noise)
-                inputs.append(h)
-        log_p = h.log_softmax(-1)
-        target = y[0].unsqueeze(-1)
-        loss = -log_p.gather(-1, target).mean()
-        g = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - onehot) / B
-        g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype)).div_(batch)
-        for i in range(last, -1, -1):
-            a = inputs[i]
-            g_prev = None
-            if i > 0:  # through layer i with its weights before this step's update
-                g_prev = self.input_grad(i, g)
-                if noises[i - 1] is not None:
-                    g_prev = g_prev * noises[i - 1]
-                g_prev = torch.ops.aten.threshold_backward(g_prev, a, 0.0)
-            self.update(i, g, a, lr)
-            g = g_prev
-        self.finish(lr)
-        return loss.view(1)
-
-
-class SparseAdam(SparseSGD, FusedAdam):
-    """The fused Adam step of one MLP with the layers ``sparse[i]`` in CSR: the backward writes the dense
-    layers' gradients into ``FusedAdam``'s buffers and a sparse layer's gradient at its kept positions only
-    (the sampled product, plus the L2 term), then one fused Adam kernel steps the dense tensors, the
-    compacted layers' kept weights and the sparse layers' kept values (each with its own moments), which
-    are copied into the model's dense weights. Per model this is ``FusedAdam``'s arithmetic: a pruned
-    weight has gradient and moments 0 there and is never stepped here."""
-
-    def __init__(
-        self,
-        weights: Sequence[torch.Tensor],
-        biases: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor | None],
-        recipe: Recipe,
-        sparse: Sequence[bool],
-    ) -> None:
-        super().__init__(weights, biases, masks, recipe, sparse)
-        self._kept_adam = {
-            i: (c, torch.empty_like(c.values), torch.zeros_like(c.values), torch.zeros_like(c.values))
-            for i, c in enumerate(self.csr)
-            if c is not None
-        }  # sparse layer -> its CSR and its kept values' gradient, first and second moment
-
-    def _stepped_elsewhere(self, i: int) -> bool:
-        return self.csr[i] is not None
-
-    def _update_kept(self, i: int, c: _Csr, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        grad = self._kept_adam[i][1]
-        grad.copy_(self.weight_grad(i, g, a))
-        if self.l2:
-            grad.add_(c.values, alpha=2 * self.l2)
-
-    def start(self) -> None:
-        if self.compacted is None:
-            self._choose()
-
-    def finish(self, lr: float) -> None:
-        self._adam(lr, [(c.values, grad, avg, sq) for c, grad, avg, sq in self._kept_adam.values()])
-        for i, (c, *_) in self._kept_adam.items():
-            self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
-
-
 def _step_class(recipe: Recipe) -> type[SparseSGD]:
     return SparseAdam if recipe.optimizer == "adam" else SparseSGD
 
@@ -287,7 +95,28 @@ def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad
 
         return once
 
-    fns = [runner(False), runner(True)]
+    return _race(runner(False), runner(True))
+
+
+@torch.no_grad()
+def measure_eval(weight: torch.Tensor, mask: torch.Tensor, chunk: int) -> tuple[float, float]:
+    """Seconds of this layer's product in one evaluation chunk of ``chunk`` examples of random data:
+    dense, as ``evaluate`` computes it (``x W^T + b``), and from its CSR on the chunk as columns
+    (``W x^T + b``, as :class:`Evaluation`); median of 7 alternating rounds of about 5 ms."""
+    out, inp = weight.shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(chunk, inp, generator=g).clamp_min_(0).to(weight.device)
+    x_t = x.mT.contiguous()
+    dense = (weight.detach() * mask).contiguous()
+    csr = KeptCsr(dense, mask).w
+    bias = torch.zeros(out, dtype=weight.dtype, device=weight.device)
+    return _race(lambda: torch.addmm(bias, x, dense.mT), lambda: torch.addmm(bias.unsqueeze(1), csr, x_t))
+
+
+def _race(dense: Callable[[], object], sparse: Callable[[], object]) -> tuple[float, float]:
+    """Median seconds per call of ``dense`` and ``sparse`` over 7 rounds alternating them, each round as
+    many calls as fill about 5 ms."""
+    fns = [dense, sparse]
     calls = []
     for fn in fns:  # warm-up, then as many calls as fill about 5 ms
         fn()
@@ -310,12 +139,13 @@ def bucket(density: float) -> str:
     return f"{2 ** (-(k + 1) / 2):.3g}-{2 ** (-k / 2):.3g}"
 
 
-def cache_key(shape: tuple[int, int], batch_size: int, density: float, optimizer: str) -> str:
+def cache_key(shape: tuple[int, int], batch_size: int, density: float, optimizer: str, chunk: int) -> str:
     """Everything a verdict depends on: the machine and build, the optimiser (its update is part of the
-    step timed), the layer's shape, batch and density range."""
+    step timed), the layer's shape, batch, evaluation chunk and density range."""
     return (
         f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {blas.backend().name}"
-        f" | {optimizer} | {shape[0]}x{shape[1]} | batch {batch_size} | density {bucket(density)}"
+        f" | {optimizer} | {shape[0]}x{shape[1]} | batch {batch_size} | eval chunk {chunk}"
+        f" | density {bucket(density)}"
     )
 
 
@@ -327,18 +157,22 @@ def _read_cache() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: Recipe) -> dict[str, Any]:
-    """Whether layer i goes sparse under ``auto``: from the cache, else measured (and cached)."""
-    key = cache_key((w.shape[0], w.shape[1]), recipe.batch_size, density, recipe.optimizer)
+def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: Recipe, chunk: int) -> dict[str, Any]:
+    """Whether layer i trains and evaluates sparse under ``auto``: from the cache, else measured (and cached)."""
+    key = cache_key((w.shape[0], w.shape[1]), recipe.batch_size, density, recipe.optimizer, chunk)
     cached = _read_cache().get(key)
-    if isinstance(cached, dict) and isinstance(cached.get("sparse"), bool):
+    if isinstance(cached, dict) and all(isinstance(cached.get(k), bool) for k in ("sparse", "eval_sparse")):
         return {**cached, "cached": True}
     with blas.training_threads():  # the threads the training runs with
         dense_s, sparse_s = measure(w, m, recipe, input_grad=i > 0)
+        eval_dense_s, eval_sparse_s = measure_eval(w, m, chunk)
     verdict = {
         "sparse": sparse_s <= MARGIN * dense_s,
         "dense_us": round(dense_s * 1e6, 1),
         "sparse_us": round(sparse_s * 1e6, 1),
+        "eval_sparse": eval_sparse_s <= MARGIN * eval_dense_s,
+        "eval_dense_us": round(eval_dense_s * 1e6, 1),
+        "eval_sparse_us": round(eval_sparse_s * 1e6, 1),
         "measured_density": round(density, 5),
     }
     cache = _read_cache()  # another process may have written meanwhile
@@ -348,15 +182,20 @@ def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: R
     return {**verdict, "cached": False}
 
 
-def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[FusedSGD, dict[str, Any] | None]:
-    """The step to train with: ``fused`` itself, or a :class:`SparseSGD` (:class:`SparseAdam` for a
-    ``FusedAdam``) over the same tensors where the mode puts a layer on the sparse path; and the report
-    each level records (None: no layer considered)."""
+def replace(
+    fused: FusedSGD, recipe: Recipe, device: torch.device
+) -> tuple[FusedSGD, Evaluation | None, dict[str, Any] | None]:
+    """What to train and evaluate with: ``fused`` itself, or a :class:`SparseSGD` (:class:`SparseAdam` for
+    a ``FusedAdam``) over the same tensors where the mode puts a layer's training on the sparse path; an
+    :class:`Evaluation` where it puts a layer's evaluation there (else None: evaluate the model as it is);
+    and the report each level records (None: no layer considered). Training and evaluation are chosen per
+    layer, each by its own timing."""
     chosen = mode()
     if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1:
-        return fused, None
+        return fused, None, None
+    chunk = mlp_chunk(max(w.shape[-2] for w in fused.weights))
     layers: dict[str, dict[str, Any]] = {}
-    sparse = []
+    sparse, evals = [], []
     for i, (w, m) in enumerate(zip(fused.weights, fused.masks)):
         kept = int(torch.count_nonzero(m)) if m is not None else 0
         density = kept / m.numel() if m is not None else 1.0
@@ -366,14 +205,22 @@ def replace(fused: FusedSGD, recipe: Recipe, device: torch.device) -> tuple[Fuse
             or (chosen == "auto" and (density > MAX_AUTO_DENSITY or m.numel() < MIN_AUTO_WEIGHTS))
         ):
             sparse.append(False)
+            evals.append(False)
             continue
-        verdict = {"sparse": True} if chosen == "on" else _verdict(i, w[0], m[0], density, recipe)
+        verdict = (
+            {"sparse": True, "eval_sparse": True} if chosen == "on" else _verdict(i, w[0], m[0], density, recipe, chunk)
+        )
         layers[f"layers.{i}.weight"] = {"density": round(density, 5), **verdict}
         sparse.append(bool(verdict["sparse"]))
+        evals.append(bool(verdict["eval_sparse"]))
     if not layers:
-        return fused, None
+        return fused, None, None
     report = {"mode": chosen, "layers": layers}
+    evaluation = None
+    if any(evals):
+        masks = [None if m is None else m[0] for m in fused.masks]
+        evaluation = Evaluation([w[0] for w in fused.weights], [b[0] for b in fused.biases], masks, evals)
     if not any(sparse):
-        return fused, report
+        return fused, evaluation, report
     cls = SparseAdam if isinstance(fused, FusedAdam) else SparseSGD
-    return cls(fused.weights, fused.biases, fused.masks, recipe, sparse), report
+    return cls(fused.weights, fused.biases, fused.masks, recipe, sparse), evaluation, report
