@@ -15,7 +15,7 @@ from ticketlab.files import CorruptFileError
 from ticketlab.hardware import adam_choice
 from ticketlab.masks import prunable_parameters, select
 from ticketlab.models import build_model, initialize
-from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
+from ticketlab.training.fused_sgd import FusedAdam
 from ticketlab.training.stacked import _Stack
 
 SIZES = "mlp:784-48-24-10"
@@ -57,19 +57,19 @@ class _TorchAdam(FusedAdam):
     """What FusedAdam did before it called the kernel itself: the hand-written backward's masked gradients
     as the parameters' ``.grad``, stepped by ``torch.optim.Adam(fused=True)``."""
 
-    def step(self, x, y, lr, dropout=None):
+    def begin(self):
         if self.compacted is None:
             self.compacted = [False] * len(self.weights)
             tensors = self.weights + self.biases
             for t in tensors:
                 t.grad = self._grads[id(t)]
             self.optimizer = torch.optim.Adam(
-                tensors, lr=lr, betas=self.betas, weight_decay=self.weight_decay, fused=True
+                tensors, lr=1.0, betas=self.betas, weight_decay=self.weight_decay, fused=True
             )
-        losses = FusedSGD.step(self, x, y, lr, dropout)
+
+    def end(self, lr):  # after the hand-written backward wrote the gradients
         self.optimizer.param_groups[0]["lr"] = lr
         self.optimizer.step()
-        return losses
 
 
 def _batches(steps=12, k=3, batch=20):

@@ -46,8 +46,8 @@ def test_layer_products_equal_autograd_on_the_masked_dense_layer():
     w_ref = w.clone().requires_grad_(True)
     y = F.linear(a, w_ref * m, b)
     (y * grad_out).sum().backward()
-    assert torch.allclose(step.forward(0, a.detach()), y.detach(), atol=1e-5)
-    assert torch.allclose(step.input_grad(0, grad_out), a.grad, atol=1e-5)
+    assert torch.allclose(step.layer_forward(0, a.detach(), torch.empty(7, 20)), y.detach(), atol=1e-5)
+    assert torch.allclose(step.layer_input_grad(0, grad_out, torch.empty(7, 30)), a.grad, atol=1e-5)
     kept = m.bool()
     # CSR order is row-major, as boolean indexing
     assert torch.allclose(step.weight_grad(0, grad_out, a.detach()), w_ref.grad[kept], atol=1e-5)
@@ -66,7 +66,7 @@ def test_layer_updates_equal_the_fused_dense_update(momentum, decay, l2):
         a, grad_out = torch.randn(5, 30, generator=g), torch.randn(5, 20, generator=g)
         dense._update_weight(dense_w, grad_out.mT.unsqueeze(0), a.unsqueeze(0), dense.masks[0], 0.1)
         dense._update_bias(dense.biases[0], grad_out.unsqueeze(0), 0.1)
-        step.update(0, grad_out, a, 0.1)
+        step.layer_update(0, grad_out, a, 0.1)
     assert torch.allclose(sparse_w, dense_w, atol=1e-6)
     assert torch.allclose(step.biases[0], dense.biases[0], atol=1e-6)
     assert torch.equal(sparse_w[0][m == 0], torch.zeros(int((m == 0).sum())))  # exactly zero
@@ -93,16 +93,11 @@ def test_adam_layer_steps_equal_the_fused_dense_adam_step(decay, l2, compact, mo
     for _ in range(3):
         a0, a1 = torch.randn(5, 30, generator=g), torch.randn(5, 20, generator=g).clamp_min(0)
         g0, g1 = torch.randn(5, 20, generator=g), torch.randn(5, 10, generator=g)
-        if dense.compacted is None:
-            dense._choose()
-        for i, (a, grad_out) in enumerate(((a0, g0), (a1, g1))):
-            dense._update_weight(dense._w[i], grad_out.mT, a, dense._m[i], 0.01)
-            dense._update_bias(dense._b[i], grad_out, 0.01)
-        dense._adam(0.01)
-        step.start()
-        for i, (a, grad_out) in enumerate(((a0, g0), (a1, g1))):
-            step.update(i, grad_out, a, 0.01)
-        step.finish(0.01)
+        for fused in (dense, step):
+            fused.begin()
+            for i, (a, grad_out) in enumerate(((a0, g0), (a1, g1))):
+                fused.layer_update(i, grad_out, a, 0.01)
+            fused.end(0.01)
     assert step.compacted[0] and step.compacted[1] == dense.compacted[1] == (compact == "on")
     for s_t, d_t in zip(sw + sb, dw + db):
         assert torch.allclose(s_t, d_t, atol=1e-6)
@@ -196,8 +191,8 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     timings = {"sparse_wins": (2e-3, 1e-3), "dense_wins": (1e-3, 2e-3), "too_close": (1e-3, 0.95e-3)}
     now = {"verdict": "sparse_wins"}
 
-    def fake_measure(weight, mask, recipe, input_grad):
-        calls.append((tuple(weight.shape), input_grad))
+    def fake_measure(weights, masks, recipe, dense, candidate):
+        calls.append(([tuple(w.shape) for w in weights], list(dense), list(candidate)))
         return timings[now["verdict"]]
 
     monkeypatch.setattr(sparse, "measure", fake_measure)
@@ -209,20 +204,21 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     recipe = Recipe(batch_size=60)
     fused = _fused(net, mask, recipe)
     step, evaluation, report = sparse.replace(fused, recipe, torch.device("cpu"))
-    # layers 1 (2048 weights) and 2 (320) are under MIN_AUTO_WEIGHTS: not measured, dense
-    assert calls == [((64, 784), False)]
+    # layers 1 (2048 weights) and 2 (320) are under MIN_AUTO_WEIGHTS: not measured, dense; layer 0's
+    # whole step is timed without and with it sparse
+    shapes = [(64, 784), (32, 64), (10, 32)]
+    assert calls == [(shapes, [False, False, False], [True, False, False])]
     assert isinstance(step, SparseSGD) and [c is not None for c in step.csr] == [True, False, False]
+    assert list(report["layers"]) == ["layers.0.weight"]
     layer = report["layers"]["layers.0.weight"]
     assert layer["sparse"] and not layer["cached"] and layer["dense_us"] == 2000.0 and layer["sparse_us"] == 1000.0
     assert layer["eval_sparse"] and layer["eval_dense_us"] == 1000.0 and layer["eval_sparse_us"] == 500.0
     assert [c is not None for c in evaluation.csr] == [True, False, False]
-    cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
-    chunk = 1 << 18 >> 6  # the evaluation chunk of a widest layer of 64
-    assert list(cache) == [sparse.cache_key((64, 784), 60, layer["density"], "sgd", chunk)]
-    # the update is part of the timing, the chunk part of the evaluation's
-    assert sparse.cache_key((64, 784), 60, layer["density"], "adam", chunk) not in cache
-    assert sparse.cache_key((64, 784), 60, layer["density"], "sgd", 873) not in cache
-    # a second level of the same bucket reads the verdict back instead of measuring
+    (key,) = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
+    densities = [float(m.float().mean()) for m in mask.values()]
+    assert key == sparse.cache_key(shapes, densities, 60, "sgd") + " | eval chunk 4096"  # widest layer 64
+    assert sparse.cache_key(shapes, densities, 60, "adam") != sparse.cache_key(shapes, densities, 60, "sgd")
+    # a second level of the same buckets reads the verdict back instead of measuring
     step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert len(calls) == 1 and report["layers"]["layers.0.weight"]["cached"] and isinstance(step, SparseSGD)
     # training and evaluation are chosen each by its own timing
@@ -231,10 +227,8 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert isinstance(step, SparseSGD) and report["layers"]["layers.0.weight"]["eval_sparse"] is False
     assert evaluation is None
-    # a cached verdict from before evaluations were measured is measured again
-    cache = json.loads((tmp_path / "ticketlab" / sparse.CACHE_FILE).read_text())
-    old_style = {k: {"sparse": True, "dense_us": 1.0, "sparse_us": 0.5} for k in cache}
-    (tmp_path / "ticketlab" / sparse.CACHE_FILE).write_text(json.dumps(old_style))
+    # a damaged cached verdict is measured again
+    (tmp_path / "ticketlab" / sparse.CACHE_FILE).write_text(json.dumps({key: {"0": {"sparse": "yes"}}}))
     before = len(calls)
     step, evaluation, report = sparse.replace(_fused(net, mask, recipe), recipe, torch.device("cpu"))
     assert len(calls) == before + 1 and not report["layers"]["layers.0.weight"]["cached"]
@@ -253,13 +247,36 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
     assert sparse.replace(fused, recipe, torch.device("cpu")) == (fused, None, None) and calls == []
 
 
-def test_measure_times_both_paths_on_copies():
-    w, m, _ = _layer(out=40, inp=50, density=0.05)
-    before = w.clone()
-    w = torch.nn.Parameter(w)  # as training passes it
-    dense_s, sparse_s = sparse.measure(w, m, Recipe(batch_size=8), input_grad=True)
-    assert dense_s > 0 and sparse_s > 0
-    assert torch.equal(w, before)
+def test_auto_chooses_layers_greedily_from_the_largest(mode, monkeypatch, tmp_path):
+    """Two eligible layers: the largest is timed first; the second is timed on top of the first's choice."""
+    mode("auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def fake_measure(weights, masks, recipe, dense, candidate):
+        calls.append((list(dense), list(candidate)))
+        return (1e-3, 0.5e-3) if candidate == [True, False, False] else (0.5e-3, 0.6e-3)
+
+    monkeypatch.setattr(sparse, "measure", fake_measure)
+    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk: (1e-3, 2e-3))
+    net = initialize(build_model("mlp:784-64-128-10"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
+    step, evaluation, report = sparse.replace(_fused(net, mask, Recipe()), Recipe(), torch.device("cpu"))
+    assert calls == [([False, False, False], [True, False, False]), ([True, False, False], [True, True, False])]
+    assert [c is not None for c in step.csr] == [True, False, False] and evaluation is None
+    assert [report["layers"][f"layers.{i}.weight"]["sparse"] for i in (0, 1)] == [True, False]
+
+
+def test_measure_times_whole_steps_on_copies():
+    net, mask = _net_and_mask(density=0.05)
+    weights = [m.weight for m in net.layers]
+    before = [w.detach().clone() for w in weights]
+    masks = [mask[f"layers.{i}.weight"].float() for i in range(3)]
+    for recipe in (Recipe(batch_size=8), Recipe(batch_size=8, optimizer="adam")):
+        dense_s, sparse_s = sparse.measure(weights, masks, recipe, [False] * 3, [True, False, False])
+        assert dense_s > 0 and sparse_s > 0
+    assert all(torch.equal(w, b) for w, b in zip(weights, before))
 
 
 def test_measure_eval_times_both_products_on_copies():

@@ -125,13 +125,14 @@ class FusedSGD:
         activation, or None.
         """
         k, batch = y.shape
+        self.begin()
         outputs, input_grads, minus_one = self._buffers_for(x, batch)
         h = x.reshape(batch, -1) if self.flat else x.reshape(k, batch, -1)
         inputs = [h]
         noises: list[torch.Tensor | None] = []
         last = len(self._w) - 1
-        for i, (w, b) in enumerate(zip(self._w, self._b)):
-            h = linear_into(outputs[i], h, w, b)
+        for i, w in enumerate(self._w):
+            h = self.layer_forward(i, h, outputs[i])
             if i < last:
                 h.clamp_min_(0)
                 noise = dropout(torch.Size((k, batch, w.shape[-2]))).view(h.shape) if dropout is not None else None
@@ -149,17 +150,39 @@ class FusedSGD:
         g = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - onehot) / B, per model
         g.scatter_add_(-1, target, minus_one).div_(batch)
         for i in range(last, -1, -1):
-            a, w = inputs[i], self._w[i]
+            a = inputs[i]
             g_prev = None
             if i > 0:  # through layer i with its weights before this step's update
-                g_prev = addmm_(input_grads[i], g, w, beta=0.0)
+                g_prev = self.layer_input_grad(i, g, input_grads[i])
                 if noises[i - 1] is not None:
                     g_prev.mul_(noises[i - 1])
                 torch.ops.aten.threshold_backward.grad_input(g_prev, a, 0.0, grad_input=g_prev)
-            self._update_weight(w, g.mT, a, self._m[i], lr)
-            self._update_bias(self._b[i], g, lr)
+            self.layer_update(i, g, a, lr)
             g = g_prev
+        self.end(lr)
         return losses
+
+    # -- the step's parts, which a subclass may take over (``training.sparse_step``) -----------------
+    def begin(self) -> None:
+        """Before a step's forward pass (SGD: nothing)."""
+
+    def end(self, lr: float) -> None:
+        """After a step's backward pass, which for SGD updated everything already."""
+
+    def layer_forward(self, i: int, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Layer i's pre-activation for the input ``h``, into the step's buffer ``out`` (returned)."""
+        return linear_into(out, h, self._w[i], self._b[i])
+
+    def layer_input_grad(self, i: int, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``g W``: the gradient at layer i's input from the one ``g`` at its output (before the update), into
+        the step's buffer ``out`` (returned; the caller may change it in place)."""
+        return addmm_(out, g, self._w[i], beta=0.0)
+
+    def layer_update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
+        """Layer i's part of the update from the gradient ``g`` at its output and its input ``a`` (Adam:
+        its gradients, into the buffers that :meth:`end` steps from)."""
+        self._update_weight(self._w[i], g.mT, a, self._m[i], lr)
+        self._update_bias(self._b[i], g, lr)
 
     def _decay(self) -> float:
         return self.decay + 2 * self.l2  # both add a multiple of w to the gradient
@@ -281,15 +304,12 @@ class FusedAdam(FusedSGD):
             [torch.zeros_like(t) for t in dense],
         )
 
-    @torch.no_grad()
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def begin(self) -> None:
         if self.compacted is None:
             self._choose()
-        losses = super().step(x, y, lr, dropout)  # the gradients, into the buffers
-        self._adam(lr)
-        return losses
+
+    def end(self, lr: float) -> None:
+        self._adam(lr)  # from the gradients the backward pass wrote into the buffers
 
     def _adam(self, lr: float, more: Sequence[tuple[torch.Tensor, ...]] = ()) -> None:
         """One Adam update from the gradient buffers: the dense tensors, the compacted layers' kept weights

@@ -5,15 +5,15 @@ Where: one model (``training.loop.train``) where the fused step applies (an MLP 
 hooks), on CPU. Stacked models (``train_many``), Nesterov, hooks and convolutions keep the dense path.
 
 Which layers: ``$TICKETLAB_SPARSE_TRAINING`` (or :func:`set_mode`) ``off`` (never), ``on`` (every layer whose
-mask prunes something and keeps something) or ``auto`` (default): a layer keeping at most
-``MAX_AUTO_DENSITY`` of at least ``MIN_AUTO_WEIGHTS`` weights is timed with the real code, dense step vs
-sparse step of that layer on random data (:func:`measure`), and trains sparse when the sparse step takes
-at most ``MARGIN`` of the dense one's time; its product in an evaluation chunk is timed the same way
-(:func:`measure_eval`), and it is evaluated through a CSR when that wins by the same margin. The verdicts
-are cached in the user cache (``sparse_training.json``) per CPU, torch, threads, BLAS, optimiser, layer
-shape, batch size, evaluation chunk and density bucket (a factor sqrt(2) wide), so a machine measures
-each case once. What was chosen is returned as a report that each level records (``sparse_training`` in
-its ``metrics.json``).
+mask prunes something and keeps something) or ``auto`` (default). Under ``auto`` a layer keeping at most
+``MAX_AUTO_DENSITY`` of at least ``MIN_AUTO_WEIGHTS`` weights is eligible; from the largest down, each
+eligible layer trains sparse if the model's whole training step with it sparse (and the layers chosen
+before it) takes at most ``MARGIN`` of the step without it (:func:`measure`, the real step on random
+data), and it is evaluated through a CSR if its product in an evaluation chunk measures faster by the
+same margin (:func:`measure_eval`). The verdicts are cached in the user cache (``sparse_training.json``)
+per CPU, torch, threads, BLAS, optimiser, batch size, evaluation chunk and the layers' shapes and
+density buckets (a factor sqrt(2) wide), so a machine measures each case once. What was chosen is
+returned as a report that each level records (``sparse_training`` in its ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -67,35 +67,34 @@ def mode() -> str:
     return _override or _checked(os.environ.get(ENV, "auto"), ENV)
 
 
-def _step_class(recipe: Recipe) -> type[SparseSGD]:
-    return SparseAdam if recipe.optimizer == "adam" else SparseSGD
-
-
 @torch.no_grad()
-def measure(weight: torch.Tensor, mask: torch.Tensor, recipe: Recipe, input_grad: bool) -> tuple[float, float]:
-    """Seconds of one training step of this layer (forward, input gradient if ``input_grad``, update) on
-    the dense path and on the sparse one, on copies of the layer and random data of the recipe's batch
-    size: the median of 7 rounds alternating the two, each about 5 ms long."""
-    out, inp = weight.shape
+def measure(
+    weights: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor | None],
+    recipe: Recipe,
+    dense: Sequence[bool],
+    candidate: Sequence[bool],
+) -> tuple[float, float]:
+    """Seconds of one whole training step of the model whose layers have these ``weights`` (out, in) and
+    ``masks``, with the layers flagged in ``dense`` and in ``candidate`` on the sparse path, on copies of
+    the weights and random batches of the recipe's size: the median of 7 rounds alternating the two, each
+    about 5 ms long. The whole step, not a layer alone: a layer's CSR products measured alone can win
+    and still lose inside the step (LeNet-300-100's first layer at 10%, SGD, 1 thread, AMD EPYC family
+    25: 0.80x alone, 1.05x in the step)."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(recipe.batch_size, inp, generator=g).clamp_min_(0).to(weight.device)
-    grad = torch.randn(recipe.batch_size, out, generator=g).div_(recipe.batch_size).to(weight.device)
+    device = weights[0].device
+    x = torch.randn(1, recipe.batch_size, weights[0].shape[1], generator=g).clamp_min_(0).to(device)
+    y = torch.randint(0, weights[-1].shape[0], (1, recipe.batch_size), generator=g).to(device)
+    cls = SparseAdam if recipe.optimizer == "adam" else SparseSGD
 
-    def runner(sparse: bool) -> Callable[[], None]:
-        m = mask.to(weight.dtype).unsqueeze(0)
-        step = _step_class(recipe)([weight.detach().unsqueeze(0) * m], [torch.zeros(1, out)], [m], recipe, [sparse])
+    def runner(sparse: Sequence[bool]) -> Callable[[], object]:
+        stacked = [m.to(w.dtype).unsqueeze(0) if m is not None else None for w, m in zip(weights, masks)]
+        ws = [(w.detach() * (m if m is not None else 1)).unsqueeze(0).contiguous() for w, m in zip(weights, masks)]
+        bs = [torch.zeros(1, w.shape[0], dtype=w.dtype, device=device) for w in weights]
+        step = cls(ws, bs, stacked, recipe, sparse)
+        return lambda: step.step(x, y, 1e-6)
 
-        def once() -> None:
-            step.start()
-            step.forward(0, a)
-            if input_grad:
-                step.input_grad(0, grad)
-            step.update(0, grad, a, 1e-6)
-            step.finish(1e-6)
-
-        return once
-
-    return _race(runner(False), runner(True))
+    return _race(runner(dense), runner(candidate))
 
 
 @torch.no_grad()
@@ -139,13 +138,15 @@ def bucket(density: float) -> str:
     return f"{2 ** (-(k + 1) / 2):.3g}-{2 ** (-k / 2):.3g}"
 
 
-def cache_key(shape: tuple[int, int], batch_size: int, density: float, optimizer: str, chunk: int) -> str:
+def cache_key(
+    shapes: Sequence[tuple[int, int]], densities: Sequence[float | None], batch_size: int, optimizer: str
+) -> str:
     """Everything a verdict depends on: the machine and build, the optimiser (its update is part of the
-    step timed), the layer's shape, batch, evaluation chunk and density range."""
+    step timed), the layers' shapes and density ranges (None: a layer kept whole) and the batch size."""
+    layers = ", ".join(f"{o}x{i} at {'1' if d is None else bucket(d)}" for (o, i), d in zip(shapes, densities))
     return (
         f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {blas.backend().name}"
-        f" | {optimizer} | {shape[0]}x{shape[1]} | batch {batch_size} | eval chunk {chunk}"
-        f" | density {bucket(density)}"
+        f" | {optimizer} | batch {batch_size} | {layers}"
     )
 
 
@@ -157,29 +158,52 @@ def _read_cache() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _verdict(i: int, w: torch.Tensor, m: torch.Tensor, density: float, recipe: Recipe, chunk: int) -> dict[str, Any]:
-    """Whether layer i trains and evaluates sparse under ``auto``: from the cache, else measured (and cached)."""
-    key = cache_key((w.shape[0], w.shape[1]), recipe.batch_size, density, recipe.optimizer, chunk)
+def _verdicts(
+    fused: FusedSGD, densities: list[float | None], eligible: list[int], recipe: Recipe, chunk: int
+) -> dict[str, Any]:
+    """Under ``auto``, per eligible layer: whether it trains sparse, chosen greedily from the largest layer
+    down by whole-step timings (:func:`measure`: the step so far against it with this layer sparse too),
+    and whether it evaluates through a CSR (:func:`measure_eval`); from the cache, else measured and
+    cached."""
+    weights = [w[0] for w in fused.weights]
+    masks = [None if m is None else m[0] for m in fused.masks]
+    key = cache_key([(w.shape[0], w.shape[1]) for w in weights], densities, recipe.batch_size, recipe.optimizer)
+    key += f" | eval chunk {chunk}"
     cached = _read_cache().get(key)
-    if isinstance(cached, dict) and all(isinstance(cached.get(k), bool) for k in ("sparse", "eval_sparse")):
-        return {**cached, "cached": True}
+    fields = ("sparse", "eval_sparse")
+    if isinstance(cached, dict) and all(
+        isinstance(cached.get(str(i)), dict) and all(isinstance(cached[str(i)].get(f), bool) for f in fields)
+        for i in eligible
+    ):
+        return {str(i): {**cached[str(i)], "cached": True} for i in eligible}
+    chosen = [False] * len(weights)
+    verdicts: dict[str, Any] = {}
     with blas.training_threads():  # the threads the training runs with
-        dense_s, sparse_s = measure(w, m, recipe, input_grad=i > 0)
-        eval_dense_s, eval_sparse_s = measure_eval(w, m, chunk)
-    verdict = {
-        "sparse": sparse_s <= MARGIN * dense_s,
-        "dense_us": round(dense_s * 1e6, 1),
-        "sparse_us": round(sparse_s * 1e6, 1),
-        "eval_sparse": eval_sparse_s <= MARGIN * eval_dense_s,
-        "eval_dense_us": round(eval_dense_s * 1e6, 1),
-        "eval_sparse_us": round(eval_sparse_s * 1e6, 1),
-        "measured_density": round(density, 5),
-    }
+        for i in sorted(eligible, key=lambda i: -weights[i].numel()):
+            with_it = [*chosen[:i], True, *chosen[i + 1 :]]
+            dense_s, sparse_s = measure(weights, masks, recipe, chosen, with_it)
+            if sparse_s <= MARGIN * dense_s:
+                chosen = with_it
+            verdicts[str(i)] = {
+                "sparse": chosen[i],
+                "dense_us": round(dense_s * 1e6, 1),
+                "sparse_us": round(sparse_s * 1e6, 1),
+            }
+        for i in eligible:
+            mask = masks[i]
+            assert mask is not None
+            eval_dense_s, eval_sparse_s = measure_eval(weights[i], mask, chunk)
+            verdicts[str(i)].update(
+                eval_sparse=eval_sparse_s <= MARGIN * eval_dense_s,
+                eval_dense_us=round(eval_dense_s * 1e6, 1),
+                eval_sparse_us=round(eval_sparse_s * 1e6, 1),
+                measured_density=round(float(densities[i] or 1.0), 5),
+            )
     cache = _read_cache()  # another process may have written meanwhile
-    cache[key] = verdict
+    cache[key] = verdicts
     with contextlib.suppress(OSError):  # a read-only cache: measured again next time
         atomic_write_json(cache_dir() / CACHE_FILE, cache)
-    return {**verdict, "cached": False}
+    return {i: {**v, "cached": False} for i, v in verdicts.items()}
 
 
 def replace(
@@ -188,33 +212,33 @@ def replace(
     """What to train and evaluate with: ``fused`` itself, or a :class:`SparseSGD` (:class:`SparseAdam` for
     a ``FusedAdam``) over the same tensors where the mode puts a layer's training on the sparse path; an
     :class:`Evaluation` where it puts a layer's evaluation there (else None: evaluate the model as it is);
-    and the report each level records (None: no layer considered). Training and evaluation are chosen per
-    layer, each by its own timing."""
+    and the report each level records (None: no layer considered). Training and evaluation are chosen
+    each by its own timing."""
     chosen = mode()
     if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1:
         return fused, None, None
     chunk = mlp_chunk(max(w.shape[-2] for w in fused.weights))
-    layers: dict[str, dict[str, Any]] = {}
-    sparse, evals = [], []
-    for i, (w, m) in enumerate(zip(fused.weights, fused.masks)):
+    densities: list[float | None] = []
+    eligible = []
+    for i, m in enumerate(fused.masks):
         kept = int(torch.count_nonzero(m)) if m is not None else 0
-        density = kept / m.numel() if m is not None else 1.0
-        if (
-            m is None
-            or kept == 0
-            or (chosen == "auto" and (density > MAX_AUTO_DENSITY or m.numel() < MIN_AUTO_WEIGHTS))
-        ):
-            sparse.append(False)
-            evals.append(False)
+        densities.append(kept / m.numel() if m is not None else None)
+        if m is None or kept == 0:
             continue
-        verdict = (
-            {"sparse": True, "eval_sparse": True} if chosen == "on" else _verdict(i, w[0], m[0], density, recipe, chunk)
-        )
-        layers[f"layers.{i}.weight"] = {"density": round(density, 5), **verdict}
-        sparse.append(bool(verdict["sparse"]))
-        evals.append(bool(verdict["eval_sparse"]))
-    if not layers:
+        if chosen == "on" or (kept / m.numel() <= MAX_AUTO_DENSITY and m.numel() >= MIN_AUTO_WEIGHTS):
+            eligible.append(i)
+    if not eligible:
         return fused, None, None
+    verdicts = (
+        {str(i): {"sparse": True, "eval_sparse": True} for i in eligible}
+        if chosen == "on"
+        else _verdicts(fused, densities, eligible, recipe, chunk)
+    )
+    layers = {
+        f"layers.{i}.weight": {"density": round(float(densities[i] or 1.0), 5), **verdicts[str(i)]} for i in eligible
+    }
+    sparse = [str(i) in verdicts and bool(verdicts[str(i)]["sparse"]) for i in range(len(fused.weights))]
+    evals = [str(i) in verdicts and bool(verdicts[str(i)]["eval_sparse"]) for i in range(len(fused.weights))]
     report = {"mode": chosen, "layers": layers}
     evaluation = None
     if any(evals):

@@ -24,12 +24,11 @@ no transposes (LeNet-300-100's first layer, 15,000 examples, 1 thread, AMD EPYC 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ticketlab.config.recipe import Recipe
-from ticketlab.hardware import blas
 from ticketlab.training.evaluate import evaluate_columns, mlp_chunk
 from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
 
@@ -62,7 +61,8 @@ class KeptCsr:
 
 class SparseSGD(FusedSGD):
     """The fused SGD step of one MLP (weights (1, out, in), as ``FusedSGD``) with the layers ``sparse[i]``
-    in CSR. The model's dense weights are kept equal to the step's after every update."""
+    in CSR: ``FusedSGD.step`` itself, whose per-layer parts take the CSR for those layers. The model's
+    dense weights are kept equal to the step's after every update."""
 
     def __init__(
         self,
@@ -75,26 +75,23 @@ class SparseSGD(FusedSGD):
         super().__init__(weights, biases, masks, recipe)
         if any(w.shape[0] != 1 for w in self.weights) or len(sparse) != len(self.weights):
             raise ValueError(f"{type(self).__name__} trains one model: weights (1, out, in), one sparse flag per layer")
-        # the fused step's 2-D views of the model's weights (the ones its buffers are keyed by)
-        self.w2, self.b2, self.m2 = self._w, self._b, self._m
         self.csr: list[KeptCsr | None] = [
-            KeptCsr(w, m) if s and m is not None else None for w, m, s in zip(self.w2, self.m2, sparse)
+            KeptCsr(w, m) if s and m is not None else None for w, m, s in zip(self._w, self._m, sparse)
         ]
 
-    # -- one layer ---------------------------------------------------------------------------------
-    def forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
+    # -- one layer: the fused step's parts, in CSR where the layer has one ---------------------------
+    def layer_forward(self, i: int, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Layer i's pre-activation for the (B, in) batch ``h``: (B, out)."""
-        c, b = self.csr[i], self.b2[i]
+        c = self.csr[i]
         if c is None:
-            return blas.addmm_(b.unsqueeze(0).expand(h.shape[0], b.shape[0]).contiguous(), h, self.w2[i].mT)
-        return torch.addmm(b.unsqueeze(1), c.w, h.mT).mT
+            return super().layer_forward(i, h, out)
+        return torch.addmm(self._b[i].unsqueeze(1), c.w, h.mT).mT
 
-    def input_grad(self, i: int, g: torch.Tensor) -> torch.Tensor:
+    def layer_input_grad(self, i: int, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``g W``: the gradient at layer i's input from the one ``g`` (B, out) at its output."""
         c = self.csr[i]
         if c is None:
-            w = self.w2[i]
-            return blas.addmm_(torch.empty(g.shape[0], w.shape[1], dtype=g.dtype, device=g.device), g, w, beta=0.0)
+            return super().layer_input_grad(i, g, out)
         torch.index_select(c.values, 0, c.order, out=c.values_t)
         return torch.mm(c.w_t, g.mT.contiguous()).mT  # a row-major right operand: measured faster
 
@@ -104,17 +101,16 @@ class SparseSGD(FusedSGD):
         assert c is not None
         return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
 
-    def update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        """Layer i's part of the step from the gradient ``g`` at its output and its input ``a``: for SGD the
-        update itself, as the fused step."""
+    def layer_update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
         c = self.csr[i]
         if c is None:
-            self._update_weight(self.w2[i], g.mT, a, self.m2[i], lr)
-        else:
-            self._update_kept(i, c, g, a, lr)
-        self._update_bias(self.b2[i], g, lr)
+            super().layer_update(i, g, a, lr)
+            return
+        self._update_kept(i, c, g, a, lr)
+        self._update_bias(self._b[i], g, lr)
 
     def _update_kept(self, i: int, c: KeptCsr, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
+        """SGD on a sparse layer's kept values, as the fused step updates a dense one, then into the model."""
         grad, decay = self.weight_grad(i, g, a), self._decay()
         if not self.momentum:
             if decay:
@@ -127,51 +123,7 @@ class SparseSGD(FusedSGD):
             if decay:
                 c.buf.add_(c.values, alpha=decay)
             c.values.add_(c.buf, alpha=-lr)
-        self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
-
-    def start(self) -> None:
-        """Before the first backward pass (SGD: nothing)."""
-
-    def finish(self, lr: float) -> None:
-        """After the backward pass, which for SGD updated everything already."""
-
-    # -- the step ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """One update on the batch ``x`` (1, B, ...), ``y`` (1, B); returns the mean loss (1,)."""
-        self.start()
-        batch = y.shape[1]
-        h = x.reshape(batch, -1)
-        inputs, noises = [h], []
-        last = len(self.w2) - 1
-        for i in range(last + 1):
-            h = self.forward(i, h)
-            if i < last:
-                h.clamp_min_(0)
-                noise = dropout(torch.Size((1, *h.shape)))[0] if dropout is not None else None
-                if noise is not None:
-                    h.mul_(noise)
-                noises.append(noise)
-                inputs.append(h)
-        log_p = h.log_softmax(-1)
-        target = y[0].unsqueeze(-1)
-        loss = -log_p.gather(-1, target).mean()
-        g = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - onehot) / B
-        g.scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=g.dtype)).div_(batch)
-        for i in range(last, -1, -1):
-            a = inputs[i]
-            g_prev = None
-            if i > 0:  # through layer i with its weights before this step's update
-                g_prev = self.input_grad(i, g)
-                if noises[i - 1] is not None:
-                    g_prev = g_prev * noises[i - 1]
-                g_prev = torch.ops.aten.threshold_backward(g_prev, a, 0.0)
-            self.update(i, g, a, lr)
-            g = g_prev
-        self.finish(lr)
-        return loss.view(1)
+        self._w[i].view(-1).index_copy_(0, c.flat, c.values)
 
 
 class SparseAdam(SparseSGD, FusedAdam):
@@ -206,14 +158,10 @@ class SparseAdam(SparseSGD, FusedAdam):
         if self.l2:
             grad.add_(c.values, alpha=2 * self.l2)
 
-    def start(self) -> None:
-        if self.compacted is None:
-            self._choose()
-
-    def finish(self, lr: float) -> None:
+    def end(self, lr: float) -> None:
         self._adam(lr, [(c.values, grad, avg, sq) for c, grad, avg, sq in self._kept_adam.values()])
         for i, (c, *_) in self._kept_adam.items():
-            self.w2[i].view(-1).index_copy_(0, c.flat, c.values)
+            self._w[i].view(-1).index_copy_(0, c.flat, c.values)
 
 
 class Evaluation:
