@@ -179,3 +179,30 @@ def test_methods_run_as_coroutines_on_the_schedulers_own_thread(tmp_path, monkey
     results = run_experiments([spec(seed=0), spec(seed=1)], tmp_path)
     assert all(not isinstance(r, BaseException) for r in results)
     assert seen == {threading.get_ident()} and threading.active_count() == before
+
+
+def test_a_level_trains_one_run_at_a_time_where_that_measures_faster(tmp_path, count_stacked, monkeypatch):
+    """Where a lone model can take the sparse path, the scheduler asks stack_choice whether the level's
+    trainings run faster one at a time; told so, it trains them alone, with the same results."""
+    from ticketlab.training import sparse, stack_choice
+
+    asked = []
+
+    def decide(model, masks, recipe, input_shape, num_classes, device):
+        asked.append(len(masks))
+        return stack_choice.Verdict(False, {"stacked": 2e-3, "sequential": 1e-3}, "measured")
+
+    monkeypatch.setattr(stack_choice, "decide", decide)
+    sparse.set_mode("on")
+    try:
+        specs = [spec(seed=s, densities=(0.3,), method=MethodSpec(name="lottery", K=0.3)) for s in (0, 1)]
+        lines: list[str] = []
+        run_experiments(specs, tmp_path / "batched", log=lines.append)
+        for s in specs:
+            run_experiment(s, tmp_path / "sequential")
+    finally:
+        sparse.set_mode(None)
+    compare_trees(tmp_path / "batched", tmp_path / "sequential")
+    assert count_stacked == [2]  # level 0 (dense) stacked; level 1 asked and trained alone
+    assert asked == [2]
+    assert any("a level's 2 trainings one at a time (stacked 2.00 ms, sequential 1.00 ms" in line for line in lines)

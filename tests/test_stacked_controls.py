@@ -185,6 +185,35 @@ def test_decide_stacks_where_it_measures_faster_and_caches_the_verdict(tmp_path,
     assert not stack_choice.cache_file(stack_choice.cache_key(model, SGD, 4, cpu), tmp_path).exists()
 
 
+def test_a_verdict_holds_per_density_where_the_sparse_path_can_decide_it():
+    """A lone model's sparse path depends on its masks' densities: with it on or auto the key holds their
+    per-layer buckets (a verdict at density 1 says nothing at 1%); with it off they do not matter."""
+    from ticketlab.training import sparse
+
+    model, cpu = build_model("mlp:784-64-10"), torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+
+    def masks(density):
+        return [{"layers.0.weight": torch.rand(64, 784, generator=g) < density} for _ in range(2)]
+
+    low, lower, high = masks(0.02), masks(0.019), masks(0.5)
+    try:
+        for chosen in ("auto", "on"):
+            sparse.set_mode(chosen)
+            key = stack_choice.cache_key(model, SGD, 2, cpu, masks=low)
+            assert key["sparse"] == chosen and key == stack_choice.cache_key(model, SGD, 2, cpu, masks=lower)
+            assert key != stack_choice.cache_key(model, SGD, 2, cpu, masks=high)
+            assert stack_choice.sparse_may_win(model, low, cpu)
+            assert stack_choice.sparse_may_win(model, high, cpu) == (chosen == "on")  # auto: at most 25%
+            assert not stack_choice.sparse_may_win(model, [None, {"layers.0.weight": torch.ones(64, 784)}], cpu)
+            assert not stack_choice.sparse_may_win(build_model("conv2"), low, cpu)
+        sparse.set_mode("off")
+        assert stack_choice.cache_key(model, SGD, 2, cpu, masks=low) == stack_choice.cache_key(model, SGD, 2, cpu)
+        assert not stack_choice.sparse_may_win(model, low, cpu)
+    finally:
+        sparse.set_mode(None)
+
+
 @pytest.mark.parametrize("faster", ["stacked", "sequential"])
 def test_auto_trains_the_controls_the_way_the_cached_verdict_says(tmp_path, monkeypatch, stacks, faster):
     monkeypatch.setenv("TICKETLAB_STACK_CONTROLS", "auto")

@@ -36,6 +36,7 @@ from ticketlab.hardware.device import resolve_device
 from ticketlab.masks import Mask
 from ticketlab.methods import METHODS, Job, resolve_method
 from ticketlab.models import StateDict, snapshot
+from ticketlab.training import stack_choice
 from ticketlab.training.loop import Progress, TrainResult, train
 from ticketlab.training.stacked import train_many
 
@@ -305,26 +306,42 @@ def _identical(group: list[_Request]) -> tuple[list[_Request], list[tuple[_Reque
     return list(seen.values()), copies
 
 
+def _alone(group: list[_Request], device: torch.device) -> bool:
+    """Whether a group's trainings run one at a time rather than stacked: where a lone model could take
+    the sparse path (``training.sparse``, one model only) and one at a time measures faster
+    (``training.stack_choice.decide``, timed once per machine and density buckets, cached). Each result
+    equals its stacked one to float tolerance either way."""
+    first = group[0]
+    masks = [r.mask for r in group]
+    if not stack_choice.sparse_may_win(first.net, masks, device):
+        return False
+    data = first.job.data
+    verdict = stack_choice.decide(first.net, masks, first.job.spec.recipe, data.input_shape, data.num_classes, device)
+    for request in group:
+        request.job.log(verdict.describe(f"a level's {len(group)} trainings"))
+    return not verdict.stack
+
+
 def _train_distinct(group: list[_Request], device: torch.device, progress: Progress | None) -> None:
     first = group[0]
     spec = first.job.spec
-    snapshots = () if first.snapshot_at is None else (first.snapshot_at,)
     for request in group:
         request.net.load_state_dict(request.start)
-    if len(group) == 1:
-        first.result = train(
-            first.net,
-            first.job.data,
-            spec.recipe,
-            mask=first.mask,
-            seed=spec.seed,
-            start_step=first.start_step,
-            end_step=first.end_step,
-            snapshot_steps=snapshots,
-            end_on_best=spec.end_on_best,
-            device=device,
-            progress=progress,
-        )
+    if len(group) == 1 or _alone(group, device):
+        for request in group:
+            request.result = train(
+                request.net,
+                request.job.data,
+                spec.recipe,
+                mask=request.mask,
+                seed=request.job.spec.seed,
+                start_step=request.start_step,
+                end_step=request.end_step,
+                snapshot_steps=() if request.snapshot_at is None else (request.snapshot_at,),
+                end_on_best=spec.end_on_best,
+                device=device,
+                progress=progress,
+            )
         return
     outcomes = train_many(
         [r.net for r in group],

@@ -7,8 +7,9 @@ models against each model's own stepper, ``ROUNDS`` interleaved rounds of ``STEP
 the fastest round of each kept (the machine is shared: the minimum is the least disturbed). The masks are
 the trainings' own (a mask can send a lone model down the sparse path, ``training.sparse``). The verdict is
 cached in the user cache (``files.user_cache_dir() / "stack"``, one checksummed file per key) per processor,
-core count, torch, thread count, device, architecture (parameter shapes), batch size, optimiser and K; a
-damaged cache file is measured again, a failed timing falls back to one at a time, uncached.
+core count, torch, thread count, device, architecture (parameter shapes), batch size, optimiser and K,
+and, where the sparse path is on or auto, its mode and the masks' per-layer density buckets; a damaged
+cache file is measured again, a failed timing falls back to one at a time, uncached.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch import nn
 from ticketlab.config.recipe import Recipe
 from ticketlab.files import CorruptFileError
 from ticketlab.hardware import measured
+from ticketlab.models.mlp import MLP
+from ticketlab.training import sparse
 from ticketlab.training.core import Stepper
 from ticketlab.training.loop import _OneModel
 from ticketlab.training.stacked import _Stacked
@@ -36,11 +39,17 @@ NAMES = ("stacked", "sequential")
 
 
 def cache_key(
-    model: nn.Module, recipe: Recipe, k: int, device: torch.device, threads: int | None = None
+    model: nn.Module,
+    recipe: Recipe,
+    k: int,
+    device: torch.device,
+    threads: int | None = None,
+    masks: Sequence[Mapping[str, torch.Tensor] | None] = (),
 ) -> dict[str, Any]:
     """What a verdict holds for: the machine, torch's threads, the device, the model's parameter shapes,
-    the batch size, the optimiser and how many trainings."""
-    return measured.machine_key(
+    the batch size, the optimiser, how many trainings, and where a lone model can take the sparse path
+    (``training.sparse`` not off): the masks' per-layer density buckets, which decide it."""
+    key = measured.machine_key(
         CACHE_VERSION,
         threads,
         device=device.type,
@@ -49,6 +58,22 @@ def cache_key(
         optimizer=recipe.optimizer,
         k=k,
     )
+    if sparse.mode() != "off":
+        key["sparse"] = sparse.mode()
+        key["densities"] = sorted(
+            {tuple((n, sparse.bucket(float(v.float().mean()))) for n, v in sorted((m or {}).items())) for m in masks}
+        )
+    return key
+
+
+def sparse_may_win(model: nn.Module, masks: Sequence[Mapping[str, torch.Tensor] | None], device: torch.device) -> bool:
+    """Whether a lone model with one of these masks could take the sparse path (``training.sparse``): an
+    MLP on a CPU, the mode not off, and a layer no denser than the mode would consider."""
+    if sparse.mode() == "off" or device.type != "cpu" or type(model) is not MLP:
+        return False
+    limit = 1.0 if sparse.mode() == "on" else sparse.MAX_AUTO_DENSITY
+    densities = [float(v.float().mean()) for m in masks if m for v in m.values()]
+    return any(0 < d <= limit and d < 1 for d in densities)  # a layer kept whole never trains sparse
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
@@ -111,12 +136,13 @@ class Verdict:
     source: str = "measured"  # "measured", "cache", "timing failed"
     note: str = ""
 
-    def describe(self) -> str:
+    def describe(self, what: str = "controls") -> str:
+        """One line: how ``what`` (the trainings) run and why."""
         if self.source == "timing failed":
-            return f"controls one at a time: timing failed ({self.note})"
+            return f"{what} one at a time: timing failed ({self.note})"
         ms = ", ".join(f"{n} {1000 * s:.2f} ms" for n, s in self.seconds.items())
         way = "stacked" if self.stack else "one at a time"
-        return f"controls {way} ({ms} per step, {'from the cache' if self.source == 'cache' else 'measured now'})"
+        return f"{what} {way} ({ms} per step, {'from the cache' if self.source == 'cache' else 'measured now'})"
 
 
 def decide(
@@ -130,7 +156,7 @@ def decide(
 ) -> Verdict:
     """Stack the trainings where the stacked step measures faster than the K steps one after another:
     from the cache, else timed (:func:`time_stacking`) and cached."""
-    key = cache_key(model, recipe, len(masks), device)
+    key = cache_key(model, recipe, len(masks), device, masks=masks)
 
     def timing() -> dict[str, float]:
         return time_stacking(model, masks, recipe, input_shape, num_classes, device)
