@@ -153,7 +153,7 @@ def imp_job(
     }
     log(
         f"(h) IMP job, sparse training {sparse}, {steps} steps per level: {wall:.1f} s (start-up {startup:.1f}, restarts {restarts:.1f} s of "
-        f"runs cut at a level boundary: {result['pieces'] - result['runs']}; levels with a sparse layer: "
+        f"runs cut at a level boundary: {result['pieces'] - result['runs']}; levels with a layer trained sparse: "
         f"{sparse_levels} of {n_levels}); per level "
         + ", ".join(f"{p} {per_level[p]:.3f} s" for p in PHASES)
         + f"; at {EPOCHS} epochs per level ~{wall_20 / 60:.1f} min (extrapolated), "

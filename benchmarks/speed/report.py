@@ -106,7 +106,7 @@ def sparse_lines(imp: dict[str, Any], dense: dict[str, Any]) -> list[str]:
         "The same job with and without sparse training (`TICKETLAB_SPARSE_TRAINING`; shares of the limit count "
         "the dense model's FLOPs):",
         "",
-        f"| sparse training | levels with a sparse layer | wall at {imp['steps_per_level']} steps | "
+        f"| sparse training | levels with a layer trained sparse | wall at {imp['steps_per_level']} steps | "
         "train per level and model | at 20 epochs per level | of the limit |",
         "|---|---:|---:|---:|---:|---:|",
     ]

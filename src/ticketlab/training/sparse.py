@@ -1,8 +1,9 @@
 """Sparse training of a pruned MLP: where a layer trains and evaluates through a CSR of its kept weights
 (the step itself: ``training.sparse_step``).
 
-Where: one model (``training.loop.train``) where the fused step applies (an MLP with SGD or Adam, no
-hooks), on CPU. Stacked models (``train_many``), Nesterov, hooks and convolutions keep the dense path.
+Where: one model (``training.loop.train``) or K stacked ones (``training.stacked.train_many``: one
+block-diagonal CSR per layer) where the fused step applies (MLPs with SGD or Adam, no hooks), on CPU.
+Nesterov, hooks and convolutions keep the dense path; stacked models evaluate dense.
 
 Which layers: ``$TICKETLAB_SPARSE_TRAINING`` (or :func:`set_mode`) ``off`` (never), ``on`` (every layer whose
 mask prunes something and keeps something) or ``auto`` (default). Under ``auto`` a layer keeping at most
@@ -75,23 +76,24 @@ def measure(
     dense: Sequence[bool],
     candidate: Sequence[bool],
 ) -> tuple[float, float]:
-    """Seconds of one whole training step of the model whose layers have these ``weights`` (out, in) and
-    ``masks``, with the layers flagged in ``dense`` and in ``candidate`` on the sparse path, on copies of
-    the weights and random batches of the recipe's size: the median of 7 rounds alternating the two, each
-    about 5 ms long. The whole step, not a layer alone: a layer's CSR products measured alone can win
-    and still lose inside the step (LeNet-300-100's first layer at 10%, SGD, 1 thread, AMD EPYC family
-    25: 0.80x alone, 1.05x in the step)."""
+    """Seconds of one whole training step of the K stacked models whose layers have these ``weights``
+    (K, out, in) and ``masks`` (K, out, in; None: kept whole), with the layers flagged in ``dense`` and in
+    ``candidate`` on the sparse path, on copies of the weights and random batches of the recipe's size:
+    the median of 7 rounds alternating the two, each about 5 ms long. The whole step, not a layer alone:
+    a layer's CSR products measured alone can win and still lose inside the step (LeNet-300-100's first
+    layer at 10%, SGD, 1 thread, AMD EPYC family 25: 0.80x alone, 1.05x in the step)."""
     g = torch.Generator().manual_seed(0)
     device = weights[0].device
-    x = torch.randn(1, recipe.batch_size, weights[0].shape[1], generator=g).clamp_min_(0).to(device)
-    y = torch.randint(0, weights[-1].shape[0], (1, recipe.batch_size), generator=g).to(device)
+    k = weights[0].shape[0]
+    x = torch.randn(k, recipe.batch_size, weights[0].shape[2], generator=g).clamp_min_(0).to(device)
+    y = torch.randint(0, weights[-1].shape[1], (k, recipe.batch_size), generator=g).to(device)
     cls = SparseAdam if recipe.optimizer == "adam" else SparseSGD
 
     def runner(sparse: Sequence[bool]) -> Callable[[], object]:
-        stacked = [m.to(w.dtype).unsqueeze(0) if m is not None else None for w, m in zip(weights, masks)]
-        ws = [(w.detach() * (m if m is not None else 1)).unsqueeze(0).contiguous() for w, m in zip(weights, masks)]
-        bs = [torch.zeros(1, w.shape[0], dtype=w.dtype, device=device) for w in weights]
-        step = cls(ws, bs, stacked, recipe, sparse)
+        ms = [m.to(w.dtype) if m is not None else None for w, m in zip(weights, masks)]
+        ws = [(w.detach() * (m if m is not None else 1)).contiguous() for w, m in zip(weights, ms)]
+        bs = [torch.zeros(k, w.shape[1], dtype=w.dtype, device=device) for w in weights]
+        step = cls(ws, bs, ms, recipe, sparse)
         return lambda: step.step(x, y, 1e-6)
 
     return _race(runner(dense), runner(candidate))
@@ -139,14 +141,20 @@ def bucket(density: float) -> str:
 
 
 def cache_key(
-    shapes: Sequence[tuple[int, int]], densities: Sequence[float | None], batch_size: int, optimizer: str
+    shapes: Sequence[tuple[int, int]],
+    densities: Sequence[float | None],
+    batch_size: int,
+    optimizer: str,
+    models: int = 1,
 ) -> str:
     """Everything a verdict depends on: the machine and build, the optimiser (its update is part of the
-    step timed), the layers' shapes and density ranges (None: a layer kept whole) and the batch size."""
+    step timed), the layers' shapes and density ranges (None: a layer kept whole), the batch size and how
+    many models are stacked."""
     layers = ", ".join(f"{o}x{i} at {'1' if d is None else bucket(d)}" for (o, i), d in zip(shapes, densities))
+    stacked = f" | {models} stacked" if models > 1 else ""
     return (
         f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {blas.backend().name}"
-        f" | {optimizer} | batch {batch_size} | {layers}"
+        f" | {optimizer} | batch {batch_size}{stacked} | {layers}"
     )
 
 
@@ -165,10 +173,9 @@ def _verdicts(
     down by whole-step timings (:func:`measure`: the step so far against it with this layer sparse too),
     and whether it evaluates through a CSR (:func:`measure_eval`); from the cache, else measured and
     cached."""
-    weights = [w[0] for w in fused.weights]
-    masks = [None if m is None else m[0] for m in fused.masks]
-    key = cache_key([(w.shape[0], w.shape[1]) for w in weights], densities, recipe.batch_size, recipe.optimizer)
-    key += f" | eval chunk {chunk}"
+    weights, masks, k = fused.weights, fused.masks, fused.weights[0].shape[0]
+    shapes = [(w.shape[1], w.shape[2]) for w in weights]
+    key = cache_key(shapes, densities, recipe.batch_size, recipe.optimizer, k) + f" | eval chunk {chunk}"
     cached = _read_cache().get(key)
     fields = ("sparse", "eval_sparse")
     if isinstance(cached, dict) and all(
@@ -192,7 +199,10 @@ def _verdicts(
         for i in eligible:
             mask = masks[i]
             assert mask is not None
-            eval_dense_s, eval_sparse_s = measure_eval(weights[i], mask, chunk)
+            if k > 1:  # stacked models evaluate dense (Evaluation takes one model)
+                verdicts[str(i)].update(eval_sparse=False, measured_density=round(float(densities[i] or 1.0), 5))
+                continue
+            eval_dense_s, eval_sparse_s = measure_eval(weights[i][0], mask[0], chunk)
             verdicts[str(i)].update(
                 eval_sparse=eval_sparse_s <= MARGIN * eval_dense_s,
                 eval_dense_us=round(eval_dense_s * 1e6, 1),
@@ -215,8 +225,9 @@ def replace(
     and the report each level records (None: no layer considered). Training and evaluation are chosen
     each by its own timing."""
     chosen = mode()
-    if chosen == "off" or device.type != "cpu" or fused.weights[0].shape[0] != 1:
+    if chosen == "off" or device.type != "cpu":
         return fused, None, None
+    k = fused.weights[0].shape[0]
     chunk = mlp_chunk(max(w.shape[-2] for w in fused.weights))
     densities: list[float | None] = []
     eligible = []
@@ -230,7 +241,7 @@ def replace(
     if not eligible:
         return fused, None, None
     verdicts = (
-        {str(i): {"sparse": True, "eval_sparse": True} for i in eligible}
+        {str(i): {"sparse": True, "eval_sparse": k == 1} for i in eligible}
         if chosen == "on"
         else _verdicts(fused, densities, eligible, recipe, chunk)
     )

@@ -41,28 +41,33 @@ def _quiet_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shap
 
 class KeptCsr:
     """One layer's kept weights: CSR of W (its values the master copy), CSR of W^T sharing the indices'
-    order through ``order``, and each kept weight's flat position in the dense weight."""
+    order through ``order``, and each kept weight's flat position in the dense weight. K stacked models'
+    weights (K, out, in) are one block-diagonal CSR (K * out, K * in): model k's block at (k * out, k * in),
+    so one sparse product serves all K."""
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
-        out, inp = weight.shape
-        rows, cols = (mask != 0).nonzero(as_tuple=True)  # row-major: CSR order
-        self.flat = rows * inp + cols
-        crow = torch.zeros(out + 1, dtype=torch.int64, device=weight.device)
-        crow[1:] = torch.bincount(rows, minlength=out).cumsum(0)
+        if weight.dim() == 2:
+            weight, mask = weight.unsqueeze(0), mask.unsqueeze(0)
+        k, out, inp = weight.shape
+        models, rows, cols = (mask != 0).nonzero(as_tuple=True)  # (model, row, column) order: CSR order
+        self.flat = (models * out + rows) * inp + cols
+        rows, cols = models * out + rows, models * inp + cols  # in the block-diagonal matrix
+        crow = torch.zeros(k * out + 1, dtype=torch.int64, device=weight.device)
+        crow[1:] = torch.bincount(rows, minlength=k * out).cumsum(0)
         self.values = weight.reshape(-1)[self.flat].clone()
-        self.w = _quiet_csr(crow, cols, self.values, (out, inp))
-        self.order = torch.argsort(cols * out + rows)
-        crow_t = torch.zeros(inp + 1, dtype=torch.int64, device=weight.device)
-        crow_t[1:] = torch.bincount(cols, minlength=inp).cumsum(0)
+        self.w = _quiet_csr(crow, cols, self.values, (k * out, k * inp))
+        self.order = torch.argsort(cols * (k * out) + rows)
+        crow_t = torch.zeros(k * inp + 1, dtype=torch.int64, device=weight.device)
+        crow_t[1:] = torch.bincount(cols, minlength=k * inp).cumsum(0)
         self.values_t = self.values[self.order]
-        self.w_t = _quiet_csr(crow_t, rows[self.order], self.values_t, (inp, out))
+        self.w_t = _quiet_csr(crow_t, rows[self.order], self.values_t, (k * inp, k * out))
         self.buf: torch.Tensor | None = None  # momentum of the kept weights
 
 
 class SparseSGD(FusedSGD):
-    """The fused SGD step of one MLP (weights (1, out, in), as ``FusedSGD``) with the layers ``sparse[i]``
-    in CSR: ``FusedSGD.step`` itself, whose per-layer parts take the CSR for those layers. The model's
-    dense weights are kept equal to the step's after every update."""
+    """The fused SGD step of K stacked MLPs (weights (K, out, in), as ``FusedSGD``; K = 1: one model) with
+    the layers ``sparse[i]`` in CSR: ``FusedSGD.step`` itself, whose per-layer parts take the CSR for those
+    layers. The models' dense weights are kept equal to the step's after every update."""
 
     def __init__(
         self,
@@ -73,33 +78,46 @@ class SparseSGD(FusedSGD):
         sparse: Sequence[bool],
     ) -> None:
         super().__init__(weights, biases, masks, recipe)
-        if any(w.shape[0] != 1 for w in self.weights) or len(sparse) != len(self.weights):
-            raise ValueError(f"{type(self).__name__} trains one model: weights (1, out, in), one sparse flag per layer")
+        if len(sparse) != len(self.weights):
+            raise ValueError(f"{type(self).__name__}: give one sparse flag per layer")
         self.csr: list[KeptCsr | None] = [
             KeptCsr(w, m) if s and m is not None else None for w, m, s in zip(self._w, self._m, sparse)
         ]
 
     # -- one layer: the fused step's parts, in CSR where the layer has one ---------------------------
+    # One model's batches are (B, features); K stacked models' are (K, B, features), which the
+    # block-diagonal CSR takes as one (K * features, B) matrix of columns.
     def layer_forward(self, i: int, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Layer i's pre-activation for the (B, in) batch ``h``: (B, out)."""
+        """Layer i's pre-activation for the batch ``h``: (B, out), or (K, B, out) for K stacked models."""
         c = self.csr[i]
         if c is None:
             return super().layer_forward(i, h, out)
-        return torch.addmm(self._b[i].unsqueeze(1), c.w, h.mT).mT
+        if self.flat:
+            return torch.addmm(self._b[i].unsqueeze(1), c.w, h.mT).mT
+        k, batch, _ = h.shape
+        y = torch.addmm(self._b[i].reshape(-1, 1), c.w, h.transpose(1, 2).reshape(-1, batch))
+        return y.view(k, -1, batch).transpose(1, 2)
 
     def layer_input_grad(self, i: int, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``g W``: the gradient at layer i's input from the one ``g`` (B, out) at its output."""
+        """``g W``: the gradient at layer i's input from the one ``g`` at its output."""
         c = self.csr[i]
         if c is None:
             return super().layer_input_grad(i, g, out)
         torch.index_select(c.values, 0, c.order, out=c.values_t)
-        return torch.mm(c.w_t, g.mT.contiguous()).mT  # a row-major right operand: measured faster
+        if self.flat:
+            return torch.mm(c.w_t, g.mT.contiguous()).mT  # a row-major right operand: measured faster
+        k, batch, _ = g.shape
+        return torch.mm(c.w_t, _columns(g)).view(k, -1, batch).transpose(1, 2)
 
     def weight_grad(self, i: int, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``(g^T a)`` at layer i's kept positions, in CSR order (a sparse layer only)."""
         c = self.csr[i]
         assert c is not None
-        return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
+        if self.flat:
+            return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
+        # model k's rows of g^T meet only its own columns of a: the blocks off the diagonal are never sampled
+        rows = a.transpose(0, 1).reshape(a.shape[1], -1)  # (B, K * in)
+        return torch.sparse.sampled_addmm(c.w, _columns(g), rows, beta=0.0).values()
 
     def layer_update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
         c = self.csr[i]
@@ -126,8 +144,13 @@ class SparseSGD(FusedSGD):
         self._w[i].view(-1).index_copy_(0, c.flat, c.values)
 
 
+def _columns(t: torch.Tensor) -> torch.Tensor:
+    """K stacked batches (K, B, features) as one (K * features, B) matrix."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])
+
+
 class SparseAdam(SparseSGD, FusedAdam):
-    """The fused Adam step of one MLP with the layers ``sparse[i]`` in CSR: the backward writes the dense
+    """The fused Adam step of K stacked MLPs with the layers ``sparse[i]`` in CSR: the backward writes the dense
     layers' gradients into ``FusedAdam``'s buffers and a sparse layer's gradient at its kept positions only
     (the sampled product, plus the L2 term), then one fused Adam kernel steps the dense tensors, the
     compacted layers' kept weights and the sparse layers' kept values (each with its own moments), which

@@ -44,7 +44,7 @@ from ticketlab.hardware.device import resolve_device
 from ticketlab.models import StateDict
 from ticketlab.models.mlp import MLP
 from ticketlab.seeding import seed_for
-from ticketlab.training import fused_sgd
+from ticketlab.training import fused_sgd, sparse
 from ticketlab.training.core import Progress, TrainResult, autograd_update, enforce_masks, fit, plan_steps
 from ticketlab.training.evaluate import eval_chunk
 from ticketlab.training.loop import train
@@ -175,6 +175,10 @@ class _Stacked:
         self.masked = [stack.params[n] for n in names]
         self.params = [p for p in stack.params.values() if p.requires_grad]
         self.fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(names, self.mask_values)), recipe)
+        # below a measured crossover density a pruned layer trains as one block-diagonal CSR (training.sparse)
+        self.sparse_training = None
+        if self.fused is not None:
+            self.fused, _, self.sparse_training = sparse.replace(self.fused, recipe, device)
         self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
         self.dropout = self.noise = None
         if stack.mlp and stack.template.dropout:
@@ -277,4 +281,5 @@ def train_many(
     )
     for result in results:
         result.compact_adam = fused_sgd.compacted(stepper.fused)
+        result.sparse_training = stepper.sparse_training
     return results
