@@ -197,7 +197,7 @@ def test_auto_measures_once_caches_and_takes_the_faster_path(mode, monkeypatch, 
 
     monkeypatch.setattr(sparse, "measure", fake_measure)
     eval_times = {"now": (1e-3, 0.5e-3)}
-    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk: eval_times["now"])
+    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk, first, dense_chunk: eval_times["now"])
     net = initialize(build_model("mlp:784-64-32-10"), seed=0)
     g = torch.Generator().manual_seed(0)
     mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
@@ -258,7 +258,7 @@ def test_auto_chooses_layers_greedily_from_the_largest(mode, monkeypatch, tmp_pa
         return (1e-3, 0.5e-3) if candidate == [True, False, False] else (0.5e-3, 0.6e-3)
 
     monkeypatch.setattr(sparse, "measure", fake_measure)
-    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk: (1e-3, 2e-3))
+    monkeypatch.setattr(sparse, "measure_eval", lambda weight, mask, chunk, first, dense_chunk: (1e-3, 2e-3))
     net = initialize(build_model("mlp:784-64-128-10"), seed=0)
     g = torch.Generator().manual_seed(0)
     mask = dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, 0.05))
@@ -285,9 +285,11 @@ def test_measure_times_whole_steps_on_copies():
 def test_measure_eval_times_both_products_on_copies():
     w, m, _ = _layer(out=40, inp=50, density=0.05)
     before = w.clone()
-    dense_s, sparse_s = sparse.measure_eval(torch.nn.Parameter(w), m, 64)
-    assert dense_s > 0 and sparse_s > 0
-    assert torch.equal(w, before)
+    for k, first in ((1, True), (3, True), (3, False)):
+        stacked = torch.nn.Parameter(w.unsqueeze(0).repeat(k, 1, 1))
+        dense_s, sparse_s = sparse.measure_eval(stacked, m.expand(k, -1, -1), 64, first, 128)
+        assert dense_s > 0 and sparse_s > 0
+        assert torch.equal(stacked.detach(), before.expand(k, -1, -1))
 
 
 def test_evaluation_through_the_csr_equals_the_dense_model(mode):
@@ -307,25 +309,24 @@ def test_evaluation_through_the_csr_equals_the_dense_model(mode):
     x, y = torch.rand(700, 1, 28, 28, generator=g), torch.randint(0, 10, (700,), generator=g)
     for _ in range(2):
         reference = evaluate(net, x, y)
-        got = evaluation(x, y)
+        (got,) = evaluation(x, y)
         assert got["acc"] == reference["acc"] and got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
         step.step(x[:20].unsqueeze(0), y[:20].unsqueeze(0), 0.5)
     assert len(evaluation._columns) == 1
     # training dense (the fused step itself) and evaluating sparse: the CSR follows the trained weights
     fused = _fused(net, mask, recipe)
-    masks = [m[0] for m in fused.masks]
-    evaluation = Evaluation([w[0] for w in fused.weights], [b[0] for b in fused.biases], masks, [True] * 3)
+    evaluation = Evaluation(fused.weights, fused.biases, fused.masks, [True] * 3, 256)
     for _ in range(2):
         fused.step(x[:20].unsqueeze(0), y[:20].unsqueeze(0), 0.5)
-        got, reference = evaluation(x, y), evaluate(net, x, y)
+        (got,), reference = evaluation(x, y), evaluate(net, x, y)
         assert got["acc"] == reference["acc"] and got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
     # dense weights in columns: the same function, no CSR
     layers = list(net.layers)
-    plain = evaluate_columns(
+    (plain,) = evaluate_columns(
         x.flatten(1).mT.contiguous(), y, [m.weight.detach() for m in layers], [m.bias.detach() for m in layers], 256
     )
     assert plain["loss"] == pytest.approx(evaluate(net, x, y)["loss"], rel=1e-5)
-    empty = evaluate_columns(x.flatten(1).mT[:, :0], y[:0], [layers[0].weight], [layers[0].bias], 256)
+    (empty,) = evaluate_columns(x.flatten(1).mT[:, :0], y[:0], [layers[0].weight], [layers[0].bias], 256)
     assert np.isnan(empty["loss"]) and np.isnan(empty["acc"])
 
 
@@ -450,6 +451,34 @@ def test_a_level_on_the_sparse_path_is_its_own_set_up_in_results(tmp_path, mode)
     assert any("sparse_path=on" in label for label in at_half["label"])
 
 
+def test_stacked_evaluation_through_csr_equals_each_models_own(mode):
+    """K = 3 models with different masks: their evaluation in columns, the first layer's CSR on the shared
+    input and later layers block-diagonal (or dense, 3-D), equals each model's ``evaluate``."""
+    from ticketlab.training.evaluate import evaluate
+
+    net, _ = _net_and_mask()
+    g = torch.Generator().manual_seed(3)
+    masks = [
+        dict(select({k: torch.rand(p.shape, generator=g) for k, p in prunable_parameters(net).items()}, d))
+        for d in (0.1, 0.05, 0.2)
+    ]
+    models = [copy.deepcopy(net) for _ in masks]
+    for model, mask in zip(models, masks):
+        with torch.no_grad():
+            for key, keep in mask.items():
+                model.get_parameter(key).mul_(keep)
+    names = [f"layers.{i}.{kind}" for i in range(3) for kind in ("weight",)]
+    weights = [torch.stack([m.get_parameter(n).detach() for m in models]) for n in names]
+    biases = [torch.stack([m.get_parameter(n.replace("weight", "bias")).detach() for m in models]) for n in names]
+    stacked_masks = [torch.stack([mask[n].float() for mask in masks]) for n in names]
+    x, y = torch.rand(700, 1, 28, 28, generator=g), torch.randint(0, 10, (700,), generator=g)
+    for flags in ([True, True, True], [True, False, False], [False, True, False]):
+        results = Evaluation(weights, biases, stacked_masks, flags, 256)(x, y)
+        for model, got in zip(models, results, strict=True):
+            reference = evaluate(model, x, y)
+            assert got["acc"] == reference["acc"] and got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+
+
 def test_a_level_evaluated_or_trained_sparse_is_marked_in_its_environment():
     from ticketlab.methods.context import _level_env
 
@@ -500,7 +529,7 @@ def test_stacked_training_on_the_sparse_path_equals_each_model_trained_dense(nam
     results = train_many(stacked, synthetic, recipe, masks=masks, seeds=[4, 5, 6])
     report = results[0].sparse_training
     assert report["mode"] == "on" and all(layer["sparse"] for layer in report["layers"].values())
-    assert not any(layer["eval_sparse"] for layer in report["layers"].values())  # stacked: dense evaluation
+    assert all(layer["eval_sparse"] for layer in report["layers"].values())
     mode("off")
     for model, mask, seed, result in zip(stacked, masks, (4, 5, 6), results):
         alone = copy.deepcopy(net)

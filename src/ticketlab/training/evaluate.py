@@ -60,25 +60,33 @@ def evaluate_columns(
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor],
     batch_size: int,
-) -> dict[str, float]:
-    """:func:`evaluate` of an MLP given by its layers' ``weights`` (out, in), dense or sparse CSR, and
-    ``biases``, on the split's inputs as columns: ``x_t`` (features, n), contiguous. Every activation is
-    kept as (features, examples), so a CSR weight's product ``W h`` needs no transposes (a sparse layer's
-    evaluation: ``training.sparse``); ReLU between layers, no dropout (eval mode). The same loss and
-    accuracy as :func:`evaluate` on the dense model, to float tolerance."""
+    models: int = 1,
+) -> list[dict[str, float]]:
+    """:func:`evaluate` of ``models`` stacked MLPs on the split's inputs as columns, ``x_t`` (features, n),
+    contiguous, every activation kept as (models * features, examples), so a sparse CSR product ``W h``
+    needs no transposes (``training.sparse``). Layer i's weight is 2-D, (models * out, in) for the first
+    layer (its input is shared) and block-diagonal (models * out, models * in) after it, dense or CSR, or
+    3-D (models, out, in) dense; its bias (models, out) or (out,). ReLU between layers, no dropout (eval
+    mode). Per model the same loss and accuracy as :func:`evaluate`, to float tolerance."""
     n = x_t.shape[1]
     if n == 0:
-        return {"loss": float("nan"), "acc": float("nan")}
-    totals = _Totals(x_t.device)
+        return [{"loss": float("nan"), "acc": float("nan")} for _ in range(models)]
+    totals = [_Totals(x_t.device) for _ in range(models)]
     last = len(weights) - 1
     for start in range(0, n, batch_size):
         h = x_t[:, start : start + batch_size]
+        width = h.shape[1]
         for i, (w, b) in enumerate(zip(weights, biases)):
-            h = torch.addmm(b.unsqueeze(1), w, h)
+            if w.dim() == 3:
+                h = torch.baddbmm(b.reshape(models, -1, 1), w, h.view(models, -1, width)).view(-1, width)
+            else:
+                h = torch.addmm(b.reshape(-1, 1), w, h)
             if i < last:
                 h.relu_()
-        totals.add(h.mT, y[start : start + batch_size])
-    return totals.result(n)
+        logits = h.view(models, -1, width)
+        for k, total in enumerate(totals):
+            total.add(logits[k].mT, y[start : start + batch_size])
+    return [total.result(n) for total in totals]
 
 
 class _Totals:

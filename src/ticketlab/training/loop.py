@@ -160,7 +160,7 @@ class _OneModel:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
         if self.sparse_evaluation is not None:  # some layers through a CSR of their kept weights
-            return [self.sparse_evaluation(x, y)]
+            return self.sparse_evaluation(x, y)
         return [evaluate(self.model, x, y)]
 
     def state(self, k: int) -> StateDict:

@@ -3,7 +3,7 @@
 
 Where: one model (``training.loop.train``) or K stacked ones (``training.stacked.train_many``: one
 block-diagonal CSR per layer) where the fused step applies (MLPs with SGD or Adam, no hooks), on CPU.
-Nesterov, hooks and convolutions keep the dense path; stacked models evaluate dense.
+Nesterov, hooks and convolutions keep the dense path.
 
 Which layers: ``$TICKETLAB_SPARSE_TRAINING`` (or :func:`set_mode`) ``off`` (never), ``on`` (every layer whose
 mask prunes something and keeps something) or ``auto`` (default). Under ``auto`` a layer keeping at most
@@ -35,7 +35,7 @@ from ticketlab.data.locate import cache_dir
 from ticketlab.files import atomic_write_json
 from ticketlab.hardware import blas
 from ticketlab.hardware.environment import cpu_model
-from ticketlab.training.evaluate import mlp_chunk
+from ticketlab.training.evaluate import EVAL_BATCH, mlp_chunk
 from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
 from ticketlab.training.sparse_step import Evaluation, KeptCsr, SparseAdam, SparseSGD
 
@@ -100,18 +100,36 @@ def measure(
 
 
 @torch.no_grad()
-def measure_eval(weight: torch.Tensor, mask: torch.Tensor, chunk: int) -> tuple[float, float]:
-    """Seconds of this layer's product in one evaluation chunk of ``chunk`` examples of random data:
-    dense, as ``evaluate`` computes it (``x W^T + b``), and from its CSR on the chunk as columns
-    (``W x^T + b``, as :class:`Evaluation`); median of 7 alternating rounds of about 5 ms."""
-    out, inp = weight.shape
+def measure_eval(
+    weight: torch.Tensor, mask: torch.Tensor, chunk: int, first: bool, dense_chunk: int | None = None
+) -> tuple[float, float]:
+    """Seconds of this layer's product for ``chunk`` examples of random data in an evaluation of the K
+    stacked models whose weights are ``weight`` (K, out, in): dense as the dense evaluation computes it, in
+    chunks of ``dense_chunk`` (default ``chunk``; its time scaled to ``chunk`` examples), and from a CSR
+    on the chunk as columns (as :class:`Evaluation`: the ``first`` layer's K weights stacked on the shared
+    input, a later layer's block-diagonal); median of 7 alternating rounds of about 5 ms."""
+    k, out, inp = weight.shape
+    dense_chunk = dense_chunk or chunk
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(chunk, inp, generator=g).clamp_min_(0).to(weight.device)
-    x_t = x.mT.contiguous()
-    dense = (weight.detach() * mask).contiguous()
-    csr = KeptCsr(dense, mask).w
-    bias = torch.zeros(out, dtype=weight.dtype, device=weight.device)
-    return _race(lambda: torch.addmm(bias, x, dense.mT), lambda: torch.addmm(bias.unsqueeze(1), csr, x_t))
+    masked = (weight.detach() * mask).contiguous()
+    csr = KeptCsr(masked, mask, shared_input=first).w
+    bias = torch.zeros(k, out, dtype=weight.dtype, device=weight.device)
+    if first:  # one input for all models: the dense way is one GEMM over the K models' rows
+        x = torch.randn(dense_chunk, inp, generator=g).clamp_min_(0).to(weight.device)
+        x_t = torch.randn(inp, chunk, generator=g).clamp_min_(0).to(weight.device)
+        stacked = masked.reshape(k * out, inp)
+
+        def dense() -> object:
+            return torch.addmm(bias.reshape(-1), x, stacked.mT)
+    else:
+        h = torch.randn(k, dense_chunk, inp, generator=g).clamp_min_(0).to(weight.device)
+        x_t = torch.randn(k * inp, chunk, generator=g).clamp_min_(0).to(weight.device)
+
+        def dense() -> object:
+            return torch.baddbmm(bias.unsqueeze(1), h, masked.mT)
+
+    dense_s, sparse_s = _race(dense, lambda: torch.addmm(bias.reshape(-1, 1), csr, x_t))
+    return dense_s * chunk / dense_chunk, sparse_s
 
 
 def _race(dense: Callable[[], object], sparse: Callable[[], object]) -> tuple[float, float]:
@@ -167,7 +185,12 @@ def _read_cache() -> dict[str, Any]:
 
 
 def _verdicts(
-    fused: FusedSGD, densities: list[float | None], eligible: list[int], recipe: Recipe, chunk: int
+    fused: FusedSGD,
+    densities: list[float | None],
+    eligible: list[int],
+    recipe: Recipe,
+    chunk: int,
+    dense_chunk: int,
 ) -> dict[str, Any]:
     """Under ``auto``, per eligible layer: whether it trains sparse, chosen greedily from the largest layer
     down by whole-step timings (:func:`measure`: the step so far against it with this layer sparse too),
@@ -199,10 +222,7 @@ def _verdicts(
         for i in eligible:
             mask = masks[i]
             assert mask is not None
-            if k > 1:  # stacked models evaluate dense (Evaluation takes one model)
-                verdicts[str(i)].update(eval_sparse=False, measured_density=round(float(densities[i] or 1.0), 5))
-                continue
-            eval_dense_s, eval_sparse_s = measure_eval(weights[i][0], mask[0], chunk)
+            eval_dense_s, eval_sparse_s = measure_eval(weights[i], mask, chunk, i == 0, dense_chunk)
             verdicts[str(i)].update(
                 eval_sparse=eval_sparse_s <= MARGIN * eval_dense_s,
                 eval_dense_us=round(eval_dense_s * 1e6, 1),
@@ -228,7 +248,9 @@ def replace(
     if chosen == "off" or device.type != "cpu":
         return fused, None, None
     k = fused.weights[0].shape[0]
-    chunk = mlp_chunk(max(w.shape[-2] for w in fused.weights))
+    # a chunk's widest activation block about 1 MiB on the sparse path; the dense one's own chunk
+    chunk = mlp_chunk(k * max(w.shape[-2] for w in fused.weights))
+    dense_chunk = chunk if k == 1 else EVAL_BATCH
     densities: list[float | None] = []
     eligible = []
     for i, m in enumerate(fused.masks):
@@ -241,9 +263,9 @@ def replace(
     if not eligible:
         return fused, None, None
     verdicts = (
-        {str(i): {"sparse": True, "eval_sparse": k == 1} for i in eligible}
+        {str(i): {"sparse": True, "eval_sparse": True} for i in eligible}
         if chosen == "on"
-        else _verdicts(fused, densities, eligible, recipe, chunk)
+        else _verdicts(fused, densities, eligible, recipe, chunk, dense_chunk)
     )
     layers = {
         f"layers.{i}.weight": {"density": round(float(densities[i] or 1.0), 5), **verdicts[str(i)]} for i in eligible
@@ -253,8 +275,7 @@ def replace(
     report = {"mode": chosen, "layers": layers}
     evaluation = None
     if any(evals):
-        masks = [None if m is None else m[0] for m in fused.masks]
-        evaluation = Evaluation([w[0] for w in fused.weights], [b[0] for b in fused.biases], masks, evals)
+        evaluation = Evaluation(fused.weights, fused.biases, fused.masks, evals, chunk)
     if not any(sparse):
         return fused, evaluation, report
     cls = SparseAdam if isinstance(fused, FusedAdam) else SparseSGD

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from ticketlab.config.recipe import Recipe
-from ticketlab.training.evaluate import evaluate_columns, mlp_chunk
+from ticketlab.training.evaluate import evaluate_columns
 from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
 
 
@@ -45,22 +45,27 @@ class KeptCsr:
     weights (K, out, in) are one block-diagonal CSR (K * out, K * in): model k's block at (k * out, k * in),
     so one sparse product serves all K."""
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, shared_input: bool = False) -> None:
+        """``shared_input``: the K models read one input (a first layer's evaluation): the CSR is the K
+        weights stacked, (K * out, in), not block-diagonal."""
         if weight.dim() == 2:
             weight, mask = weight.unsqueeze(0), mask.unsqueeze(0)
         k, out, inp = weight.shape
         models, rows, cols = (mask != 0).nonzero(as_tuple=True)  # (model, row, column) order: CSR order
         self.flat = (models * out + rows) * inp + cols
-        rows, cols = models * out + rows, models * inp + cols  # in the block-diagonal matrix
+        width = inp if shared_input else k * inp
+        rows = models * out + rows
+        if not shared_input:
+            cols = models * inp + cols  # in the block-diagonal matrix
         crow = torch.zeros(k * out + 1, dtype=torch.int64, device=weight.device)
         crow[1:] = torch.bincount(rows, minlength=k * out).cumsum(0)
         self.values = weight.reshape(-1)[self.flat].clone()
-        self.w = _quiet_csr(crow, cols, self.values, (k * out, k * inp))
+        self.w = _quiet_csr(crow, cols, self.values, (k * out, width))
         self.order = torch.argsort(cols * (k * out) + rows)
-        crow_t = torch.zeros(k * inp + 1, dtype=torch.int64, device=weight.device)
-        crow_t[1:] = torch.bincount(cols, minlength=k * inp).cumsum(0)
+        crow_t = torch.zeros(width + 1, dtype=torch.int64, device=weight.device)
+        crow_t[1:] = torch.bincount(cols, minlength=width).cumsum(0)
         self.values_t = self.values[self.order]
-        self.w_t = _quiet_csr(crow_t, rows[self.order], self.values_t, (k * inp, k * out))
+        self.w_t = _quiet_csr(crow_t, rows[self.order], self.values_t, (width, k * out))
         self.buf: torch.Tensor | None = None  # momentum of the kept weights
 
 
@@ -188,11 +193,13 @@ class SparseAdam(SparseSGD, FusedAdam):
 
 
 class Evaluation:
-    """The evaluations of one training of one MLP with some layers through a CSR of their kept weights
-    (``training.evaluate.evaluate_columns``): ``weights`` and ``biases`` are the model's (out, in) and
-    (out,) tensors as training updates them, ``masks`` their 0/1 masks (None: whole), ``sparse`` the layers
-    to take in CSR. Before each evaluation the CSR values are gathered from the current weights (pruned
-    entries are 0 and stay out). A split is transposed to columns once and kept while this object lives."""
+    """The evaluations of one training of K stacked MLPs (K = 1: one model) with some layers through a CSR
+    of their kept weights (``training.evaluate.evaluate_columns``): ``weights`` and ``biases`` are the
+    models' (K, out, in) and (K, out) tensors as training updates them, ``masks`` their 0/1 masks (None:
+    whole), ``sparse`` the layers to take in CSR (the first layer's K weights stacked on the shared input,
+    the others block-diagonal). Before each evaluation the CSR values are gathered from the current
+    weights (pruned entries are 0 and stay out). A split is transposed to columns once and kept while this
+    object lives. ``chunk``: examples per chunk."""
 
     def __init__(
         self,
@@ -200,25 +207,29 @@ class Evaluation:
         biases: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor | None],
         sparse: Sequence[bool],
+        chunk: int,
     ) -> None:
-        self.weights, self.biases = list(weights), list(biases)
+        self.weights, self.biases, self.chunk = list(weights), list(biases), chunk
+        self.k = self.weights[0].shape[0]
         self.csr = [
-            KeptCsr(w, m) if s and m is not None else None for w, m, s in zip(weights, masks, sparse, strict=True)
+            KeptCsr(w, m, shared_input=i == 0) if s and m is not None else None
+            for i, (w, m, s) in enumerate(zip(weights, masks, sparse, strict=True))
         ]
-        self.chunk = mlp_chunk(max(w.shape[0] for w in self.weights))
         self._columns: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id of a split's x -> (x, x as columns)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """The model's mean loss and accuracy on ``(x, y)``, as ``training.evaluate.evaluate`` gives them."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        """Each model's mean loss and accuracy on ``(x, y)``, as ``training.evaluate.evaluate`` gives them."""
         kept = self._columns.get(id(x))
         if kept is None or kept[0] is not x:
             kept = self._columns[id(x)] = (x, x.flatten(1).mT.contiguous())
         layers = []
-        for w, c in zip(self.weights, self.csr):
-            if c is None:
-                layers.append(w)
-            else:
+        for i, (w, c) in enumerate(zip(self.weights, self.csr)):
+            if c is not None:
                 torch.index_select(w.reshape(-1), 0, c.flat, out=c.values)
                 layers.append(c.w)
-        return evaluate_columns(kept[1], y, layers, self.biases, self.chunk)
+            elif i == 0 or self.k == 1:
+                layers.append(w.reshape(-1, w.shape[-1]))  # (K * out, in): the shared input's one product
+            else:
+                layers.append(w)
+        return evaluate_columns(kept[1], y, layers, self.biases, self.chunk, self.k)

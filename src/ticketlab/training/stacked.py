@@ -176,9 +176,9 @@ class _Stacked:
         self.params = [p for p in stack.params.values() if p.requires_grad]
         self.fused = fused_sgd.for_mlp(stack.template, stack.params, dict(zip(names, self.mask_values)), recipe)
         # below a measured crossover density a pruned layer trains as one block-diagonal CSR (training.sparse)
-        self.sparse_training = None
+        self.sparse_training = self.sparse_evaluation = None
         if self.fused is not None:
-            self.fused, _, self.sparse_training = sparse.replace(self.fused, recipe, device)
+            self.fused, self.sparse_evaluation, self.sparse_training = sparse.replace(self.fused, recipe, device)
         self.optimizer = recipe.make_optimizer(self.params) if self.fused is None else None
         self.dropout = self.noise = None
         if stack.mlp and stack.template.dropout:
@@ -201,6 +201,8 @@ class _Stacked:
         return losses.detach()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        if self.sparse_evaluation is not None:  # some layers through a CSR of the K models' kept weights
+            return self.sparse_evaluation(x, y)
         return self.stack.evaluate(x, y)
 
     def state(self, k: int) -> StateDict:
