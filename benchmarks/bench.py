@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's or $TICKETLAB_THREADS)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of the LeNet-300-100 comparison (0: off)")
     p.add_argument("--no-scoring", action="store_true", help="leave out the scoring rows (f)")
+    p.add_argument("--imp-seeds", type=int, default=3, help="runs of the IMP job (h) (default 3, the issue's job)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the trainers and the limit run")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one of two processes run together (speed/processes.py)
     return p
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.named("quick" if args.quick else "smoke" if args.smoke else "full")
     if args.no_scoring:
         settings = dataclasses.replace(settings, scoring_models=())
+    if args.imp_seeds < 1:
+        parser().error(f"--imp-seeds takes an integer >= 1, got {args.imp_seeds}")
+    settings = dataclasses.replace(settings, imp_seeds=args.imp_seeds)
     report = run_benchmark(
         settings, args.models, args.ks, args.batches, threads=args.threads, rounds=args.rounds, device=args.device
     )

@@ -62,13 +62,17 @@ def imp_job(
     log: Callable[[str], object] = print,
     data_root: str | None = None,
     sparse: str = "auto",
+    seeds: int | None = None,
 ) -> dict[str, Any]:
     """Run the job with ``steps`` per level in ``layout`` (None: the sweep's own choice) and extrapolate;
-    ``sparse``: the sparse training mode (``training.sparse``: auto, the default, on or off)."""
+    ``sparse``: the sparse training mode (``training.sparse``: auto, the default, on or off); ``seeds``: its
+    runs (default: the job file's 3)."""
     data = yaml.safe_load(JOB.read_text())
     recipe = dict(data["base"]["recipe"])
     every = int(str(recipe["eval_every"]).removesuffix("it"))
     data["base"]["recipe"] = {**recipe, "steps": f"{steps}it"}
+    if seeds is not None:
+        data["grid"]["seed"] = list(range(seeds))
     sweep = SweepSpec.model_validate({**data, "layout": layout})
     with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
         started = time.time()
