@@ -479,3 +479,10 @@ def test_the_imp_job_sets_the_sparse_mode_for_its_workers_and_restores_it(monkey
         assert os.environ[sparse.ENV] == "auto"
         raise RuntimeError
     assert os.environ[sparse.ENV] == "on"
+
+
+def test_the_imp_job_reads_the_layout_its_sweep_chose():
+    from speed.imp import _chosen_layout
+
+    lines = ["lenet300 (fashion-mnist, batch 60): layout 1x2x4 for 8 runs (measured)", "run abc finished"]
+    assert _chosen_layout(lines) == "1x2x4" and _chosen_layout(["nothing"]) is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,6 +56,15 @@ def sparse_mode(mode: str):
             os.environ[sparse_training.ENV] = before
 
 
+def _chosen_layout(lines: list[str]) -> str | None:
+    """The layout a sweep logged that it chose (``sweep.layout``: "layout PxTxK for N runs (...)")."""
+    for line in lines:
+        found = re.search(r"layout (\d+x\d+x\d+) for \d+ runs", line)
+        if found:
+            return found.group(1)
+    return None
+
+
 def imp_job(
     steps: int,
     layout: str | None,
@@ -77,11 +87,17 @@ def imp_job(
     with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
         started = time.time()
         submits: dict[str, list[float]] = {}
+        lines: list[str] = []
+
+        def log_line(line: str) -> None:
+            lines.append(line)
+            log(f"(h) {line}")
+
         with sparse_mode(sparse):
             report = run_sweep(
                 sweep,
                 out=out,
-                log=lambda line: log(f"(h) {line}"),
+                log=log_line,
                 data_root=data_root,
                 on_submit=lambda ids: [submits.setdefault(i, []).append(time.time()) for i in ids],
             )
@@ -141,7 +157,7 @@ def imp_job(
         "levels": n_levels,
         "steps_per_level": steps,
         "eval_every": every,
-        "layout": layout,
+        "layout": layout or _chosen_layout(lines),
         "wall_s": wall,
         "startup_s": startup,
         "span_s": span,

@@ -161,12 +161,11 @@ def run_benchmark(
     if not cuda and "lenet300" in models:
         report["layouts"] = layout_report(batches[0], settings.layout_budget, report["matmul_flops"], log)
         if settings.imp_steps:
-            runs = settings.imp_seeds
-            # (g)'s choice for as many runs, else the sweep's own
-            layout = next((c["layout"] for c in report["layouts"]["choices"] if c["runs"] == runs), None)
-            limit = report["matmul_flops"]
-            # untimed: each sparse-training verdict the job needs is measured once per machine and cached
-            # (training.sparse), as by any job after a machine's first; so neither timed run measures
+            runs, limit = settings.imp_seeds, report["matmul_flops"]
+            # in the layout the sweep itself chooses for the job (timed with its Adam recipe; (g) times SGD),
+            # and untimed first: the layout and each sparse-training verdict the job needs are measured once
+            # per machine and cached (sweep.layout, training.sparse), as by any job after a machine's first
+            layout = None
             log(f"(h) warm-up: the job at {WARM_STEPS} steps per level, not timed")
             imp_job(WARM_STEPS, layout, limit, lambda line: None, sparse="auto", seeds=runs)
             report["imp_dense"] = imp_job(settings.imp_steps, layout, limit, log, sparse="off", seeds=runs)
