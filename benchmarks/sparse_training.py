@@ -116,7 +116,7 @@ def markdown(jobs: list[dict], threads: int, load_before: str, load_after: str, 
         "## Per level: training time (s, median over rounds) and what `auto` chose",
         "",
         "| level | density | " + " | ".join(f"train s ({m})" for m in MODES) + " | sparse layers (auto, last round) | "
-        "auto's measurement in round 1 (dense us / sparse us per step of the layer) | test acc off / auto / on |",
+        "auto's measurement in round 1 (us per whole step, the layer dense / sparse) | test acc off / auto / on |",
         "|---:|---:|" + "---:|" * len(MODES) + "---|---|---|",
     ]
     levels = range(len(by_mode["off"][0]["rows"]))
