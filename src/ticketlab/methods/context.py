@@ -37,20 +37,18 @@ STACK_ENV = "TICKETLAB_STACK_CONTROLS"
 STACK_CHOICES = ("auto", "on", "off")
 
 
-def stack_controls(model: nn.Module, ticket: Mapping[str, Any] | None = None) -> str:
+def stack_controls(model: nn.Module) -> str:
     """How a level's pending controls train: ``"stack"`` (together, one ``train_many``), ``"alone"`` (one at
     a time) or ``"measure"`` (whichever :func:`~ticketlab.training.stack_choice.decide` measures faster on
     this machine). ``$TICKETLAB_STACK_CONTROLS``: ``auto`` (default: measure), ``on`` (stack) or ``off``.
     Only MLPs stack (their stacked GEMMs; convolutional models stack through vmap, measured slower per
-    model than one at a time on CPU: Conv-6 in benchmarks/README.md), and not where the ticket
-    (``ticket``: its row) trained on the sparse path (``training.sparse``, one model only): its controls
-    have its layer densities and train sparse alone."""
+    model than one at a time on CPU: Conv-6 in benchmarks/README.md). At a sparse level the controls can
+    take the sparse path (``training.sparse``) alone or stacked (one block-diagonal CSR): the measurement,
+    keyed by the masks' densities, decides."""
     choice = os.environ.get(STACK_ENV, "auto").strip().lower() or "auto"
     if choice not in STACK_CHOICES:
         raise ValueError(f"{STACK_ENV} must be one of {', '.join(STACK_CHOICES)}; got {choice!r}")
-    layers = ((ticket or {}).get("sparse_training") or {}).get("layers") or {}
-    sparse = any(layer.get("sparse") for layer in layers.values())
-    if choice == "off" or not isinstance(model, MLP) or sparse:
+    if choice == "off" or not isinstance(model, MLP):
         return "alone"
     return "stack" if choice == "on" else "measure"
 
@@ -320,12 +318,11 @@ class Job:
         end_step: int,
         target: float,
         cost: Cost | None = None,
-        ticket: Mapping[str, Any] | None = None,
     ) -> None:
         """Train every control of the spec on the level's ticket over the ticket's steps (003: trained exactly
         like it); finished controls are read back. A control's mask is made from the ticket's: ``cost``.
         Several pending controls train together in one stack (:meth:`train_together`) where
-        :func:`stack_controls` says so for the ``ticket``'s row, or measures it faster."""
+        :func:`stack_controls` says so, or measures it faster."""
         pending: list[tuple[str, Mask, StateDict]] = []
         for name in self.spec.controls:
             if self.resume(level, name) is not None:
@@ -335,7 +332,7 @@ class Job:
             initialize(self.model, self.spec.init, seed=fresh_model_seed)
             fresh = snapshot(self.model)
             pending.append((name, *CONTROLS.get(name)(mask, start, dense_start, fresh, g)))
-        way = stack_controls(self.model, ticket) if len(pending) > 1 else "alone"
+        way = stack_controls(self.model) if len(pending) > 1 else "alone"
         if way == "measure":
             device = next(self.model.parameters()).device
             masks = [c_mask for _, c_mask, _ in pending]

@@ -121,9 +121,7 @@ def pruned_level(job: Job, index: int, target: float, dense_start: StateDict, bu
     # the controls start from the ticket's mask and weights: in memory when just trained, else as stored
     mask, start = (trained.mask, trained.start) if trained is not None else (level.mask, level.start)
     cost = Cost.recorded(level.row)
-    job.run_controls(
-        index, mask, start, dense_start, level.row["start_step"], level.end_step, target, cost, ticket=level.row
-    )
+    job.run_controls(index, mask, start, dense_start, level.row["start_step"], level.end_step, target, cost)
     return level
 
 
