@@ -307,8 +307,8 @@ def _identical(group: list[_Request]) -> tuple[list[_Request], list[tuple[_Reque
 
 
 def _alone(group: list[_Request], device: torch.device) -> bool:
-    """Whether a group's trainings run one at a time rather than stacked: where a lone model could take
-    the sparse path (``training.sparse``, one model only) and one at a time measures faster
+    """Whether a group's trainings run one at a time rather than stacked: where the models could take the
+    sparse path (``training.sparse``), which changes what is faster, and one at a time measures faster
     (``training.stack_choice.decide``, timed once per machine and density buckets, cached). Each result
     equals its stacked one to float tolerance either way."""
     first = group[0]

@@ -316,15 +316,13 @@ class FusedAdam(FusedSGD):
         (gathered, stepped, scattered back) and ``more`` (parameter, gradient, first and second moment) in
         the same kernel call."""
         params, grads, avgs, sqs = (list(part) for part in self._dense)
+        gathered = []
         for w, kept in ((w, self._kept[id(w)]) for w in self.weights if id(w) in self._kept):
             kept.gather(w, self._grads[id(w)])
             if self.l2:
                 kept.grad.add_(kept.param, alpha=2 * self.l2)
-            params.append(kept.param)
-            grads.append(kept.grad)
-            avgs.append(kept.avg)
-            sqs.append(kept.sq)
-        for param, grad, avg, sq in more:
+            gathered.append((kept.param, kept.grad, kept.avg, kept.sq))
+        for param, grad, avg, sq in [*gathered, *more]:
             params.append(param)
             grads.append(grad)
             avgs.append(avg)

@@ -36,7 +36,7 @@ from ticketlab.files import atomic_write_json
 from ticketlab.hardware import blas
 from ticketlab.hardware.environment import cpu_model
 from ticketlab.training.evaluate import EVAL_BATCH, mlp_chunk
-from ticketlab.training.fused_sgd import FusedAdam, FusedSGD
+from ticketlab.training.fused_sgd import FusedSGD
 from ticketlab.training.sparse_step import Evaluation, KeptCsr, SparseAdam, SparseSGD
 
 ENV = "TICKETLAB_SPARSE_TRAINING"
@@ -68,6 +68,20 @@ def mode() -> str:
     return _override or _checked(os.environ.get(ENV, "auto"), ENV)
 
 
+def considered(density: float) -> bool:
+    """Whether the mode considers a layer keeping ``density`` of its weights for the sparse path: never when
+    ``off``, any layer that prunes something and keeps something when ``on``, and under ``auto`` one keeping
+    at most ``MAX_AUTO_DENSITY`` (which :func:`replace` then times, if it is not too small)."""
+    chosen = mode()
+    if chosen == "off" or not 0 < density < 1:
+        return False
+    return chosen == "on" or density <= MAX_AUTO_DENSITY
+
+
+def _step_class(optimizer: str) -> type[SparseSGD]:
+    return SparseAdam if optimizer == "adam" else SparseSGD
+
+
 @torch.no_grad()
 def measure(
     weights: Sequence[torch.Tensor],
@@ -87,7 +101,7 @@ def measure(
     k = weights[0].shape[0]
     x = torch.randn(k, recipe.batch_size, weights[0].shape[2], generator=g).clamp_min_(0).to(device)
     y = torch.randint(0, weights[-1].shape[1], (k, recipe.batch_size), generator=g).to(device)
-    cls = SparseAdam if recipe.optimizer == "adam" else SparseSGD
+    cls = _step_class(recipe.optimizer)
 
     def runner(sparse: Sequence[bool]) -> Callable[[], object]:
         ms = [m.to(w.dtype) if m is not None else None for w, m in zip(weights, masks)]
@@ -258,7 +272,7 @@ def replace(
         densities.append(kept / m.numel() if m is not None else None)
         if m is None or kept == 0:
             continue
-        if chosen == "on" or (kept / m.numel() <= MAX_AUTO_DENSITY and m.numel() >= MIN_AUTO_WEIGHTS):
+        if considered(kept / m.numel()) and (chosen == "on" or m.numel() >= MIN_AUTO_WEIGHTS):
             eligible.append(i)
     if not eligible:
         return fused, None, None
@@ -278,5 +292,5 @@ def replace(
         evaluation = Evaluation(fused.weights, fused.biases, fused.masks, evals, chunk)
     if not any(sparse):
         return fused, evaluation, report
-    cls = SparseAdam if isinstance(fused, FusedAdam) else SparseSGD
+    cls = _step_class(recipe.optimizer)
     return cls(fused.weights, fused.biases, fused.masks, recipe, sparse), evaluation, report

@@ -67,13 +67,11 @@ def cache_key(
 
 
 def sparse_may_win(model: nn.Module, masks: Sequence[Mapping[str, torch.Tensor] | None], device: torch.device) -> bool:
-    """Whether a lone model with one of these masks could take the sparse path (``training.sparse``): an
-    MLP on a CPU, the mode not off, and a layer no denser than the mode would consider."""
-    if sparse.mode() == "off" or device.type != "cpu" or type(model) is not MLP:
+    """Whether models with these masks could take the sparse path (``training.sparse``), alone or stacked:
+    MLPs on a CPU with a layer whose density the mode considers (``sparse.considered``)."""
+    if device.type != "cpu" or type(model) is not MLP:
         return False
-    limit = 1.0 if sparse.mode() == "on" else sparse.MAX_AUTO_DENSITY
-    densities = [float(v.float().mean()) for m in masks if m for v in m.values()]
-    return any(0 < d <= limit and d < 1 for d in densities)  # a layer kept whole never trains sparse
+    return any(sparse.considered(float(v.float().mean())) for m in masks if m for v in m.values())
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
