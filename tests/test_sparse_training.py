@@ -540,3 +540,21 @@ def test_stacked_training_on_the_sparse_path_equals_each_model_trained_dense(nam
                 assert torch.equal(p[~mask[key]], torch.zeros(int((~mask[key]).sum())))
         for row, ref in zip(result.history, reference.history, strict=True):
             assert row["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-4)
+
+
+def test_runs_whose_sparser_levels_took_the_sparse_path_stay_one_curve(tmp_path, mode):
+    """Two seeds, both on the sparse path at their pruned level and dense at level 0: no density cell
+    mixes the two set-ups, so the kind keeps one label and the cell pools its two seeds."""
+    from ticketlab.analysis.stats import labels, summarize
+
+    mode("on")
+    for seed in (0, 1):
+        ticketlab.prune(
+            "mlp:784-32-16-10", "synthetic", "lottery", 0.5, K=0.5, seed=seed,
+            recipe=Recipe(steps="10it", batch_size=50), val_size=200, out=tmp_path, device="cpu",
+        )  # fmt: skip
+    frame = ticketlab.load_results(tmp_path)
+    assert sorted(frame["env.sparse_path"].fillna("-")) == ["-", "-", "on", "on"]
+    assert set(labels(frame)) == {"lottery"}
+    table = summarize(frame)
+    assert list(table["n"]) == [2, 2] and set(table["label"]) == {"lottery"}

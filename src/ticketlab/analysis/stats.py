@@ -101,6 +101,16 @@ def env_recorded(frame: pd.DataFrame) -> pd.Series:
 
 
 GLOBAL = ("rounds", "method.rounds", "init", "model", "dataset")  # named wherever the results mix them
+# Fields that vary from level to level within one run (``env.sparse_path``: the levels that took the sparse
+# path, ``training.sparse``): they split a ticket kind only where one of its density cells mixes them, so a
+# run whose sparser levels took the path stays one curve, and no cell pools the two set-ups.
+PER_CELL = frozenset({"env.sparse_path"})
+
+
+def _mixed_in_a_cell(frame: pd.DataFrame, col: str) -> bool:
+    """Whether some (control, density) cell of ``frame`` holds rows with different values of ``col``."""
+    keys = [frame["control"].map(_text) if "control" in frame else pd.Series("", index=frame.index), density_key(frame)]
+    return bool((frame[col].map(_text).groupby(keys).nunique() > 1).any())
 
 
 @cache
@@ -141,7 +151,14 @@ def labels(frame: pd.DataFrame) -> pd.Series:
         return pd.Series([], dtype=str)
     base = frame.apply(_base, axis=1)
     shared = [c for c in varying_fields(frame) if c in GLOBAL]
-    own = {b: [c for c in varying_fields(frame[base == b]) if c not in GLOBAL] for b in base.unique()}
+    own = {
+        b: [
+            c
+            for c in varying_fields(frame[base == b])
+            if c not in GLOBAL and (c not in PER_CELL or _mixed_in_a_cell(frame[base == b], c))
+        ]
+        for b in base.unique()
+    }
 
     recorded = env_recorded(frame)
     mixed = {b: bool(recorded[base == b].any()) for b in base.unique()}  # some of the kind's rows have an env
