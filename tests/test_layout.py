@@ -18,12 +18,15 @@ from ticketlab.sweep.layout import (
     candidates,
     choose,
     decide,
+    density_points,
     job_seconds,
     machine_id,
     read_rows,
+    snap_density,
     write_rows,
 )
-from ticketlab.sweep.measure import Workload, time_layouts, workload_key
+from ticketlab.sweep.measure import Workload, random_mask, time_layouts, workload_key
+from ticketlab.sweep.plan import level_densities
 
 L = Layout.parse
 BASE = {
@@ -37,14 +40,20 @@ BASE = {
 
 
 class Fake:
-    """An injected measurement: fixed seconds per step per layout, recording what it was asked."""
+    """An injected measurement: fixed seconds per step per layout (and density point, where ``seconds`` takes
+    two arguments), recording the layouts and points it was asked for."""
 
     def __init__(self, seconds):
-        self.seconds, self.asked = seconds, []
+        self.seconds, self.asked, self.points = seconds, [], []
 
-    def __call__(self, layouts):
-        self.asked.append(list(layouts))
-        return {layout: self.seconds(layout) for layout in layouts}
+    def __call__(self, layouts, densities):
+        self.asked.append(set(layouts))
+        self.points.append(list(densities))
+        two = self.seconds.__code__.co_argcount == 2
+        return {
+            d: {layout: self.seconds(layout, d) if two else self.seconds(layout) for layout in layouts}
+            for d in densities
+        }
 
 
 def test_layout_text_round_trips_and_bad_text_names_the_field():
@@ -107,7 +116,7 @@ def test_cache_hit_miss_and_key(tmp_path):
     among = candidates(3, 2)
     fake = Fake(lambda layout: 1.0 / layout.stack + layout.processes)
     first = decide(key, among, 3, fake, root=tmp_path)
-    assert first.source == "measured" and fake.asked == [among] and first.layout == L("1x1x3")
+    assert first.source == "measured" and fake.asked == [set(among)] and first.layout == L("1x1x3")
     assert cache_file(key, tmp_path).exists()
     again = decide(key, among, 3, fake, root=tmp_path)
     assert again.source == "cache" and len(fake.asked) == 1 and again.layout == first.layout
@@ -115,7 +124,7 @@ def test_cache_hit_miss_and_key(tmp_path):
     # a bigger job needs more candidates: only the missing ones are measured, the rest read back
     bigger = candidates(8, 2)
     decide(key, bigger, 8, fake, root=tmp_path)
-    assert set(fake.asked[1]) == set(bigger) - set(among)
+    assert fake.asked[1] == set(bigger) - set(among)
     # another batch size, machine or torch version is another key, another file
     other = cache_key({**machine, "torch": "0.0"}, key["workload"])
     assert cache_file(other, tmp_path) != cache_file(key, tmp_path)
@@ -142,7 +151,7 @@ def test_a_damaged_cache_file_is_detected_and_measured_again(tmp_path, damage):
     logged = []
     fake = Fake(lambda layout: 5.0 if layout == L("2x1x2") else 10.0)
     decision = decide(key, among, 3, fake, root=tmp_path, log=logged.append)
-    assert decision.source == "measured" and fake.asked == [among]  # nothing of the damaged file used
+    assert decision.source == "measured" and fake.asked == [set(among)]  # nothing of the damaged file used
     assert decision.layout == L("2x1x2") and "measuring again" in logged[0]
     assert read_rows(key, tmp_path)[L("2x1x2")] == 5.0  # rewritten, sound
 
@@ -210,18 +219,82 @@ def test_cli_layout_option_and_bad_value(tmp_path):
 def test_time_layouts_measures_each_candidate_in_its_processes():
     spec = ExperimentSpec.model_validate(BASE)
     workload = Workload.of(spec, (1, 28, 28), 10, "cpu")
-    rows = time_layouts(workload, [L("1x1x1"), L("1x1x2"), L("2x1x1")], budget=0.01)
-    assert set(rows) == {L("1x1x1"), L("1x1x2"), L("2x1x1")}
-    assert all(seconds > 0 for seconds in rows.values())
+    rows = time_layouts(workload, [L("1x1x1"), L("1x1x2"), L("2x1x1")], [1.0, 0.125], budget=0.01)
+    assert set(rows) == {1.0, 0.125}
+    for point in rows.values():
+        assert set(point) == {L("1x1x1"), L("1x1x2"), L("2x1x1")}
+        assert all(seconds > 0 for seconds in point.values())
 
 
 def test_a_failed_timing_runs_one_run_per_process_and_caches_nothing(tmp_path):
     key = cache_key({"cpu": "x", "cores": 2}, {"model": "m"})
 
-    def broken(layouts):
+    def broken(layouts, densities):
         raise RuntimeError("out of memory")
 
     logged = []
     decision = decide(key, candidates(3, 2), 3, broken, root=tmp_path, log=logged.append)
     assert decision.layout == L("2x1x1") and decision.source == "timing failed"
     assert "out of memory" in logged[0] and not cache_file(key, tmp_path).exists()
+
+
+def test_density_points_stand_for_the_jobs_levels():
+    # the ladder: 1 stays unmasked, anything below is a half-octave point, never 1
+    assert snap_density(1.0) == 1.0 and snap_density(0.8) == pytest.approx(2**-0.5, abs=1e-6)
+    assert snap_density(0.5) == 0.5 and snap_density(0.3) == pytest.approx(2**-1.5, abs=1e-6)
+    assert snap_density(1e-9) == pytest.approx(2**-10, abs=1e-6)
+    assert density_points([1.0]) == {1.0: 1.0} and density_points([1.0, 1.0, 1.0, 1.0]) == {1.0: 1.0}
+    assert density_points([1.0, 0.5]) == {1.0: 0.5, 0.5: 0.5}
+    # IMP K = 0.8 to 1%: 22 levels in parts of 7, 8, 7; medians 0.8^3 = 0.512, 0.8^11 = 0.0859, 0.8^18 = 0.018
+    imp = ExperimentSpec.model_validate(
+        {**BASE, "densities": [0.01], "method": {"name": "lottery", "K": 0.8, "scope": "layerwise"}}
+    )
+    levels = level_densities(imp)
+    assert len(levels) == 22 and levels[0] == 1.0 and levels[-1] == 0.01
+    points = density_points(levels)
+    assert points == pytest.approx({0.5: 7 / 22, round(2**-3.5, 6): 8 / 22, 2**-6: 7 / 22})
+    assert level_densities(ExperimentSpec.model_validate(BASE)) == [1.0, 0.5]  # oneshot: dense, then its target
+
+
+def test_the_layout_is_chosen_on_the_jobs_density_mix_and_cached_per_point(tmp_path):
+    # hand-computed, 4 runs (one stack of 4, or a stack of 2 per worker): dense, 1x2x4 takes 1.0 s a step and
+    # 2x1x2 1.1 s; at 1/64 density 1.0 and 0.5 s. All dense, 1x2x4 wins; half the levels at 1/64: 1x2x4 1.0 s,
+    # 2x1x2 (1.1 + 0.5) / 2 = 0.8 s
+    key = cache_key({"cpu": "x", "cores": 2}, {"model": "m"})
+    among = [L("1x2x4"), L("2x1x2")]
+    times = {(L("1x2x4"), 1.0): 1.0, (L("2x1x2"), 1.0): 1.1, (L("1x2x4"), 2**-6): 1.0, (L("2x1x2"), 2**-6): 0.5}
+    fake = Fake(lambda layout, density: times[layout, density])
+    dense = decide(key, among, 4, fake, root=tmp_path)
+    assert dense.layout == L("1x2x4") and dense.shares == {1.0: 1.0} and "timed at" not in dense.describe()
+    mixed = decide(key, among, 4, fake, shares={1.0: 0.5, 2**-6: 0.5}, root=tmp_path)
+    assert mixed.layout == L("2x1x2") and mixed.rows[L("2x1x2")] == pytest.approx(0.8)
+    assert fake.points == [[1.0], [2**-6]]  # the dense point was read back, only the new one timed
+    assert mixed.source == "measured" and "timed at densities 1, 0.0156" in mixed.describe()
+    again = decide(key, among, 4, fake, shares={1.0: 0.5, 2**-6: 0.5}, root=tmp_path)
+    assert again.source == "cache" and len(fake.points) == 2 and again.layout == L("2x1x2")
+    assert read_rows({**key, "density": 2**-6}, tmp_path) == {L("1x2x4"): 1.0, L("2x1x2"): 0.5}
+
+
+def test_choose_layout_times_a_pruning_job_at_its_levels_densities(monkeypatch, tmp_path):
+    monkeypatch.setenv("TICKETLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    lottery = {**BASE, "densities": [0.01], "method": {"name": "lottery", "K": 0.8}}
+    sweep = SweepSpec(base=lottery, grid={"seed": [0, 1, 2]})
+    fake = Fake(lambda layout, density: layout.processes + density / layout.stack)
+    chosen = choose_layout(sweep, expand(sweep), measure_for=lambda spec: fake)
+    decision = next(iter(chosen.decisions.values()))
+    assert fake.points == [sorted(decision.shares, reverse=True)] and len(decision.shares) == 3
+    assert sum(decision.shares.values()) == pytest.approx(1.0)
+
+
+def test_random_masks_keep_the_asked_share_of_every_prunable_layer():
+    from ticketlab.models import build_model
+
+    model = build_model("mlp:784-16-10", input_shape=(1, 28, 28), num_classes=10)
+    mask = random_mask(model, (), 0.1, seed=0)
+    assert {name: int(kept.sum()) for name, kept in mask.items()} == {
+        "layers.0.weight": round(0.1 * 784 * 16),
+        "layers.1.weight": 16,
+    }
+    assert all(bool(kept.all()) for kept in random_mask(model, (), 1.0, seed=0).values())
+    assert not torch.equal(mask["layers.0.weight"], random_mask(model, (), 0.1, seed=1)["layers.0.weight"])

@@ -3,7 +3,8 @@ a sweep of >= 8 LeNet-300-100 runs measured against the matmul limit.
 
 Every candidate layout for 8 runs and for 3 runs on this machine's cores is timed now, fresh (the user's
 cache is neither read nor written), with the sweep's own measurement (``ticketlab.sweep.measure``) at a
-longer budget per layout. The choice for R runs is the layout of least estimated job time
+longer budget per layout, on dense (unmasked) models: a sweep's own choice also weighs its pruned levels'
+densities (``layout.density_points``), which (h) reports. The choice for R runs is the layout of least estimated job time
 (``layout.job_seconds``); its share of the limit is R model-steps' nominal FLOPs over that time.
 """
 
@@ -29,7 +30,7 @@ def layout_report(batch: int, budget: float, limit: float, log: Callable[[str], 
     )
     among = {runs: candidates(runs, cores) for runs in RUNS}
     every = sorted({layout for layouts in among.values() for layout in layouts})
-    rows = time_layouts(Workload.of(spec, (1, 28, 28), 10, "cpu"), every, budget=budget)
+    rows = time_layouts(Workload.of(spec, (1, 28, 28), 10, "cpu"), every, [1.0], budget=budget)[1.0]  # dense models
     flops_per_model_step = 6 * macs_per_example(build("lenet300")) * batch
     table = []
     for layout in every:

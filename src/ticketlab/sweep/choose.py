@@ -3,7 +3,8 @@ measurement (``ticketlab.sweep.layout``) for the runs it is about to compute.
 
 Processes and threads are the pool's, so they are chosen for the stack group (``stack_key``: data,
 architecture, recipe) with the most pending runs; every other group then gets the stack size that is
-fastest for it with those processes and threads. Parts the sweep fixes (``layout``, ``workers``,
+fastest for it with those processes and threads. Each group is timed at the density points that stand for
+its runs' levels (``sweep.layout.density_points`` of ``sweep.plan.level_densities``). Parts the sweep fixes (``layout``, ``workers``,
 ``threads_per_worker``, ``batch``; ``$TICKETLAB_LAYOUT``) are not measured.
 """
 
@@ -17,8 +18,19 @@ from ticketlab.config.spec import ExperimentSpec
 from ticketlab.experiment.lockstep import stack_key
 from ticketlab.hardware.device import resolve_device
 from ticketlab.sweep.grid import SweepSpec
-from ticketlab.sweep.layout import Decision, Layout, Measure, cache_key, candidates, decide, env_layout, machine_id
+from ticketlab.sweep.layout import (
+    Decision,
+    Layout,
+    Measure,
+    cache_key,
+    candidates,
+    decide,
+    density_points,
+    env_layout,
+    machine_id,
+)
 from ticketlab.sweep.measure import Workload, time_layouts, workload_key
+from ticketlab.sweep.plan import level_densities
 
 MeasureFor = Callable[[ExperimentSpec], Measure]
 
@@ -75,7 +87,10 @@ def choose_layout(
         t = chosen.threads if chosen else threads
         among = candidates(len(group), cores, cuda, processes=p, threads=t, stack=stack)
         key = cache_key(machine, workload_key(group[0], device))
-        decision = decide(key, among, len(group), measure_for(group[0]), log=log, fresh=asked == "remeasure")
+        shares = density_points([d for spec in group for d in level_densities(spec)])
+        decision = decide(
+            key, among, len(group), measure_for(group[0]), shares=shares, log=log, fresh=asked == "remeasure"
+        )
         if chosen is None:
             chosen = Chosen(decision.layout.processes, decision.layout.threads)
         chosen.stacks[name] = decision.layout.stack
@@ -90,10 +105,10 @@ def measured(spec: ExperimentSpec, device: str, data_root: str | None) -> Measur
     """Times layouts of ``spec``'s workload; its data is loaded (for the input shape and classes) only if
     something is timed."""
 
-    def measure(layouts: list[Layout]) -> dict[Layout, float]:
+    def measure(layouts: list[Layout], densities: list[float]) -> dict[float, dict[Layout, float]]:
         from ticketlab.data import load_dataset
 
         data = load_dataset(spec.dataset, root=data_root, val_size=spec.val_size, seed=spec.split_seed)
-        return time_layouts(Workload.of(spec, data.input_shape, data.num_classes, device), layouts)
+        return time_layouts(Workload.of(spec, data.input_shape, data.num_classes, device), layouts, densities)
 
     return measure

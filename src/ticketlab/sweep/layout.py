@@ -12,6 +12,14 @@ on 2 cores, one run) still fills it: its candidates include one process with all
 all its runs, and a sweep shares a job's batches equally among its workers by cutting runs at level
 boundaries (``sweep.plan.balance``).
 
+A pruning job trains most of its levels masked, and below some density on the sparse path
+(``training.sparse``), where one-thread processes gain most: a layout timed on the dense model alone chose
+1x2x4 for 8 Adam IMP runs that 2x1x4 trains 1.3x faster. So each candidate is timed at up to three
+densities standing for the job's levels (:func:`density_points`: the levels cut into three equal parts, each
+part's median snapped to a half-octave ladder), and a layout's seconds per step is their mean weighted by
+the share of levels each stands for. Rows are cached per density point, so jobs with other targets reuse
+the points they share.
+
 Overrides: ``layout: 2x1x4`` in a sweep file or ``--layout`` (or ``$TICKETLAB_LAYOUT``) fix the layout,
 ``remeasure`` times the candidates again and replaces the cached rows (e.g. measured at a busy hour);
 ``workers``, ``threads_per_worker`` and ``batch`` fix one part each and the others are measured.
@@ -22,11 +30,12 @@ by a fresh measurement.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +48,9 @@ from ticketlab.hardware.environment import cpu_model
 MAX_STACK = 16  # runs stacked in one worker at most
 STACKS = (1, 2, 4, 8, 16)  # stack sizes tried, besides the one that puts all of a worker's runs in one stack
 LAYOUT_ENV = "TICKETLAB_LAYOUT"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows per density point
+LADDER_STEPS = 20  # density points 2^(-k/2), k = 1..20 (down to 1/1024), and 1
+DENSITY_PARTS = 3
 _PATTERN = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*$", re.IGNORECASE)
 
 
@@ -117,6 +128,29 @@ def _powers_and(n: int) -> list[int]:
     return sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
 
 
+def snap_density(density: float) -> float:
+    """``density`` snapped to the timing ladder: 1 (unmasked) where it is 1, else the nearest (in log scale)
+    of 2^(-k/2), k = 1..20, so that a level at 0.8 is timed masked and nearby targets share cached rows."""
+    if density >= 1.0:
+        return 1.0
+    k = min(LADDER_STEPS, max(1, round(-2.0 * math.log2(max(density, 1e-12)))))
+    return round(2.0 ** (-k / 2), 6)
+
+
+def density_points(densities: Sequence[float], parts: int = DENSITY_PARTS) -> dict[float, float]:
+    """The densities to time a job at, each with the share of its levels it stands for: the levels'
+    ``densities`` sorted, cut into ``parts`` equal consecutive parts (as equal as the count allows), each
+    part's median level snapped (:func:`snap_density`); parts that snap to one point add their shares."""
+    levels = sorted((float(d) for d in densities), reverse=True) or [1.0]
+    n, parts = len(levels), max(1, min(parts, len(levels)))
+    bounds = [round(j * n / parts) for j in range(parts + 1)]
+    out: dict[float, float] = {}
+    for lo, hi in itertools.pairwise(bounds):
+        point = snap_density(levels[(lo + hi) // 2])
+        out[point] = out.get(point, 0.0) + (hi - lo) / n
+    return out
+
+
 def job_seconds(layout: Layout, seconds_per_step: float, runs: int) -> float:
     """Estimated seconds per training step of a job of ``runs`` runs: its ``ceil(runs / stack)`` batches
     share the ``processes`` workers equally, since a sweep cuts a batch at a level boundary where the
@@ -152,8 +186,9 @@ def machine_id(device: torch.device) -> dict[str, Any]:
     }
 
 
-def cache_key(machine: Mapping[str, Any], workload: Mapping[str, Any]) -> dict[str, Any]:
-    return {"version": CACHE_VERSION, "machine": dict(machine), "workload": dict(workload)}
+def cache_key(machine: Mapping[str, Any], workload: Mapping[str, Any], density: float = 1.0) -> dict[str, Any]:
+    """The key of one cache file: the machine, the workload and the density point its rows were timed at."""
+    return {"version": CACHE_VERSION, "machine": dict(machine), "workload": dict(workload), "density": density}
 
 
 def cache_file(key: Mapping[str, Any], root: Path | None = None) -> Path:
@@ -183,7 +218,8 @@ def write_rows(key: Mapping[str, Any], rows: Mapping[Layout, float], root: Path 
     return write_keyed_json(cache_file(key, root), key, named)
 
 
-Measure = Callable[[list[Layout]], dict[Layout, float]]
+Measure = Callable[[list[Layout], list[float]], dict[float, dict[Layout, float]]]
+"""``measure(layouts, densities)``: seconds per step of each layout at each density point."""
 
 
 @dataclass(frozen=True)
@@ -191,12 +227,16 @@ class Decision:
     """The layout chosen for a job, the rows it was chosen from, and where they came from."""
 
     layout: Layout
-    rows: dict[Layout, float]  # seconds per step of each candidate
+    rows: dict[Layout, float]  # seconds per step of each candidate: its mean over the density points
     runs: int
     source: str  # "cache", "measured" (some or all rows measured now), "only candidate", "timing failed"
+    shares: dict[float, float] = field(default_factory=lambda: {1.0: 1.0})  # density point -> share of levels
 
     def describe(self) -> str:
-        return f"layout {self.layout} for {self.runs} runs ({self.source})"
+        at = ""
+        if set(self.shares) != {1.0}:
+            at = ", timed at densities " + ", ".join(f"{d:.3g}" for d in sorted(self.shares, reverse=True))
+        return f"layout {self.layout} for {self.runs} runs ({self.source}{at})"
 
 
 def decide(
@@ -205,30 +245,42 @@ def decide(
     runs: int,
     measure: Measure,
     *,
+    shares: Mapping[float, float] | None = None,
     root: Path | None = None,
     log: Callable[[str], None] = lambda message: None,
     fresh: bool = False,
 ) -> Decision:
-    """The fastest of ``among`` for ``runs`` runs: cached rows where the cache has them, the missing ones
-    measured by ``measure`` and added to the cache. A damaged cache file is reported, ignored and rewritten.
-    ``fresh``: every candidate measured again and the cache file replaced (``layout: remeasure``)."""
+    """The fastest of ``among`` for ``runs`` runs whose levels ``shares`` stands for (density point -> share;
+    default: all dense): cached rows where the cache has them (``key`` is a :func:`cache_key`, one file per
+    density point), the missing ones measured by ``measure`` and added to the cache. A damaged cache file is
+    reported, ignored and rewritten. ``fresh``: every candidate measured again and the cache files replaced
+    (``layout: remeasure``)."""
+    shares = dict(shares) if shares else {1.0: 1.0}
     if len(among) == 1:
-        return Decision(among[0], {}, runs, "only candidate")
-    try:
-        rows = {} if fresh else read_rows(key, root)
-    except CorruptCacheError as err:
-        log(f"warning: {err}; measuring again")
-        rows = {}
-    missing = [layout for layout in among if layout not in rows]
+        return Decision(among[0], {}, runs, "only candidate", shares)
+    keys = {point: {**key, "density": point} for point in shares}
+    rows: dict[float, dict[Layout, float]] = {}
+    for point, point_key in keys.items():
+        try:
+            rows[point] = {} if fresh else read_rows(point_key, root)
+        except CorruptCacheError as err:
+            log(f"warning: {err}; measuring again")
+            rows[point] = {}
+    missing = sorted({layout for layout in among for point in keys if layout not in rows[point]})
+    points = [point for point in keys if any(layout not in rows[point] for layout in among)]
     source = "cache"
     if missing:
         try:
-            rows.update(measure(missing))
+            timed = measure(missing, points)
+            for point in points:
+                rows[point].update(timed[point])
         except Exception as err:  # e.g. the machine ran out of memory timing a big stack: run, don't cache
             fallback = max(among, key=lambda layout: (layout.processes, -layout.stack))
             log(f"warning: timing layouts failed ({type(err).__name__}: {err}); running {fallback}, not cached")
-            return Decision(fallback, {}, runs, "timing failed")
-        write_rows(key, rows, root)
+            return Decision(fallback, {}, runs, "timing failed", shares)
+        for point in points:
+            write_rows(keys[point], rows[point], root)
         source = "measured"
-    chosen = choose(rows, runs, among)
-    return Decision(chosen, {layout: rows[layout] for layout in among}, runs, source)
+    total = sum(shares.values())
+    mean = {layout: sum(share * rows[point][layout] for point, share in shares.items()) / total for layout in among}
+    return Decision(choose(mean, runs, among), mean, runs, source, shares)

@@ -2,10 +2,13 @@
 
 Each layout ``PxTxK`` is timed as it would run: ``P`` spawned processes (no inherited torch threads) with
 ``T`` intra-op threads each, every one training ``K`` stacked models of the workload's architecture with
-its recipe (optimiser, batch size) on random data of its input shape, all started together. After two
-warm-up steps a short probe sizes the timed run to about ``budget`` seconds (at least ``MIN_STEPS``,
-at most ``MAX_STEPS`` steps, the same count in every process); the layout's figure is the slowest
-process's seconds per step. Values of the data do not change the time of a dense float32 step.
+its recipe (optimiser, batch size) on random data of its input shape, all started together, at each
+density point asked for (``sweep.layout.density_points``): unmasked at 1, else every prunable layer keeping
+that share of its weights at random, so that the masked step and the sparse path (``training.sparse``, in
+the mode the job will use) are what is timed. After two warm-up steps a short probe sizes the timed run to
+about ``budget`` seconds (at least ``MIN_STEPS``, at most ``MAX_STEPS`` steps, the same count in every
+process); the layout's figure at a point is the slowest process's seconds per step. Values of the data do
+not change the time of a float32 step.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +42,12 @@ class Workload:
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
     device: str = "cpu"
+    sparse_training: str = "auto"  # the sparse path's mode (``training.sparse``) the job runs with
 
     @classmethod
     def of(cls, spec: ExperimentSpec, input_shape: tuple[int, int, int], num_classes: int, device: str) -> Workload:
+        from ticketlab.training import sparse
+
         return cls(
             spec.model,
             (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])),
@@ -51,12 +58,15 @@ class Workload:
             spec.bn_momentum,
             spec.bn_eps,
             device,
+            sparse.mode(),
         )
 
 
 def workload_key(spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
     """The cache key's workload: architecture and data (model, dataset: input shape and classes, dropout),
-    batch size, optimiser, dtype and device."""
+    batch size, optimiser, dtype, device and the sparse training mode (it changes masked steps' times)."""
+    from ticketlab.training import sparse
+
     return {
         "model": spec.model,
         "dataset": spec.dataset,
@@ -65,18 +75,23 @@ def workload_key(spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
         "optimizer": spec.recipe.optimizer,
         "dtype": "float32",
         "device": device.type,
+        "sparse_training": sparse.mode(),
     }
 
 
-def time_layouts(workload: Workload, layouts: list[Layout], budget: float = DEFAULT_BUDGET) -> dict[Layout, float]:
-    """Seconds per step of each layout (see the module docstring); one set of processes per process count."""
+def time_layouts(
+    workload: Workload, layouts: list[Layout], densities: Sequence[float] = (1.0,), budget: float = DEFAULT_BUDGET
+) -> dict[float, dict[Layout, float]]:
+    """Seconds per step of each layout at each density (see the module docstring); one set of processes per
+    process count, timing every layout at every density."""
+    densities = list(densities)
     ctx = mp.get_context("spawn")
-    out: dict[Layout, float] = {}
+    out: dict[float, dict[Layout, float]] = {}
     by_processes: dict[int, list[Layout]] = {}
     for layout in layouts:
         by_processes.setdefault(layout.processes, []).append(layout)
     for p, group in sorted(by_processes.items()):
-        jobs = [(layout.threads, layout.stack) for layout in group]
+        jobs = [(layout.threads, layout.stack, density) for layout in group for density in densities]
         barrier, steps, queue = ctx.Barrier(p), ctx.Array("i", p), ctx.Queue()
         procs = [
             ctx.Process(target=_worker, args=(workload, jobs, rank, budget, barrier, steps, queue), daemon=True)
@@ -89,7 +104,7 @@ def time_layouts(workload: Workload, layouts: list[Layout], budget: float = DEFA
             for _ in range(p * len(jobs)):
                 _, i, value = queue.get(timeout=600)
                 if isinstance(value, str):
-                    raise RuntimeError(f"timing layout {group[i]} failed: {value}")
+                    raise RuntimeError(f"timing layout {group[i // len(densities)]} failed: {value}")
                 seconds[i] = max(seconds.get(i, 0.0), value)
         finally:
             barrier.abort()
@@ -97,17 +112,24 @@ def time_layouts(workload: Workload, layouts: list[Layout], budget: float = DEFA
                 proc.join(timeout=10)
                 if proc.is_alive():
                     proc.terminate()
-        out.update({layout: seconds[i] for i, layout in enumerate(group)})
+        for i, (layout, density) in enumerate((layout, density) for layout in group for density in densities):
+            out.setdefault(density, {})[layout] = seconds[i]
     return out
 
 
 def _worker(
-    workload: Workload, jobs: list[tuple[int, int]], rank: int, budget: float, barrier: Any, steps: Any, queue: Any
+    workload: Workload,
+    jobs: list[tuple[int, int, float]],
+    rank: int,
+    budget: float,
+    barrier: Any,
+    steps: Any,
+    queue: Any,
 ) -> None:
-    for i, (threads, stack) in enumerate(jobs):
+    for i, (threads, stack, density) in enumerate(jobs):
         try:
             torch.set_num_threads(threads)
-            run = runner(workload, stack)
+            run = runner(workload, stack, density)
             run(2)  # warm-up: first-call allocations
             probe = max(run(2) / 2, 1e-6)
             steps[rank] = max(MIN_STEPS, min(MAX_STEPS, math.ceil(budget / probe)))
@@ -120,16 +142,18 @@ def _worker(
             return
 
 
-def runner(workload: Workload, stack: int) -> Any:
-    """A function ``run(n)`` training ``stack`` models of the workload for ``n`` steps, returning its seconds."""
+def runner(workload: Workload, stack: int, density: float = 1.0) -> Any:
+    """A function ``run(n)`` training ``stack`` models of the workload for ``n`` steps, returning its seconds;
+    below ``density`` 1 each model is masked to keep that share of every prunable layer (at random)."""
     from ticketlab.config.recipe import Recipe
     from ticketlab.data.dataset import Dataset
-    from ticketlab.masks import Mask
     from ticketlab.models import build_model
+    from ticketlab.training import sparse
     from ticketlab.training.loop import train
     from ticketlab.training.stacked import train_many
 
     device = torch.device(workload.device)
+    sparse.set_mode(workload.sparse_training)
     recipe = Recipe.model_validate({**workload.recipe, "steps": "1000000it", "eval_every": None, "early_stop": None})
     n = max(4096, 4 * recipe.batch_size)
     g = torch.Generator().manual_seed(0)
@@ -147,7 +171,7 @@ def runner(workload: Workload, stack: int) -> Any:
         ).to(device)
         for _ in range(stack)
     ]
-    masks = [Mask.ones(m, workload.exempt) for m in models]
+    masks = [random_mask(m, workload.exempt, density, seed) for seed, m in enumerate(models)]
     done = [0]
 
     def run(steps: int) -> float:
@@ -174,3 +198,19 @@ def runner(workload: Workload, stack: int) -> Any:
         return time.perf_counter() - t0
 
     return run
+
+
+def random_mask(model: Any, exempt: Sequence[str], density: float, seed: int) -> Any:
+    """A mask keeping ``round(density * n)`` (at least one) of each prunable layer's ``n`` weights at random;
+    all of them at density 1."""
+    from ticketlab.masks import Mask, prunable_parameters
+
+    if density >= 1.0:
+        return Mask.ones(model, exempt)
+    g = torch.Generator().manual_seed(seed)
+    kept = {}
+    for name, weight in prunable_parameters(model, exempt).items():
+        keep = torch.zeros(weight.numel(), dtype=torch.bool)
+        keep[torch.randperm(weight.numel(), generator=g)[: max(1, round(density * weight.numel()))]] = True
+        kept[name] = keep.view(weight.shape).to(weight.device)
+    return Mask(kept)

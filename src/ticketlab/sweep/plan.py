@@ -123,13 +123,19 @@ def remaining_levels(spec: ExperimentSpec, root: str | Path) -> int:
 def expected_levels(spec: ExperimentSpec) -> int:
     """Levels a run writes (dense level included): its pruning schedule's for iterative methods, else one
     per target density (supermask's threshold points are not known before it runs: counted the same way)."""
+    return len(level_densities(spec))
+
+
+def level_densities(spec: ExperimentSpec) -> list[float]:
+    """The density of each level a run writes, dense level (1) first: its pruning schedule's for iterative
+    methods, else its target densities (a method whose levels are not known before it runs: the same)."""
     key, _ = resolve_method(spec.method)
     if key in ITERATIVE:
         try:
-            return 1 + len(iterative_densities(spec.densities, spec.method.K))
+            return [1.0, *iterative_densities(spec.densities, spec.method.K)]
         except ValueError:  # reported when the run starts
             pass
-    return 1 + len(spec.densities)
+    return [1.0, *spec.densities]
 
 
 @dataclass(frozen=True)
