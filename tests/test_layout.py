@@ -273,6 +273,8 @@ def test_the_layout_is_chosen_on_the_jobs_density_mix_and_cached_per_point(tmp_p
     again = decide(key, among, 4, fake, shares={1.0: 0.5, 2**-6: 0.5}, root=tmp_path)
     assert again.source == "cache" and len(fake.points) == 2 and again.layout == L("2x1x2")
     assert read_rows({**key, "density": 2**-6}, tmp_path) == {L("1x2x4"): 1.0, L("2x1x2"): 0.5}
+    only = decide(key, [L("2x1x2")], 4, fake, shares={1.0: 0.5, 2**-6: 0.5}, root=tmp_path)
+    assert only.describe() == "layout 2x1x2 for 4 runs (only candidate)"  # nothing timed, nothing claimed
 
 
 def test_choose_layout_times_a_pruning_job_at_its_levels_densities(monkeypatch, tmp_path):

@@ -234,7 +234,7 @@ class Decision:
 
     def describe(self) -> str:
         at = ""
-        if set(self.shares) != {1.0}:
+        if self.rows and set(self.shares) != {1.0}:  # timed (now or before) at pruned levels' densities
             at = ", timed at densities " + ", ".join(f"{d:.3g}" for d in sorted(self.shares, reverse=True))
         return f"layout {self.layout} for {self.runs} runs ({self.source}{at})"
 
