@@ -166,6 +166,25 @@ def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
     assert result.exit_code == 0 and "nothing to do: all 1 runs" in result.output
 
 
+def test_cli_sweep_time_left_follows_the_levels_on_disk(tmp_path):
+    # 3 lottery runs trained in lock-step in one worker (1x1x3) end together: when the first one's line is
+    # printed, every level of the sweep is on disk, so nothing is left (the runs' pace would say 2 x elapsed)
+    sweep = {
+        "base": {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [0.25]},
+        "grid": {"seed": [0, 1, 2]},
+        "layout": "1x1x3",
+        "out": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("run ")]
+    assert len(lines) == 3, result.output
+    assert all(line.endswith("elapsed, ~0:00:00 left") for line in lines[:2]), lines
+    assert lines[2].endswith("elapsed"), lines
+
+
 def test_cli_sweep_rejects_a_bad_grid_in_one_line(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": BASE, "grid": {"h": [16], "method.name": ["snipp"]}}))

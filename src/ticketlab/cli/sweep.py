@@ -138,6 +138,8 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
         "pending": 0,
         "total": 0,
         "levels": 0,
+        "counted": 0,  # levels on the bar at its last refresh
+        "before": 0,  # of them, finished before this sweep started
         "announced": set(),
     }
     started = time.monotonic()
@@ -157,6 +159,7 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
 
             def refresh() -> None:
                 done = sum(expected[r] for r in state["done"]) + sum(on_disk(r) for r in list(state["flight"]))
+                state["counted"] = done
                 info = f"runs {len(state['done'])}/{state['total']}, {len(state['flight'])} in flight"
                 info += f", {state['failed']} failed" if state["failed"] else ""
                 bar.update(task, completed=done, total=state["levels"], info=info)
@@ -164,15 +167,21 @@ def _run_with_progress(spec: Any, run_sweep: Any, data_root: Path | None) -> Any
             def clock_text() -> str:
                 elapsed, ended, pending = time.monotonic() - started, state["ended"], state["pending"]
                 left = None
-                if 0 < ended < pending:  # the levels' pace (the bar's), else the runs' so far
-                    left = bar.tasks[task].time_remaining or elapsed / ended * (pending - ended)
+                if 0 < ended < pending:  # this sweep's pace in levels so far, else in runs
+                    levels = state["counted"] - state["before"]
+                    if levels > 0:
+                        left = elapsed / levels * max(0, state["levels"] - state["counted"])
+                    else:
+                        left = elapsed / ended * (pending - ended)
                 return f"{clock(elapsed)} elapsed" + (f", ~{clock(left)} left" if left is not None else "")
 
             def on_start(pending: int, total: int) -> None:
                 finished = [r for r in expected if (root / r / "done.json").exists()]
+                before = sum(expected[r] for r in finished)
                 state.update(total=total, pending=pending, levels=sum(expected.values()), done=set(finished))
-                # the levels finished before this sweep do not count towards its pace (time left)
-                bar.reset(task, total=state["levels"], completed=sum(expected[r] for r in finished))
+                # the levels finished before this sweep (an unfinished run's too) do not count towards its pace
+                state.update(before=before + sum(on_disk(r) for r in expected if r not in finished), counted=before)
+                bar.reset(task, total=state["levels"], completed=before)
                 refresh()
 
             def on_submit(run_ids: list[str]) -> None:
