@@ -163,11 +163,13 @@ def run_benchmark(
         if settings.imp_steps:
             runs, limit = settings.imp_seeds, report["matmul_flops"]
             # in the layout the sweep itself chooses for the job (timed with its Adam recipe; (g) times SGD),
-            # and untimed first: the layout and each sparse-training verdict the job needs are measured once
-            # per machine and cached (sweep.layout, training.sparse), as by any job after a machine's first
+            # and untimed first, in each mode: the layout (timed per sparse-training mode) and each
+            # sparse-training verdict the job needs are measured once per machine and cached (sweep.layout,
+            # training.sparse), as by any job after a machine's first
             layout = None
-            log(f"(h) warm-up: the job at {WARM_STEPS} steps per level, not timed")
-            imp_job(WARM_STEPS, layout, limit, lambda line: None, sparse="auto", seeds=runs)
+            log(f"(h) warm-up: the job at {WARM_STEPS} steps per level, sparse training off and auto, not timed")
+            for mode in ("off", "auto"):
+                imp_job(WARM_STEPS, layout, limit, lambda line: None, sparse=mode, seeds=runs)
             report["imp_dense"] = imp_job(settings.imp_steps, layout, limit, log, sparse="off", seeds=runs)
             report["imp"] = imp_job(settings.imp_steps, layout, limit, log, sparse="auto", seeds=runs)
     report["scoring"] = scoring_times(settings.scoring_repeats, settings.synflow_rounds, settings.scoring_models, dev)
