@@ -465,6 +465,31 @@ def test_the_imp_job_is_reported_with_and_without_sparse_training():
     assert lines[-1] == "Without / with: training 1.33x, the job at 20 epochs per level 1.25x."
 
 
+def test_the_imp_jobs_layout_is_reported_with_the_rows_behind_it(monkeypatch, tmp_path):
+    from speed.imp import job_layout
+
+    from ticketlab.sweep.layout import Layout
+
+    # injected timings: the choice and the rows come from the sweep's own decision, ordered by job time
+    monkeypatch.setenv("TICKETLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    fake = {Layout(2, 1, 1): 1.0, Layout(1, 2, 3): 1.6}
+
+    def measured(spec, device, data_root):
+        return lambda layouts, densities: {d: {layout: fake.get(layout, 9.0) for layout in layouts} for d in densities}
+
+    monkeypatch.setattr("ticketlab.sweep.choose.measured", measured)
+    chosen = job_layout(3)
+    assert chosen["layout"] == "2x1x1" and chosen["runs"] == 3 and chosen["source"] == "measured"
+    assert list(chosen["shares"]) == ["0.5", "0.0884", "0.0156"]
+    first, second = chosen["rows"][:2]
+    assert (first["layout"], first["job_seconds_per_step"]) == ("2x1x1", 1.5)  # 3 runs on 2 workers: 1.5 x 1.0
+    assert (second["layout"], second["job_seconds_per_step"]) == ("1x2x3", 1.6)
+    line = report.job_layout_lines(chosen)[0]
+    assert "(measured): 2x1x1 for 3 runs" in line and "0.5 (33% of the levels)" in line  # 66 levels of 3 runs in thirds
+    assert "2x1x1 1000.00 (1500.00); 1x2x3 1600.00 (1600.00)" in line
+
+
 def test_the_imp_job_sets_the_sparse_mode_for_its_workers_and_restores_it(monkeypatch):
     from speed.imp import sparse_mode
 

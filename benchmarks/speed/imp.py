@@ -30,6 +30,8 @@ import yaml
 
 from speed.workload import build, macs_per_example
 from ticketlab.sweep import SweepSpec, expand, run_sweep
+from ticketlab.sweep.choose import choose_layout
+from ticketlab.sweep.layout import job_seconds
 from ticketlab.training import sparse as sparse_training
 
 JOB = Path(__file__).resolve().parents[1] / "imp_wall_time.yaml"
@@ -65,6 +67,40 @@ def _chosen_layout(lines: list[str]) -> str | None:
     return None
 
 
+def job_sweep(steps: int, layout: str | None = None, seeds: int | None = None) -> SweepSpec:
+    """The job's sweep at ``steps`` steps per level, in ``layout`` (None: measured), with ``seeds`` runs
+    (default: the job file's 3)."""
+    data = yaml.safe_load(JOB.read_text())
+    data["base"]["recipe"] = {**data["base"]["recipe"], "steps": f"{steps}it"}
+    if seeds is not None:
+        data["grid"]["seed"] = list(range(seeds))
+    return SweepSpec.model_validate({**data, "layout": layout})
+
+
+def job_layout(seeds: int | None = None, sparse: str = "auto", data_root: str | None = None) -> dict[str, Any]:
+    """The layout the job's sweep chooses and the rows behind it: each candidate's seconds per step, the mean
+    over the job's density points (``sweep.layout.density_points``), and its estimated job time per step
+    (``layout.job_seconds``). Read from the cache where the job ran before (the bench's warm-up)."""
+    sweep = job_sweep(1, None, seeds)
+    specs = expand(sweep)
+    with sparse_mode(sparse):
+        decision = next(iter(choose_layout(sweep, specs, data_root=data_root).decisions.values()))
+    return {
+        "runs": len(specs),
+        "layout": str(decision.layout),
+        "source": decision.source,
+        "shares": {f"{d:.3g}": share for d, share in sorted(decision.shares.items(), reverse=True)},
+        "rows": [
+            {
+                "layout": str(layout),
+                "seconds_per_step": seconds,
+                "job_seconds_per_step": job_seconds(layout, seconds, len(specs)),
+            }
+            for layout, seconds in sorted(decision.rows.items(), key=lambda row: job_seconds(*row, len(specs)))
+        ],
+    }
+
+
 def imp_job(
     steps: int,
     layout: str | None,
@@ -77,13 +113,9 @@ def imp_job(
     """Run the job with ``steps`` per level in ``layout`` (None: the sweep's own choice) and extrapolate;
     ``sparse``: the sparse training mode (``training.sparse``: auto, the default, on or off); ``seeds``: its
     runs (default: the job file's 3)."""
-    data = yaml.safe_load(JOB.read_text())
-    recipe = dict(data["base"]["recipe"])
+    sweep = job_sweep(steps, layout, seeds)
+    recipe = sweep.base["recipe"]
     every = int(str(recipe["eval_every"]).removesuffix("it"))
-    data["base"]["recipe"] = {**recipe, "steps": f"{steps}it"}
-    if seeds is not None:
-        data["grid"]["seed"] = list(range(seeds))
-    sweep = SweepSpec.model_validate({**data, "layout": layout})
     with tempfile.TemporaryDirectory(prefix="ticketlab-imp-") as out:
         started = time.time()
         submits: dict[str, list[float]] = {}

@@ -93,10 +93,27 @@ def layout_tables(report: dict[str, Any]) -> list[str]:
             f"overhead {imp['overhead_default_cadence']:.1%} at one evaluation per epoch, "
             f"{imp['overhead_job_cadence']:.1%} at the job's {imp['eval_every']} steps.",
         ]
+        chosen = report.get("imp_layout")
+        if chosen:
+            lines += ["", *job_layout_lines(chosen)]
         dense = report.get("imp_dense")
         if dense:
             lines += ["", *sparse_lines(imp, dense)]
     return lines
+
+
+def job_layout_lines(chosen: dict[str, Any]) -> list[str]:
+    """The layout the IMP job's sweep chose with sparse training auto, and the rows behind it."""
+    points = ", ".join(f"{d} ({share:.0%} of the levels)" for d, share in chosen["shares"].items())
+    rows = "; ".join(
+        f"{r['layout']} {r['seconds_per_step'] * 1e3:.2f} ({r['job_seconds_per_step'] * 1e3:.2f})"
+        for r in chosen["rows"]
+    )
+    return [
+        f"The job's layout, as its sweep chose it ({chosen['source']}): {chosen['layout']} for {chosen['runs']} runs, "
+        f"each candidate timed with the job's Adam recipe at densities {points}. Ms per step, weighted over "
+        f"those points (in brackets: per step of the whole job, its batches shared among the workers): {rows}."
+    ]
 
 
 def sparse_lines(imp: dict[str, Any], dense: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from speed.compare import comparisons, goals
-from speed.imp import imp_job
+from speed.imp import imp_job, job_layout
 from speed.layouts import layout_report
 from speed.limits import limit_meter, settle_limit
 from speed.processes import two_processes
@@ -170,6 +170,7 @@ def run_benchmark(
             log(f"(h) warm-up: the job at {WARM_STEPS} steps per level, sparse training off and auto, not timed")
             for mode in ("off", "auto"):
                 imp_job(WARM_STEPS, layout, limit, lambda line: None, sparse=mode, seeds=runs)
+            report["imp_layout"] = job_layout(runs)  # its choice and the rows behind it, from that cache
             report["imp_dense"] = imp_job(settings.imp_steps, layout, limit, log, sparse="off", seeds=runs)
             report["imp"] = imp_job(settings.imp_steps, layout, limit, log, sparse="auto", seeds=runs)
     report["scoring"] = scoring_times(settings.scoring_repeats, settings.synflow_rounds, settings.scoring_models, dev)
