@@ -166,18 +166,23 @@ def test_cli_sweep_reports_failures_and_goes_on(tmp_path):
     assert result.exit_code == 0 and "nothing to do: all 1 runs" in result.output
 
 
-def test_cli_sweep_time_left_follows_the_levels_on_disk(tmp_path):
-    # 3 lottery runs trained in lock-step in one worker (1x1x3) end together: when the first one's line is
-    # printed, every level of the sweep is on disk, so nothing is left (the runs' pace would say 2 x elapsed)
+def _cli_lottery_sweep(tmp_path, layout, density):
+    """``ticketlab sweep`` of 3 lottery seeds (K = 0.5 down to ``density``) in ``layout``; the CLI's result."""
     sweep = {
-        "base": {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [0.25]},
+        "base": {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [density]},
         "grid": {"seed": [0, 1, 2]},
-        "layout": "1x1x3",
+        "layout": layout,
         "out": str(tmp_path / "runs"),
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    return CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+
+
+def test_cli_sweep_time_left_follows_the_levels_on_disk(tmp_path):
+    # 3 lottery runs trained in lock-step in one worker (1x1x3) end together: when the first one's line is
+    # printed, every level of the sweep is on disk, so nothing is left (the runs' pace would say 2 x elapsed)
+    result = _cli_lottery_sweep(tmp_path, "1x1x3", 0.25)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("run ")]
     assert len(lines) == 3, result.output
@@ -307,15 +312,7 @@ def test_three_runs_on_two_workers_share_their_levels_and_write_what_whole_runs_
 
 
 def test_cli_sweep_says_which_run_it_cuts_and_reports_each_run_once(tmp_path):
-    sweep = {
-        "base": {**BASE, "model": "mlp:784-16-10", "method": {"name": "lottery", "K": 0.5}, "densities": [0.125]},
-        "grid": {"seed": [0, 1, 2]},
-        "layout": "2x1x1",
-        "out": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    result = _cli_lottery_sweep(tmp_path, "2x1x1", 0.125)
     assert result.exit_code == 0, result.output
     cut = re.search(r"2 workers finish together: run (\w{12}) pauses after 2 of 4 levels, then resumes", result.output)
     assert cut, result.output

@@ -24,6 +24,7 @@ import torch
 
 from ticketlab.config.spec import ExperimentSpec
 from ticketlab.sweep.layout import Layout
+from ticketlab.training import sparse
 
 MIN_STEPS, MAX_STEPS = 5, 200
 DEFAULT_BUDGET = 0.5  # seconds of timed steps per layout and process
@@ -46,8 +47,6 @@ class Workload:
 
     @classmethod
     def of(cls, spec: ExperimentSpec, input_shape: tuple[int, int, int], num_classes: int, device: str) -> Workload:
-        from ticketlab.training import sparse
-
         return cls(
             spec.model,
             (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])),
@@ -65,8 +64,6 @@ class Workload:
 def workload_key(spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
     """The cache key's workload: architecture and data (model, dataset: input shape and classes, dropout),
     batch size, optimiser, dtype, device and the sparse training mode (it changes masked steps' times)."""
-    from ticketlab.training import sparse
-
     return {
         "model": spec.model,
         "dataset": spec.dataset,
@@ -148,7 +145,6 @@ def runner(workload: Workload, stack: int, density: float = 1.0) -> Any:
     from ticketlab.config.recipe import Recipe
     from ticketlab.data.dataset import Dataset
     from ticketlab.models import build_model
-    from ticketlab.training import sparse
     from ticketlab.training.loop import train
     from ticketlab.training.stacked import train_many
 
