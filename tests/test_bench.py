@@ -315,6 +315,12 @@ def test_the_header_names_the_limit_of_the_device():
     assert "device cuda (H200)" in cuda and "8192x8192" in cuda and "cuBLAS float32" in cuda and "oneDNN" not in cuda
 
 
+def test_the_scoring_table_is_left_out_when_nothing_was_scored():
+    assert "| scoring |" not in report.markdown({**_empty_report(), "scoring": []})
+    scored = [{"criterion": "snip", "model": "lenet300", "rounds": 1, "seconds": 0.25}]
+    assert "| snip | lenet300 | 1 | 0.25 |" in report.markdown({**_empty_report(), "scoring": scored})
+
+
 # -- the command -------------------------------------------------------------------------------------
 def test_the_command_line_takes_the_flags():
     args = bench.parser().parse_args(

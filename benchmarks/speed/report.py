@@ -32,9 +32,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['model']} | {r['batch']} | {ROW_NAMES[r['kind']]} | {r['K']} | {r['s_per_model_epoch']:.3f} | "
             f"{r['model_epochs_per_s']:.2f} | {r['gflops']:.1f} | {r['fraction_of_limit']:.0%} |"
         )
-    lines += ["", "| scoring | model | rounds | seconds |", "|---|---|---|---|"]
-    for r in report["scoring"]:
-        lines.append(f"| {r['criterion']} | {r['model']} | {r['rounds']} | {r['seconds']:.2f} |")
+    if report["scoring"]:  # none under --no-scoring: no empty table
+        lines += ["", "| scoring | model | rounds | seconds |", "|---|---|---|---|"]
+        for r in report["scoring"]:
+            lines.append(f"| {r['criterion']} | {r['model']} | {r['rounds']} | {r['seconds']:.2f} |")
     for block in report.get("interleaved", []):
         lines += interleaved_table(block)
     lines += layout_tables(report)
