@@ -236,6 +236,25 @@ def test_train_fused_equals_train_autograd(synthetic, recipe, dropout, device):
         assert (prunable_parameters(model)[key][~keep] == 0).all()
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_fused_trained_model_stays_an_ordinary_autograd_model(synthetic, optimizer):
+    """The fused step runs in inference mode; the parameters it updates in place stay ordinary tensors
+    that autograd can differentiate afterwards (scoring, a further autograd training), and a second
+    fused training goes on from them."""
+    model = initialize(build_model(SIZES), seed=4)
+    recipe = Recipe(steps="6it", batch_size=20, optimizer=optimizer, lr=0.01, momentum=0.9 * (optimizer == "sgd"))
+    assert fused_sgd.applies(model, recipe)
+    before = copy.deepcopy(model.state_dict())
+    run = train(model, synthetic, recipe, seed=1)
+    assert all(isinstance(row["train_loss"], float) for row in run.history[1:])
+    assert not any(torch.equal(before[k], v) for k, v in model.state_dict().items())  # it trained
+    params = list(model.parameters())
+    assert all(not p.is_inference() and p.requires_grad for p in params)
+    F.cross_entropy(model(synthetic.x_train[:8]), synthetic.y_train[:8]).backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
+    train(model, synthetic, recipe, seed=2)  # the same parameters, trained again
+
+
 ADAM_RECIPES = {
     "adam": Recipe(optimizer="adam", lr=1e-2),
     "adam_decay_l2": Recipe(optimizer="adam", lr=1e-2, weight_decay=1e-2, l2=5e-3, betas=(0.8, 0.99)),

@@ -11,7 +11,8 @@ makes the step markedly faster (figures: benchmarks/README.md).
 Per model this is the same arithmetic as ``ticketlab.training.loop.train`` with ``torch.optim.SGD``: loss = mean
 cross-entropy; gradient of the loss + ``l2 * ||w||^2``, plus ``weight_decay * w``; masked gradient
 (a pruned weight stays exactly zero, and so does its momentum); ``buf = momentum * buf + d`` (the first
-step ``buf = d``), ``w -= lr * buf``. Only the summation order inside the GEMMs differs (float tolerance).
+step ``buf = d``), ``w -= lr * buf``. Only the summation order inside the GEMMs differs, and where the
+mean's 1 / B is applied (float tolerance).
 Nesterov keeps the autograd step.
 
 Adam (:class:`FusedAdam`) cannot live inside a GEMM, but it gains from the same hand-written backward:
@@ -79,6 +80,12 @@ class FusedSGD:
     weight. Biases are never masked (they are not prunable).
     """
 
+    # The backward pass carries the summed loss's gradient and the updates scale it to the mean's: one
+    # pass fewer than dividing the logits' gradient. Not for Adam, which divides first, as autograd does:
+    # Adam normalises each gradient, so where one nearly cancels its L2 term a rounding difference shows
+    # (tests/test_fused_sgd.py's agreement with autograd).
+    scale_in_updates = True
+
     def __init__(
         self,
         weights: Sequence[torch.Tensor],
@@ -100,22 +107,31 @@ class FusedSGD:
         self._b = [b[0] for b in self.biases] if self.flat else self.biases
         self._m = [m[0] if self.flat and m is not None else m for m in self.masks]
         self._stacked = {id(v): t for v, t in zip(self._w + self._b, self.weights + self.biases)}
-        self._scratch: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
-        self._ones: dict[tuple, torch.Tensor] = {}  # (batch, dtype, device) -> ones: sums over a batch by addmv_
+        self._scratch: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
+        self._ones: dict[int, torch.Tensor] = {}  # batch -> ones: sums over a batch by addmv_
+        # what every gradient that reaches a parameter is multiplied by: 1, or 1 / batch when the step's
+        # backward pass carries the gradient of the batch's summed loss (``scale_in_updates``)
+        self._scale = 1.0
 
-    def _buffers_for(self, x: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    def _buffers_for(
+        self, x: torch.Tensor, batch: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """The step's reused tensors for this batch size: each layer's output, each layer's input gradient
-        (the first layer's is never computed) and the one-hot's -1s. Reused from step to step: nothing the
-        step returns or keeps points into them."""
+        (the first layer's is never computed), the one-hot's -1s and the log-probabilities. Reused from step
+        to step: nothing the step returns or keeps points into them."""
         key = (batch, x.dtype, x.device)
         if key not in self._scratch:
             lead = (batch,) if self.flat else (self.weights[0].shape[0], batch)
             new = [torch.empty(*lead, w.shape[-2], dtype=x.dtype, device=x.device) for w in self._w]
             grads = [torch.empty(*lead, w.shape[-1], dtype=x.dtype, device=x.device) for w in self._w]
-            self._scratch[key] = (new, grads, torch.full((*lead, 1), -1.0, dtype=x.dtype, device=x.device))
+            minus_one = torch.full((*lead, 1), -1.0, dtype=x.dtype, device=x.device)
+            self._scratch[key] = (new, grads, minus_one, torch.empty_like(new[-1]))
         return self._scratch[key]
 
-    @torch.no_grad()
+    # inference mode, not no_grad: torch skips the version counters and autograd metadata of the tensors the
+    # step makes (the parameters, updated in place, stay ordinary tensors; nothing the step makes is kept
+    # beyond it but the losses and its own buffers)
+    @torch.inference_mode()
     def step(
         self, x: torch.Tensor, y: torch.Tensor, lr: float, dropout: Callable[[torch.Size], torch.Tensor] | None = None
     ) -> torch.Tensor:
@@ -126,7 +142,7 @@ class FusedSGD:
         """
         k, batch = y.shape
         self.begin()
-        outputs, input_grads, minus_one = self._buffers_for(x, batch)
+        outputs, input_grads, minus_one, log_p = self._buffers_for(x, batch)
         h = x.reshape(batch, -1) if self.flat else x.reshape(k, batch, -1)
         inputs = [h]
         noises: list[torch.Tensor | None] = []
@@ -140,15 +156,19 @@ class FusedSGD:
                     h.mul_(noise)
                 noises.append(noise)
                 inputs.append(h)
-        log_p = h.log_softmax(-1)
+        torch.log_softmax(h, -1, out=log_p)
         if self.flat:
             target = y.view(batch, 1)
             losses = F.nll_loss(log_p, y.view(batch)).view(1)
         else:
             target = y.unsqueeze(-1)
             losses = -log_p.gather(-1, target).squeeze(-1).mean(1)
-        g = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - onehot) / B, per model
-        g.scatter_add_(-1, target, minus_one).div_(batch)
+        g = log_p.exp_()  # d(summed loss)/d(logits) = softmax - onehot, per model
+        g.scatter_add_(-1, target, minus_one)
+        if self.scale_in_updates:
+            self._scale = 1.0 / batch  # the mean loss's gradients, as alphas of the update GEMMs
+        else:
+            g.div_(batch)
         for i in range(last, -1, -1):
             a = inputs[i]
             g_prev = None
@@ -179,8 +199,8 @@ class FusedSGD:
         return addmm_(out, g, self._w[i], beta=0.0)
 
     def layer_update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
-        """Layer i's part of the update from the gradient ``g`` at its output and its input ``a`` (Adam:
-        its gradients, into the buffers that :meth:`end` steps from)."""
+        """Layer i's part of the update from the gradient ``g`` at its output (times ``_scale``) and its input
+        ``a`` (Adam: its gradients, into the buffers that :meth:`end` steps from)."""
         self._update_weight(self._w[i], g.mT, a, self._m[i], lr)
         self._update_bias(self._b[i], g, lr)
 
@@ -192,14 +212,14 @@ class FusedSGD:
     ) -> None:
         c = self._decay()
         if not self.momentum:
-            addmm_(w, g_t, a, alpha=-lr, beta=1.0 - lr * c)  # w - lr * (grad + c * w)
+            addmm_(w, g_t, a, alpha=-lr * self._scale, beta=1.0 - lr * c)  # w - lr * (grad + c * w)
             if mask is not None:
                 w.mul_(mask)
             return
         buf = self._buffers.get(id(w))
         if buf is None:  # torch's first step: buf = d, i.e. momentum * 0 + d
             buf = self._buffers[id(w)] = torch.zeros_like(w)
-        addmm_(buf, g_t, a, beta=self.momentum)
+        addmm_(buf, g_t, a, beta=self.momentum, alpha=self._scale)
         if c:
             buf.add_(w, alpha=c)  # w is 0 wherever pruned, so this keeps pruned entries of buf unchanged
         if mask is not None:
@@ -210,10 +230,9 @@ class FusedSGD:
         """``out = beta * out + alpha * g.sum(-2)``: the bias gradient of a batch (B, out) as one ``addmv_`` (K = 1),
         a sum and an add for K stacked models (K, B, out)."""
         if g.dim() == 2:
-            key = (g.shape[0], g.dtype, g.device)
-            ones = self._ones.get(key)
+            ones = self._ones.get(g.shape[0])
             if ones is None:
-                ones = self._ones[key] = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
+                ones = self._ones[g.shape[0]] = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
             return out.addmv_(g.mT, ones, beta=beta, alpha=alpha)
         if beta == 0.0:
             torch.sum(g, -2, out=out)
@@ -224,15 +243,15 @@ class FusedSGD:
 
     def _update_bias(self, b: torch.Tensor, g: torch.Tensor, lr: float) -> None:
         """SGD on the bias ``b`` from the gradient ``g`` (..., B, out) at its layer's output: the bias's gradient is
-        ``g`` summed over the batch, plus the decay terms."""
+        ``g`` summed over the batch (times ``_scale``), plus the decay terms."""
         c = self._decay()
         if not self.momentum:
-            self._batch_sum_into(b, g, beta=1.0 - lr * c, alpha=-lr)  # b - lr * (sum + c * b)
+            self._batch_sum_into(b, g, beta=1.0 - lr * c, alpha=-lr * self._scale)  # b - lr * (sum + c * b)
             return
         buf = self._buffers.get(id(b))
         if buf is None:
             buf = self._buffers[id(b)] = torch.zeros_like(b)
-        self._batch_sum_into(buf, g, beta=self.momentum)
+        self._batch_sum_into(buf, g, beta=self.momentum, alpha=self._scale)
         if c:
             buf.add_(b, alpha=c)
         b.add_(buf, alpha=-lr)
@@ -255,6 +274,8 @@ class FusedAdam(FusedSGD):
     the mask and every weight stepped (a pruned one by exactly 0), or compacted, only its kept weights
     gathered, stepped and scattered back. Which one is chosen at the first step, on the training's threads,
     from the measured crossover density (``use_compact``); ``compacted`` says per layer."""
+
+    scale_in_updates = False
 
     def __init__(
         self,
@@ -337,7 +358,7 @@ class FusedAdam(FusedSGD):
         self, w: torch.Tensor, g_t: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, lr: float
     ) -> None:
         grad = self._grads[id(w)]
-        addmm_(grad, g_t, a, beta=0.0)  # grad = g^T a (+ 2 * l2 * w below)
+        addmm_(grad, g_t, a, beta=0.0, alpha=self._scale)  # grad = g^T a (+ 2 * l2 * w below)
         if id(self._stacked[id(w)]) in self._kept:  # compacted: the kept entries are gathered, L2 added there, later
             return
         if self.l2:
@@ -346,6 +367,6 @@ class FusedAdam(FusedSGD):
             grad.mul_(mask)
 
     def _update_bias(self, b: torch.Tensor, g: torch.Tensor, lr: float) -> None:
-        buffer = self._batch_sum_into(self._grads[id(b)], g, beta=0.0)
+        buffer = self._batch_sum_into(self._grads[id(b)], g, beta=0.0, alpha=self._scale)
         if self.l2:
             buffer.add_(b, alpha=2 * self.l2)

@@ -115,14 +115,14 @@ class SparseSGD(FusedSGD):
         return torch.mm(c.w_t, _columns(g)).view(k, -1, batch).transpose(1, 2)
 
     def weight_grad(self, i: int, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """``(g^T a)`` at layer i's kept positions, in CSR order (a sparse layer only)."""
+        """``(g^T a)`` at layer i's kept positions, in CSR order, times ``_scale`` (a sparse layer only)."""
         c = self.csr[i]
         assert c is not None
         if self.flat:
-            return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0).values()
+            return torch.sparse.sampled_addmm(c.w, g.mT.contiguous(), a, beta=0.0, alpha=self._scale).values()
         # model k's rows of g^T meet only its own columns of a: the blocks off the diagonal are never sampled
         rows = a.transpose(0, 1).reshape(a.shape[1], -1)  # (B, K * in)
-        return torch.sparse.sampled_addmm(c.w, _columns(g), rows, beta=0.0).values()
+        return torch.sparse.sampled_addmm(c.w, _columns(g), rows, beta=0.0, alpha=self._scale).values()
 
     def layer_update(self, i: int, g: torch.Tensor, a: torch.Tensor, lr: float) -> None:
         c = self.csr[i]
