@@ -163,8 +163,14 @@ def test_the_process_layouts_run_on_cpu_only(fixed_times):
     assert {r["batch"] for r in rows} == {60}  # conv nets at the first batch size only
 
 
-def test_interleaved_rounds(fixed_times):
-    measured = []
+def test_interleaved_rounds(fixed_times, monkeypatch):
+    measured, order = [], []
+    for name in ("plain_runner", "single_runner"):
+        monkeypatch.setattr(run, name, lambda *args, name=name, **kwargs: lambda: order.append(name))
+    monkeypatch.setattr(run, "median_time", lambda fn, repeats: fn() or 2.0)
+    monkeypatch.setattr(
+        run, "two_processes", lambda *args, **kwargs: order.append(f"{args[-2] if len(args) > 5 else 'plain'}x2") or 3.0
+    )
     block = run.interleaved(
         "lenet300",
         _tiny(600),
@@ -189,6 +195,10 @@ def test_interleaved_rounds(fixed_times):
     assert times["plain K=1"] == pytest.approx([10.0] * 3)
     assert times["two_processes K=2"] == pytest.approx([7.5] * 3)
     assert times["ours_many_2proc K=16"] == pytest.approx([3.0 / 32 * 10] * 3)
+    # the compared rows back to back, in pairs, each pair's order alternating from round to round
+    one_round = ["plain_runner", "single_runner", "plainx2", "manyx2", "manyx2"]
+    reversed_round = ["single_runner", "plain_runner", "manyx2", "manyx2", "plainx2"]
+    assert order == one_round + reversed_round + one_round
 
 
 # -- comparisons and goals ---------------------------------------------------------------------------

@@ -259,10 +259,13 @@ def interleaved(
     log: Log = print,
     limit: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """(b), (e), (c) without mask and (d2) for ``ks``, timed in ``rounds`` rounds of one run each, one row
-    after another within a round: a ratio within one round compares the rows under the same load, and
-    the spread of the per-round ratios shows the noise. ``limit()``, if given, measures the matmul limit
-    at the start of each round, to show whether a slow round was slow for the matmul too."""
+    """(b), (e), (c) without mask and (d2) for ``ks``, timed in ``rounds`` rounds of one run each: a ratio
+    within one round compares the rows under the same load, and the spread of the per-round ratios shows
+    the noise. Rows compared with each other run back to back, in pairs ((b) and (c); (e) and (d2)), first
+    one then the other first in alternate rounds: a one-process row is never timed seconds apart from its
+    partner with a two-process row's start-up between them, and a drift in the load favours neither.
+    ``limit()``, if given, measures the matmul limit at the start of each round, to show whether a slow
+    round was slow for the matmul too."""
     plain = plain_runner(name, data, batch, steps, warmup)
     single = single_runner(name, data, batch, steps, warmup, masked=False)
 
@@ -282,11 +285,14 @@ def interleaved(
     spe = steps_per_epoch(len(data.x_train), batch)
     per_model_epoch: dict[str, list[float]] = {key: [] for key in runners}
     limits: list[float] = []
+    pairs = [["plain K=1", "ours_single_dense K=1"], ["two_processes K=2", *list(runners)[3:]]]
     for r in range(rounds):
         if limit is not None:
             limits.append(limit())
-        for key, (models, run) in runners.items():
-            per_model_epoch[key].append(run() / (steps * models) * spe)
+        for pair in pairs:
+            for key in pair if r % 2 == 0 else reversed(pair):
+                models, run = runners[key]
+                per_model_epoch[key].append(run() / (steps * models) * spe)
         log(
             f"  interleaved {name} b{batch} round {r + 1}/{rounds}: "
             + ", ".join(f"{key} {v[-1]:.3f}" for key, v in per_model_epoch.items())
