@@ -458,6 +458,20 @@ def test_issue_goals_are_stated_with_their_direction():
         ("1.60x", True),
     ]
     assert compare.goals({}) == []
+    # a figure never reads as the goal's other side: more places where two would round it across
+    edge = {
+        "layouts": {"choices": [{"runs": 8, "layout": "2x1x4", "fraction_of_limit": 0.7996}]},
+        "imp": {**report_["imp"], "extrapolated_wall_s": 600.3, "overhead_default_cadence": 0.10004},
+        "comparisons": [{"comparison": "single_vs_plain", "batch": 60, "value": 1.4989}],
+    }
+    assert [(g["text"].split(" (")[0], g["met"]) for g in compare.goals(edge)] == [
+        ("79.96%", False),
+        ("10.005 min", False),
+        ("50%", False),
+        ("10.004%", False),
+        ("1.499x", False),
+    ]
+    assert compare.shown(1.5012, 1.5) == "1.50" and compare.shown(9.96, 10, 1, at_most=True) == "10.0"
     # another number of runs (--imp-seeds) is reported, not held to the 3-seed job's goals
     other = {**report_, "imp": {**report_["imp"], "runs": 8}}
     assert [g["text"] for g in compare.goals(other)] == ["81%", "1.60x"]

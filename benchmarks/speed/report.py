@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from speed.compare import flops_per_model_epoch
+from speed.compare import flops_per_model_epoch, shown
 
 ROW_NAMES = {
     "plain": "(b) plain loop",
@@ -45,7 +45,8 @@ def markdown(report: dict[str, Any]) -> str:
         for c in report["comparisons"]:
             spread = f" ({c['range'][0]:.2f}-{c['range'][1]:.2f})" if "range" in c else ""
             lines.append(
-                f"| {c['label']} | {c['batch']} | {c['value']:.2f}{spread} | {c['goal']} | {'yes' if c['met'] else 'NO'} |"
+                f"| {c['label']} | {c['batch']} | {shown(c['value'], c['goal'])}{spread} | {c['goal']} |"
+                f" {'yes' if c['met'] else 'NO'} |"
             )
     if report.get("goals"):
         lines += ["", "| issue 21 goal | measured in this run | goal | met |", "|---|---|---|---|"]
