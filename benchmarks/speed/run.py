@@ -285,7 +285,8 @@ def interleaved(
     spe = steps_per_epoch(len(data.x_train), batch)
     per_model_epoch: dict[str, list[float]] = {key: [] for key in runners}
     limits: list[float] = []
-    pairs = [["plain K=1", "ours_single_dense K=1"], ["two_processes K=2", *list(runners)[3:]]]
+    stacked = [key for key in runners if key.startswith("ours_many_2proc")]
+    pairs = [["plain K=1", "ours_single_dense K=1"], ["two_processes K=2", *stacked]]
     for r in range(rounds):
         if limit is not None:
             limits.append(limit())
