@@ -558,3 +558,27 @@ def test_runs_whose_sparser_levels_took_the_sparse_path_stay_one_curve(tmp_path,
     assert set(labels(frame)) == {"lottery"}
     table = summarize(frame)
     assert list(table["n"]) == [2, 2] and set(table["label"]) == {"lottery"}
+
+
+def test_the_conv_benchmark_times_the_same_products_both_ways(monkeypatch):
+    """benchmarks/sparse_conv_training.py compares a masked convolution's dense step with im2col + CSR: its
+    sparse route gives autograd's output, input gradient and (at kept positions) weight gradient."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_conv_training.py"
+    spec = importlib.util.spec_from_file_location("sparse_conv_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "BATCH", 4)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 8, 6, 6, generator=g), torch.randn(5, 8, 3, 3, generator=g)
+    mask, grad_out = (torch.rand(w.shape, generator=g) < 0.3).float(), torch.randn(4, 5, 6, 6, generator=g)
+    y, gx, gw = bench.sparse_step(x, w, mask, grad_out)()
+    x_ref, w_ref = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y_ref = F.conv2d(x_ref, w_ref * mask, padding=1)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x_ref, w_ref), grad_out)
+    assert torch.allclose(y, y_ref, atol=1e-4) and torch.allclose(gx, gx_ref, atol=1e-4)
+    kept = mask.reshape(5, -1) != 0
+    assert torch.allclose(gw.values(), gw_ref.reshape(5, -1)[kept], atol=1e-4)
+    bench.dense_step(x, w, mask, grad_out)()  # the dense side runs on the same tensors
