@@ -4,8 +4,9 @@ a sweep of >= 8 LeNet-300-100 runs measured against the matmul limit.
 Every candidate layout for 8 runs and for 3 runs on this machine's cores is timed now, fresh (the user's
 cache is neither read nor written), with the sweep's own measurement (``ticketlab.sweep.measure``) at a
 longer budget per layout, on dense (unmasked) models: a sweep's own choice also weighs its pruned levels'
-densities (``layout.density_points``), which (h) reports. The choice for R runs is the layout of least estimated job time
-(``layout.job_seconds``); its share of the limit is R model-steps' nominal FLOPs over that time.
+densities (``layout.density_points``), which (h) reports. The choice for R runs is the layout of least
+estimated job time (``layout.job_seconds``); its share of the limit is R model-steps' nominal FLOPs over
+that time.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ measurement (``ticketlab.sweep.layout``) for the runs it is about to compute.
 Processes and threads are the pool's, so they are chosen for the stack group (``stack_key``: data,
 architecture, recipe) with the most pending runs; every other group then gets the stack size that is
 fastest for it with those processes and threads. Each group is timed at the density points that stand for
-its runs' levels (``sweep.layout.density_points`` of ``sweep.plan.level_densities``). Parts the sweep fixes (``layout``, ``workers``,
-``threads_per_worker``, ``batch``; ``$TICKETLAB_LAYOUT``) are not measured.
+its runs' levels (``sweep.layout.density_points`` of ``sweep.plan.level_densities``). Parts the sweep fixes
+(``layout``, ``workers``, ``threads_per_worker``, ``batch``; ``$TICKETLAB_LAYOUT``) are not measured.
 """
 
 from __future__ import annotations

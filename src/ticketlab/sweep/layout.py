@@ -14,7 +14,7 @@ boundaries (``sweep.plan.balance``).
 
 A pruning job trains most of its levels masked, and below some density on the sparse path
 (``training.sparse``), where one-thread processes gain most: a layout timed on the dense model alone chose
-1x2x4 for 8 Adam IMP runs that 2x1x4 trains 1.3x faster. So each candidate is timed at up to three
+1x2x4 for 8 Adam IMP runs that 2x1x4 trains 1.22x faster (benchmarks/README.md). So each candidate is timed at up to three
 densities standing for the job's levels (:func:`density_points`: the levels cut into three equal parts, each
 part's median snapped to a half-octave ladder), and a layout's seconds per step is their mean weighted by
 the share of levels each stands for. Rows are cached per density point, so jobs with other targets reuse
